@@ -1,0 +1,214 @@
+"""The training engine: one loop for every model, yielding events a UI can stream.
+
+A *task* knows the data and the loss (semantic segmentation, DWT, Mask R-CNN); the
+engine owns everything else: seeds, device, channels_last, mixed precision on CUDA,
+the staged schedule (e.g. encoder frozen, then unfrozen at a lower learning rate),
+a clean stop between steps, the best checkpoint by validation score, and
+data-parallel training under ``torchrun`` (gloo on CPU, nccl on GPU; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from seg.checkpoints import read_card, save_checkpoint
+from seg.io import atomic_write_text
+
+
+@dataclass
+class Stage:
+    """A phase of training with its own epochs, learning rate and frozen parameters."""
+
+    name: str
+    epochs: int
+    lr: float
+    frozen: tuple[str, ...] = ()
+    #: learning-rate multipliers for parameter-name prefixes (e.g. {"encoder.": 0.1})
+    lr_scale: dict[str, float] | None = None
+
+
+class Task(Protocol):
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]: ...
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor: ...
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict: ...
+
+    def samples(self, model: nn.Module, device: torch.device) -> list[dict]: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _set_frozen(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(not name.startswith(prefixes) if prefixes else True)
+
+
+def _freeze_bn_stats(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Frozen means frozen: batch-norm running statistics of frozen modules stay put."""
+    if not prefixes:
+        return
+    for name, module in model.named_modules():
+        if name and (name + ".").startswith(prefixes):
+            module.eval()
+
+
+def _param_groups(model: nn.Module, stage: Stage) -> list[dict]:
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = 1.0
+        for prefix, s in (stage.lr_scale or {}).items():
+            if name.startswith(prefix):
+                scale = s
+        groups.setdefault(scale, []).append(param)
+    return [{"params": ps, "lr": stage.lr * s, "base_lr": stage.lr * s} for s, ps in groups.items()]
+
+
+def _cosine(progress: float, warmup: float = 0.03) -> float:
+    """Linear warm-up for the first few percent, then cosine decay to 1% of the peak."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    p = (progress - warmup) / max(1e-8, 1 - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def _reduce_mean(value: float, world: int, device: torch.device) -> float:
+    if world <= 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item() / world)
+
+
+def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | None, card: dict,
+        seed: int = 0, stop_event: threading.Event | None = None, device: torch.device | None = None,
+        weight_decay: float = 1e-4, log_every: int = 10) -> Iterator[dict]:
+    """Train through ``stages``; yields start/step/epoch/done events (see module docstring)."""
+    seed_everything(seed)
+    rank, world = distributed_context()
+    if device is None:
+        device = torch.device(f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu")
+    memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    train_model: nn.Module = model
+    is_main = rank == 0
+    stop_event = stop_event or threading.Event()
+    start = time.time()
+    total_epochs = sum(s.epochs for s in stages)
+    curve: list[dict] = []
+    best_score, best_epoch, best_metrics = -math.inf, -1, None
+    saved: Path | None = None
+    epoch = 0
+    stopped = False
+    yield {"type": "start", "epochs": total_epochs, "stages": [asdict(s) for s in stages],
+           "device": str(device), "world_size": world, "rank": rank}
+
+    for stage in stages:
+        if stopped:
+            break
+        _set_frozen(model, stage.frozen)
+        if world > 1:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(stage.frozen))
+        optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
+        steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: None)(world)
+        for stage_epoch in range(stage.epochs):
+            epoch += 1
+            train_model.train()
+            _freeze_bn_stats(model, stage.frozen)
+            losses: list[float] = []
+            for step, batch in enumerate(task.train_batches(epoch, rank, world)):
+                if stop_event.is_set():
+                    stopped = True
+                    break
+                if steps_per_epoch:
+                    progress = (stage_epoch + step / steps_per_epoch) / stage.epochs
+                else:
+                    progress = stage_epoch / stage.epochs
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * _cosine(progress)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = task.train_step(train_model, batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                if step % log_every == 0:
+                    yield {"type": "step", "epoch": epoch, "step": step, "loss": losses[-1],
+                           "lr": optimizer.param_groups[0]["lr"], "elapsed": time.time() - start}
+            if stopped and not losses:
+                break
+            train_loss = _reduce_mean(float(np.mean(losses)) if losses else float("nan"), world, device)
+            model.eval()
+            with torch.no_grad():
+                metrics = task.validate(model, device)
+            score = float(metrics.get("score", float("nan")))
+            row = {"epoch": epoch, "stage": stage.name, "lr": stage.lr, "train_loss": round(train_loss, 5),
+                   "val_loss": metrics.get("val_loss"), "score": round(score, 5),
+                   "elapsed": round(time.time() - start, 1)}
+            row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in row})
+            curve.append(row)
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch, best_metrics = score, epoch, metrics
+                if is_main and out is not None:
+                    saved = save_checkpoint(out, model, _card(card, curve, best_metrics, best_epoch, start, stopped))
+            samples = task.samples(model, device) if is_main else []
+            yield {"type": "epoch", "epoch": epoch, "epochs": total_epochs, "stage": stage.name,
+                   "train_loss": train_loss, "val_loss": metrics.get("val_loss"), "score": score,
+                   "metrics": metrics, "improved": improved, "elapsed": time.time() - start,
+                   "samples": samples, "curve": list(curve)}
+            if stopped:
+                break
+    if is_main and out is not None and best_metrics is not None:
+        # rewrite the card with the whole curve; the weights stay those of the best epoch
+        final = _card(card, curve, best_metrics, best_epoch, start, stopped)
+        existing = read_card(out)
+        existing.update({k: v for k, v in final.items() if k in ("curve", "training_time_s", "stopped_early",
+                                                                  "epochs_run")})
+        atomic_write_text(Path(out).with_suffix(".json"), json.dumps(existing, indent=1, default=str))
+    if world > 1:
+        dist.barrier()
+    yield {"type": "done", "best_score": best_score if best_epoch > 0 else None, "best_epoch": best_epoch,
+           "stopped": stopped, "checkpoint": str(saved) if saved else None, "elapsed": time.time() - start,
+           "curve": curve}
+
+
+def _card(card: dict, curve: list[dict], metrics: dict, best_epoch: int, start: float, stopped: bool) -> dict:
+    val = {k: v for k, v in metrics.items() if k not in ("pr_curves",)}
+    return dict(card, curve=list(curve), val_metrics=val, best_epoch=best_epoch,
+                training_time_s=round(time.time() - start, 1), stopped_early=stopped, epochs_run=len(curve))

@@ -1,0 +1,165 @@
+"""Instance prediction for any instance checkpoint (DWT or Mask R-CNN), at the input's size.
+
+``InstancePredictor.from_checkpoint(path).predict(rgb)`` is what the CLI and the
+dashboard call. The DWT runs at the working height; its foreground probability and
+expected energy are upsampled (both are linear in the level probabilities, so this
+equals upsampling the distributions) and post-processed at the original size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from torch import nn
+
+from seg.instances.data import WORK_HEIGHT, boxes_from_ids, relabel_sequential, work_size
+from seg.instances.models import is_detector, split_outputs
+from seg.instances.postprocess import PostprocessParams, instances_from_maps
+
+DETECTION_SCORE_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5
+
+
+@dataclass
+class InstanceResult:
+    """Per-pixel instance ids (0 background) and per-instance scores / xyxy boxes, at the input size."""
+
+    instances: np.ndarray  # (H, W) int32
+    scores: np.ndarray  # (N,)
+    boxes: np.ndarray  # (N, 4) xyxy, x2/y2 exclusive
+    energy: np.ndarray | None  # (H, W) expected energy level (DWT only)
+    foreground: np.ndarray | None  # (H, W) foreground probability (DWT only)
+    latency_ms: float
+    # every candidate, overlapping allowed (Mask R-CNN) — what COCO AP is computed on
+    all_masks: np.ndarray | None = None  # (P, H, W) bool
+    all_scores: np.ndarray | None = None
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.scores)
+
+    def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks, scores, boxes) for AP: every candidate for a detector, the id map otherwise."""
+        if self.all_masks is not None:
+            return self.all_masks, self.all_scores, boxes_of_masks(self.all_masks)
+        ids = np.arange(1, self.num_instances + 1)
+        return self.instances[None] == ids[:, None, None], self.scores, self.boxes
+
+
+def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return boxes
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
+             work_height: int = WORK_HEIGHT) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
+    h, w = rgb.shape[:2]
+    out_size = out_size or (h, w)
+    device = next(model.parameters()).device
+    x = to_tensor(rgb)[None].to(device)
+    x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
+    with torch.inference_mode():
+        fg_logits, energy_logits = split_outputs(model(x).float())
+        fg = fg_logits.softmax(1)[:, 1:2]
+        probs = energy_logits.softmax(1)
+        levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
+        energy = (probs * levels).sum(1, keepdim=True)
+        maps = F.interpolate(torch.cat([fg, energy], 1), size=out_size, mode="bilinear", align_corners=False)
+    maps = maps[0].cpu().numpy()
+    return maps[0], maps[1]
+
+
+def components_from_foreground(fg_prob: np.ndarray, params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """The trivial baseline: connected components of the foreground, scored by mean probability."""
+    labels, _ = ndi.label(fg_prob > params.fg_threshold)
+    labels = relabel_sequential(labels.astype(np.int32), params.min_size)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return labels, np.zeros(0, np.float32)
+    flat = labels.ravel()
+    mean = np.bincount(flat, weights=fg_prob.ravel(), minlength=n + 1)[1:] / np.bincount(flat, minlength=n + 1)[1:]
+    return labels, mean.astype(np.float32)
+
+
+def params_from_card(card: dict) -> PostprocessParams:
+    """Post-processing chosen on val (stored by the task in the card), else the defaults."""
+    source = card.get("postprocess") or (card.get("val_metrics") or {}).get("postprocess") or {}
+    defaults = PostprocessParams()
+    return PostprocessParams(float(source.get("cut_level", defaults.cut_level)),
+                             int(source.get("min_size", defaults.min_size)),
+                             float(source.get("fg_threshold", defaults.fg_threshold)))
+
+
+class InstancePredictor:
+    """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'."""
+
+    def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
+                 method: str | None = None) -> None:
+        self.model = model.eval()
+        self.card = card or {}
+        self.params = params or params_from_card(self.card)
+        self.detector = is_detector(model)
+        self.method = method or ("maskrcnn" if self.detector else "dwt")
+        if self.detector != (self.method == "maskrcnn"):
+            raise ValueError(f"method {self.method!r} does not fit a {'detector' if self.detector else 'DWT'} model")
+        self.work_height = int(self.card.get("work_height", WORK_HEIGHT))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, method: str | None = None) -> "InstancePredictor":
+        from seg.checkpoints import load_checkpoint
+
+        model, card = load_checkpoint(path)
+        if card.get("architecture") not in ("dwt", "maskrcnn"):
+            raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
+        return cls(model.float(), card, method=method)
+
+    def predict(self, rgb: np.ndarray) -> InstanceResult:
+        start = time.perf_counter()
+        if self.detector:
+            result = self._predict_detector(rgb)
+        else:
+            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height)
+            area_ratio = (rgb.shape[0] / self.work_height) ** 2
+            params = self.params.scaled(area_ratio)
+            if self.method == "components":
+                labels, scores = components_from_foreground(fg, params)
+            else:
+                labels, scores = instances_from_maps(fg, energy, params)
+            result = InstanceResult(labels, scores, boxes_from_ids(labels), energy, fg, 0.0)
+        result.latency_ms = (time.perf_counter() - start) * 1000.0
+        return result
+
+    def _predict_detector(self, rgb: np.ndarray) -> InstanceResult:
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            out = self.model([to_tensor(rgb).to(device)])[0]
+        scores = out["scores"].cpu().numpy().astype(np.float32)
+        masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy() if len(scores) else \
+            np.zeros((0,) + rgb.shape[:2], bool)
+        ids = np.zeros(rgb.shape[:2], np.int32)
+        kept = [i for i in np.argsort(scores)[::-1] if scores[i] >= DETECTION_SCORE_THRESHOLD]
+        for rank, i in reversed(list(enumerate(kept, start=1))):  # paint low scores first, high ones win
+            ids[masks[i]] = rank
+        # ids whose pixels were all covered by better detections vanish; keep ids/scores aligned
+        present = np.bincount(ids.ravel(), minlength=len(kept) + 1)[1:] > 0
+        table = np.zeros(len(kept) + 1, np.int32)
+        table[1:][present] = np.arange(1, int(present.sum()) + 1)
+        ids = table[ids]
+        kept_scores = scores[kept][present] if kept else np.zeros(0, np.float32)
+        return InstanceResult(ids, kept_scores, boxes_from_ids(ids), None, None, 0.0,
+                              all_masks=masks, all_scores=scores)

@@ -1,0 +1,248 @@
+"""Training tasks for the engine: ``DWTTask`` and ``MaskRCNNTask`` (the engine's ``Task`` protocol).
+
+``build_task(name, data_dir, args)`` is what ``python -m seg train --model dwt|maskrcnn``
+calls. Both tasks hold Penn-Fudan in memory (150 small images), augment on the fly with
+a generator seeded by (seed, epoch) so a run is reproducible, and validate with the COCO
+evaluation. The DWT's validation also picks the post-processing (cut level, minimum
+size) on the val split; the choice travels in the metrics into the checkpoint's card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg.instances.coco_eval import InstanceEvaluator
+from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
+                                boxes_from_ids)
+from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground)
+from seg.instances.losses import dwt_loss, level_weights
+from seg.instances.models import split_outputs
+from seg.instances.postprocess import PostprocessParams, instances_from_maps
+from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
+
+#: Grid searched on val every epoch (post-processing is ms per image, so this is cheap).
+CUT_LEVELS = (3, 4, 5, 6, 7, 8)
+MIN_SIZES = (50, 150, 300)
+MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
+
+
+def _batches(samples: list[InstanceSample], augment: InstanceAugment, batch_size: int, epoch: int, seed: int,
+             rank: int, world: int) -> Iterator[list[InstanceSample]]:
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(samples))[rank::world]
+    aug_rng = np.random.default_rng([seed, epoch, rank, 1])
+    for start in range(0, len(order), batch_size):
+        yield [augment(samples[i], aug_rng) for i in order[start:start + batch_size]]
+
+
+def _steps(num_samples: int, batch_size: int, world: int) -> int:
+    return max(1, -(-(-(-num_samples // world)) // batch_size))
+
+
+def _stack_images(samples: list[InstanceSample]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+
+
+def _subset(samples: list[InstanceSample], limit: int | None) -> list[InstanceSample]:
+    return samples[:limit] if limit else samples
+
+
+class DWTTask:
+    """Deep Watershed Transform: foreground + quantised distance-to-boundary, from scratch."""
+
+    def __init__(self, data_dir: Path, batch_size: int = 4, crop: int = 224, seed: int = 0,
+                 max_images: int | None = None, val_images: int | None = None,
+                 energy_edges: tuple[float, ...] = ENERGY_EDGES, work_height: int = WORK_HEIGHT) -> None:
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
+        self.energy_edges = tuple(energy_edges)
+        self.train = _subset(load_split(self.data_dir, "train", work_height), max_images)
+        for s in self.train:  # distance targets: computed once, cached on disk
+            s.distance = cached_distance(s.id, s.instances)
+        self.val = _subset(load_split(self.data_dir, "val", work_height), val_images)
+        self.augment = InstanceAugment(size=(crop, crop))
+        self.level_weight = level_weights(len(self.energy_edges))
+
+    def card_info(self) -> dict:
+        return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
+                "energy_edges": list(self.energy_edges), "split_fractions": list(SPLIT_FRACTIONS),
+                "train_images": len(self.train), "val_images": len(self.val)}
+
+    def steps_per_epoch(self, world: int = 1) -> int:
+        return _steps(len(self.train), self.batch_size, world)
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
+        for group in _batches(self.train, self.augment, self.batch_size, epoch, self.seed, rank, world):
+            ids = torch.from_numpy(np.stack([s.instances for s in group])).long()
+            levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
+            yield {"images": _stack_images(group), "instances": ids, "levels": levels}
+
+    def _loss(self, model: nn.Module, images: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(images.float() / 255.0)
+        fg_logits, energy_logits = split_outputs(logits)
+        loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, self.level_weight.to(logits.device))
+        return loss, logits
+
+    def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        loss, _ = self._loss(model, batch["images"].to(device), batch["instances"].to(device),
+                             batch["levels"].to(device))
+        return loss
+
+    def _val_maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
+        """Per val image (fg prob, expected energy) at the working size, and the mean val loss."""
+        maps, losses = [], []
+        with torch.inference_mode():
+            for s in self.val:
+                levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
+                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
+                loss, logits = self._loss(model, images, torch.from_numpy(s.instances)[None].long().to(device),
+                                          levels.to(device))
+                losses.append(float(loss))
+                fg_logits, energy_logits = split_outputs(logits.float())
+                probs = energy_logits.softmax(1)[0]
+                energy = torch.tensordot(torch.arange(probs.shape[0], dtype=probs.dtype, device=probs.device),
+                                         probs, dims=1)
+                maps.append((fg_logits.softmax(1)[0, 1].cpu().numpy(), energy.cpu().numpy()))
+        return maps, float(np.mean(losses)) if losses else float("nan")
+
+    def _evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
+        ev = InstanceEvaluator()
+        for s, (fg, energy) in zip(self.val, maps):
+            if components:
+                labels, scores = components_from_foreground(fg, params)
+            else:
+                labels, scores = instances_from_maps(fg, energy, params)
+            ids = np.arange(1, len(scores) + 1)
+            ev.add(s.masks(), labels[None] == ids[:, None, None], scores)
+        return ev.compute()
+
+    def tune(self, maps: list) -> tuple[PostprocessParams, dict]:
+        """Cut level first (at the default size), then minimum size: the best mask AP on val."""
+        def ap(p: PostprocessParams) -> float:
+            value = self._evaluate(maps, p)["mask_ap"]
+            return -1.0 if math.isnan(value) else value
+
+        base = PostprocessParams()
+        cut = max(CUT_LEVELS, key=lambda c: ap(PostprocessParams(c, base.min_size, base.fg_threshold)))
+        size = max(MIN_SIZES, key=lambda m: ap(PostprocessParams(cut, m, base.fg_threshold)))
+        best = PostprocessParams(cut, size, base.fg_threshold)
+        return best, self._evaluate(maps, best)
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        was_training = model.training
+        model.eval()
+        try:
+            maps, val_loss = self._val_maps(model, device)
+        finally:
+            model.train(was_training)
+        params, metrics = self.tune(maps)
+        baseline = self._evaluate(maps, params, components=True)
+        metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        return {"score": metrics["mask_ap"] or 0.0, "val_loss": val_loss, **metrics,
+                "postprocess": asdict(params),
+                "components_mask_ap": baseline["mask_ap"], "components_mask_ap50": baseline["mask_ap50"]}
+
+    def samples(self, model: nn.Module, device: torch.device) -> list[dict]:
+        """Two val images with their predicted instance ids (at the working size)."""
+        out = []
+        predictor = InstancePredictor(model, {"work_height": self.work_height})
+        was_training = model.training
+        try:
+            for s in self.val[:2]:
+                result = predictor.predict(s.image)
+                out.append({"id": s.id, "image": s.image, "truth": s.instances, "pred": result.instances,
+                            "num_pred": result.num_instances, "num_true": s.num_instances})
+        finally:
+            model.train(was_training)
+        return out
+
+
+class MaskRCNNTask:
+    """torchvision Mask R-CNN trained on augmented crops at Mask R-CNN's own input height."""
+
+    def __init__(self, data_dir: Path, batch_size: int = 2, crop: int = MASKRCNN_HEIGHT, seed: int = 0,
+                 max_images: int | None = None, val_images: int | None = None,
+                 work_height: int = MASKRCNN_HEIGHT) -> None:
+        self.data_dir = Path(data_dir)
+        self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
+        self.train = _subset(load_split(self.data_dir, "train", work_height), max_images)
+        self.val = _subset(load_split(self.data_dir, "val", work_height), val_images)
+        # wide crops keep most of a frame: Mask R-CNN learns from whole people, not slivers
+        self.augment = InstanceAugment(size=(crop, round(crop * 1.4)), scale=(0.85, 1.2), min_area=100)
+
+    def card_info(self) -> dict:
+        return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
+                "split_fractions": list(SPLIT_FRACTIONS), "train_images": len(self.train),
+                "val_images": len(self.val), "score_threshold": DETECTION_SCORE_THRESHOLD}
+
+    def steps_per_epoch(self, world: int = 1) -> int:
+        return _steps(len(self.train), self.batch_size, world)
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
+        for group in _batches(self.train, self.augment, self.batch_size, epoch, self.seed, rank, world):
+            images, targets = [], []
+            for s in group:
+                images.append(torch.from_numpy(s.image).permute(2, 0, 1).contiguous())
+                masks = torch.from_numpy(s.masks()).to(torch.uint8)
+                targets.append({"boxes": torch.from_numpy(boxes_from_ids(s.instances)),
+                                "labels": torch.ones(len(masks), dtype=torch.int64), "masks": masks})
+            yield {"images": images, "targets": targets}
+
+    def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        images = [im.to(device).float() / 255.0 for im in batch["images"]]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        losses = model(images, targets)
+        return sum(losses.values())
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        was_training = model.training
+        predictor = InstancePredictor(model, {"work_height": self.work_height})
+        ev = InstanceEvaluator()
+        try:
+            for s in self.val:
+                masks, scores, boxes = predictor.predict(s.image).candidates()
+                ev.add(s.masks(), masks, scores, boxes)
+        finally:
+            model.train(was_training)
+        metrics = ev.compute()
+        metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        return {"score": metrics["mask_ap"] or 0.0, "val_loss": None, **metrics}
+
+    def samples(self, model: nn.Module, device: torch.device) -> list[dict]:
+        return []
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Extra ``train`` flags for the instance models (all prefixed ``--inst-``)."""
+    group = parser.add_argument_group("instance models (dwt, maskrcnn)")
+    group.add_argument("--inst-batch-size", type=int, default=None, help="images per step (dwt 4, maskrcnn 2)")
+    group.add_argument("--inst-crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)")
+    group.add_argument("--inst-max-images", type=int, default=None, help="use only the first N training images")
+    group.add_argument("--inst-val-images", type=int, default=None, help="validate on the first N val images")
+
+
+def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, crop: int | None = None,
+              seed: int = 0, max_images: int | None = None, val_images: int | None = None) -> DWTTask | MaskRCNNTask:
+    """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
+    common = {"seed": seed, "max_images": max_images, "val_images": val_images}
+    if model_name == "dwt":
+        return DWTTask(Path(data_dir), batch_size=batch_size or 4, crop=crop or 224, **common)
+    if model_name == "maskrcnn":
+        return MaskRCNNTask(Path(data_dir), batch_size=batch_size or 2, crop=crop or MASKRCNN_HEIGHT, **common)
+    raise ValueError(f"no instance task for model {model_name!r}")
+
+
+def build_task(model_name: str, data_dir: Path, args: argparse.Namespace) -> DWTTask | MaskRCNNTask:
+    """The task for ``train --model dwt|maskrcnn``; ``data_dir`` is the PennFudanPed folder."""
+    return make_task(model_name, data_dir, getattr(args, "inst_batch_size", None), getattr(args, "inst_crop", None),
+                     int(getattr(args, "seed", 0) or 0), getattr(args, "inst_max_images", None),
+                     getattr(args, "inst_val_images", None))

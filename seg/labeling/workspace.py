@@ -1,0 +1,436 @@
+"""A labeling workspace: a course-layout dataset folder that a person fills in.
+
+Layout (readable as-is by ``seg.data.sbd`` and ``python -m seg train --data W``)::
+
+    W/classes.txt                  one class name per line
+    W/train/<name>.jpg + <name>.png   labelled images (palette PNG of class ids)
+    W/val/<name>.jpg   + <name>.png
+    W/unlabeled/<name>.jpg         imported, not saved yet (the loader never looks here)
+    W/.versions/<name>/v000003.png every saved version, never overwritten
+    W/manifest.sqlite3             per version: time, prefill model, pixels changed by hand
+
+Why this shape: the split folders only ever hold complete image+label pairs, so the
+training loader needs no knowledge of labeling; versions live in a dot-folder the
+loader ignores; and every write is atomic, so a crash leaves the previous state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seg.classes import SBD_CLASSES, SBD_PALETTE
+from seg.data.split import split_of
+from seg.io import ImageLoadError, atomic_write_bytes, atomic_write_text, encode_png, label_to_png_image, \
+    load_image, read_label_png
+from seg.labeling.manifest import MANIFEST_NAME, Manifest, VersionRecord, utc_now
+from seg.labeling.names import UnsafePathError, is_safe_name, safe_join, sanitize_name
+
+LABEL_ENV = "SEG_LABEL_DIR"
+SPLIT_DIRS = ("train", "val", "test")
+UNLABELED_DIR = "unlabeled"
+VERSIONS_DIR = ".versions"
+CLASSES_FILE = "classes.txt"
+#: New labels go to train/val by the project's hash rule on the name (no test split: that is held out).
+SPLIT_FRACTIONS = (0.8, 0.2, 0.0)
+#: Imported images are stored at most this large (longest side): plenty for labeling, light to train on.
+MAX_SIDE = 1024
+JPEG_QUALITY = 95
+
+
+class WorkspaceError(ValueError):
+    """A user-facing problem with a workspace operation (unknown image, wrong mask shape...)."""
+
+
+def default_workspace() -> Path:
+    """``$SEG_LABEL_DIR`` or ``$XDG_DATA_HOME/seglab/labels`` (``~/.local/share/seglab/labels``).
+
+    Deliberately not under the shared dataset root, which holds pristine downloads.
+    """
+    env = os.environ.get(LABEL_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "seglab" / "labels"
+
+
+def palette_for(num_classes: int) -> list[tuple[int, int, int]]:
+    """SBD colours first, then the Pascal VOC bit-interleaved colour map for extra classes."""
+    palette = list(SBD_PALETTE[:num_classes])
+    i = 1
+    while len(palette) < num_classes:
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        if (r, g, b) not in palette:
+            palette.append((r, g, b))
+        i += 1
+    return palette
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    """Content hash of decoded pixels, so re-importing the same picture is recognised."""
+    h = hashlib.sha256(f"{rgb.shape}".encode())
+    h.update(np.ascontiguousarray(rgb).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image in the workspace; ``split`` is None while it waits in ``unlabeled/``."""
+
+    name: str
+    image_path: Path
+    label_path: Path | None
+    split: str | None
+
+    @property
+    def labelled(self) -> bool:
+        return self.label_path is not None
+
+
+@dataclass
+class LoadedItem:
+    """An image opened for editing, with its current label (None before the first save)."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray | None
+    version: int
+    split: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    name: str
+    version: int
+    split: str
+    label_path: Path
+    version_path: Path
+    changed_pixels: int
+    #: True when another session saved this image after ``base_version``: both versions are kept.
+    conflict: bool
+    previous_version: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A file the workspace cannot use; reported, then skipped."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class ScanReport:
+    items: list[Item] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> int:
+        return sum(1 for it in self.items if it.labelled)
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class Workspace:
+    """Open (and create if needed) a labeling workspace at ``root``."""
+
+    def __init__(self, root: str | Path | None = None, classes: list[str] | None = None):
+        self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"{self.root} exists and is not a folder")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.problems: list[Problem] = []
+        self.classes = self._init_classes(classes)
+        self.palette = palette_for(len(self.classes))
+        self.manifest = Manifest(self.root / MANIFEST_NAME)
+        if self.manifest.recovered_from is not None:
+            self.problems.append(Problem(MANIFEST_NAME, f"was not a readable SQLite file; moved aside to "
+                                                        f"{self.manifest.recovered_from.name} and restarted"))
+        self._lock = threading.Lock()  # in-process guard on top of SQLite's cross-process one
+
+    def _init_classes(self, classes: list[str] | None) -> list[str]:
+        path = self.root / CLASSES_FILE
+        if path.is_file():
+            try:
+                names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                if names and len(names) <= 255:
+                    return names
+                self.problems.append(Problem(CLASSES_FILE, "has no usable class names; using the defaults"))
+            except (OSError, UnicodeDecodeError) as err:
+                self.problems.append(Problem(CLASSES_FILE, f"unreadable ({err}); using the defaults"))
+            return list(classes or SBD_CLASSES)
+        names = list(classes or SBD_CLASSES)
+        atomic_write_text(path, "\n".join(names) + "\n")
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # -- paths ----------------------------------------------------------------------------
+    def _path(self, *parts: str) -> Path:
+        return safe_join(self.root, *parts)
+
+    def _check_name(self, name: str) -> str:
+        if not is_safe_name(name):
+            raise UnsafePathError(f"invalid image name {name!r}")
+        return name
+
+    def version_path(self, name: str, version: int) -> Path:
+        return self._path(VERSIONS_DIR, self._check_name(name), f"v{version:06d}.png")
+
+    # -- listing ----------------------------------------------------------------------------
+    def items(self) -> list[Item]:
+        """Every image (labelled or not), sorted by name; cheap: no decoding."""
+        found: dict[str, Item] = {}
+        for split in SPLIT_DIRS:
+            folder = self.root / split
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.glob("*.jpg")):
+                if not is_safe_name(path.stem) or path.stem in found:
+                    continue
+                label = path.with_suffix(".png")
+                found[path.stem] = Item(path.stem, path, label if label.is_file() else None, split)
+        folder = self.root / UNLABELED_DIR
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.jpg")):
+                if is_safe_name(path.stem) and path.stem not in found:
+                    found[path.stem] = Item(path.stem, path, None, None)
+        return [found[k] for k in sorted(found)]
+
+    def names(self) -> list[str]:
+        return [it.name for it in self.items()]
+
+    def progress(self) -> tuple[int, int]:
+        """(labelled, total) images."""
+        items = self.items()
+        return sum(1 for it in items if it.labelled), len(items)
+
+    def item(self, name: str) -> Item:
+        self._check_name(name)
+        for it in self.items():
+            if it.name == name:
+                return it
+        raise WorkspaceError(f"no image named {name!r} in the workspace")
+
+    def _name_taken(self, name: str) -> bool:
+        candidates = [self.root / d / f"{name}.jpg" for d in (*SPLIT_DIRS, UNLABELED_DIR)]
+        return any(p.exists() for p in candidates) or (self.root / VERSIONS_DIR / name).exists()
+
+    # -- import -----------------------------------------------------------------------------
+    def import_image(self, source, name: str | None = None, source_desc: str | None = None) -> tuple[str, bool]:
+        """Decode an untrusted image and add it to ``unlabeled/``; returns (name, newly_added).
+
+        The same picture imported twice returns the existing name instead of a duplicate.
+        Raises ``ImageLoadError`` for unreadable input.
+        """
+        if name is None:
+            name = Path(str(source)).name if isinstance(source, (str, Path)) else "image"
+        rgb = load_image(source, max_side=MAX_SIDE)
+        digest = image_digest(rgb)
+        data = _encode_jpeg(rgb)
+        stem = sanitize_name(name)
+        with self._lock, self.manifest.write() as conn:
+            existing = Manifest.name_for_digest(conn, digest)
+            if existing and self._name_taken(existing):
+                return existing, False
+            candidate, n = stem, 1
+            while self._name_taken(candidate):
+                n += 1
+                candidate = f"{stem[: 100 - 6]}_{n}"
+            atomic_write_bytes(self._path(UNLABELED_DIR, f"{candidate}.jpg"), data)
+            Manifest.add_image(conn, candidate, str(source_desc or name)[:500], digest,
+                               int(rgb.shape[1]), int(rgb.shape[0]))
+        return candidate, True
+
+    def import_folder(self, folder: str | Path, limit: int = 10_000) -> ImportReport:
+        """Import every image file in ``folder`` (not recursive); unreadable files are reported."""
+        report = ImportReport()
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise WorkspaceError(f"{folder} is not a folder")
+        if folder.resolve() == self.root or self.root in folder.resolve().parents:
+            raise WorkspaceError("choose a folder outside the workspace")
+        for path in sorted(folder.iterdir())[:limit]:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                name, added = self.import_image(path, name=path.name, source_desc=str(path))
+            except ImageLoadError as err:
+                report.problems.append(Problem(path.name, f"not imported: {err}"))
+                continue
+            (report.added if added else report.existing).append(name)
+        return report
+
+    # -- load / save -------------------------------------------------------------------------
+    def load(self, name: str) -> LoadedItem:
+        """The image and its current label; a label that does not fit the image is reported, not used."""
+        it = self.item(name)
+        image = load_image(it.image_path, max_side=None)
+        label = None
+        if it.label_path is not None:
+            try:
+                label = read_label_png(it.label_path)
+                if label.shape != image.shape[:2]:
+                    raise ValueError(f"label is {label.shape[1]}x{label.shape[0]}, "
+                                     f"image {image.shape[1]}x{image.shape[0]}")
+            except (OSError, ValueError) as err:
+                self.problems.append(Problem(str(it.label_path.relative_to(self.root)), f"ignored: {err}"))
+                label = None
+        latest = self.manifest.latest(name)
+        return LoadedItem(name, image, label, latest.version if latest else 0, it.split,
+                          latest.model if latest else None)
+
+    def save(self, name: str, label: np.ndarray, *, model: str | None = None,
+             reference: np.ndarray | None = None, base_version: int | None = None,
+             session: str | None = None, split: str | None = None) -> SaveResult:
+        """Save ``label`` as a new version and make it the current label.
+
+        Never overwrites a previous version: each save gets the next number under the
+        manifest's write lock, so two sessions saving at once both keep their work (the
+        later becomes current; ``conflict`` tells the other one). ``reference`` is what
+        the person started from (the model's prefill) and gives ``changed_pixels``.
+        """
+        it = self.item(name)
+        label = np.asarray(label)
+        height, width = _image_shape(it.image_path)
+        if label.ndim != 2 or label.shape != (height, width):
+            raise WorkspaceError(f"mask shape {label.shape} does not match the {width}x{height} image")
+        if label.size and (label.min() < 0 or label.max() >= self.num_classes):
+            raise WorkspaceError(f"mask holds class ids outside 0..{self.num_classes - 1}")
+        label = label.astype(np.uint8)
+        png = encode_png(label_to_png_image(label, self.palette))
+        digest = hashlib.sha256(png).hexdigest()
+        with self._lock, self.manifest.write() as conn:
+            it = self.item(name)  # re-read under the lock: another session may have moved it
+            latest = max(Manifest.latest_version(conn, name), self._latest_version_file(name))
+            if latest == 0 and it.label_path is not None:
+                # A label that predates the manifest (an existing course folder) is kept as v0.
+                atomic_write_bytes(self.version_path(name, 0), it.label_path.read_bytes())
+            previous = reference
+            if previous is None and it.label_path is not None:
+                try:
+                    previous = read_label_png(it.label_path)
+                except (OSError, ValueError):
+                    previous = None
+            changed = int(np.count_nonzero(label != previous)) if previous is not None \
+                and np.shape(previous) == label.shape else int(label.size)
+            version = latest + 1
+            target_split = it.split or split or split_of(name, SPLIT_FRACTIONS)
+            if target_split not in SPLIT_DIRS:
+                raise WorkspaceError(f"unknown split {target_split!r}")
+            version_file = self.version_path(name, version)
+            atomic_write_bytes(version_file, png)
+            label_path = self._path(target_split, f"{name}.png")
+            atomic_write_bytes(label_path, png)  # label first: the loader only lists .jpg files
+            if it.split is None:
+                os.replace(it.image_path, self._path(target_split, f"{name}.jpg"))
+            Manifest.add_version(conn, VersionRecord(
+                name, version, target_split, utc_now(), model, changed, int(label.size), session, digest))
+        conflict = base_version is not None and latest != base_version
+        return SaveResult(name, version, target_split, label_path, version_file, changed, conflict, latest)
+
+    def _latest_version_file(self, name: str) -> int:
+        folder = self.root / VERSIONS_DIR / name
+        numbers = [int(p.stem[1:]) for p in folder.glob("v*.png") if p.stem[1:].isdigit()] \
+            if folder.is_dir() else []
+        return max(numbers, default=0)
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        return self.manifest.versions(self._check_name(name))
+
+    def read_version(self, name: str, version: int) -> np.ndarray:
+        return read_label_png(self.version_path(name, version))
+
+    # -- health ---------------------------------------------------------------------------
+    def scan(self) -> ScanReport:
+        """Decode every file once; report corrupt, mismatched and foreign files instead of failing.
+
+        ``items`` holds only the images that can be opened (and whose label, if any, fits).
+        """
+        report = ScanReport(problems=list(self.problems))
+        known_root = {CLASSES_FILE, UNLABELED_DIR, VERSIONS_DIR, *SPLIT_DIRS}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name in known_root or entry.name.startswith(MANIFEST_NAME):
+                continue
+            report.problems.append(Problem(entry.name, "foreign file or folder, ignored"))
+        good = {}
+        for it in self.items():
+            rel = str(it.image_path.relative_to(self.root))
+            try:
+                shape = load_image(it.image_path, max_side=None).shape[:2]
+            except (ImageLoadError, OSError, ValueError, SyntaxError) as err:
+                report.problems.append(Problem(rel, f"corrupt image, skipped ({err})"))
+                continue
+            if it.label_path is not None:
+                lrel = str(it.label_path.relative_to(self.root))
+                try:
+                    label = read_label_png(it.label_path)
+                except (OSError, ValueError, SyntaxError) as err:
+                    report.problems.append(Problem(lrel, f"corrupt label, image treated as unlabelled ({err})"))
+                    it = Item(it.name, it.image_path, None, it.split)
+                else:
+                    if label.shape != shape:
+                        report.problems.append(Problem(lrel, "label size does not match its image, "
+                                                             "image treated as unlabelled"))
+                        it = Item(it.name, it.image_path, None, it.split)
+                    elif label.size and int(label.max()) >= self.num_classes:
+                        report.problems.append(Problem(lrel, f"class id {int(label.max())} is beyond the "
+                                                             f"{self.num_classes} classes in classes.txt"))
+                        it = Item(it.name, it.image_path, None, it.split)
+            good[it.name] = it
+        for folder_name in (*SPLIT_DIRS, UNLABELED_DIR):
+            folder = self.root / folder_name
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                rel = f"{folder_name}/{path.name}"
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    report.problems.append(Problem(rel, "leftover of an interrupted write, ignored"))
+                elif path.suffix == ".jpg" and is_safe_name(path.stem):
+                    continue
+                elif path.suffix == ".png" and folder_name != UNLABELED_DIR and is_safe_name(path.stem):
+                    if not path.with_suffix(".jpg").is_file():
+                        report.problems.append(Problem(rel, "label without an image, ignored"))
+                else:
+                    report.problems.append(Problem(rel, "foreign file, ignored"))
+        report.items = [good[k] for k in sorted(good)]
+        return report
+
+
+def _image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) exactly as the loader will see it (EXIF orientation applied)."""
+    try:
+        return load_image(path, max_side=None).shape[:2]
+    except ImageLoadError as err:
+        raise WorkspaceError(f"{path.name} is not readable: {err}") from None
+
+
+def _encode_jpeg(rgb: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()

@@ -1,0 +1,207 @@
+"""Semantic segmentation training on the Stanford Background layout (official or course).
+
+``SemanticTask`` plugs the data, the augmentation and the weighted cross entropy into
+the engine; ``train_semantic`` builds the model, the schedule and the card, and is what
+the CLI's ``train`` and the dashboard's Train tab call.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from seg.classes import SBD_PALETTE
+from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_split
+from seg.engine import Stage, distributed_context, run, seed_everything
+from seg.losses import class_weights, weighted_cross_entropy
+from seg.metrics import SegMetrics
+from seg.models import create
+from seg.models.encoders import describe_init
+from seg.transforms import JointAugment
+
+
+@dataclass
+class SemanticTrainConfig:
+    model: str = "unet"
+    data_dir: str = ""
+    out: str | None = None
+    epochs: int = 30
+    lr: float = 2e-3
+    batch_size: int = 8
+    crop_fraction: tuple[float, float] | None = (0.25, 1.0)
+    flip_p: float = 0.5
+    color_jitter: float = 0.2
+    class_weighting: str = "inverse_sqrt"
+    weight_decay: float = 1e-4
+    seed: int = 0
+    frozen_epochs: int = 0
+    encoder_lr_ratio: float = 0.1
+    encoder_init: str = "none"
+    model_kwargs: dict = field(default_factory=dict)
+    limit: int | None = None
+    val_split: str = "val"
+    device: str | None = None
+    command: str | None = None
+
+
+class SemanticTask:
+    """Batches of augmented uint8 crops; loss is weighted CE; validation is the full metric set."""
+
+    def __init__(self, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, weight: torch.Tensor | None) -> None:
+        self.train, self.val, self.config = train, val, config
+        self.num_classes = len(train.classes)
+        self.weight = weight
+        h, w = train.images.shape[-2:]
+        self.augment = JointAugment(config.crop_fraction, config.flip_p, size=(h, w), color_jitter=config.color_jitter)
+
+    def steps_per_epoch(self, world: int = 1) -> int:
+        per_rank = -(-len(self.train) // world)
+        return max(1, -(-per_rank // self.config.batch_size))
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
+        g = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train), generator=g)[rank::world]
+        bs = self.config.batch_size
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]
+            yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    @staticmethod
+    def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        x = images.to(device, non_blocking=True).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        images, masks = batch
+        logits = model(self._to_input(images, device))
+        weight = self.weight.to(device) if self.weight is not None else None
+        return weighted_cross_entropy(logits, masks.to(device).long(), weight)
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        metrics = SegMetrics(self.num_classes, class_names=self.train.classes)
+        total_loss, total_n = 0.0, 0
+        idx = list(range(len(self.val)))[rank::world]
+        for i in range(0, len(idx), 16):
+            sel = idx[i:i + 16]
+            x = self._to_input(self.val.images[sel], device)
+            target = self.val.masks[sel].long()
+            logits = model(x).float()
+            weight = self.weight.to(device) if self.weight is not None else None
+            total_loss += float(weighted_cross_entropy(logits, target.to(device), weight)) * len(sel)
+            total_n += len(sel)
+            metrics.update(logits.softmax(1).cpu(), target)
+        if world > 1:
+            for tensor in (metrics.confusion, metrics.hist_all, metrics.hist_pos):
+                dist.all_reduce(tensor)
+            t = torch.tensor([total_loss, total_n], dtype=torch.float64)
+            dist.all_reduce(t)
+            total_loss, total_n = float(t[0]), int(t[1])
+        result = metrics.compute()
+        result["val_loss"] = round(total_loss / max(total_n, 1), 5)
+        result["score"] = result["miou"] if result["miou"] is not None else float("nan")
+        result["num_images"] = len(self.val)
+        return result
+
+    def samples(self, model: nn.Module, device: torch.device, count: int = 3) -> list[dict]:
+        sel = list(range(min(count, len(self.val))))
+        if not sel:
+            return []
+        with torch.no_grad():
+            pred = model(self._to_input(self.val.images[sel], device)).argmax(1).cpu().numpy().astype(np.uint8)
+        return [{"id": self.val.ids[i], "image": self.val.images[i].permute(1, 2, 0).numpy(),
+                 "truth": self.val.masks[i].numpy(), "pred": pred[k]} for k, i in enumerate(sel)]
+
+
+def build_stages(config: SemanticTrainConfig) -> list[Stage]:
+    """One stage, or for encoder models: encoder frozen, then unfrozen at ``encoder_lr_ratio``."""
+    if config.frozen_epochs <= 0:
+        return [Stage("main", config.epochs, config.lr)]
+    if config.frozen_epochs >= config.epochs:
+        raise ValueError("frozen epochs must be fewer than the total epochs")
+    return [Stage("frozen", config.frozen_epochs, config.lr, frozen=("encoder.",)),
+            Stage("unfrozen", config.epochs - config.frozen_epochs, config.lr,
+                  lr_scale={"encoder.": config.encoder_lr_ratio})]
+
+
+def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Module, str]:
+    kwargs = dict(config.model_kwargs)
+    if config.model == "resunet":
+        kwargs["encoder_init"] = config.encoder_init
+    model = create(config.model, num_classes=num_classes, **kwargs)
+    init = getattr(model, "encoder_init", None) or "random initialisation (no pretrained weights)"
+    return model, init
+
+
+def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | None = None) -> Iterator[dict]:
+    """Load the data, build model and schedule, and run the engine; yields its events."""
+    seed_everything(config.seed)
+    rank, world = distributed_context()
+    root = Path(config.data_dir)
+    train = load_split(root, "train", limit=config.limit)
+    val = load_split(root, config.val_split, limit=config.limit)
+    num_classes = len(train.classes)
+    freqs = class_frequencies(train.masks, num_classes)
+    weight = None if config.class_weighting == "none" else class_weights(freqs, config.class_weighting)
+    model, init_text = _build_model(config, num_classes)
+    card = {
+        "task": "semantic",
+        "classes": train.classes,
+        "palette": [list(c) for c in SBD_PALETTE[:num_classes]] if num_classes <= len(SBD_PALETTE) else None,
+        "input_size": {"width": int(train.images.shape[-1]), "height": int(train.images.shape[-2])},
+        "encoder_init": init_text,
+        "pretrained": config.model == "resunet" and config.encoder_init != "none",
+        "data": {"root_fingerprint": fingerprint(root), "split_rule": SPLIT_RULE,
+                 "num_train": len(train), "num_val": len(val), "val_split": config.val_split,
+                 "train_class_frequencies": [round(float(f), 6) for f in freqs]},
+        "config": {k: v for k, v in asdict(config).items() if k not in ("command",)},
+        "class_weights": weight.tolist() if weight is not None else None,
+        "command": config.command or " ".join(shlex.quote(a) for a in sys.argv),
+        "seed": config.seed,
+        "world_size": world,
+    }
+    if not getattr(model, "trainable", True):
+        yield from _fit_prior(model, train, val, config, card, weight)
+        return
+    task = SemanticTask(train, val, config, weight)
+    device = torch.device(config.device) if config.device else None
+    yield from run(model, task, build_stages(config), out=config.out if rank == 0 else None, card=card,
+                   seed=config.seed, stop_event=stop_event, device=device, weight_decay=config.weight_decay)
+
+
+def _fit_prior(model, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, card: dict,
+               weight: torch.Tensor | None) -> Iterator[dict]:
+    """The prior has no gradient steps: fit the per-pixel table, validate once, save."""
+    from seg.checkpoints import save_checkpoint
+
+    start = time.time()
+    yield {"type": "start", "epochs": 1, "stages": [], "device": "cpu", "world_size": 1, "rank": 0}
+    model.fit(train.masks)
+    task = SemanticTask(train, val, config, weight)
+    metrics = task.validate(model, torch.device("cpu"))
+    elapsed = time.time() - start
+    row = {"epoch": 1, "stage": "fit", "train_loss": None, "val_loss": metrics["val_loss"],
+           "score": metrics["score"], "miou": metrics["miou"], "map": metrics["map"],
+           "pixel_accuracy": metrics["pixel_accuracy"], "elapsed": round(elapsed, 2)}
+    out = None
+    if config.out:
+        val_metrics = {k: v for k, v in metrics.items() if k != "pr_curves"}
+        out = save_checkpoint(config.out, model, dict(card, curve=[row], val_metrics=val_metrics, best_epoch=1,
+                                                      training_time_s=round(elapsed, 2), epochs_run=1))
+    yield {"type": "epoch", "epoch": 1, "epochs": 1, "stage": "fit", "train_loss": None,
+           "val_loss": metrics["val_loss"], "score": metrics["score"], "metrics": metrics, "improved": True,
+           "elapsed": elapsed, "samples": task.samples(model, torch.device("cpu")), "curve": [row]}
+    yield {"type": "done", "best_score": metrics["score"], "best_epoch": 1, "stopped": False,
+           "checkpoint": str(out) if out else None, "elapsed": elapsed, "curve": [row]}

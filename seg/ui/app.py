@@ -1,0 +1,87 @@
+"""Assemble the dashboard from the tab modules, and launch it.
+
+Each tab lives in its own module with ``build(store)``; a tab that fails to build is
+replaced by a message so that one broken part never stops the app from starting.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import traceback
+from pathlib import Path
+
+import gradio as gr
+
+from seg.ui.common import REPO_ROOT, ModelStore, dropdown_update, inference_concurrency
+
+log = logging.getLogger("seg.ui")
+
+#: (tab label, module under seg.ui, elem_id). Order is the order of the issue.
+TABS: list[tuple[str, str, str]] = [
+    ("Segment", "segment", "tab-segment"),
+    ("Augment", "augment", "tab-augment"),
+    ("Evaluate", "evaluate", "tab-evaluate"),
+    ("Train", "train", "tab-train"),
+    ("Instances", "instances", "tab-instances"),
+    ("Label", "label", "tab-label"),
+]
+
+CSS_PATH = REPO_ROOT / "assets" / "app.css"
+TITLE = "SegLab"
+
+
+def _build_tab(module_name: str, store: ModelStore) -> None:
+    """Import and build one tab; on failure show why instead of crashing the app."""
+    try:
+        module = importlib.import_module(f"seg.ui.{module_name}")
+        module.build(store)
+    except Exception as err:  # an absent or broken tab must not take the others down
+        log.error("tab %s failed to build:\n%s", module_name, traceback.format_exc())
+        missing = isinstance(err, ModuleNotFoundError) and (err.name or "").startswith("seg.ui.")
+        if missing:
+            gr.Markdown(f"This tab is not installed yet (`seg/ui/{module_name}.py`).")
+        else:
+            gr.Markdown(f"This tab could not be built: `{html.escape(type(err).__name__)}: "
+                        f"{html.escape(str(err))}`. The other tabs work.")
+
+
+def build_app(checkpoint_dir: str | Path | None = None, store: ModelStore | None = None) -> gr.Blocks:
+    """The whole dashboard as a ``gr.Blocks`` (not launched); ``launch_kwargs()`` has its theme and CSS."""
+    store = store or ModelStore(checkpoint_dir)
+    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+        gr.Markdown("# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
+                    "evaluate, train, inspect instances and label.", elem_id="seg-header")
+        tabs = []
+        with gr.Tabs():
+            for label, module_name, elem_id in TABS:
+                with gr.Tab(label, id=module_name, elem_id=elem_id) as tab:
+                    _build_tab(module_name, store)
+                tabs.append(tab)
+        _wire_model_lists(demo, tabs, store)
+    demo.queue(default_concurrency_limit=inference_concurrency(), max_size=64)
+    demo.seg_store = store  # type: ignore[attr-defined]  # tests and the bench reach the store
+    return demo
+
+
+def _wire_model_lists(demo: gr.Blocks, tabs: list, store: ModelStore) -> None:
+    """Refresh every model dropdown on page load and tab switch (new checkpoints appear)."""
+    if not store.dropdowns:
+        return
+    outputs = [d for d, _, _ in store.dropdowns]
+
+    def refresh(*current):
+        store.refresh()
+        return [dropdown_update(store, task, multi, cur)
+                for (_, task, multi), cur in zip(store.dropdowns, current)]
+
+    for tab in tabs:
+        tab.select(refresh, inputs=outputs, outputs=outputs, api_visibility="private",
+                   queue=False, show_progress="hidden")
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS: in Gradio 6 they are ``launch()`` arguments, not ``Blocks`` ones."""
+    css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.is_file() else None
+    return {"theme": gr.themes.Soft(primary_hue="blue"), "css": css}
