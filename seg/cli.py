@@ -31,6 +31,14 @@ def _crop_fraction(text: str):
     raise argparse.ArgumentTypeError("crop fraction is a number or 'min,max'")
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("size is WIDTHxHEIGHT, e.g. 144x112") from None
+    return w, h
+
+
 def _arch_kwarg(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError("use KEY=VALUE, e.g. base_channels=16")
@@ -54,6 +62,8 @@ def _add_train(sub) -> None:
                    help="crop area as a fraction of the image: one value (e.g. 0.25) or a range 'min,max'; 'none'")
     p.add_argument("--flip-p", type=float, default=0.5, help="horizontal flip probability")
     p.add_argument("--color-jitter", type=float, default=0.2)
+    p.add_argument("--train-size", type=_size, default=None, metavar="WxH",
+                   help="size the crops are resized to for training, e.g. 144x112 (default: the full 288x224)")
     p.add_argument("--class-weights", default="inverse_sqrt", choices=("none", "inverse_sqrt", "inverse"),
                    help="cross-entropy class weights from training-set frequencies")
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -86,7 +96,7 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m seg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m seg " + " ".join(shlex.quote(a) for a in args.argv)
     if args.model in INSTANCE_MODELS:
         from seg.instances.task import train_instances
 
@@ -101,7 +111,7 @@ def cmd_train(args) -> int:
         config = SemanticTrainConfig(
             model=args.model, data_dir=str(dataset_dir("sbd", args.data)), out=args.out, epochs=args.epochs,
             lr=args.lr, batch_size=args.batch_size, crop_fraction=args.crop_fraction, flip_p=args.flip_p,
-            color_jitter=args.color_jitter, class_weighting=args.class_weights, weight_decay=args.weight_decay,
+            color_jitter=args.color_jitter, train_size=args.train_size, class_weighting=args.class_weights, weight_decay=args.weight_decay,
             seed=args.seed, frozen_epochs=frozen, encoder_lr_ratio=args.encoder_lr_ratio,
             encoder_init=args.encoder_init, model_kwargs=dict(args.arch), limit=args.limit,
             val_split=args.val_split, device=args.device, command=command)
@@ -219,6 +229,24 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _add_results(sub) -> None:
+    p = sub.add_parser("results-table", help="print the results table from the checkpoints' cards")
+    p.add_argument("--checkpoints", help="checkpoint folder (default: checkpoints/)")
+    p.add_argument("--write", metavar="README", help="replace the results block in this markdown file")
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args) -> int:
+    from seg.report import results_markdown, update_readme
+
+    if args.write:
+        changed = update_readme(args.write, args.checkpoints)
+        print(f"{args.write}: {'updated' if changed else 'already current'}")
+    else:
+        print(results_markdown(args.checkpoints))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seg", description="SegLab: segmentation workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_predict(sub)
     _add_download(sub)
+    _add_results(sub)
     for module in ("seg.instances.cli", "seg.labeling.cli"):
         try:
             mod = __import__(module, fromlist=["add_subcommands"])
@@ -238,5 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded verbatim on checkpoint cards
     return int(args.func(args) or 0)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DATA_ENV = "SEG_DATA_DIR"
 CACHE_ENV = "SEG_CACHE_DIR"
@@ -54,8 +56,10 @@ def checkpoint_dir() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "checkpoints"
 
 
-def get_device(prefer: str | None = None) -> torch.device:
+def get_device(prefer: str | None = None) -> "torch.device":
     """CUDA when present (or asked for), else CPU."""
+    import torch  # lazy: keeps `python -m seg --help` and download fast
+
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,6 +42,9 @@ class SemanticTrainConfig:
     crop_fraction: tuple[float, float] | None = (0.25, 1.0)
     flip_p: float = 0.5
     color_jitter: float = 0.2
+    #: (width, height) of training crops; None = the full image size. Smaller is faster per step;
+    #: with a crop fraction around (0.5 * width / W)^2 the crops keep roughly the native scale.
+    train_size: tuple[int, int] | None = None
     class_weighting: str = "inverse_sqrt"
     weight_decay: float = 1e-4
     seed: int = 0
@@ -63,6 +66,8 @@ class SemanticTask:
         self.num_classes = len(train.classes)
         self.weight = weight
         h, w = train.images.shape[-2:]
+        if config.train_size:
+            w, h = config.train_size
         self.augment = JointAugment(config.crop_fraction, config.flip_p, size=(h, w), color_jitter=config.color_jitter)
 
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -141,7 +146,9 @@ def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Modu
     if config.model == "resunet":
         kwargs["encoder_init"] = config.encoder_init
     model = create(config.model, num_classes=num_classes, **kwargs)
-    init = getattr(model, "encoder_init", None) or "random initialisation (no pretrained weights)"
+    if config.model == "prior":
+        return model, "not applicable: no encoder, per-pixel class frequencies of the train split"
+    init = getattr(model, "encoder_init", None) or "random initialisation (trained from scratch, no pretrained weights)"
     return model, init
 
 

@@ -136,10 +136,11 @@ def resize_sample(sample: InstanceSample, size: tuple[int, int]) -> InstanceSamp
     return InstanceSample(sample.id, image, relabel_sequential(instances), distance)
 
 
-def load_split(root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT) -> list[InstanceSample]:
-    """Samples of one split, resized to the working height (None keeps original sizes)."""
+def load_split(root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT,
+               limit: int | None = None) -> list[InstanceSample]:
+    """Samples of one split (the first ``limit`` ids), resized to the working height (None: original sizes)."""
     samples = []
-    for image_id in ids_for_split(root, split):
+    for image_id in ids_for_split(root, split)[:limit]:
         sample = load_sample(root, image_id)
         if work_height:
             sample = resize_sample(sample, work_size(*sample.instances.shape, work_height))

@@ -62,7 +62,7 @@ def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,

@@ -116,9 +116,7 @@ def _load_coco(model: MaskRCNN) -> None:
 
 
 class PedestrianMaskRCNN(MaskRCNN):
-    """torchvision's MaskRCNN; a subclass only so checkpoints and the UI can tell it apart."""
-
-    is_detector = True
+    """torchvision's MaskRCNN; a named subclass so checkpoints and the UI can tell it apart."""
 
 
 @register("maskrcnn")
@@ -169,8 +167,4 @@ def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_ini
 
 def is_detector(model: nn.Module) -> bool:
     return isinstance(model, MaskRCNN)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 

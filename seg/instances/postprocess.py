@@ -15,7 +15,6 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from seg.instances.data import relabel_sequential
 
 DEFAULT_CUT_LEVEL = 6
 DEFAULT_MIN_SIZE = 150  # pixels at the working height (224 px)
@@ -47,28 +46,37 @@ def instances_from_maps(fg_prob: np.ndarray, energy: np.ndarray,
     The score is the instance's mean foreground probability, scaled down when its
     deepest energy never reached the cut (an unseeded blob).
     """
+    out = np.zeros(fg_prob.shape, np.int32)
     fg = fg_prob > params.fg_threshold
     if not fg.any():
-        return np.zeros(fg.shape, np.int32), np.zeros(0, np.float32)
+        return out, np.zeros(0, np.float32)
+    # work inside the foreground's bounding box: watershed's cost grows with the pixels it visits
+    rows, cols = np.nonzero(fg.any(axis=1))[0], np.nonzero(fg.any(axis=0))[0]
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    fg, energy, prob = fg[box], energy[box], fg_prob[box]
     seeds, num_seeds = ndi.label(fg & (energy >= params.cut_level))
-    labels = watershed(-energy, seeds, mask=fg) if num_seeds else np.zeros(fg.shape, np.int32)
+    if num_seeds:
+        # watershed on uint8 (0.1-level steps) is ~2x faster than on floats, same basins
+        relief = np.clip(255.0 - 10.0 * energy, 0, 255).astype(np.uint8)
+        labels = watershed(relief, seeds, mask=fg)
+    else:
+        labels = np.zeros(fg.shape, np.int32)
     orphans, num_orphans = ndi.label(fg & (labels == 0))
     if num_orphans:
         labels = np.where(orphans > 0, orphans + num_seeds, labels)
-    labels = relabel_sequential(labels.astype(np.int32), params.min_size)
-    n = int(labels.max(initial=0))
-    if n == 0:
-        return labels, np.zeros(0, np.float32)
     flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    mean_fg = np.bincount(flat, weights=fg_prob.ravel(), minlength=n + 1)[1:] / counts
-    peak = ndi.maximum(energy, labels, index=np.arange(1, n + 1))
-    depth = np.clip((np.asarray(peak) + 1.0) / (params.cut_level + 1.0), 0.0, 1.0)
-    return labels, (mean_fg * depth).astype(np.float32)
-
-
-def instance_boxes(labels: np.ndarray) -> np.ndarray:
-    """xyxy boxes (x2, y2 exclusive) of ids 1..N."""
-    from seg.instances.data import boxes_from_ids
-
-    return boxes_from_ids(labels)
+    counts = np.bincount(flat, minlength=num_seeds + num_orphans + 1)
+    keep = np.nonzero(counts >= max(params.min_size, 1))[0]
+    keep = keep[keep > 0]
+    if len(keep) == 0:
+        return out, np.zeros(0, np.float32)
+    mean_fg = np.bincount(flat, weights=prob.ravel(), minlength=len(counts))[keep] / counts[keep]
+    depth = np.ones(len(keep))
+    unseeded = keep > num_seeds
+    if unseeded.any():  # blobs that never reached the cut: scored by how deep they got
+        peak = np.asarray(ndi.maximum(energy, labels, index=keep[unseeded]), dtype=np.float64)
+        depth[unseeded] = np.clip((peak + 1.0) / (params.cut_level + 1.0), 0.0, 1.0)
+    table = np.zeros(len(counts), np.int32)
+    table[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    out[box] = table[labels]
+    return out, (mean_fg * depth).astype(np.float32)

@@ -28,6 +28,11 @@ from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 
+ENERGY_NOTE = (
+    "K=12 levels with lower edges 0,1,2,3,4,5,6,8,10,12,15,19 px (paper: K=16 up to 54 px for Cityscapes). "
+    "Images are processed at 224 px height, where a pedestrian's deepest pixel lies 8-34 px from its "
+    "boundary (median 18): the paper's levels above ~24 px would be nearly empty, so the top level is 19+ "
+    "and unit steps are kept below 6 px, where the seeds are cut.")
 #: Grid searched on val every epoch (post-processing is ms per image, so this is cheap).
 CUT_LEVELS = (3, 4, 5, 6, 7, 8)
 MIN_SIZES = (50, 150, 300)
@@ -51,10 +56,6 @@ def _stack_images(samples: list[InstanceSample]) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
 
 
-def _subset(samples: list[InstanceSample], limit: int | None) -> list[InstanceSample]:
-    return samples[:limit] if limit else samples
-
-
 class DWTTask:
     """Deep Watershed Transform: foreground + quantised distance-to-boundary, from scratch."""
 
@@ -64,16 +65,20 @@ class DWTTask:
         self.data_dir = Path(data_dir)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.energy_edges = tuple(energy_edges)
-        self.train = _subset(load_split(self.data_dir, "train", work_height), max_images)
+        self.train = load_split(self.data_dir, "train", work_height, max_images)
         for s in self.train:  # distance targets: computed once, cached on disk
             s.distance = cached_distance(s.id, s.instances)
-        self.val = _subset(load_split(self.data_dir, "val", work_height), val_images)
+        self.val = load_split(self.data_dir, "val", work_height, val_images)
         self.augment = InstanceAugment(size=(crop, crop))
         self.level_weight = level_weights(len(self.energy_edges))
 
     def card_info(self) -> dict:
         return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
-                "energy_edges": list(self.energy_edges), "split_fractions": list(SPLIT_FRACTIONS),
+                "energy_edges": list(self.energy_edges), "energy_levels_note": ENERGY_NOTE,
+                "method": "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction "
+                          "network: foreground + energy heads on one U-Net body, seeds cut from the energy, "
+                          "grown back by watershed (scikit-image); cut level and minimum size chosen on val",
+                "split_fractions": list(SPLIT_FRACTIONS),
                 "train_images": len(self.train), "val_images": len(self.val)}
 
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -174,13 +179,19 @@ class MaskRCNNTask:
                  work_height: int = MASKRCNN_HEIGHT) -> None:
         self.data_dir = Path(data_dir)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
-        self.train = _subset(load_split(self.data_dir, "train", work_height), max_images)
-        self.val = _subset(load_split(self.data_dir, "val", work_height), val_images)
+        self.train = load_split(self.data_dir, "train", work_height, max_images)
+        self.val = load_split(self.data_dir, "val", work_height, val_images)
         # wide crops keep most of a frame: Mask R-CNN learns from whole people, not slivers
         self.augment = InstanceAugment(size=(crop, round(crop * 1.4)), scale=(0.85, 1.2), min_area=100)
 
     def card_info(self) -> dict:
         return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
+                "method": "torchvision Mask R-CNN, 2 classes; small ResNet-FPN sized for a CPU and the "
+                          "checkpoint budget (see arch_kwargs); images fed at min_size px",
+                "backbone_note": "ResNet trunk up to layer3 (ResNet-18's layer4 alone is 8.4M parameters), "
+                                 "128-channel FPN, 256-d box head, tall anchors (h/w 1, 2, 3); group norm "
+                                 "when trained from scratch (batch norm is useless at 2 images per batch), "
+                                 "frozen batch norm with pretrained weights (torchvision's recipe)",
                 "split_fractions": list(SPLIT_FRACTIONS), "train_images": len(self.train),
                 "val_images": len(self.val), "score_threshold": DETECTION_SCORE_THRESHOLD}
 
@@ -246,3 +257,25 @@ def build_task(model_name: str, data_dir: Path, args: argparse.Namespace) -> DWT
     return make_task(model_name, data_dir, getattr(args, "inst_batch_size", None), getattr(args, "inst_crop", None),
                      int(getattr(args, "seed", 0) or 0), getattr(args, "inst_max_images", None),
                      getattr(args, "inst_val_images", None))
+
+
+def train_instances(args: argparse.Namespace, command: str | None = None) -> Iterator[dict]:
+    """``python -m seg train --model dwt|maskrcnn``: the CLI's arguments -> the engine's events.
+
+    ``--batch-size``/``--crop-fraction`` are the semantic flags; the instance models take
+    ``--inst-batch-size``/``--inst-crop`` (their own defaults otherwise).
+    """
+    from seg.config import dataset_dir
+    from seg.instances.train import InstanceTrainConfig
+    from seg.instances.train import train_instances as run_training
+
+    config = InstanceTrainConfig(
+        model=args.model, data_dir=str(dataset_dir("pennfudan", getattr(args, "data", None))), out=args.out,
+        epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "inst_batch_size", None),
+        crop=getattr(args, "inst_crop", None), weight_decay=getattr(args, "weight_decay", 1e-4),
+        seed=int(getattr(args, "seed", 0) or 0), encoder_init=getattr(args, "encoder_init", "none") or "none",
+        model_kwargs=dict(getattr(args, "arch", None) or []),
+        max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
+        val_images=getattr(args, "inst_val_images", None) or getattr(args, "limit", None),
+        device=getattr(args, "device", None), command=command)
+    return run_training(config)

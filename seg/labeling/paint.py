@@ -18,6 +18,8 @@ from seg.classes import colorize
 
 #: Stroke pixels with less alpha than this are antialiasing fringe and are ignored.
 ALPHA_THRESHOLD = 128
+#: Per-channel difference within which a painted pixel counts as exactly a palette colour.
+EXACT_TOLERANCE = 3
 #: Marks "no stroke here" in decoded stroke maps.
 NO_STROKE = -1
 
@@ -71,8 +73,10 @@ def decode_strokes(layer: np.ndarray, palette: list[tuple[int, int, int]],
                    alpha_threshold: int = ALPHA_THRESHOLD) -> np.ndarray:
     """RGBA stroke layer -> int16 class ids, ``NO_STROKE`` where nothing opaque was painted.
 
-    Each painted pixel takes the class of the nearest palette colour, so antialiased or
-    overlapping stroke edges still decode to a class that was actually painted nearby.
+    Pixels within ``EXACT_TOLERANCE`` of a palette colour take that class. Blended pixels
+    (antialiased edges, overlapping strokes) take the class of the nearest exactly
+    coloured painted pixel: a blend of two classes' colours can be closer to a third
+    class's colour, so nearest-colour is used only when no exact pixel exists at all.
     """
     layer = np.asarray(layer)
     if layer.ndim != 3 or layer.shape[2] not in (3, 4):
@@ -87,7 +91,18 @@ def decode_strokes(layer: np.ndarray, palette: list[tuple[int, int, int]],
     colours = layer[painted][:, :3].astype(np.int32)
     pal = np.asarray(palette, dtype=np.int32)
     dist = ((colours[:, None, :] - pal[None, :, :]) ** 2).sum(axis=2)
-    out[painted] = dist.argmin(axis=1).astype(np.int16)
+    nearest = dist.argmin(axis=1).astype(np.int16)
+    exact_flat = dist.min(axis=1) <= EXACT_TOLERANCE ** 2 * 3
+    out[painted] = nearest
+    if exact_flat.all() or not exact_flat.any():
+        return out
+    from scipy.ndimage import distance_transform_edt
+
+    exact = np.zeros(layer.shape[:2], dtype=bool)
+    exact[painted] = exact_flat
+    _, (rows, cols) = distance_transform_edt(~exact, return_indices=True)
+    blended = painted & ~exact
+    out[blended] = out[rows[blended], cols[blended]]
     return out
 
 
@@ -149,20 +164,20 @@ def changed_mask(label: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
 
 def render(image: np.ndarray, label: np.ndarray, palette: list[tuple[int, int, int]],
            opacity: float = 0.5, changed: np.ndarray | None = None) -> np.ndarray:
-    """Display picture: the label blended over the image; changed pixels outlined in magenta.
+    """Display picture: the label blended over the image; changed regions outlined in magenta.
 
-    Display only: opacity and outlines never feed back into the saved mask.
+    Changed pixels are drawn at full class colour inside a magenta outline, so the new
+    class stays readable. Display only: nothing here feeds back into the saved mask.
     """
     a = float(np.clip(opacity, 0.0, 1.0))
-    out = image.astype(np.float32) * (1 - a) + colorize(label, palette).astype(np.float32) * a
-    out = out.astype(np.uint8)
+    colours = colorize(label, palette).astype(np.float32)
+    out = image.astype(np.float32) * (1 - a) + colours * a
     if changed is not None and changed.any():
         from skimage.segmentation import find_boundaries
 
-        edge = find_boundaries(changed, mode="inner") & changed
-        out[changed] = (0.5 * out[changed] + 0.5 * np.array([255, 0, 255])).astype(np.uint8)
-        out[edge] = (255, 0, 255)
-    return out
+        out[changed] = colours[changed]
+        out[find_boundaries(changed, mode="outer") & ~changed] = (255, 0, 255)
+    return out.astype(np.uint8)
 
 
 @dataclass

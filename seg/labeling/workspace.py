@@ -338,7 +338,7 @@ class Workspace:
             changed = int(np.count_nonzero(label != previous)) if previous is not None \
                 and np.shape(previous) == label.shape else int(label.size)
             version = latest + 1
-            target_split = it.split or split or split_of(name, SPLIT_FRACTIONS)
+            target_split = it.split or split or self._default_split(name)
             if target_split not in SPLIT_DIRS:
                 raise WorkspaceError(f"unknown split {target_split!r}")
             version_file = self.version_path(name, version)
@@ -351,6 +351,30 @@ class Workspace:
                 name, version, target_split, utc_now(), model, changed, int(label.size), session, digest))
         conflict = base_version is not None and latest != base_version
         return SaveResult(name, version, target_split, label_path, version_file, changed, conflict, latest)
+
+    def _default_split(self, name: str) -> str:
+        """The hash rule, except that the first labelled image goes to val so that a small
+        workspace can always be validated on (training needs a non-empty val split)."""
+        if self.split_counts().get("val", 0) == 0:
+            return "val"
+        return split_of(name, SPLIT_FRACTIONS)
+
+    def split_counts(self) -> dict[str, int]:
+        """Labelled images per split folder."""
+        counts = {split: 0 for split in SPLIT_DIRS}
+        for it in self.items():
+            if it.labelled and it.split:
+                counts[it.split] += 1
+        return counts
+
+    def check_trainable(self) -> None:
+        """Raise ``WorkspaceError`` with what is missing unless ``train`` and ``val`` both have labels."""
+        counts = self.split_counts()
+        missing = [s for s in ("train", "val") if counts[s] == 0]
+        if missing:
+            raise WorkspaceError(f"the workspace {self.root} has no labelled images in {' or '.join(missing)}/ "
+                                 f"yet (labelled: {counts['train']} train, {counts['val']} val); "
+                                 f"label a few more images first")
 
     def _latest_version_file(self, name: str) -> int:
         folder = self.root / VERSIONS_DIR / name

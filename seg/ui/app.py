@@ -47,9 +47,16 @@ def _build_tab(module_name: str, store: ModelStore) -> None:
                         f"{html.escape(str(err))}`. The other tabs work.")
 
 
-def build_app(checkpoint_dir: str | Path | None = None, store: ModelStore | None = None) -> gr.Blocks:
-    """The whole dashboard as a ``gr.Blocks`` (not launched); ``launch_kwargs()`` has its theme and CSS."""
+def build_app(checkpoint_dir: str | Path | None = None, store: ModelStore | None = None,
+              preload: bool = True) -> gr.Blocks:
+    """The whole dashboard as a ``gr.Blocks`` (not launched); ``launch_kwargs()`` has its theme and CSS.
+
+    ``preload`` loads every checkpoint before the UI is built, so broken ones are listed as
+    unavailable (with the reason) instead of failing on first use.
+    """
     store = store or ModelStore(checkpoint_dir)
+    if preload:
+        store.preload()
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
         gr.Markdown("# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
                     "evaluate, train, inspect instances and label.", elem_id="seg-header")

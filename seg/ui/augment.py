@@ -86,7 +86,7 @@ def build(store: ModelStore) -> None:
                 gr.Markdown(missing_dataset_md("sbd", "Augmenting dataset images with their true masks"))
                 sample = gr.Dropdown([], label="Dataset image", value=None, visible=False)
             upload = gr.Image(type="filepath", label="Upload (its mask comes from the model below)",
-                              sources=["upload", "clipboard"], height=220)
+                              sources=["upload", "clipboard"], height=220, elem_id="augment-upload")
             examples = example_images("scenes")
             if examples:
                 gr.Examples(examples, inputs=upload, label="Generated examples")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from seg.classes import SBD_CLASSES, SBD_PALETTE, colorize
 from seg.config import REPO_ROOT, checkpoint_dir, dataset_dir
-from seg.io import ImageLoadError, load_image, save_label_png
+from seg.io import ImageLoadError, encode_png, label_to_png_image, load_image
 
 log = logging.getLogger("seg.ui")
 
@@ -90,6 +90,8 @@ class ModelStore:
         self._load_locks: dict[str, threading.Lock] = {}
         self._entries: dict[str, ModelEntry] = {}
         self._predictors: dict[str, Any] = {}
+        self._load_errors: dict[str, tuple[tuple, str]] = {}  # name -> (files' stamp, reason)
+        self._stamps: dict[str, tuple] = {}  # name -> files' stamp when its predictor was loaded
         self._listeners: list[Callable[[], None]] = []
         #: Model dropdowns created by the tabs: (component, task, multiselect); ``build_app``
         #: refreshes their choices when a tab is opened, so a newly trained model shows up.
@@ -109,15 +111,17 @@ class ModelStore:
             infos = []
             entries["(checkpoints)"] = ModelEntry("(checkpoints)", None, None, f"cannot list {self.directory}: {err}")
         for info in infos:
-            entries[info.name] = ModelEntry(info.name, Path(info.path) if info.path else None,
-                                            info.card, info.error)
+            entry = ModelEntry(info.name, Path(info.path) if info.path else None, info.card, info.error)
+            failed = self._load_errors.get(info.name)
+            if entry.error is None and failed and failed[0] == _stamp(entry.path):
+                entry.error = failed[1]  # same files that failed to load before: still unavailable
+            entries[info.name] = entry
         with self._lock:
-            old = self._entries
             self._entries = entries
             for name in list(self._predictors):
-                if name not in entries or old.get(name) is None or old[name].path != entries[name].path \
-                        or entries[name].error:
-                    self._predictors.pop(name, None)
+                loaded_stamp = self._stamps.get(name)
+                if name not in entries or entries[name].error or loaded_stamp != _stamp(entries[name].path):
+                    self._predictors.pop(name, None)  # gone, broken, or retrained in place
         for listener in list(self._listeners):
             try:
                 listener()
@@ -176,6 +180,7 @@ class ModelStore:
             if cached is not None:
                 return cached
             try:
+                stamp = _stamp(entry.path)
                 predictor = _load_predictor(entry)
             except ModelUnavailable:
                 raise
@@ -183,12 +188,23 @@ class ModelStore:
                 reason = f"failed to load: {type(err).__name__}: {err}"
                 log.warning("checkpoint %s: %s", name, reason)
                 with self._lock:
+                    self._load_errors[name] = (_stamp(entry.path), reason)
                     if name in self._entries:
                         self._entries[name].error = reason
                 raise ModelUnavailable(name, reason) from None
             with self._lock:
                 self._predictors[name] = predictor
+                self._stamps[name] = stamp
             return predictor
+
+    def preload(self) -> None:
+        """Load every listed model now, so a corrupt checkpoint shows as unavailable from the start
+        (its card alone may look fine) and the first request does not pay the loading time."""
+        for name in self.names(None):
+            try:
+                self.predictor(name)
+            except ModelUnavailable:
+                pass  # recorded in unavailable() with the reason
 
     def describe(self) -> str:
         """Markdown listing of the unavailable models with reasons (empty when all load)."""
@@ -197,6 +213,20 @@ class ModelStore:
             return ""
         lines = [f"- **{html.escape(n)}** unavailable: {html.escape(r)}" for n, r in bad.items()]
         return "\n".join(lines)
+
+
+def _stamp(stem: Path | None) -> tuple:
+    """Identity of a checkpoint's files (mtime and size of card and weights), to notice replacement."""
+    if stem is None:
+        return ()
+    out = []
+    for suffix in (".json", ".safetensors"):
+        try:
+            st = Path(stem).with_suffix(suffix).stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def _load_predictor(entry: ModelEntry) -> Any:
@@ -236,7 +266,10 @@ def read_image(source: Any, what: str = "image") -> np.ndarray:
     try:
         return load_image(source, max_side=WORK_MAX_SIDE)
     except ImageLoadError as err:
-        raise gr.Error(f"Cannot read the {what}: {err}") from None
+        message = str(err)
+        if isinstance(source, (str, Path)):  # never show server-side temp paths
+            message = message.replace(str(source), Path(source).name)
+        raise gr.Error(f"Cannot read the {what}: {message}") from None
     except MemoryError:
         raise gr.Error(f"The {what} is too large to process.") from None
 
@@ -298,9 +331,18 @@ def scratch_path(suffix: str) -> Path:
 
 def label_png(label: np.ndarray, palette: list[tuple[int, int, int]], stem: str = "label") -> str:
     """Write the class-id map as a palette PNG (pixel value = class id, atomically) and return its path."""
-    path = scratch_path(f"-{_safe(stem)}.png")
-    save_label_png(path, label, palette)
+    path = scratch_path("") / f"{_safe(stem)}.png"  # unique folder, readable file name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_scratch(path, encode_png(label_to_png_image(label, palette)))
     return str(path)
+
+
+def write_scratch(path: Path, data: bytes) -> None:
+    """Atomic (temp file + rename) but without fsync: scratch files are per-request and
+    disposable, and an fsync per request would cost more than the inference on a busy disk."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _safe(text: str) -> str:

@@ -153,9 +153,10 @@ def _empty(message: str) -> go.Figure:
 
 
 def error_tile(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette) -> np.ndarray:
-    """image | truth | prediction | error map (red = wrong), side by side."""
-    err = np.where((truth != pred)[..., None], np.array([230, 30, 30], np.uint8), (image * 0.4).astype(np.uint8))
-    return hstack([image, colorize(truth, palette), colorize(pred, palette), err])
+    """image | truth | prediction | error map (the core's ``error_map``: red = wrong), side by side."""
+    from seg.evaluate import error_map
+
+    return hstack([image, colorize(truth, palette), colorize(pred, palette), error_map(truth, pred)])
 
 
 def worst_gallery(store: ModelStore, results: dict[str, dict], split: str, k: int = 4) -> list:
@@ -186,23 +187,15 @@ def worst_gallery(store: ModelStore, results: dict[str, dict], split: str, k: in
 
 
 def recompute(store: ModelStore, name: str, split: str, limit: int | None) -> dict:
-    """Core evaluation of one checkpoint on a split (``seg.evaluate.evaluate_checkpoint``)."""
+    """Core evaluation of one checkpoint on a split (``seg.evaluate.evaluate_predictor``, cached model)."""
     root = dataset_available("sbd")
     if root is None:
         raise gr.Error(missing_dataset_md("sbd", "Recomputing metrics"))
-    try:
-        from seg.evaluate import evaluate_checkpoint
-    except ImportError as err:
-        raise gr.Error(f"The evaluation module is not available: {err}") from None
-    entry = store.entry(name)
-    kwargs: dict[str, Any] = {}
-    if limit:
-        import inspect
+    from seg.evaluate import evaluate_predictor
 
-        if "limit" in inspect.signature(evaluate_checkpoint).parameters:
-            kwargs["limit"] = int(limit)
+    predictor = get_predictor(store, name)
     try:
-        return evaluate_checkpoint(entry.path, root, split, **kwargs)
+        return evaluate_predictor(predictor, root, split, limit=int(limit) if limit else None)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise gr.Error(f"Evaluating {name} on {split} failed: {err}") from None
 
@@ -262,7 +255,7 @@ def build(store: ModelStore) -> None:
         gr.Markdown(missing_dataset_md("sbd", "Recomputing metrics on a split"))
     if store.unavailable():
         gr.Markdown(store.describe())
-    note = gr.Markdown()
+    note = gr.Markdown(elem_id="evaluate-note")
     table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison", interactive=False, elem_id="evaluate-table")
     iou = gr.Plot(label="Per-class IoU")
     confusion = gr.Plot(label="Confusion matrices")

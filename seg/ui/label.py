@@ -23,7 +23,8 @@ import numpy as np
 
 from seg.io import ImageLoadError
 from seg.labeling import paint
-from seg.labeling.workspace import Workspace, WorkspaceError, default_workspace
+from seg.classes import SBD_CLASSES
+from seg.labeling.workspace import Workspace, WorkspaceError, default_workspace, palette_for
 from seg.labeling.names import UnsafePathError
 from seg.ui.common import (
     INFERENCE_QUEUE,
@@ -58,6 +59,12 @@ def open_workspace(root: str | Path | None) -> Workspace:
 
 def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _brush(palette: list[tuple[int, int, int]]) -> gr.Brush:
+    """Only the workspace's class colours can be picked: a colour is a class."""
+    return gr.Brush(colors=[_hex(c) for c in palette], default_color=_hex(palette[0]),
+                    color_mode="fixed", default_size=BRUSH_RADIUS)
 
 
 def _new_session() -> dict[str, Any]:
@@ -120,9 +127,9 @@ def _apply_pending(s: dict, editor: dict | None, tool: str) -> int:
     return int((strokes != paint.NO_STROKE).sum())
 
 
-def _progress_md(ws: Workspace | None) -> str:
+def _progress_md(ws: Workspace | None, root: Path | None = None) -> str:
     if ws is None:
-        return "No workspace open."
+        return f"New workspace: `{html.escape(str(root))}` is created when you add the first image."
     labelled, total = ws.progress()
     return f"**{labelled} of {total} labelled** in `{html.escape(str(ws.root))}`"
 
@@ -155,16 +162,18 @@ def _start_label(ws: Workspace, image: np.ndarray) -> np.ndarray:
 # -- the tab ------------------------------------------------------------------------------------
 def build(store: ModelStore | None) -> None:
     """Components and events of the Label tab (inside the current ``gr.Tab``)."""
-    start_ws = open_workspace(None)
-    palette = start_ws.palette
-    classes = start_ws.classes
-    state = gr.State(_new_session() | {"root": str(start_ws.root)})
-    start_items = start_ws.items()
+    start_root = default_workspace().resolve()
+    # Do not create the default folder just because the app started; the first action does.
+    start_ws = open_workspace(start_root) if start_root.is_dir() else None
+    palette = start_ws.palette if start_ws else palette_for(len(SBD_CLASSES))
+    classes = start_ws.classes if start_ws else list(SBD_CLASSES)
+    state = gr.State(_new_session() | {"root": str(start_root)})
+    start_items = start_ws.items() if start_ws else []
 
     with gr.Row():
-        ws_path = gr.Textbox(str(start_ws.root), label="Workspace folder", scale=4, elem_id="label-workspace")
+        ws_path = gr.Textbox(str(start_root), label="Workspace folder", scale=4, elem_id="label-workspace")
         open_btn = gr.Button("Open workspace", scale=1, elem_id="label-open")
-    progress = gr.Markdown(_progress_md(start_ws), elem_id="label-progress")
+    progress = gr.Markdown(_progress_md(start_ws, start_root), elem_id="label-progress")
     problems = gr.Markdown("")
     with gr.Accordion("Add images to the workspace", open=False):
         with gr.Row():
@@ -196,10 +205,9 @@ def build(store: ModelStore | None) -> None:
                 label="Paint: the brush colour is the class (see legend); Apply or Save merges strokes",
                 type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
                 canvas_size=CANVAS, fixed_canvas=True, elem_id="label-editor",
-                brush=gr.Brush(colors=[_hex(c) for c in palette], default_color=_hex(palette[0]),
-                               color_mode="fixed", default_size=BRUSH_RADIUS),
+                brush=_brush(palette),
                 eraser=gr.Eraser(default_size=BRUSH_RADIUS))
-            gr.HTML(legend_html(classes, palette))
+            legend = gr.HTML(legend_html(classes, palette))
             with gr.Row():
                 tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Brush strokes")
                 apply_btn = gr.Button("Apply strokes", elem_id="label-apply")
@@ -224,6 +232,14 @@ def build(store: ModelStore | None) -> None:
     def views(s: dict, op: float, changes: bool):
         return _editor_value(s, op), _preview(s, op, changes)
 
+    def redraw_editor(s: dict, op: float):
+        return _editor_value(s, op) if s["image"] is not None else gr.skip()
+
+    def then_redraw(event) -> None:
+        """The editor is refreshed in a follow-up event: Gradio's ImageEditor stalls when one
+        event both reads and writes it."""
+        event.then(redraw_editor, [state, opacity], editor, api_visibility="private", show_progress="hidden")
+
     # -- workspace and navigation ---------------------------------------------------------------
     def do_open(path: str, s: dict):
         try:
@@ -235,16 +251,20 @@ def build(store: ModelStore | None) -> None:
         choices = [it.name for it in report.items]
         first = next((it.name for it in report.items if not it.labelled), choices[0] if choices else None)
         return (s, _progress_md(ws), _problems_md(report.problems),
-                gr.update(choices=choices, value=first))
+                gr.update(choices=choices, value=first), gr.update(brush=_brush(ws.palette), value=None),
+                legend_html(ws.classes, ws.palette), gr.update(choices=list(ws.classes), value=ws.classes[0]),
+                None)
 
-    open_evt = dict(fn=do_open, inputs=[ws_path, state], outputs=[state, progress, problems, item])
-    open_btn.click(**open_evt, api_visibility="private")
-    gr.on([ws_path.submit], **open_evt, api_visibility="private")
+    open_evt = dict(fn=do_open, inputs=[ws_path, state],
+                    outputs=[state, progress, problems, item, editor, legend, fill_class, preview])
 
     def do_load(name: str | None, s: dict, op: float, changes: bool):
         ws = _ws(s)
         if ws is None or not name:
             return s, None, None, ""
+        if name == s["name"] and s["image"] is not None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # already open: keep the edits
+        discarded = s["name"] if s["dirty"] else None
         try:
             loaded = ws.load(name)
         except (WorkspaceError, UnsafePathError, ImageLoadError, OSError) as err:
@@ -254,10 +274,14 @@ def build(store: ModelStore | None) -> None:
                               "reference": label.copy(), "model": loaded.model, "version": loaded.version}
         note = (f"Version {loaded.version}" + (f", prefilled by `{loaded.model}`" if loaded.model else "")
                 if loaded.version else "Not labelled yet: prefill with a model or paint.")
+        if discarded:
+            gr.Warning(f"Unsaved changes to {discarded} were discarded.")
         return (s, *views(s, op, changes), note)
 
-    item.change(do_load, [item, state, opacity, show_changes], [state, *view_out, status],
-                api_visibility="private")
+    load_evt = dict(fn=do_load, inputs=[item, state, opacity, show_changes], outputs=[state, *view_out, status],
+                    api_visibility="private")
+    item.change(**load_evt)
+    gr.on([open_btn.click, ws_path.submit], **open_evt, api_visibility="private").then(**load_evt)
 
     def step(delta: int, only_unlabelled: bool = False):
         def go(name: str | None, s: dict):
@@ -350,10 +374,11 @@ def build(store: ModelStore | None) -> None:
     def do_apply(ed: dict | None, t: str, s: dict, op: float, changes: bool):
         _require(s)
         n = _apply_pending(s, ed, t)
-        return (s, *views(s, op, changes), f"Applied strokes over {n} pixel(s)." if n else "No strokes to apply.")
+        return (s, _preview(s, op, changes),
+                f"Applied strokes over {n} pixel(s)." if n else "No strokes to apply.")
 
-    apply_btn.click(do_apply, [editor, tool, state, opacity, show_changes], [state, *view_out, status],
-                    api_visibility="private")
+    then_redraw(apply_btn.click(do_apply, [editor, tool, state, opacity, show_changes], [state, preview, status],
+                                api_visibility="private"))
 
     def do_fill(ed: dict | None, t: str, cls: int, mode: str, s: dict, op: float, changes: bool,
                 evt: gr.SelectData):
@@ -374,10 +399,10 @@ def build(store: ModelStore | None) -> None:
             s["undo"].pop()
             raise gr.Error(str(err)) from None
         s["dirty"] = True
-        return (s, *views(s, op, changes), f"Filled at ({col}, {row}) with {html.escape(classes[int(cls)])}.")
+        return (s, _preview(s, op, changes), f"Filled at ({col}, {row}) with {html.escape(_ws(s).classes[int(cls)])}.")
 
-    preview.select(do_fill, [editor, tool, fill_class, fill_mode, state, opacity, show_changes],
-                   [state, *view_out, status], api_visibility="private")
+    then_redraw(preview.select(do_fill, [editor, tool, fill_class, fill_mode, state, opacity, show_changes],
+                               [state, preview, status], api_visibility="private"))
 
     def do_undo(s: dict, op: float, changes: bool):
         _require(s)
@@ -414,11 +439,11 @@ def build(store: ModelStore | None) -> None:
         if result.conflict:
             msg += (f" Note: another session saved version {result.previous_version} meanwhile; "
                     f"it is kept in the version history, yours is now current.")
-        return (s, *views(s, op, changes), msg, _progress_md(ws))
+        return s, _preview(s, op, changes), msg, _progress_md(ws)
 
     save_inputs = [editor, tool, state, opacity, show_changes]
-    save_outputs = [state, *view_out, status, progress]
-    save_btn.click(do_save, save_inputs, save_outputs, api_visibility="private")
+    save_outputs = [state, preview, status, progress]
+    then_redraw(save_btn.click(do_save, save_inputs, save_outputs, api_visibility="private"))
     save_next_btn.click(do_save, save_inputs, save_outputs, api_visibility="private").success(
         step(+1), [item, state], item, api_visibility="private")
 
@@ -432,4 +457,6 @@ def standalone(store: ModelStore | None = None) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    standalone(ModelStore()).launch()
+    from seg.ui.app import launch_kwargs
+
+    standalone(ModelStore()).launch(**launch_kwargs())

@@ -84,15 +84,18 @@ def segment_compare(store: ModelStore, image_src: Any, models: list[str] | str |
             shares_figure(results), _table(results), files, state)
 
 
-def segment_one(store: ModelStore, image_src: Any, model: str, alpha: float = 0.5):
-    """API endpoint ``segment``: label PNG (pixel = class id), overlay, and a summary dict."""
+def segment_one(store: ModelStore, image_src: Any, model: str):
+    """API endpoint ``segment``: the label PNG (pixel value = class id) and a summary dict.
+
+    Kept lean for programmatic clients (one file to download); the overlay views are the
+    tab's ``segment_compare``.
+    """
     image = read_image(image_src)
     r = run_model(store, image, (model or "").strip())
     info = {"model": r["name"], "latency_ms": round(r["latency_ms"], 2), "height": int(image.shape[0]),
-            "width": int(image.shape[1]), "classes": r["classes"],
+            "width": int(image.shape[1]), "classes": r["classes"], "palette": [list(c) for c in r["palette"]],
             "shares": {c: round(float(s), 5) for c, s in zip(r["classes"], r["shares"])}}
-    alpha = 0.5 if alpha is None else float(alpha)
-    return label_png(r["label"], r["palette"], f"{r['name']}-label"), overlay(image, r["label"], r["palette"], alpha), info
+    return label_png(r["label"], r["palette"], f"{r['name']}-label"), info
 
 
 def rerender(state: dict | None, alpha: float, highlight: str | None):
@@ -140,9 +143,7 @@ def build(store: ModelStore) -> None:
     # Hidden single-model endpoint for gradio_client and the bench.
     with gr.Row(visible=False):
         api_model = gr.Textbox(label="model")
-        api_alpha = gr.Number(value=0.5, label="alpha")
         api_label = gr.File(label="label")
-        api_overlay = gr.Image(label="overlay", type="numpy")
         api_info = gr.JSON(label="info")
         api_button = gr.Button("segment (API)")
 
@@ -153,8 +154,8 @@ def build(store: ModelStore) -> None:
               [image, models, alpha, highlight], [gallery, legend, shares, table, files, state],
               api_name="segment_compare", concurrency_id=INFERENCE_QUEUE,
               concurrency_limit=inference_concurrency(), preprocess=False)
-    api_button.click(lambda img, m, a: segment_one(store, img, m, a), [image, api_model, api_alpha],
-                     [api_label, api_overlay, api_info], api_name="segment",
+    api_button.click(lambda img, m: segment_one(store, img, m), [image, api_model],
+                     [api_label, api_info], api_name="segment",
                      concurrency_id=INFERENCE_QUEUE, preprocess=False)
     for trigger in (alpha.release, highlight.change):
         trigger(lambda s, a, h: rerender(s, a, _highlight(h)), [state, alpha, highlight], gallery,

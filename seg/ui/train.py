@@ -284,8 +284,9 @@ def train_stream(store: ModelStore, *form) -> Iterator[tuple]:
     while True:
         version = RUN.wait(version, timeout=2.0)
         s = RUN.state
-        yield snapshot(s)
-        if s.status in ("done", "stopped", "failed") and s.name == name:
+        finished = s.status in ("done", "stopped", "failed") or s.name != name
+        yield snapshot(s)  # read ``finished`` first: the run may end while this yield is consumed
+        if finished:
             break
     if RUN.state.status == "failed":
         raise gr.Error(f"Training failed: {RUN.state.error}")

@@ -1,0 +1,113 @@
+"""Dashboard pieces without a server: the model store's bookkeeping, the single training
+run (with a stand-in trainer, so no dataset is needed), and the drawing helpers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from seg.ui.common import ModelStore, ModelUnavailable, class_shares, hstack, overlay
+from seg.ui.devserver import make_tiny_checkpoints
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    make_tiny_checkpoints(d, instances=False)
+    return d
+
+
+def test_store_keeps_broken_unavailable_across_refresh(ckpt_dir):
+    store = ModelStore(ckpt_dir)
+    assert "broken" in store.names("semantic")  # its card looks fine until it is loaded
+    store.preload()
+    assert "broken" not in store.names("semantic") and "corrupt" in store.unavailable()["broken"]
+    store.refresh()
+    assert "broken" in store.unavailable(), "a failed load is remembered while the files are unchanged"
+    with pytest.raises(ModelUnavailable):
+        store.predictor("broken")
+
+
+def test_store_caches_and_reloads_replaced_checkpoint(ckpt_dir):
+    from seg.checkpoints import save_checkpoint
+    from seg.models import create
+
+    store = ModelStore(ckpt_dir)
+    first = store.predictor("tiny-cnn")
+    assert store.predictor("tiny-cnn") is first
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(store.predictor("tiny-unet"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(r) for r in results}) == 1, "concurrent first use loads once"
+    time.sleep(0.01)
+    card = store.card("tiny-cnn")
+    save_checkpoint(ckpt_dir / "tiny-cnn", create("cnn", num_classes=9, width=8, stages=2),
+                    {k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")})
+    store.refresh()
+    assert store.predictor("tiny-cnn") is not first, "a checkpoint retrained in place is reloaded"
+
+
+def test_training_run_is_single_and_stops_cleanly(monkeypatch, ckpt_dir):
+    import seg.train_semantic as ts
+    from seg.ui import train
+
+    def fake_train(config, stop):
+        yield {"type": "start", "epochs": 3}
+        for epoch in range(1, 4):
+            for step in range(50):
+                if stop.is_set():
+                    yield {"type": "done", "stopped": True, "checkpoint": "kept-best"}
+                    return
+                time.sleep(0.01)
+            yield {"type": "epoch", "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch,
+                   "metrics": {"miou": 0.1 * epoch, "map": 0.2, "pixel_accuracy": 0.5},
+                   "samples": [{"id": "x", "image": np.zeros((8, 8, 3), np.uint8),
+                                "truth": np.zeros((8, 8), np.uint8), "pred": np.ones((8, 8), np.uint8)}]}
+        yield {"type": "done", "stopped": False, "checkpoint": "final"}
+
+    monkeypatch.setattr(ts, "train_semantic", fake_train)
+    run = train.TrainingRun()
+    store = ModelStore(ckpt_dir)
+    run.start(ts.SemanticTrainConfig(model="cnn", epochs=3), "first", store)
+    with pytest.raises(gr.Error, match="already in progress"):
+        run.start(ts.SemanticTrainConfig(model="cnn", epochs=3), "second", store)
+    version = run.wait(-1, timeout=5)
+    deadline = time.time() + 10
+    while not run.state.rows and time.time() < deadline:
+        version = run.wait(version, timeout=1)
+    assert run.state.rows and run.state.samples, "epoch rows and sample tiles recorded"
+    assert "already" not in run.stop()
+    run.join(10)
+    assert run.state.status == "stopped" and run.state.checkpoint == "kept-best"
+    status, loss, metric, samples, info = train.snapshot(run.state)
+    assert "stopped" in status and info["events"][0]["type"] == "start"
+
+
+def test_watch_skips_when_nothing_changed(monkeypatch):
+    from seg.ui import train
+
+    monkeypatch.setattr(train, "RUN", train.TrainingRun())
+    first = train.watch(None)
+    assert first[-1] == train.RUN.state.version
+    again = train.watch(first[-1])
+    assert all(isinstance(x, type(gr.skip())) for x in again[:-1])
+
+
+def test_overlay_highlight_and_shares():
+    image = np.full((4, 6, 3), 100, np.uint8)
+    label = np.zeros((4, 6), np.uint8)
+    label[:, 3:] = 2
+    palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    out = overlay(image, label, palette, alpha=1.0)
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, 5]) == (0, 0, 255)
+    dimmed = overlay(image, label, palette, alpha=0.5, highlight=2)
+    assert dimmed[0, 0].max() < 50, "other classes are dimmed"
+    assert np.allclose(class_shares(label, 3), [0.5, 0, 0.5])
+    assert hstack([image, image[:2]]).shape == (4, 16, 3)

@@ -1,0 +1,64 @@
+"""Checkpoints: safetensors + card round trip, corrupt files, listing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seg.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from seg.models import create
+
+
+def test_round_trip_fp16_and_card(tmp_path):
+    model = create("unet", num_classes=9, base_channels=8).eval()
+    save_checkpoint(tmp_path / "m", model, {"classes": ["a"] * 9, "encoder_init": "random", "seed": 3})
+    card = json.loads((tmp_path / "m.json").read_text())
+    assert card["architecture"] == "unet" and card["arch_kwargs"]["base_channels"] == 8
+    assert card["weights_dtype"] == "float16" and card["params"] > 0
+    loaded, card2 = load_checkpoint(tmp_path / "m.safetensors")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=5e-2)  # fp16 storage
+    assert card2["seed"] == 3
+
+
+def test_resunet_card_init_is_not_reapplied_on_load(tmp_path):
+    model = create("resunet", encoder_init="none")
+    save_checkpoint(tmp_path / "r", model, {"classes": ["c"] * 9})
+    loaded, card = load_checkpoint(tmp_path / "r")
+    assert card["arch_kwargs"]["encoder_init"] == "none"
+    assert torch.allclose(loaded.encoder.conv1.weight, model.encoder.conv1.weight.half().float())
+
+
+def test_corrupt_missing_and_mismatched(tmp_path):
+    model = create("cnn", width=8)
+    save_checkpoint(tmp_path / "ok", model, {})
+    (tmp_path / "bad.json").write_text((tmp_path / "ok.json").read_text())
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad")
+    (tmp_path / "nojson.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path / "nojson")
+    card = json.loads((tmp_path / "ok.json").read_text())
+    card["arch_kwargs"]["width"] = 16
+    (tmp_path / "wrong.json").write_text(json.dumps(card))
+    (tmp_path / "wrong.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(tmp_path / "wrong")
+    (tmp_path / "garbage.json").write_text("{not json")
+    infos = {i.name: i for i in list_checkpoints(tmp_path)}
+    assert infos["ok"].available
+    assert not infos["garbage"].available and "JSON" in infos["garbage"].error
+    assert set(infos) == {"ok", "bad", "wrong", "garbage"}
+
+
+def test_a_pickle_is_never_loaded(tmp_path):
+    """A .safetensors file holding a pickle payload is rejected, not executed."""
+    model = create("cnn", width=8)
+    save_checkpoint(tmp_path / "p", model, {})
+    torch.save({"x": torch.zeros(1)}, tmp_path / "p.safetensors")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "p")

@@ -1,0 +1,71 @@
+"""Command line: help for every subcommand, offline download, results table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seg.cli import build_parser, main
+from seg.report import END, START, readme_block, results_markdown, update_readme
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "download", "results-table"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_download_offline_fails_fast_and_says_what_to_do(tmp_path):
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "seg", "download", "sbd", "--root", str(tmp_path), "--timeout", "5"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("this machine is online: the archive downloaded")
+    assert "iccv09Data.tar.gz" in proc.stderr  # names the URL
+    assert str(tmp_path / "iccv09Data") in proc.stderr  # and the folder to fill by hand
+    assert time.time() - start < 90
+    assert not any(p.name.startswith(".download") for p in tmp_path.iterdir())  # temp folder cleaned up
+
+
+def test_download_verifies_an_existing_folder(tmp_path, sbd_root):
+    from seg.data.download import SOURCES, DownloadError, verify
+
+    verify_target = tmp_path / "iccv09Data"
+    (verify_target / "images").mkdir(parents=True)
+    (verify_target / "labels").mkdir()
+    (verify_target / "images" / "0000051.jpg").write_bytes((sbd_root / "images" / "0000051.jpg").read_bytes())
+    (verify_target / "labels" / "0000051.regions.txt").write_bytes(b"0 0\n")
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        verify(verify_target, SOURCES["sbd"])
+
+
+def test_results_table_is_generated_from_cards(tmp_path):
+    from seg.checkpoints import save_checkpoint
+    from seg.models import create
+
+    save_checkpoint(tmp_path / "m", create("cnn", width=4),
+                    {"task": "semantic", "encoder_init": "random", "val_metrics": {"miou": 0.5, "map": 0.25,
+                                                                                 "pixel_accuracy": 0.75}})
+    table = results_markdown(tmp_path)
+    assert "| m | cnn | random |" in table and "| 0.500 | 0.250 | 0.750 |" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\nrest\n")
+    assert update_readme(readme, tmp_path) is True
+    assert readme_block(readme) == table and readme.read_text().endswith("rest\n")
+    assert update_readme(readme, tmp_path) is False
+
+
+def test_project_readme_table_matches_the_shipped_cards():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    assert readme_block(readme) == results_markdown(), "run: python -m seg results-table --write README.md"
+
+
+def test_unknown_model_is_refused(capsys):
+    assert main(["train", "--model", "nope", "--out", "x"]) == 2

@@ -1,0 +1,82 @@
+"""The DWT loss: 1/sqrt(area) pixel weighting, boosted low levels, foreground term."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seg.instances.losses import dwt_loss, instance_pixel_weights, level_weights
+
+
+def _scene() -> torch.Tensor:
+    ids = torch.zeros(1, 20, 30, dtype=torch.long)
+    ids[0, 2:18, 2:18] = 1  # 256 px
+    ids[0, 5:9, 22:26] = 2  # 16 px
+    return ids
+
+
+def test_pixel_weights_are_inverse_sqrt_area():
+    w = instance_pixel_weights(_scene())
+    assert w[0, 10, 10] == pytest.approx(1 / 16) and w[0, 6, 23] == pytest.approx(1 / 4)
+    assert w[0, 0, 0] == 0
+    # in total an instance weighs sqrt(area): 16 vs 4, not 256 vs 16
+    assert w[0][_scene()[0] == 1].sum() == pytest.approx(16.0)
+    assert w[0][_scene()[0] == 2].sum() == pytest.approx(4.0)
+
+
+def test_level_weights_boost_the_lowest_levels():
+    w = level_weights(12, low_boost=2.0, boosted=3)
+    assert w.tolist() == [2.0] * 3 + [1.0] * 9
+
+
+def _loss_with_wrong_pixels(ids: torch.Tensor, wrong: torch.Tensor, target_level: int, k: int = 6) -> float:
+    levels = torch.full(ids.shape, target_level)
+    energy = torch.zeros(1, k, *ids.shape[1:])
+    energy[:, target_level] = 30.0  # confident and right ...
+    energy[0, :, wrong[0]] = 0.0
+    energy[0, (target_level + 3) % k, wrong[0]] = 30.0  # ... except on the `wrong` pixels
+    sign = (ids > 0).float() * 2 - 1
+    fg = torch.stack([-sign * 10, sign * 10], 1)
+    loss, parts = dwt_loss(fg, energy, ids, levels, level_weights(k))
+    assert parts["fg_loss"] < 1e-3
+    return parts["energy_loss"]
+
+
+def test_a_mistake_on_a_small_pedestrian_costs_more_per_pixel():
+    ids = _scene()
+    one_big = torch.zeros_like(ids, dtype=torch.bool)
+    one_big[0, 10, 10] = True
+    one_small = torch.zeros_like(ids, dtype=torch.bool)
+    one_small[0, 6, 23] = True
+    assert _loss_with_wrong_pixels(ids, one_small, 4) == pytest.approx(4 * _loss_with_wrong_pixels(ids, one_big, 4),
+                                                                       rel=1e-3)
+
+
+def test_low_level_mistakes_cost_double():
+    ids = _scene()
+    wrong = torch.zeros_like(ids, dtype=torch.bool)
+    wrong[0, 10, 10] = True
+    assert _loss_with_wrong_pixels(ids, wrong, 1) == pytest.approx(2 * _loss_with_wrong_pixels(ids, wrong, 4),
+                                                                   rel=1e-3)
+
+
+def test_background_is_left_to_the_foreground_head():
+    ids = _scene()
+    levels = torch.zeros_like(ids)
+    energy = torch.randn(1, 6, 20, 30)
+    fg = torch.zeros(1, 2, 20, 30)
+    _, parts = dwt_loss(fg, energy, ids, levels)
+    energy2 = energy.clone()
+    energy2[..., ids[0] == 0] = torch.randn_like(energy2[..., ids[0] == 0]) * 5  # background energies: irrelevant
+    _, parts2 = dwt_loss(fg, energy2, ids, levels)
+    assert parts["energy_loss"] == pytest.approx(parts2["energy_loss"])
+    assert parts["fg_loss"] == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-4)
+
+
+def test_loss_backpropagates_to_both_heads():
+    ids = _scene()
+    fg = torch.zeros(1, 2, 20, 30, requires_grad=True)
+    energy = torch.zeros(1, 6, 20, 30, requires_grad=True)
+    loss, _ = dwt_loss(fg, energy, ids, torch.ones_like(ids), level_weights(6))
+    loss.backward()
+    assert fg.grad.abs().sum() > 0 and energy.grad.abs().sum() > 0

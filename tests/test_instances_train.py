@@ -1,0 +1,120 @@
+"""End to end on a few real images: train 1 epoch through the CLI, reload, evaluate, predict; Mask R-CNN."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seg.checkpoints import load_checkpoint
+from seg.cli import main
+from seg.instances.cli import save_instance_png
+from seg.instances.data import ids_for_split, load_sample
+from seg.instances.inference import InstancePredictor
+from seg.instances.task import make_task
+from seg.models import create
+from seg.models.encoders import EncoderWeightsError
+
+REPORT_KEYS = {"mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "count_error", "mean_best_iou",
+               "num_images"}
+
+
+@pytest.fixture(scope="module")
+def dwt_checkpoint(pennfudan_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "dwt"
+    code = main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(out), "--epochs", "1",
+                 "--limit", "6", "--arch", "base_channels=8", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_dwt_one_epoch_writes_a_usable_checkpoint(dwt_checkpoint):
+    model, card = load_checkpoint(dwt_checkpoint)
+    assert card["architecture"] == "dwt" and card["task"] == "instances"
+    assert card["energy_edges"][:3] == [0, 1, 2] and card["work_height"] == 224
+    assert card["encoder_init"].startswith("random") and card["pretrained"] is False
+    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold"}
+    assert card["curve"][0]["epoch"] == 1 and np.isfinite(card["curve"][0]["train_loss"])
+    assert dwt_checkpoint.with_suffix(".safetensors").stat().st_size < 2_000_000  # fp16, tiny model
+
+
+def test_predictor_works_at_the_original_size(dwt_checkpoint, pennfudan_root):
+    sample = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0])
+    predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
+    result = predictor.predict(sample.image)
+    assert result.instances.shape == sample.instances.shape and result.instances.dtype == np.int32
+    assert result.energy.shape == sample.instances.shape and result.foreground.max() <= 1.0
+    assert len(result.scores) == len(result.boxes) == result.instances.max()
+    baseline = InstancePredictor.from_checkpoint(dwt_checkpoint, method="components").predict(sample.image)
+    assert baseline.instances.shape == sample.instances.shape
+
+
+def test_eval_and_predict_commands(dwt_checkpoint, pennfudan_root, tmp_path, capsys):
+    out_json = tmp_path / "metrics.json"
+    assert main(["eval-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
+                 "--split", "test", "--json", str(out_json)]) == 0
+    metrics = json.loads(out_json.read_text())
+    assert REPORT_KEYS <= set(metrics) and metrics["num_images"] == 25
+    image_id = ids_for_split(pennfudan_root, "test")[0]
+    image = pennfudan_root / "PNGImages" / f"{image_id}.png"
+    assert main(["predict-instances", "--checkpoint", str(dwt_checkpoint), str(image), "--out",
+                 str(tmp_path / "pred")]) == 0
+    with Image.open(tmp_path / "pred" / f"{image_id}_instances.png") as png:
+        assert png.size == Image.open(image).size and png.mode == "L"
+        ids = np.asarray(png)
+    record = json.loads((tmp_path / "pred" / f"{image_id}_instances.json").read_text())
+    assert len(record["instances"]) == ids.max()
+    assert all(0 <= i["score"] <= 1 and len(i["box_xyxy"]) == 4 for i in record["instances"])
+
+
+def test_instance_png_goes_16_bit_past_255(tmp_path):
+    ids = np.arange(300 * 4, dtype=np.int32).reshape(30, 40) % 300
+    save_instance_png(tmp_path / "many.png", ids)
+    with Image.open(tmp_path / "many.png") as png:
+        assert png.mode.startswith("I") and np.array_equal(np.asarray(png).astype(np.int32), ids)
+
+
+def test_maskrcnn_trains_validates_and_round_trips(pennfudan_root, tmp_path):
+    torch.manual_seed(0)
+    model = create("maskrcnn", num_classes=2)
+    task = make_task("maskrcnn", pennfudan_root, max_images=2, val_images=1)
+    batch = next(iter(task.train_batches(1)))
+    assert all(t["masks"].shape[0] == len(t["boxes"]) for t in batch["targets"])
+    model.train()
+    loss = task.train_step(model, batch, torch.device("cpu"))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.body.conv1.weight.grad is not None
+    metrics = task.validate(model, torch.device("cpu"))
+    assert REPORT_KEYS <= set(metrics) and "score" in metrics
+    from seg.checkpoints import save_checkpoint
+
+    stem = save_checkpoint(tmp_path / "mrcnn", model, {"task": "instances", "work_height": 320})
+    assert stem.with_suffix(".safetensors").stat().st_size < 15_000_000  # fits the shared budget
+    predictor = InstancePredictor.from_checkpoint(stem)
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    result = predictor.predict(rgb)
+    assert predictor.detector and result.instances.shape == rgb.shape[:2]
+    assert len(result.scores) == result.instances.max()
+
+
+def test_maskrcnn_backbone_from_a_local_file(tmp_path):
+    from torchvision.models import resnet18
+
+    state = {k: v for k, v in resnet18().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "r18.pth")  # the official torchvision file's format
+    model = create("maskrcnn", encoder_init=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.backbone.body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.backbone.body.layer3[0].bn1.running_var, state["layer3.0.bn1.running_var"])
+    with pytest.raises(EncoderWeightsError, match="not found"):
+        create("maskrcnn", encoder_init=str(tmp_path / "missing.pth"))
+    torch.save({"not": "a tensor", "obj": object}, tmp_path / "bad.pth")
+    with pytest.raises(EncoderWeightsError):
+        create("maskrcnn", encoder_init=str(tmp_path / "bad.pth"))
+
+
+def test_coco_init_refuses_other_backbones():
+    with pytest.raises(ValueError, match="resnet50"):
+        create("maskrcnn", encoder_init="coco")

@@ -1,0 +1,86 @@
+"""The registry, every model's shapes, the prior, and the encoder-initialisation rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torchvision.models import ResNet18_Weights, resnet18
+
+from seg.models import available, create
+from seg.models.encoders import EncoderWeightsError, load_encoder_weights
+
+
+def test_registry_lists_semantic_models_and_rejects_unknown():
+    assert {"prior", "cnn", "unet", "resunet"} <= set(available())
+    with pytest.raises(KeyError, match="unknown model"):
+        create("nope")
+
+
+@pytest.mark.parametrize("name,kwargs", [("cnn", {"width": 8}), ("unet", {"base_channels": 8}),
+                                         ("resunet", {}), ("prior", {})])
+def test_output_shape_matches_input(name, kwargs):
+    model = create(name, num_classes=9, **kwargs).eval()
+    with torch.no_grad():
+        for h, w in ((224, 288), (100, 75)):  # odd sizes too
+            assert model(torch.rand(2, 3, h, w)).shape == (2, 9, h, w)
+
+
+def test_prior_fit_is_per_pixel_frequency():
+    masks = torch.tensor([[[0, 1], [2, 2]], [[0, 2], [2, 1]]], dtype=torch.uint8)
+    prior = create("prior", num_classes=3, height=2, width=2).fit(masks)
+    probs = prior(torch.zeros(1, 3, 2, 2)).softmax(1)[0]
+    assert probs[0, 0, 0] == pytest.approx(1.0, abs=1e-3)
+    assert probs[1, 0, 1] == pytest.approx(0.5, abs=1e-3) and probs[2, 0, 1] == pytest.approx(0.5, abs=1e-3)
+
+
+def _resnet18_state(tmp_path, suffix):
+    torch.manual_seed(7)
+    net = resnet18(weights=None)
+    path = tmp_path / f"my_resnet18{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    else:
+        torch.save(net.state_dict(), path)
+    return net, path
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_resunet_encoder_from_local_file(tmp_path, suffix):
+    net, path = _resnet18_state(tmp_path, suffix)
+    model = create("resunet", encoder_init=str(path))
+    assert torch.equal(model.encoder.conv1.weight, net.conv1.weight)
+    assert "local file" in model.encoder_init
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    """The real weights-API path: the file sits where torchvision caches ImageNet weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net, path = _resnet18_state(tmp_path, ".pth")
+    cached = tmp_path / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    path.replace(cached)
+    target = resnet18(weights=None)
+    # an existing cache file is used as is (torchvision checks the hash only when it downloads)
+    text = load_encoder_weights(target, "imagenet", ResNet18_Weights.IMAGENET1K_V1)
+    assert "ImageNet" in text
+    assert torch.equal(target.conv1.weight, net.conv1.weight)
+
+
+def test_imagenet_unavailable_is_a_clear_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache; no network here either
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(EncoderWeightsError, match="resnet18-f37072fd.pth"):
+        create("resunet", encoder_init="imagenet")
+
+
+def test_mismatched_or_missing_weights_file(tmp_path):
+    save_file({"conv1.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(EncoderWeightsError, match="do not match"):
+        create("resunet", encoder_init=str(tmp_path / "bad.safetensors"))
+    with pytest.raises(EncoderWeightsError, match="not found"):
+        create("resunet", encoder_init=str(tmp_path / "missing.pth"))

@@ -1,0 +1,66 @@
+"""Joint augmentation: image and mask move together; crop area and flip rate are as asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seg.transforms import JointAugment, augment_samples
+
+
+def _blocky_pair(h: int = 96, w: int = 128):
+    """An image whose red channel encodes the mask (20 * class), in large blocks."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy // 16) * 3 + (xx // 32)) % 9
+    image = np.stack([mask * 20, np.full_like(mask, 7), xx * 255 // w], axis=-1).astype(np.uint8)
+    return image, mask.astype(np.uint8)
+
+
+def test_flip_only_is_exact_and_joint():
+    image, mask = _blocky_pair()
+    out = augment_samples(image, mask, crop_fraction=None, flip_p=1.0, n=2, seed=0)
+    for img, msk in out:
+        np.testing.assert_array_equal(img, image[:, ::-1])
+        np.testing.assert_array_equal(msk, mask[:, ::-1])
+    same = augment_samples(image, mask, crop_fraction=None, flip_p=0.0, n=2, seed=0)
+    np.testing.assert_array_equal(same[0][0], image)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 1 / 16])
+def test_crop_keeps_image_and_mask_aligned(fraction):
+    image, mask = _blocky_pair()
+    for img, msk in augment_samples(image, mask, crop_fraction=fraction, flip_p=0.5, n=8, seed=1):
+        assert img.shape == image.shape and msk.shape == mask.shape  # resized back to the training size
+        assert msk.dtype == np.uint8 and set(np.unique(msk)) <= set(range(9))  # nearest: no new labels
+        decoded = np.round(img[..., 0] / 20.0).astype(int)
+        assert (decoded == msk).mean() > 0.9  # only block borders may disagree (bilinear image)
+
+
+def test_crop_area_fraction_and_horizontal_coordinate():
+    """The blue channel holds x; a 1/4-area crop spans half of the width (aspect kept)."""
+    image, mask = _blocky_pair()
+    for img, _ in augment_samples(image, mask, crop_fraction=0.25, flip_p=0.0, n=5, seed=2):
+        span = int(img[:, -1, 2].mean()) - int(img[:, 0, 2].mean())
+        assert 0.4 * 255 < span < 0.6 * 255
+
+
+def test_flip_rate_matches_probability_and_seed_reproducible():
+    image, mask = _blocky_pair(16, 16)
+    out = augment_samples(image, mask, crop_fraction=None, flip_p=0.25, n=64, seed=3)
+    flipped = np.mean([not np.array_equal(img, image) for img, _ in out])
+    assert 0.1 < flipped < 0.45
+    again = augment_samples(image, mask, crop_fraction=None, flip_p=0.25, n=64, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(out, again))
+
+
+def test_joint_augment_on_tensors_and_errors():
+    aug = JointAugment(crop_fraction=(0.25, 1.0), flip_p=0.5, size=(48, 64), color_jitter=0.2)
+    img, msk = aug(torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), torch.zeros(96, 128, dtype=torch.uint8))
+    assert img.shape == (3, 48, 64) and img.dtype == torch.uint8 and msk.shape == (48, 64)
+    with pytest.raises(ValueError):
+        JointAugment(crop_fraction=1.5)
+    with pytest.raises(ValueError):
+        JointAugment(flip_p=2)
+    with pytest.raises(ValueError):
+        augment_samples(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4), np.uint8), 0.25, 0.5, 1, 0)
