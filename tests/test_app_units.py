@@ -111,3 +111,17 @@ def test_overlay_highlight_and_shares():
     assert dimmed[0, 0].max() < 50, "other classes are dimmed"
     assert np.allclose(class_shares(label, 3), [0.5, 0, 0.5])
     assert hstack([image, image[:2]]).shape == (4, 16, 3)
+
+
+def test_app_builds_without_data_and_says_how_to_get_it(monkeypatch, tmp_path, ckpt_dir):
+    from seg.ui.app import build_app
+
+    monkeypatch.setenv("SEG_DATA_DIR", str(tmp_path / "no-data-here"))
+    demo = build_app(ckpt_dir)
+    texts = [str(getattr(b, "value", "")) for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    joined = "\n".join(texts)
+    assert "could not be built" not in joined and "not installed yet" not in joined
+    assert "python -m seg download sbd" in joined and "python -m seg download pennfudan" in joined
+    assert "broken" in joined and "unavailable" in joined, "unavailable checkpoints are listed with the reason"
+    names = {getattr(fn, "api_name", None) for fn in demo.fns.values()}
+    assert {"segment", "segment_compare", "augment", "evaluate", "train", "instances"} <= names
