@@ -9,7 +9,9 @@ import argparse
 import logging
 import os
 
-from seg.ui.app import build_app, launch_kwargs
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
+
+from seg.ui.app import build_app, launch_kwargs  # noqa: E402  (after the environment is set)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -62,18 +63,23 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/"
     tmp = Path(tempfile.mkdtemp(prefix="seglab-bench-"))
     image = bench_image(tmp)
-    cmd = [sys.executable, str(REPO / "app.py"), "--port", str(port)]
-    if args.checkpoints:
-        cmd += ["--checkpoints", args.checkpoints]
+    # Serve a snapshot of the checkpoints: a training run rewriting them mid-bench would
+    # otherwise change (or briefly hide) the models being measured.
+    from seg.config import checkpoint_dir
+
+    snapshot = tmp / "checkpoints"
+    shutil.copytree(args.checkpoints or checkpoint_dir(), snapshot)
+    cmd = [sys.executable, str(REPO / "app.py"), "--port", str(port), "--checkpoints", str(snapshot)]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "app.log", "wb"))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "image": "288x224"}
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                 "load_average_1min_at_start": round(os.getloadavg()[0], 2)},
+                     "image": "288x224", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         wait_http(url, timeout=180)
         page_s = time.perf_counter() - start
         client = Client(url, verbose=False)
-        store_models = client.view_api(return_format="dict", print_info=False)  # noqa: F841 (warms the client)
         models = _models(client)
         client.predict(handle_file(str(image)), models[0], api_name="/segment")
         first_s = time.perf_counter() - start
@@ -125,9 +131,11 @@ def main() -> None:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
     unet = results.get("latency_ms", {}).get("unet")
     if unet:
         results["target_unet_p50_le_150ms"] = unet["p50"] <= 150
+    results["machine"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(f"wrote {args.out}")
 

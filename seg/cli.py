@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from seg.config import dataset_dir
@@ -76,6 +79,8 @@ def _add_train(sub) -> None:
                    help="resunet encoder: 'imagenet' (torchvision weights API / hub cache), a local weights file, or 'none'")
     p.add_argument("--arch", type=_arch_kwarg, action="append", default=[], metavar="KEY=VALUE",
                    help="architecture argument, e.g. --arch base_channels=16")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint of the same architecture (warm restart); recorded on the card")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--val-split", default="val", choices=("val", "test"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -90,9 +95,30 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Ctrl-C / SIGTERM end training cleanly between steps, keeping the best checkpoint."""
+    stop = threading.Event()
+
+    def handler(signum, frame):  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step (again to abort)...", file=sys.stderr)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def cmd_train(args) -> int:
     import torch
-    from tqdm import tqdm
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,11 +137,21 @@ def cmd_train(args) -> int:
         config = SemanticTrainConfig(
             model=args.model, data_dir=str(dataset_dir("sbd", args.data)), out=args.out, epochs=args.epochs,
             lr=args.lr, batch_size=args.batch_size, crop_fraction=args.crop_fraction, flip_p=args.flip_p,
-            color_jitter=args.color_jitter, train_size=args.train_size, class_weighting=args.class_weights, weight_decay=args.weight_decay,
+            color_jitter=args.color_jitter, train_size=args.train_size, class_weighting=args.class_weights,
+            weight_decay=args.weight_decay,
             seed=args.seed, frozen_epochs=frozen, encoder_lr_ratio=args.encoder_lr_ratio,
             encoder_init=args.encoder_init, model_kwargs=dict(args.arch), limit=args.limit,
-            val_split=args.val_split, device=args.device, command=command)
-        events = train_semantic(config)
+            val_split=args.val_split, device=args.device, command=command,
+            init_from=args.init_from)
+        with _stop_on_signals() as stop:
+            return _report_events(train_semantic(config, stop_event=stop), args.quiet)
+    return _report_events(events, args.quiet)
+
+
+def _report_events(events, quiet: bool) -> int:
+    """Print the engine's events: a progress bar per epoch and one line per epoch."""
+    from tqdm import tqdm
+
     bar = None
     rank0 = int(os.environ.get("RANK", "0")) == 0
     for event in events:
@@ -124,7 +160,7 @@ def cmd_train(args) -> int:
         kind = event["type"]
         if kind == "start":
             print(f"training on {event['device']} (world size {event['world_size']}), {event['epochs']} epochs")
-        elif kind == "step" and not args.quiet:
+        elif kind == "step" and not quiet:
             if bar is None:
                 bar = tqdm(desc=f"epoch {event['epoch']}", unit="step", leave=False)
             bar.update(1 if event["step"] == 0 else 10)

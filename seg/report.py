@@ -21,6 +21,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _minutes(card: dict) -> str:
     seconds = card.get("training_time_s")
+    if seconds is not None and card.get("init_from"):
+        seconds += card["init_from"].get("total_training_time_s") or 0
     return "–" if seconds is None else (f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s")
 
 
@@ -33,6 +35,8 @@ def results_markdown(directory: str | Path | None = None) -> str:
         card, m = info.card, info.card.get("val_metrics") or {}
         init = card.get("encoder_init") or card.get("backbone_init") or "–"
         epochs = card.get("epochs_run", len(card.get("curve") or []))
+        if card.get("init_from"):  # warm restart: earlier epochs + this run's
+            epochs = f"{card['init_from'].get('total_epochs')}+{epochs}"
         if card.get("task", "semantic") == "semantic":
             semantic.append(f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M "
                             f"| {epochs} | {_minutes(card)} | {_fmt(m.get('miou'))} | {_fmt(m.get('map'))} "

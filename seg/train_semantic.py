@@ -56,6 +56,8 @@ class SemanticTrainConfig:
     val_split: str = "val"
     device: str | None = None
     command: str | None = None
+    #: continue from this checkpoint's weights (same architecture); its lineage goes on the card
+    init_from: str | None = None
 
 
 class SemanticTask:
@@ -152,6 +154,29 @@ def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Modu
     return model, init
 
 
+def _warm_start(model: nn.Module, path: str) -> dict:
+    """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
+    from seg.checkpoints import load_checkpoint
+
+    previous, card = load_checkpoint(path)
+    if card.get("architecture") != getattr(model, "arch_name", None):
+        raise ValueError(f"--init-from {path}: architecture {card.get('architecture')!r} differs from "
+                         f"{getattr(model, 'arch_name', None)!r}")
+    model.load_state_dict(previous.state_dict())
+    earlier = card.get("init_from") or {}
+    return {
+        "checkpoint": card.get("name"),
+        "command": card.get("command"),
+        "epochs": card.get("epochs_run"),
+        "training_time_s": card.get("training_time_s"),
+        "val_miou": (card.get("val_metrics") or {}).get("miou"),
+        "pretrained": card.get("pretrained", False),
+        "total_epochs": (card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
+        "total_training_time_s": (card.get("training_time_s") or 0) + (earlier.get("total_training_time_s") or 0),
+        "earlier": earlier or None,
+    }
+
+
 def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | None = None) -> Iterator[dict]:
     """Load the data, build model and schedule, and run the engine; yields its events."""
     seed_everything(config.seed)
@@ -163,6 +188,7 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
     freqs = class_frequencies(train.masks, num_classes)
     weight = None if config.class_weighting == "none" else class_weights(freqs, config.class_weighting)
     model, init_text = _build_model(config, num_classes)
+    lineage = _warm_start(model, config.init_from) if config.init_from else None
     card = {
         "task": "semantic",
         "classes": train.classes,
@@ -179,6 +205,10 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
         "seed": config.seed,
         "world_size": world,
     }
+    if lineage:
+        card["init_from"] = lineage
+        card["encoder_init"] = f"{init_text}; then continued from checkpoint {lineage['checkpoint']!r}"
+        card["pretrained"] = bool(lineage.get("pretrained", False))
     if not getattr(model, "trainable", True):
         yield from _fit_prior(model, train, val, config, card, weight)
         return

@@ -37,6 +37,8 @@ def test_store_caches_and_reloads_replaced_checkpoint(ckpt_dir):
     from seg.models import create
 
     store = ModelStore(ckpt_dir)
+    by_miou = sorted(store.names(), key=lambda n: -store.card(n).get("val_metrics", {}).get("miou", -1))
+    assert store.best("semantic", 2) == by_miou[:2], "default selections are the best models by their cards"
     first = store.predictor("tiny-cnn")
     assert store.predictor("tiny-cnn") is first
     results: list = []
@@ -82,7 +84,8 @@ def test_training_run_is_single_and_stops_cleanly(monkeypatch, ckpt_dir):
     deadline = time.time() + 10
     while not run.state.rows and time.time() < deadline:
         version = run.wait(version, timeout=1)
-    assert run.state.rows and run.state.samples, "epoch rows and sample tiles recorded"
+    assert run.state.rows and run.state.samples is not None, "epoch rows and sample tiles recorded"
+    assert run.state.samples.shape == (8, 8 * 3 + 8, 3)  # image | truth | prediction
     assert "already" not in run.stop()
     run.join(10)
     assert run.state.status == "stopped" and run.state.checkpoint == "kept-best"
@@ -125,3 +128,19 @@ def test_app_builds_without_data_and_says_how_to_get_it(monkeypatch, tmp_path, c
     assert "broken" in joined and "unavailable" in joined, "unavailable checkpoints are listed with the reason"
     names = {getattr(fn, "api_name", None) for fn in demo.fns.values()}
     assert {"segment", "segment_compare", "augment", "evaluate", "train", "instances"} <= names
+
+
+def test_segment_rerender_uses_cached_labels_only():
+    from seg.ui import segment
+
+    image = np.full((6, 8, 3), 120, np.uint8)
+    label = np.zeros((6, 8), np.uint8)
+    label[3:] = 1
+    result = {"name": "m", "label": label, "classes": ["a", "b"], "palette": [(255, 0, 0), (0, 0, 255)],
+              "latency_ms": 5.0, "total_ms": 6.0, "shares": np.array([0.5, 0.5])}
+    state = {"image": image, "results": [result]}
+    (tile, caption), = segment.rerender(state, 1.0, None)
+    assert tuple(tile[0, 0]) == (255, 0, 0) and caption.startswith("m · 5 ms")
+    (tile, _), = segment.rerender(state, 0.5, "b")
+    assert tile[0, 0].max() < 60 and tile[5, 0, 2] > 150, "highlight dims the other classes"
+    assert isinstance(segment.rerender(None, 0.5, None), type(gr.skip()))

@@ -113,7 +113,9 @@ def test_every_tab_opens(page, shots, tab):
     assert panel.inner_text().strip(), f"the {tab} tab is empty"
     if tab == "Evaluate":
         page.locator("#evaluate-run").click()
-        page.get_by_text("metrics from").first.wait_for(timeout=60_000)
+        page.wait_for_function("""() => (document.querySelector('#evaluate-note') || {}).innerText
+                                          ?.includes('model(s)')""", timeout=60_000)
+        assert page.locator("#evaluate-table").inner_text().count("card") >= 1
         page.wait_for_timeout(1500)
     # Uploads of generated images only: screenshots must never show dataset pixels.
     if tab == "Augment":

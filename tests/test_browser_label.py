@@ -1,7 +1,8 @@
 """The Label tab in headless Chromium: prefill with a model, paint a stroke, save, find the mask on disk.
 
 Serves the tab standalone (``seg.ui.label.standalone``) on a temp workspace with tiny untrained
-checkpoints. Skipped, with the reason, when Playwright or Chromium is missing.
+checkpoints. Skipped, with the reason, when Playwright or Chromium is missing. With
+``SEG_SCREENSHOT_DIR`` set, the finished tab is saved there as ``label-tab.png``.
 """
 
 from __future__ import annotations
@@ -78,15 +79,26 @@ def served(tmp_path_factory):
     demo.close()
 
 
+T0 = time.monotonic()
+
+
+def _mark(step: str) -> None:
+    """Step timings, printed so that a slow or failing run shows where the time went."""
+    print(f"[{time.monotonic() - T0:6.1f}s] {step}", flush=True)
+
+
 def _wait_text(page, selector: str, text: str, timeout_ms: int = 45_000) -> str:
+    _mark(f"wait for {text!r} in {selector}")
     page.wait_for_function(
         "([sel, txt]) => (document.querySelector(sel)?.innerText || '').includes(txt)",
         arg=[selector, text], timeout=timeout_ms)
     return page.locator(selector).inner_text()
 
 
-def test_prefill_paint_save_finds_mask_on_disk(browser, served, tmp_path):
+def test_prefill_paint_save_finds_mask_on_disk(browser, served):
     url, ws, ckpts = served
+    global T0
+    T0 = time.monotonic()
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -97,30 +109,36 @@ def test_prefill_paint_save_finds_mask_on_disk(browser, served, tmp_path):
     page.locator("#label-item input").click()
     page.get_by_role("option", name="scene").click()
     _wait_text(page, "#label-status", "Not labelled yet")
+    _mark("prefill")
     page.locator("#label-prefill").click()
     status = _wait_text(page, "#label-status", "Prefilled")
     model_name = status.split("`")[1] if "`" in status else status.split("with ")[-1].rstrip(".").strip()
 
     editor = page.locator("#label-editor")
     editor.locator("canvas").first.wait_for()
-    page.wait_for_timeout(500)  # let the editor finish loading the new background
+    _mark("wait for the editor")
+    page.wait_for_function(  # the editor's own progress overlay is gone: the new background is in
+        "document.querySelector('#label-editor [data-testid=\"status-tracker\"]')?.classList.contains('hide')",
+        timeout=45_000)
+    page.wait_for_timeout(1000)
+    _mark("paint")
     editor.get_by_label("Color", exact=True).click()
     editor.locator("button.color").nth(WATER).click()
     box = editor.locator("canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 80, cy)
     page.mouse.down()
-    for i in range(1, 9):
-        page.mouse.move(cx - 80 + i * 20, cy)
+    for i in range(1, 5):  # few events: the software-rendered canvas is slow on a busy CPU
+        page.mouse.move(cx - 80 + i * 40, cy)
     page.mouse.up()
     page.wait_for_timeout(300)
+    _mark("save")
     page.locator("#label-save").click()
     saved = _wait_text(page, "#label-status", "Saved")
     assert "version 1" in saved
     _wait_text(page, "#label-progress", "1 of 1 labelled")
-    shots = os.environ.get("SEG_SCREENSHOT_DIR")
-    page.screenshot(path=str(Path(shots) / "label-tab.png" if shots else tmp_path / "label-tab.png"),
-                    full_page=True)
+    if os.environ.get("SEG_SCREENSHOT_DIR"):
+        page.screenshot(path=str(Path(os.environ["SEG_SCREENSHOT_DIR"]) / "label-tab.png"), full_page=True)
 
     # On disk: a palette PNG of class ids in train/ or val/, its version copy, and the manifest row.
     (record,) = ws.versions("scene")
@@ -147,3 +165,4 @@ def test_prefill_paint_save_finds_mask_on_disk(browser, served, tmp_path):
     assert set(np.unique(saved_label)) <= set(range(ws.num_classes))  # crisp ids, no blended colours
     assert not errors, errors
     page.close()
+    _mark("done")

@@ -64,3 +64,15 @@ def test_pedestrian_scene_counts():
         truth = pedestrian_scene((224, 288), count=4, seed=seed)
         labels, _ = instances_from_maps(*ideal_maps(truth, noise=0.1, seed=seed), PostprocessParams())
         assert labels.max() == truth.max()
+
+
+def test_small_seeds_are_flooded_by_their_neighbour():
+    body = disc_scene(SHAPE, [(48, 50)], radius=20) > 0
+    body[30:66, 68:76] = True  # a limb attached to the body
+    fg = np.where(body, 0.99, 0.01).astype(np.float32)
+    energy = np.where(body, 1.0, 0.0).astype(np.float32)
+    energy[disc_scene(SHAPE, [(48, 50)], radius=10) > 0] = 8.0  # the body's deep core
+    energy[45:50, 70:75] = 4.0  # a small local peak in the limb
+    split, _ = instances_from_maps(fg, energy, PostprocessParams(cut_level=3, min_size=30, min_seed=0))
+    merged, _ = instances_from_maps(fg, energy, PostprocessParams(cut_level=3, min_size=30, min_seed=50))
+    assert split.max() == 2 and merged.max() == 1 and np.array_equal(merged > 0, body)

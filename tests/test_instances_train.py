@@ -118,3 +118,12 @@ def test_maskrcnn_backbone_from_a_local_file(tmp_path):
 def test_coco_init_refuses_other_backbones():
     with pytest.raises(ValueError, match="resnet50"):
         create("maskrcnn", encoder_init="coco")
+
+
+def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
+    assert main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root)]) == 0
+    card = json.loads(dwt_checkpoint.with_suffix(".json").read_text())
+    assert set(card["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed"}
+    assert card["postprocess_tuning"]["num_images"] == 25
+    predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
+    assert predictor.params.min_seed == card["postprocess"]["min_seed"]

@@ -61,3 +61,10 @@ def test_cli_import_scan_export(tmp_path: Path, capsys):
     assert main(["label-export", "--workspace", str(ws_dir), "--format", "cvat", "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "SegmentationClass" / "p0.png").is_file()
     assert main(["label-export", "--workspace", str(ws_dir), "--out", str(ws_dir / "x")]) == 2
+    ws.save("p0", np.full((30, 40), 2, np.uint8))
+    assert main(["label-versions", "--workspace", str(ws_dir), "--name", "p0", "--restore", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "restored version 1 of p0 as version 3" in out and "v3" in out
+    assert np.all(Workspace(ws_dir).load("p0").label == 1)
+    assert main(["label-versions", "--workspace", str(ws_dir), "--name", "../p0"]) == 2
+    assert main(["label-versions", "--workspace", str(ws_dir), "--name", "p0", "--restore", "9"]) == 2

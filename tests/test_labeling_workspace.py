@@ -265,3 +265,52 @@ def test_custom_classes_and_unreadable_classes_file(tmp_path: Path):
     (ws.root / "classes.txt").write_bytes(b"\xff\xfe\x00garbage")
     reopened = Workspace(ws.root)
     assert reopened.classes and any(p.path == "classes.txt" for p in reopened.scan().problems)
+
+
+def test_first_label_goes_to_val_then_the_hash_rule_and_trainability(ws: Workspace):
+    from seg.data.split import split_of
+    from seg.labeling.workspace import SPLIT_FRACTIONS
+
+    names = [ws.import_image(scene(i), name=f"img{i}")[0] for i in range(8)]
+    with pytest.raises(WorkspaceError, match="no labelled images"):
+        ws.check_trainable()
+    results = [ws.save(n, np.zeros((H, W), np.uint8)) for n in names]
+    assert results[0].split == "val"  # a small workspace can always be validated on
+    for n, r in zip(names[1:], results[1:]):
+        assert r.split == split_of(n, SPLIT_FRACTIONS)
+    assert ws.save(names[0], np.ones((H, W), np.uint8)).split == "val"  # an image never changes split
+    counts = ws.split_counts()
+    assert counts["train"] + counts["val"] == 8 and counts["test"] == 0
+    ws.check_trainable()  # img1..img4 hash to train
+
+
+def test_a_hand_made_course_folder_opens_as_a_workspace(tmp_path: Path):
+    """Any course-layout folder (here with a .jpeg and no manifest) can be labelled further."""
+    root = tmp_path / "course"
+    (root / "train").mkdir(parents=True)
+    Image.fromarray(scene()).save(root / "train" / "a.jpeg")
+    Image.fromarray(np.full((H, W), 4, np.uint8), mode="L").save(root / "train" / "a.png")
+    ws = Workspace(root)
+    assert [(it.name, it.labelled, it.split) for it in ws.items()] == [("a", True, "train")]
+    assert ws.scan().problems == [] and np.all(ws.load("a").label == 4)
+    result = ws.save("a", np.full((H, W), 5, np.uint8))
+    assert result.split == "train" and result.version == 1
+    assert np.all(ws.read_version("a", 0) == 4)  # the hand-made label is kept
+    assert [s.id for s in list_samples(root)] == ["a"]
+
+
+def test_refuses_to_turn_other_folders_into_workspaces(tmp_path: Path):
+    download = tmp_path / "iccv09Data"
+    (download / "images").mkdir(parents=True)
+    (download / "labels").mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for bad in (download, home, a_file):
+        with pytest.raises(WorkspaceError):
+            Workspace(bad)
+    assert sorted(p.name for p in download.iterdir()) == ["images", "labels"]
+    assert [p.name for p in home.iterdir()] == ["notes.txt"]
+    assert Workspace(tmp_path / "new" / "nested").root.is_dir()  # a new folder is fine

@@ -35,6 +35,16 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     assert card["command"].startswith("python -m seg train")
     assert {"miou", "map", "per_class", "confusion_matrix"} <= set(card["val_metrics"])
 
+    # warm restart from that checkpoint: lineage on the card; another architecture is refused
+    again = tmp_path / "again"
+    assert main(["train", "--model", "unet", "--arch", "base_channels=4", "--epochs", "1", "--limit", "6",
+                 "--batch-size", "3", "--out", str(again), "--init-from", str(out), "--quiet"]) == 0
+    lineage = json.loads(again.with_suffix(".json").read_text())["init_from"]
+    assert lineage["checkpoint"] == "tiny" and lineage["total_epochs"] == 1 and "--out" in lineage["command"]
+    with pytest.raises(ValueError, match="architecture"):
+        main(["train", "--model", "cnn", "--epochs", "1", "--limit", "6", "--out", str(tmp_path / "x"),
+              "--init-from", str(out), "--quiet"])
+
     report = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(out), "--split", "val", "--json", str(report)]) == 0
     result = json.loads(report.read_text())

@@ -27,6 +27,14 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval_instances)
 
+    p = subparsers.add_parser("tune-instances",
+                              help="choose a DWT checkpoint's post-processing on val and store it in its card")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="never tune on test")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_tune_instances)
+
     p = subparsers.add_parser("predict-instances",
                               help="instance-id PNGs (16-bit past 255 instances) + per-instance JSON")
     p.add_argument("--checkpoint", required=True)
@@ -80,6 +88,43 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, text)
     print(text)
+    return 0
+
+
+def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val") -> dict:
+    """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card."""
+    import torch
+
+    from seg.checkpoints import load_checkpoint, stem_of
+    from seg.instances.data import WORK_HEIGHT, load_split
+    from seg.instances.targets import ENERGY_EDGES
+    from seg.instances.task import DWTValidation
+    from seg.io import atomic_write_text
+
+    model, card = load_checkpoint(checkpoint)
+    if card.get("architecture") != "dwt":
+        raise ValueError("only DWT checkpoints have post-processing parameters to tune")
+    samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)))
+    validation = DWTValidation(samples, tuple(card.get("energy_edges", ENERGY_EDGES)))
+    result = validation.run(model.float(), torch.device("cpu"))
+    card["postprocess"] = result["postprocess"]
+    card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
+                                  **{k: result[k] for k in ("mask_ap", "mask_ap50", "mask_ap75", "count_error",
+                                                            "components_mask_ap")}}
+    atomic_write_text(stem_of(checkpoint).with_suffix(".json"), json.dumps(card, indent=1, allow_nan=False))
+    return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
+
+
+def cmd_tune_instances(args: argparse.Namespace) -> int:
+    from seg.config import dataset_dir
+
+    _threads(args)
+    try:
+        report = tune_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
     return 0
 
 

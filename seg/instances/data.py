@@ -160,6 +160,7 @@ class InstanceAugment:
     scale: tuple[float, float] = (0.8, 1.25)
     flip_p: float = 0.5
     min_area: int = 40
+    color_jitter: float = 0.2  # brightness/contrast/per-channel gain spread; 0 turns it off
 
     def __call__(self, sample: InstanceSample, rng: np.random.Generator) -> InstanceSample:
         h, w = sample.instances.shape
@@ -180,6 +181,8 @@ class InstanceAugment:
         ch, cw = min(h, out_h), min(w, out_w)
         new_image[:ch, :cw] = image[crop]
         new_ids[:ch, :cw] = instances[crop]
+        if self.color_jitter > 0:
+            new_image[:ch, :cw] = _jitter(new_image[:ch, :cw], self.color_jitter, rng)
         new_ids = relabel_sequential(new_ids, self.min_area)
         new_distance = None
         if distance is not None:
@@ -187,3 +190,13 @@ class InstanceAugment:
             new_distance[:ch, :cw] = distance[crop]
             new_distance[new_ids == 0] = 0
         return InstanceSample(sample.id, new_image, new_ids, new_distance)
+
+
+def _jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast and per-channel gain (photometric only: ids are untouched)."""
+    img = image.astype(np.float32)
+    gain = rng.uniform(1 - amount, 1 + amount) * rng.uniform(1 - amount / 2, 1 + amount / 2, size=3)
+    mean = img.mean()
+    contrast = rng.uniform(1 - amount, 1 + amount)
+    img = (img - mean) * contrast + mean
+    return np.clip(img * gain, 0, 255).astype(np.uint8)

@@ -102,7 +102,8 @@ def params_from_card(card: dict) -> PostprocessParams:
     defaults = PostprocessParams()
     return PostprocessParams(float(source.get("cut_level", defaults.cut_level)),
                              int(source.get("min_size", defaults.min_size)),
-                             float(source.get("fg_threshold", defaults.fg_threshold)))
+                             float(source.get("fg_threshold", defaults.fg_threshold)),
+                             int(source.get("min_seed", defaults.min_seed)))
 
 
 class InstancePredictor:

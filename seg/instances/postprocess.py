@@ -15,10 +15,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from seg.instances.data import relabel_sequential
 
-DEFAULT_CUT_LEVEL = 6
-DEFAULT_MIN_SIZE = 150  # pixels at the working height (224 px)
+
+DEFAULT_CUT_LEVEL = 2  # the three defaults below were chosen on val for checkpoints/dwt (tune-instances)
+DEFAULT_MIN_SIZE = 600  # pixels at the working height (224 px)
 DEFAULT_FG_THRESHOLD = 0.5
+DEFAULT_MIN_SEED = 300  # seeds smaller than this (px at the working height) are flooded by their neighbours
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,12 @@ class PostprocessParams:
     cut_level: float = DEFAULT_CUT_LEVEL
     min_size: int = DEFAULT_MIN_SIZE
     fg_threshold: float = DEFAULT_FG_THRESHOLD
+    min_seed: int = DEFAULT_MIN_SEED
 
     def scaled(self, area_ratio: float) -> "PostprocessParams":
         """Same parameters for a map ``area_ratio`` times as many pixels as the working size."""
-        return PostprocessParams(self.cut_level, max(1, round(self.min_size * area_ratio)), self.fg_threshold)
+        return PostprocessParams(self.cut_level, max(1, round(self.min_size * area_ratio)), self.fg_threshold,
+                                 round(self.min_seed * area_ratio))
 
 
 def expected_energy(energy_probs: np.ndarray) -> np.ndarray:
@@ -55,6 +60,10 @@ def instances_from_maps(fg_prob: np.ndarray, energy: np.ndarray,
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     fg, energy, prob = fg[box], energy[box], fg_prob[box]
     seeds, num_seeds = ndi.label(fg & (energy >= params.cut_level))
+    if num_seeds and params.min_seed > 1:
+        # a small seed is a limb or a noisy peak, not a person: let the big seeds flood it
+        seeds = relabel_sequential(seeds, params.min_seed)
+        num_seeds = int(seeds.max(initial=0))
     if num_seeds:
         # watershed on uint8 (0.1-level steps) is ~2x faster than on floats, same basins
         relief = np.clip(255.0 - 10.0 * energy, 0, 255).astype(np.uint8)

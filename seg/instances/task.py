@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -33,9 +33,14 @@ ENERGY_NOTE = (
     "Images are processed at 224 px height, where a pedestrian's deepest pixel lies 8-34 px from its "
     "boundary (median 18): the paper's levels above ~24 px would be nearly empty, so the top level is 19+ "
     "and unit steps are kept below 6 px, where the seeds are cut.")
+DWT_METHOD = (
+    "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction network: foreground and "
+    "energy heads on one U-Net body trained from scratch; seeds cut from the expected energy, grown back "
+    "over the foreground by watershed (scikit-image); cut level, seed size and minimum size chosen on val")
 #: Grid searched on val every epoch (post-processing is ms per image, so this is cheap).
-CUT_LEVELS = (3, 4, 5, 6, 7, 8)
-MIN_SIZES = (50, 150, 300)
+CUT_LEVELS = (2, 3, 4, 5, 6)
+MIN_SEEDS = (0, 100, 300, 600)
+MIN_SIZES = (50, 100, 300, 600)
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
 
 
@@ -56,6 +61,86 @@ def _stack_images(samples: list[InstanceSample]) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
 
 
+def dwt_batch_loss(model: nn.Module, images: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
+                   level_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of uint8 images (N,3,H,W) against ids and energy levels."""
+    logits = model(images.float() / 255.0)
+    fg_logits, energy_logits = split_outputs(logits)
+    loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, level_weight.to(logits.device))
+    return loss, logits
+
+
+class DWTValidation:
+    """The DWT's val split: loss, maps, COCO metrics, and the post-processing search.
+
+    Separate from the task so a trained checkpoint can be re-tuned without loading the
+    training data (``python -m seg tune-instances``).
+    """
+
+    def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES) -> None:
+        self.samples = samples
+        self.energy_edges = tuple(energy_edges)
+        self.level_weight = level_weights(len(self.energy_edges))
+
+    def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
+        """Per image (fg prob, expected energy) at the working size, and the mean loss."""
+        maps, losses = [], []
+        with torch.inference_mode():
+            for s in self.samples:
+                levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
+                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
+                ids = torch.from_numpy(s.instances)[None].long().to(device)
+                loss, logits = dwt_batch_loss(model, images, ids, levels.to(device), self.level_weight)
+                losses.append(float(loss))
+                fg_logits, energy_logits = split_outputs(logits.float())
+                probs = energy_logits.softmax(1)[0]
+                energy = torch.tensordot(torch.arange(probs.shape[0], dtype=probs.dtype, device=probs.device),
+                                         probs, dims=1)
+                maps.append((fg_logits.softmax(1)[0, 1].cpu().numpy(), energy.cpu().numpy()))
+        return maps, float(np.mean(losses)) if losses else float("nan")
+
+    def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
+        ev = InstanceEvaluator()
+        for s, (fg, energy) in zip(self.samples, maps):
+            if components:
+                labels, scores = components_from_foreground(fg, params)
+            else:
+                labels, scores = instances_from_maps(fg, energy, params)
+            ids = np.arange(1, len(scores) + 1)
+            ev.add(s.masks(), labels[None] == ids[:, None, None], scores)
+        return ev.compute()
+
+    def tune(self, maps: list) -> tuple[PostprocessParams, dict]:
+        """Coordinate search for the best mask AP: cut level, then seed size, then minimum size.
+
+        Ties in AP (spurious low-ranked fragments barely move it) go to the smaller counting error.
+        """
+        def ap(p: PostprocessParams) -> tuple[float, float]:
+            r = self.evaluate(maps, p)
+            return (-1.0 if math.isnan(r["mask_ap"]) else round(r["mask_ap"], 4)), -r["count_error"]
+
+        best = PostprocessParams()
+        best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
+        best = max((replace(best, min_seed=m) for m in MIN_SEEDS), key=ap)
+        best = max((replace(best, min_size=m) for m in MIN_SIZES), key=ap)
+        return best, self.evaluate(maps, best)
+
+    def run(self, model: nn.Module, device: torch.device) -> dict:
+        """The engine's validation dict: tuned metrics, ``postprocess``, and the components baseline."""
+        was_training = model.training
+        model.eval()
+        try:
+            maps, val_loss = self.maps(model, device)
+        finally:
+            model.train(was_training)
+        params, metrics = self.tune(maps)
+        baseline = self.evaluate(maps, params, components=True)
+        metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        return {"score": metrics["mask_ap"] or 0.0, "val_loss": val_loss, **metrics,
+                "postprocess": asdict(params),
+                "components_mask_ap": baseline["mask_ap"], "components_mask_ap50": baseline["mask_ap50"]}
+
+
 class DWTTask:
     """Deep Watershed Transform: foreground + quantised distance-to-boundary, from scratch."""
 
@@ -69,16 +154,14 @@ class DWTTask:
         for s in self.train:  # distance targets: computed once, cached on disk
             s.distance = cached_distance(s.id, s.instances)
         self.val = load_split(self.data_dir, "val", work_height, val_images)
+        self.validation = DWTValidation(self.val, self.energy_edges)
         self.augment = InstanceAugment(size=(crop, crop))
         self.level_weight = level_weights(len(self.energy_edges))
 
     def card_info(self) -> dict:
         return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
                 "energy_edges": list(self.energy_edges), "energy_levels_note": ENERGY_NOTE,
-                "method": "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction "
-                          "network: foreground + energy heads on one U-Net body, seeds cut from the energy, "
-                          "grown back by watershed (scikit-image); cut level and minimum size chosen on val",
-                "split_fractions": list(SPLIT_FRACTIONS),
+                "method": DWT_METHOD, "split_fractions": list(SPLIT_FRACTIONS),
                 "train_images": len(self.train), "val_images": len(self.val)}
 
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -90,71 +173,13 @@ class DWTTask:
             levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
             yield {"images": _stack_images(group), "instances": ids, "levels": levels}
 
-    def _loss(self, model: nn.Module, images: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(images.float() / 255.0)
-        fg_logits, energy_logits = split_outputs(logits)
-        loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, self.level_weight.to(logits.device))
-        return loss, logits
-
     def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        loss, _ = self._loss(model, batch["images"].to(device), batch["instances"].to(device),
-                             batch["levels"].to(device))
+        loss, _ = dwt_batch_loss(model, batch["images"].to(device), batch["instances"].to(device),
+                                 batch["levels"].to(device), self.level_weight)
         return loss
 
-    def _val_maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
-        """Per val image (fg prob, expected energy) at the working size, and the mean val loss."""
-        maps, losses = [], []
-        with torch.inference_mode():
-            for s in self.val:
-                levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
-                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
-                loss, logits = self._loss(model, images, torch.from_numpy(s.instances)[None].long().to(device),
-                                          levels.to(device))
-                losses.append(float(loss))
-                fg_logits, energy_logits = split_outputs(logits.float())
-                probs = energy_logits.softmax(1)[0]
-                energy = torch.tensordot(torch.arange(probs.shape[0], dtype=probs.dtype, device=probs.device),
-                                         probs, dims=1)
-                maps.append((fg_logits.softmax(1)[0, 1].cpu().numpy(), energy.cpu().numpy()))
-        return maps, float(np.mean(losses)) if losses else float("nan")
-
-    def _evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
-        ev = InstanceEvaluator()
-        for s, (fg, energy) in zip(self.val, maps):
-            if components:
-                labels, scores = components_from_foreground(fg, params)
-            else:
-                labels, scores = instances_from_maps(fg, energy, params)
-            ids = np.arange(1, len(scores) + 1)
-            ev.add(s.masks(), labels[None] == ids[:, None, None], scores)
-        return ev.compute()
-
-    def tune(self, maps: list) -> tuple[PostprocessParams, dict]:
-        """Cut level first (at the default size), then minimum size: the best mask AP on val."""
-        def ap(p: PostprocessParams) -> float:
-            value = self._evaluate(maps, p)["mask_ap"]
-            return -1.0 if math.isnan(value) else value
-
-        base = PostprocessParams()
-        cut = max(CUT_LEVELS, key=lambda c: ap(PostprocessParams(c, base.min_size, base.fg_threshold)))
-        size = max(MIN_SIZES, key=lambda m: ap(PostprocessParams(cut, m, base.fg_threshold)))
-        best = PostprocessParams(cut, size, base.fg_threshold)
-        return best, self._evaluate(maps, best)
-
     def validate(self, model: nn.Module, device: torch.device) -> dict:
-        was_training = model.training
-        model.eval()
-        try:
-            maps, val_loss = self._val_maps(model, device)
-        finally:
-            model.train(was_training)
-        params, metrics = self.tune(maps)
-        baseline = self._evaluate(maps, params, components=True)
-        metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-        return {"score": metrics["mask_ap"] or 0.0, "val_loss": val_loss, **metrics,
-                "postprocess": asdict(params),
-                "components_mask_ap": baseline["mask_ap"], "components_mask_ap50": baseline["mask_ap50"]}
+        return self.validation.run(model, device)
 
     def samples(self, model: nn.Module, device: torch.device) -> list[dict]:
         """Two val images with their predicted instance ids (at the working size)."""

@@ -25,6 +25,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", help="image files or folders of images")
     p.set_defaults(func=_import)
 
+    p = subparsers.add_parser("label-versions", help="list an image's saved versions, or restore one")
+    _workspace_arg(p)
+    p.add_argument("--name", required=True, help="image name in the workspace")
+    p.add_argument("--restore", type=int, default=None, metavar="N", help="make version N current (as a new version)")
+    p.set_defaults(func=_versions)
+
     p = subparsers.add_parser("label-scan", help="progress and problems (corrupt/foreign files) of a workspace")
     _workspace_arg(p)
     p.set_defaults(func=_scan)
@@ -91,4 +97,22 @@ def _scan(args: argparse.Namespace) -> int:
     print(f"{ws.root}: {report.labelled} of {len(report.items)} image(s) labelled, "
           f"{len(report.problems)} problem(s)")
     _print_problems(report.problems)
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from seg.labeling.names import UnsafePathError
+    from seg.labeling.workspace import WorkspaceError
+
+    ws = _open(args)
+    try:
+        if args.restore is not None:
+            result = ws.restore(args.name, args.restore, session="cli")
+            print(f"restored version {args.restore} of {args.name} as version {result.version}")
+        for v in ws.versions(args.name):
+            print(f"v{v.version}  {v.saved_at}  {v.split}  model={v.model or '-'}  "
+                  f"changed_by_hand={v.changed_pixels}/{v.total_pixels}  session={v.session or '-'}")
+    except (WorkspaceError, UnsafePathError) as err:
+        print(f"error: {err}")
+        return 2
     return 0

@@ -71,15 +71,22 @@ class Manifest:
         self.path = Path(path)
         self.recovered_from: Path | None = None
         try:
-            with self._connect() as conn:
-                conn.executescript(_SCHEMA)
+            self._create()
+        except sqlite3.OperationalError:
+            raise  # locked, read-only, missing folder: the file may be fine, never move it
         except sqlite3.DatabaseError:
             # A foreign or corrupt file must not make the workspace unusable: set it aside.
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             self.path.replace(aside)
             self.recovered_from = aside
-            with self._connect() as conn:
-                conn.executescript(_SCHEMA)
+            self._create()
+
+    def _create(self) -> None:
+        conn = self._connect()
+        try:
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)

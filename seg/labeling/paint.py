@@ -3,8 +3,9 @@
 The editor is a fixed-size canvas: the image is letterboxed into it by ``CanvasView``,
 the person paints with palette colours on a transparent layer, and ``decode_strokes``
 turns that layer back into class ids. The browser antialiases and blends stroke
-edges, so a pixel's class is the *nearest palette colour* of pixels that are
-mostly opaque, never the raw blended value; display opacity never reaches the mask.
+edges, so only mostly opaque pixels count, exact palette colours give the class, and
+blended pixels take the class of the nearest exactly coloured stroke pixel (never a
+colour guess); display opacity never reaches the mask.
 """
 
 from __future__ import annotations

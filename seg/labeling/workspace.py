@@ -17,6 +17,7 @@ loader ignores; and every write is atomic, so a crash leaves the previous state.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ SPLIT_FRACTIONS = (0.8, 0.2, 0.0)
 #: Imported images are stored at most this large (longest side): plenty for labeling, light to train on.
 MAX_SIDE = 1024
 JPEG_QUALITY = 95
+#: Image suffixes the core loader reads in a course-layout folder; this workspace writes ``.jpg``.
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 
 
 class WorkspaceError(ValueError):
@@ -157,8 +160,7 @@ class Workspace:
 
     def __init__(self, root: str | Path | None = None, classes: list[str] | None = None):
         self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
-        if self.root.exists() and not self.root.is_dir():
-            raise WorkspaceError(f"{self.root} exists and is not a folder")
+        _refuse_non_workspace(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.problems: list[Problem] = []
         self.classes = self._init_classes(classes)
@@ -168,6 +170,7 @@ class Workspace:
             self.problems.append(Problem(MANIFEST_NAME, f"was not a readable SQLite file; moved aside to "
                                                         f"{self.manifest.recovered_from.name} and restarted"))
         self._lock = threading.Lock()  # in-process guard on top of SQLite's cross-process one
+        self._decoded: dict[tuple[str, int, int], tuple[int, int] | str] = {}  # scan cache
 
     def _init_classes(self, classes: list[str] | None) -> list[str]:
         path = self.root / CLASSES_FILE
@@ -208,14 +211,14 @@ class Workspace:
             folder = self.root / split
             if not folder.is_dir():
                 continue
-            for path in sorted(folder.glob("*.jpg")):
+            for path in _jpegs(folder):
                 if not is_safe_name(path.stem) or path.stem in found:
                     continue
                 label = path.with_suffix(".png")
                 found[path.stem] = Item(path.stem, path, label if label.is_file() else None, split)
         folder = self.root / UNLABELED_DIR
         if folder.is_dir():
-            for path in sorted(folder.glob("*.jpg")):
+            for path in _jpegs(folder):
                 if is_safe_name(path.stem) and path.stem not in found:
                     found[path.stem] = Item(path.stem, path, None, None)
         return [found[k] for k in sorted(found)]
@@ -236,7 +239,7 @@ class Workspace:
         raise WorkspaceError(f"no image named {name!r} in the workspace")
 
     def _name_taken(self, name: str) -> bool:
-        candidates = [self.root / d / f"{name}.jpg" for d in (*SPLIT_DIRS, UNLABELED_DIR)]
+        candidates = [self.root / d / f"{name}{ext}" for d in (*SPLIT_DIRS, UNLABELED_DIR) for ext in JPEG_SUFFIXES]
         return any(p.exists() for p in candidates) or (self.root / VERSIONS_DIR / name).exists()
 
     # -- import -----------------------------------------------------------------------------
@@ -286,7 +289,7 @@ class Workspace:
 
     # -- load / save -------------------------------------------------------------------------
     def load(self, name: str) -> LoadedItem:
-        """The image and its current label; a label that does not fit the image is reported, not used."""
+        """The image and its current label; a label that is unreadable or does not fit is not used."""
         it = self.item(name)
         image = load_image(it.image_path, max_side=None)
         label = None
@@ -296,9 +299,8 @@ class Workspace:
                 if label.shape != image.shape[:2]:
                     raise ValueError(f"label is {label.shape[1]}x{label.shape[0]}, "
                                      f"image {image.shape[1]}x{image.shape[0]}")
-            except (OSError, ValueError) as err:
-                self.problems.append(Problem(str(it.label_path.relative_to(self.root)), f"ignored: {err}"))
-                label = None
+            except (OSError, ValueError):
+                label = None  # ``scan`` reports it; the person relabels from the image
         latest = self.manifest.latest(name)
         return LoadedItem(name, image, label, latest.version if latest else 0, it.split,
                           latest.model if latest else None)
@@ -352,6 +354,21 @@ class Workspace:
         conflict = base_version is not None and latest != base_version
         return SaveResult(name, version, target_split, label_path, version_file, changed, conflict, latest)
 
+    def _decoded_shape(self, path: Path) -> tuple[int, int] | str:
+        """(height, width) of a fully decoded image, or the decode error; cached by mtime and size
+        so reopening a large workspace does not decode every image again."""
+        try:
+            st = path.stat()
+        except OSError as err:
+            return str(err)
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._decoded:
+            try:
+                self._decoded[key] = load_image(path, max_side=None).shape[:2]
+            except (ImageLoadError, OSError, ValueError, SyntaxError) as err:
+                self._decoded[key] = str(err)
+        return self._decoded[key]
+
     def _default_split(self, name: str) -> str:
         """The hash rule, except that the first labelled image goes to val so that a small
         workspace can always be validated on (training needs a non-empty val split)."""
@@ -386,7 +403,16 @@ class Workspace:
         return self.manifest.versions(self._check_name(name))
 
     def read_version(self, name: str, version: int) -> np.ndarray:
-        return read_label_png(self.version_path(name, version))
+        try:
+            return read_label_png(self.version_path(name, version))
+        except FileNotFoundError:
+            raise WorkspaceError(f"{name} has no version {version}") from None
+
+    def restore(self, name: str, version: int, session: str | None = None) -> SaveResult:
+        """Make an old version current again, as a new version (history only ever grows)."""
+        label = self.read_version(name, version)
+        record = next((v for v in self.versions(name) if v.version == version), None)
+        return self.save(name, label, model=record.model if record else None, session=session)
 
     # -- health ---------------------------------------------------------------------------
     def scan(self) -> ScanReport:
@@ -403,10 +429,9 @@ class Workspace:
         good = {}
         for it in self.items():
             rel = str(it.image_path.relative_to(self.root))
-            try:
-                shape = load_image(it.image_path, max_side=None).shape[:2]
-            except (ImageLoadError, OSError, ValueError, SyntaxError) as err:
-                report.problems.append(Problem(rel, f"corrupt image, skipped ({err})"))
+            shape = self._decoded_shape(it.image_path)
+            if isinstance(shape, str):
+                report.problems.append(Problem(rel, f"corrupt image, skipped ({shape})"))
                 continue
             if it.label_path is not None:
                 lrel = str(it.label_path.relative_to(self.root))
@@ -433,15 +458,29 @@ class Workspace:
                 rel = f"{folder_name}/{path.name}"
                 if path.name.startswith(".") and path.name.endswith(".tmp"):
                     report.problems.append(Problem(rel, "leftover of an interrupted write, ignored"))
-                elif path.suffix == ".jpg" and is_safe_name(path.stem):
+                elif path.suffix.lower() in JPEG_SUFFIXES and is_safe_name(path.stem):
                     continue
                 elif path.suffix == ".png" and folder_name != UNLABELED_DIR and is_safe_name(path.stem):
-                    if not path.with_suffix(".jpg").is_file():
+                    if not any(path.with_suffix(ext).is_file() for ext in JPEG_SUFFIXES):
                         report.problems.append(Problem(rel, "label without an image, ignored"))
                 else:
                     report.problems.append(Problem(rel, "foreign file, ignored"))
         report.items = [good[k] for k in sorted(good)]
         return report
+
+
+def _refuse_non_workspace(root: Path) -> None:
+    """Never litter a folder that is not a workspace (a home folder, a pristine dataset download)."""
+    if root.exists() and not root.is_dir():
+        raise WorkspaceError(f"{root} exists and is not a folder")
+    if not root.is_dir():
+        return
+    if (root / "images").is_dir() and (root / "labels").is_dir() or (root / "PNGImages").is_dir():
+        raise WorkspaceError(f"{root} is a dataset download, not a labeling workspace; choose another folder")
+    markers = (CLASSES_FILE, MANIFEST_NAME, UNLABELED_DIR, VERSIONS_DIR, *SPLIT_DIRS)
+    if any(True for _ in root.iterdir()) and not any((root / m).exists() for m in markers):
+        raise WorkspaceError(f"{root} is neither empty nor a workspace (no train/, val/, classes.txt); "
+                             f"choose an empty folder or an existing workspace")
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -452,9 +491,13 @@ def _image_shape(path: Path) -> tuple[int, int]:
         raise WorkspaceError(f"{path.name} is not readable: {err}") from None
 
 
-def _encode_jpeg(rgb: np.ndarray) -> bytes:
-    import io
+def _jpegs(folder: Path) -> list[Path]:
+    """Images of a split folder as the core loader lists them (``.jpg``/``.jpeg``, no dot-files)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES and not p.name.startswith("."))
 
+
+def _encode_jpeg(rgb: np.ndarray) -> bytes:
+    """JPEG at high quality with no chroma subsampling, so class edges stay where they were painted."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return buf.getvalue()

@@ -57,7 +57,8 @@ def build_app(checkpoint_dir: str | Path | None = None, store: ModelStore | None
     store = store or ModelStore(checkpoint_dir)
     if preload:
         store.preload()
-    with gr.Blocks(title=TITLE, fill_width=True) as demo:
+    # delete_cache: every hour, drop Gradio's cached uploads/outputs older than two hours.
+    with gr.Blocks(title=TITLE, fill_width=True, delete_cache=(3600, 7200)) as demo:
         gr.Markdown("# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
                     "evaluate, train, inspect instances and label.", elem_id="seg-header")
         tabs = []
@@ -91,4 +92,8 @@ def _wire_model_lists(demo: gr.Blocks, tabs: list, store: ModelStore) -> None:
 def launch_kwargs() -> dict:
     """Theme and CSS: in Gradio 6 they are ``launch()`` arguments, not ``Blocks`` ones."""
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.is_file() else None
-    return {"theme": gr.themes.Soft(primary_hue="blue"), "css": css}
+    # System fonts only: the default theme's Google fonts would be fetched by every browser,
+    # and the dashboard must work offline.
+    theme = gr.themes.Soft(primary_hue="blue", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "monospace"])
+    return {"theme": theme, "css": css}

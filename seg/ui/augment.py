@@ -90,7 +90,7 @@ def build(store: ModelStore) -> None:
             examples = example_images("scenes")
             if examples:
                 gr.Examples(examples, inputs=upload, label="Generated examples")
-            model = store.watch(gr.Dropdown(names, value=names[0] if names else None,
+            model = store.watch(gr.Dropdown(names, value=(store.best("semantic", 1) or [None])[0],
                                             label="Model for the upload's mask"), "semantic")
             crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (of the area)")
             flip = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Flip probability")

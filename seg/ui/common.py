@@ -38,6 +38,8 @@ _SCRATCH = Path(tempfile.gettempdir()) / f"seglab-ui-{os.getpid()}"
 # Concurrency ids: inference events share one queue slot pool sized for a small CPU,
 # training has its own pool of one.
 INFERENCE_QUEUE = "inference"
+#: Plotly legend above the plot area (never over the x-axis title), shared by every figure.
+TOP_LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, x=0)
 TRAIN_QUEUE = "training"
 
 
@@ -142,6 +144,15 @@ class ModelStore:
         with self._lock:
             return sorted(n for n, e in self._entries.items()
                           if e.error is None and (task is None or e.task == task))
+
+    def best(self, task: str = "semantic", k: int = 2) -> list[str]:
+        """The ``k`` available models with the highest validation score on their cards
+        (mIoU, or mask AP for instance models): sensible default selections."""
+        def score(name: str) -> float:
+            metrics = (self.card(name).get("val_metrics") or {})
+            value = metrics.get("miou", metrics.get("mask_ap"))
+            return float(value) if isinstance(value, (int, float)) else -1.0
+        return sorted(self.names(task), key=lambda n: (-score(n), n))[:k]
 
     def unavailable(self) -> dict[str, str]:
         """name -> reason for every checkpoint the app cannot use."""
@@ -323,10 +334,35 @@ def hstack(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+_scratch_calls = 0
+#: Scratch files older than this are deleted (Gradio has copied them to its own cache by then).
+SCRATCH_MAX_AGE_S = 3600
+
+
 def scratch_path(suffix: str) -> Path:
-    """A fresh, unique file path in this process's scratch folder (for downloads)."""
+    """A fresh, unique file path in this process's scratch folder (for downloads).
+
+    Every 200th call sweeps entries older than an hour, so a long-running app does not fill /tmp.
+    """
+    global _scratch_calls
     _SCRATCH.mkdir(parents=True, exist_ok=True)
+    _scratch_calls += 1
+    if _scratch_calls % 200 == 0:
+        _sweep_scratch()
     return _SCRATCH / f"{uuid.uuid4().hex}{suffix}"
+
+
+def _sweep_scratch() -> None:
+    import shutil
+    import time
+
+    cutoff = time.time() - SCRATCH_MAX_AGE_S
+    for entry in _SCRATCH.iterdir():
+        try:
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError:
+            pass  # another request may be removing it too
 
 
 def label_png(label: np.ndarray, palette: list[tuple[int, int, int]], stem: str = "label") -> str:
@@ -419,7 +455,7 @@ def dropdown_update(store: ModelStore, task: str = "semantic", multiselect: bool
     names = store.names(task)
     if multiselect:
         keep = [c for c in (current or []) if c in names]
-        return gr.update(choices=names, value=keep or names[:2])
+        return gr.update(choices=names, value=keep or store.best(task))
     return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
 

@@ -41,6 +41,9 @@ def wait_http(url: str, timeout: float = 60.0) -> float:
 def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127.0.0.1",
                       port: int | None = None):
     """Build and launch the app without blocking; returns (demo, url). Close with ``demo.close()``."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from seg.ui.app import build_app, launch_kwargs
 
     demo = build_app(checkpoint_dir)

@@ -15,7 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from seg.ui.common import (ModelStore, card_classes, colorize, dataset_available, get_predictor,
+from seg.ui.common import (TOP_LEGEND, ModelStore, card_classes, colorize, dataset_available,
+                           get_predictor,
                            hstack, missing_dataset_md)
 
 EVAL_QUEUE = "evaluate"
@@ -96,8 +97,8 @@ def iou_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
     fig = go.Figure()
     for name, m in results.items():
         fig.add_bar(name=name, x=classes, y=[m["iou"].get(c) for c in classes])
-    fig.update_layout(barmode="group", title="Per-class IoU", yaxis_range=[0, 1], height=340,
-                      margin=dict(l=40, r=10, t=40, b=40), legend_orientation="h")
+    fig.update_layout(barmode="group", title="Per-class IoU", yaxis_range=[0, 1], height=360,
+                      margin=dict(l=40, r=10, t=70, b=40), legend=TOP_LEGEND)
     return fig
 
 
@@ -219,7 +220,8 @@ def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split
         classes = classes or cls
         if mode == "recompute":
             metrics = recompute(store, name, split, int(limit) if limit else None)
-            metrics = metrics.get("metrics", metrics) | {k: v for k, v in metrics.items() if k in ("worst", "per_image")}
+            per_image = {k: v for k, v in metrics.items() if k in ("worst", "per_image")}
+            metrics = metrics.get("metrics", metrics) | per_image
             sources[name] = f"{split} (recomputed)"
         else:
             metrics = card.get("val_metrics") or card.get("metrics")

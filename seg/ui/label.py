@@ -5,9 +5,10 @@ this module only moves arrays between those functions and Gradio components.
 
 How painting stays exact: the editor's background is the image with the current mask
 blended in (display opacity), and its layer holds only the strokes not yet applied.
-"Apply", a fill, "Save" decode that layer to class ids by nearest palette colour
-(alpha-thresholded, see ``seg.labeling.paint``), merge them into the session's class-id
-mask, and reset the layer. The blended picture is never read back.
+"Apply", a fill, "Save" decode that layer to class ids (alpha-thresholded, exact palette
+colours, blended edges from their painted neighbours: ``seg.labeling.paint.decode_strokes``),
+merge them into the session's class-id mask, and reset the layer. The blended picture and
+the editor's composite are never read back.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from seg.classes import SBD_CLASSES
 from seg.io import ImageLoadError
 from seg.labeling import paint
-from seg.classes import SBD_CLASSES
-from seg.labeling.workspace import Workspace, WorkspaceError, default_workspace, palette_for
 from seg.labeling.names import UnsafePathError
+from seg.labeling.workspace import Problem, Workspace, WorkspaceError, default_workspace, palette_for
 from seg.ui.common import (
     INFERENCE_QUEUE,
     ModelStore,
@@ -134,6 +135,13 @@ def _progress_md(ws: Workspace | None, root: Path | None = None) -> str:
     return f"**{labelled} of {total} labelled** in `{html.escape(str(ws.root))}`"
 
 
+def _history_update(ws: Workspace, name: str) -> dict:
+    """Version picker choices: newest first, with time, prefill model and pixels changed by hand."""
+    choices = [(f"v{v.version} · {v.saved_at[:19].replace('T', ' ')} UTC · {v.model or 'no model'} · "
+                f"{v.changed_pixels} px by hand", v.version) for v in reversed(ws.versions(name))]
+    return gr.update(choices=choices, value=None)
+
+
 def _problems_md(problems: list) -> str:
     if not problems:
         return ""
@@ -154,9 +162,15 @@ def _require(s: dict) -> Workspace:
     return ws
 
 
+#: Class names that mean "not labelled yet"; a fresh mask starts in the first one present.
+UNKNOWN_NAMES = ("misc", "unknown", "unlabeled", "unlabelled", "void", "background")
+
+
 def _start_label(ws: Workspace, image: np.ndarray) -> np.ndarray:
-    """A fresh mask before any prefill: everything in the last class ("misc" for SBD)."""
-    return np.full(image.shape[:2], ws.num_classes - 1, dtype=np.uint8)
+    """A fresh mask before any prefill: all "misc" (SBD's unknown class) or the like, else class 0."""
+    lowered = [c.lower() for c in ws.classes]
+    start = next((lowered.index(n) for n in UNKNOWN_NAMES if n in lowered), 0)
+    return np.full(image.shape[:2], start, dtype=np.uint8)
 
 
 # -- the tab ------------------------------------------------------------------------------------
@@ -189,7 +203,8 @@ def build(store: ModelStore | None) -> None:
                 else:
                     ds_pick = ds_btn = None
     with gr.Row():
-        item = gr.Dropdown([it.name for it in start_items], value=None, label="Image", scale=3, elem_id="label-item", allow_custom_value=False)
+        item = gr.Dropdown([it.name for it in start_items], value=None, label="Image", scale=3,
+                           elem_id="label-item", allow_custom_value=False)
         prev_btn = gr.Button("◀ Previous", scale=1, elem_id="label-prev")
         next_btn = gr.Button("Next ▶", scale=1, elem_id="label-next")
         todo_btn = gr.Button("Next unlabelled", scale=1)
@@ -202,14 +217,17 @@ def build(store: ModelStore | None) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             editor = gr.ImageEditor(
-                label="Paint: the brush colour is the class (see legend); Apply or Save merges strokes",
+                label="Paint (brush colour = class; Apply or Save merges strokes)",
                 type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
                 canvas_size=CANVAS, fixed_canvas=True, elem_id="label-editor",
                 brush=_brush(palette),
                 eraser=gr.Eraser(default_size=BRUSH_RADIUS))
             legend = gr.HTML(legend_html(classes, palette))
+            gr.Markdown("Pick a class colour (palette button) and paint. The editor's eraser and undo act on "
+                        "strokes not applied yet; to erase applied paint, switch the brush mode to "
+                        "*erase to model prediction* and paint over it.")
             with gr.Row():
-                tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Brush strokes")
+                tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Brush mode")
                 apply_btn = gr.Button("Apply strokes", elem_id="label-apply")
                 undo_btn = gr.Button("Undo", elem_id="label-undo")
         with gr.Column(scale=2):
@@ -223,8 +241,12 @@ def build(store: ModelStore | None) -> None:
         save_btn = gr.Button("Save", variant="primary", elem_id="label-save")
         save_next_btn = gr.Button("Save and next", elem_id="label-save-next")
     status = gr.Markdown("", elem_id="label-status")
+    with gr.Accordion("Saved versions of this image", open=False):
+        with gr.Row():
+            history = gr.Dropdown([], label="Version", scale=3, elem_id="label-history")
+            history_btn = gr.Button("Load this version into the editor (Save makes it current)", scale=2)
     gr.Markdown("Train on these labels: the workspace is a dataset folder, e.g. "
-                "`python -m seg train --model unet --data <workspace>`, or the Train tab's data folder. "
+                "`python -m seg train --model unet --data <workspace>`. "
                 "Export for CVAT: `python -m seg label-export --workspace <workspace> --format cvat --out DIR`.")
 
     view_out = [editor, preview]
@@ -251,7 +273,7 @@ def build(store: ModelStore | None) -> None:
         choices = [it.name for it in report.items]
         first = next((it.name for it in report.items if not it.labelled), choices[0] if choices else None)
         return (s, _progress_md(ws), _problems_md(report.problems),
-                gr.update(choices=choices, value=first), gr.update(brush=_brush(ws.palette), value=None),
+                gr.update(choices=choices, value=first), gr.update(brush=_brush(ws.palette)),
                 legend_html(ws.classes, ws.palette), gr.update(choices=list(ws.classes), value=ws.classes[0]),
                 None)
 
@@ -261,9 +283,9 @@ def build(store: ModelStore | None) -> None:
     def do_load(name: str | None, s: dict, op: float, changes: bool):
         ws = _ws(s)
         if ws is None or not name:
-            return s, None, None, ""
+            return s, None, None, "", gr.update(choices=[], value=None)
         if name == s["name"] and s["image"] is not None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # already open: keep the edits
+            return (gr.skip(),) * 5  # already open: keep the edits
         discarded = s["name"] if s["dirty"] else None
         try:
             loaded = ws.load(name)
@@ -276,10 +298,10 @@ def build(store: ModelStore | None) -> None:
                 if loaded.version else "Not labelled yet: prefill with a model or paint.")
         if discarded:
             gr.Warning(f"Unsaved changes to {discarded} were discarded.")
-        return (s, *views(s, op, changes), note)
+        return (s, *views(s, op, changes), note, _history_update(ws, name))
 
-    load_evt = dict(fn=do_load, inputs=[item, state, opacity, show_changes], outputs=[state, *view_out, status],
-                    api_visibility="private")
+    load_evt = dict(fn=do_load, inputs=[item, state, opacity, show_changes],
+                    outputs=[state, *view_out, status, history], api_visibility="private")
     item.change(**load_evt)
     gr.on([open_btn.click, ws_path.submit], **open_evt, api_visibility="private").then(**load_evt)
 
@@ -315,15 +337,13 @@ def build(store: ModelStore | None) -> None:
     def do_upload(files: list | None, s: dict):
         ws = _require(s)
         added, bad = [], []
-        from seg.labeling.workspace import Problem
-
         for f in files or []:
             path = Path(f if isinstance(f, str) else getattr(f, "name", str(f)))
             try:
                 name, _ = ws.import_image(path, name=path.name, source_desc=f"upload:{path.name}")
                 added.append(name)
-            except ImageLoadError as err:
-                bad.append(Problem(path.name, f"not imported: {err}"))
+            except ImageLoadError as err:  # the message must not show the server's temp path
+                bad.append(Problem(path.name, f"not imported: {str(err).replace(str(path), path.name)}"))
         return after_import(s, added, bad, "Upload")
 
     upload.upload(do_upload, [upload, state], import_out, api_visibility="private")
@@ -399,7 +419,8 @@ def build(store: ModelStore | None) -> None:
             s["undo"].pop()
             raise gr.Error(str(err)) from None
         s["dirty"] = True
-        return (s, _preview(s, op, changes), f"Filled at ({col}, {row}) with {html.escape(_ws(s).classes[int(cls)])}.")
+        filled = html.escape(_ws(s).classes[int(cls)])
+        return s, _preview(s, op, changes), f"Filled at ({col}, {row}) with {filled}."
 
     then_redraw(preview.select(do_fill, [editor, tool, fill_class, fill_mode, state, opacity, show_changes],
                                [state, preview, status], api_visibility="private"))
@@ -419,6 +440,23 @@ def build(store: ModelStore | None) -> None:
             return gr.skip(), gr.skip()
         return views(s, op, changes)
 
+    def do_history(version: int | None, s: dict, op: float, changes: bool):
+        ws = _require(s)
+        if s["image"] is None or version is None:
+            raise gr.Error("Pick an image and one of its versions first.")
+        try:
+            label = ws.read_version(s["name"], int(version))
+        except (WorkspaceError, UnsafePathError, OSError, ValueError) as err:
+            raise gr.Error(str(err)) from None
+        if label.shape != s["label"].shape:
+            raise gr.Error(f"Version {version} does not fit the image.")
+        s["undo"].push(s["label"])
+        s["label"], s["dirty"] = label, True
+        return (s, *views(s, op, changes), f"Loaded version {version}; Save to make it current.")
+
+    history_btn.click(do_history, [history, state, opacity, show_changes], [state, *view_out, status],
+                      api_visibility="private")
+
     opacity.release(do_redraw, [state, opacity, show_changes], view_out, api_visibility="private")
     show_changes.change(do_redraw, [state, opacity, show_changes], view_out, api_visibility="private")
 
@@ -434,18 +472,22 @@ def build(store: ModelStore | None) -> None:
         except (WorkspaceError, UnsafePathError, OSError) as err:
             raise gr.Error(f"Not saved: {err}") from None
         s["version"], s["dirty"] = result.version, False
+        log.info("label saved: %s v%d in %s (%d px by hand)", result.name, result.version, ws.root,
+                 result.changed_pixels)
         msg = (f"Saved **{html.escape(result.name)}** as version {result.version} in `{result.split}/` "
-               f"({result.changed_pixels} pixel(s) differ from the prediction).")
+               f"({result.changed_pixels} pixel(s) changed by hand"
+               f"{' from the prediction of `' + html.escape(s['model']) + '`' if s['model'] else ''}).")
         if result.conflict:
             msg += (f" Note: another session saved version {result.previous_version} meanwhile; "
                     f"it is kept in the version history, yours is now current.")
-        return s, _preview(s, op, changes), msg, _progress_md(ws)
+        return s, _preview(s, op, changes), msg, _progress_md(ws), _history_update(ws, result.name)
 
     save_inputs = [editor, tool, state, opacity, show_changes]
-    save_outputs = [state, preview, status, progress]
+    save_outputs = [state, preview, status, progress, history]
     then_redraw(save_btn.click(do_save, save_inputs, save_outputs, api_visibility="private"))
-    save_next_btn.click(do_save, save_inputs, save_outputs, api_visibility="private").success(
-        step(+1), [item, state], item, api_visibility="private")
+    saved_next = save_next_btn.click(do_save, save_inputs, save_outputs, api_visibility="private")
+    saved_next.success(step(+1), [item, state], item, api_visibility="private")
+    then_redraw(saved_next)
 
 
 def standalone(store: ModelStore | None = None) -> gr.Blocks:

@@ -15,7 +15,8 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from seg.ui.common import (INFERENCE_QUEUE, ModelStore, card_classes, class_shares, dataset_available,
+from seg.ui.common import (INFERENCE_QUEUE, TOP_LEGEND, ModelStore, card_classes, class_shares,
+                           dataset_available,
                            example_images, get_predictor, inference_concurrency, label_png, legend_html,
                            load_sbd_sample, missing_dataset_md, overlay, read_image, sbd_choices, thumbnail)
 from seg.classes import SBD_CLASSES, SBD_PALETTE
@@ -55,8 +56,8 @@ def shares_figure(results: list[dict]) -> go.Figure:
     fig = go.Figure()
     for r in results:
         fig.add_bar(name=r["name"], x=r["classes"], y=(r["shares"] * 100).round(2))
-    fig.update_layout(barmode="group", height=300, margin=dict(l=40, r=10, t=30, b=40),
-                      yaxis_title="% of pixels", title="Class shares", legend_orientation="h")
+    fig.update_layout(barmode="group", height=300, margin=dict(l=40, r=10, t=60, b=40),
+                      yaxis_title="% of pixels", title="Class shares", legend=TOP_LEGEND)
     return fig
 
 
@@ -122,7 +123,7 @@ def build(store: ModelStore) -> None:
                             api_visibility="private", concurrency_id=INFERENCE_QUEUE)
             else:
                 gr.Markdown(missing_dataset_md("sbd", "Picking dataset images"))
-            models = store.watch(gr.Dropdown(names, value=names[:2], multiselect=True, label="Models",
+            models = store.watch(gr.Dropdown(names, value=store.best("semantic", 2), multiselect=True, label="Models",
                                              elem_id="segment-models"), "semantic", multiselect=True)
             if store.unavailable():
                 gr.Markdown(store.describe())

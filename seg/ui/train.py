@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from seg.ui.common import (TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack,
+from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack,
                            missing_dataset_md)
 
 log = logging.getLogger("seg.ui.train")
@@ -41,7 +41,9 @@ class RunState:
     epochs: int = 0
     rows: list[dict] = field(default_factory=list)        # one per epoch
     steps: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, step, loss)
-    samples: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    samples: np.ndarray | None = None  # stacked sample predictions of the last epoch
+    samples_epoch: int | None = None
+    ended: float | None = None
     events: list[dict] = field(default_factory=list)      # light copies, for the API
     checkpoint: str | None = None
     error: str | None = None
@@ -126,7 +128,9 @@ class TrainingRun:
                                "val_loss": event.get("val_loss"), "miou": metrics.get("miou"),
                                "map": metrics.get("map"), "pixel_accuracy": metrics.get("pixel_accuracy"),
                                "stage": event.get("stage")})
-                s.samples = _sample_tiles(event.get("samples") or [], event.get("epoch"))
+                tiles = _sample_tiles(event.get("samples") or [], event.get("epoch"))
+                if tiles is not None:
+                    s.samples, s.samples_epoch = tiles, event.get("epoch")
             elif kind == "step":
                 s.steps.append((int(event.get("epoch") or 1), int(event.get("step") or 0),
                                 float(event.get("loss", np.nan))))
@@ -141,6 +145,7 @@ class TrainingRun:
         with self._lock:
             self.state.status = status
             self.state.error = error
+            self.state.ended = time.time()
             self._bump()
 
 
@@ -171,16 +176,24 @@ def _public_config(config: Any) -> dict:
     return _jsonable(data)
 
 
-def _sample_tiles(samples: list[dict], epoch: Any) -> list[tuple[np.ndarray, str]]:
-    tiles = []
+def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
+    """One picture: a row per validation sample (image | truth | prediction), rows stacked.
+
+    A single image rather than a gallery: the rows are wide, and gallery cells are square.
+    """
+    rows = []
     for smp in samples[:4]:
         try:
             image = np.asarray(smp["image"], dtype=np.uint8)
-            tiles.append((hstack([image, colorize(np.asarray(smp["truth"])), colorize(np.asarray(smp["pred"]))]),
-                          f"epoch {epoch} · {smp.get('id', '')}: image | truth | prediction"))
+            rows.append(hstack([image, colorize(np.asarray(smp["truth"])), colorize(np.asarray(smp["pred"]))]))
         except (KeyError, ValueError, TypeError):
             continue
-    return tiles
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    gap = np.full((4, width, 3), 255, np.uint8)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate([x for r in padded for x in (r, gap)][:-1], axis=0)
 
 
 # -- views -----------------------------------------------------------------------------------
@@ -196,8 +209,8 @@ def loss_figure(s: RunState) -> go.Figure:
     epochs = [r["epoch"] for r in s.rows]
     fig.add_scatter(x=epochs, y=[r["train_loss"] for r in s.rows], mode="lines+markers", name="train loss")
     fig.add_scatter(x=epochs, y=[r["val_loss"] for r in s.rows], mode="lines+markers", name="val loss")
-    fig.update_layout(title="Loss", xaxis_title="epoch", height=300, margin=dict(l=40, r=10, t=40, b=40),
-                      legend_orientation="h")
+    fig.update_layout(title="Loss", xaxis_title="epoch", height=300, margin=dict(l=40, r=10, t=60, b=40),
+                      legend=TOP_LEGEND, xaxis_dtick=1)
     return fig
 
 
@@ -207,7 +220,7 @@ def metric_figure(s: RunState) -> go.Figure:
     for key, label in (("miou", "val mIoU"), ("map", "val mAP"), ("pixel_accuracy", "val pixel acc")):
         fig.add_scatter(x=epochs, y=[r.get(key) for r in s.rows], mode="lines+markers", name=label)
     fig.update_layout(title="Validation", xaxis_title="epoch", yaxis_range=[0, 1], height=300,
-                      margin=dict(l=40, r=10, t=40, b=40), legend_orientation="h")
+                      margin=dict(l=40, r=10, t=60, b=40), legend=TOP_LEGEND, xaxis_dtick=1)
     return fig
 
 
@@ -215,10 +228,12 @@ def status_md(s: RunState) -> str:
     if s.status == "idle":
         return "No training run yet. One run at a time; everyone sees the current run here."
     done = len(s.rows)
-    elapsed = time.time() - s.started if s.started else 0
+    elapsed = (s.ended or time.time()) - s.started if s.started else 0
     last = s.rows[-1] if s.rows else {}
     text = (f"**{s.name}**: {s.status}, epoch {done}/{s.epochs}, {elapsed:.0f} s"
             + (f", last val mIoU {last['miou']:.3f}" if isinstance(last.get("miou"), (int, float)) else ""))
+    if s.samples_epoch is not None:
+        text += f"; samples from epoch {s.samples_epoch}"
     if s.checkpoint:
         text += f"\n\nBest checkpoint: `{s.checkpoint.rsplit('/', 1)[-1]}` (now listed in the other tabs)."
     if s.error:
@@ -227,7 +242,7 @@ def status_md(s: RunState) -> str:
 
 
 def snapshot(s: RunState) -> tuple:
-    return (status_md(s), loss_figure(s), metric_figure(s), list(s.samples), {"status": s.status, "name": s.name,
+    return (status_md(s), loss_figure(s), metric_figure(s), s.samples, {"status": s.status, "name": s.name,
             "events": s.events[-50:], "checkpoint": s.checkpoint, "error": s.error, "config": s.config})
 
 
@@ -308,8 +323,9 @@ def build(store: ModelStore) -> None:
         gr.Markdown(missing_dataset_md("sbd", "Training"))
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(archs, value="unet" if "unet" in archs else (archs or [None])[0], label="Model")
-            epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs")
+            model = gr.Dropdown(archs, value="unet" if "unet" in archs else (archs or [None])[0], label="Model",
+                                elem_id="train-model")
+            epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs", elem_id="train-epochs")
             lr = gr.Number(2e-3, label="Learning rate")
             batch = gr.Slider(1, 64, value=8, step=1, label="Batch size")
             crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (smallest crop area; 1 = no crop)")
@@ -320,7 +336,8 @@ def build(store: ModelStore) -> None:
                 init = gr.Radio(["none", "imagenet"], value="none",
                                 label="Encoder initialisation (ImageNet needs the weights in the torch cache)")
             with gr.Row():
-                limit = gr.Number(0, precision=0, label="Max images per split (0 = all)")
+                limit = gr.Number(0, precision=0, label="Max images per split (0 = all)",
+                                  elem_id="train-limit")
                 seed = gr.Number(0, precision=0, label="Seed")
             name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>")
             with gr.Row():
@@ -331,7 +348,8 @@ def build(store: ModelStore) -> None:
             with gr.Row():
                 loss_plot = gr.Plot(label="Loss")
                 metric_plot = gr.Plot(label="Validation")
-            samples = gr.Gallery(label="Sample predictions (validation)", columns=1, height=360)
+            samples = gr.Image(label="Sample predictions on validation images, last epoch: image | truth | "
+                               "prediction", type="numpy", interactive=False, elem_id="train-samples")
             events = gr.JSON(label="Run", visible=False)
     seen = gr.State(None)
     outputs = [status, loss_plot, metric_plot, samples, events]
@@ -339,8 +357,11 @@ def build(store: ModelStore) -> None:
     def run_training(*values):
         yield from train_stream(store, *values)
 
+    # Its own concurrency group, so following a run never takes an inference slot. The group
+    # admits a few streams: the gate for "one run at a time" is RUN, which refuses a second
+    # Start at once with a message instead of leaving the second user queued behind the first.
     start.click(run_training, form, outputs, api_name="train",
-                concurrency_id=TRAIN_QUEUE, concurrency_limit=1)
+                concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
     stop.click(lambda: RUN.stop(), None, status, api_name="train_stop", queue=False)
     timer = gr.Timer(2.0)
     timer.tick(watch, seen, outputs + [seen], api_visibility="private", show_progress="hidden",

@@ -1,0 +1,52 @@
+"""The shipped checkpoints: loadable, honest cards, within the size budget, and their
+val-split numbers reproduce when recomputed from the weights (needs the data)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seg.checkpoints import list_checkpoints, load_checkpoint
+from seg.config import REPO_ROOT
+from seg.evaluate import evaluate_checkpoint
+
+SHIPPED = REPO_ROOT / "checkpoints"
+SEMANTIC = ("prior", "cnn", "unet", "resunet")
+
+
+def _cards() -> dict:
+    return {i.name: i for i in list_checkpoints(SHIPPED)}
+
+
+def test_all_shipped_checkpoints_load_and_fit_the_budget():
+    infos = _cards()
+    assert set(SEMANTIC) <= set(infos), f"missing: {set(SEMANTIC) - set(infos)}"
+    total = sum(p.stat().st_size for p in SHIPPED.iterdir() if p.suffix in (".safetensors", ".json"))
+    assert total < 60 * 1024 * 1024
+    for name in SEMANTIC:
+        assert infos[name].available, infos[name].error
+        model, card = load_checkpoint(infos[name].path)
+        assert card["command"].startswith("python -m seg train --model " + name)
+        assert card["data"]["split_rule"] and card["data"]["root_fingerprint"]
+
+
+def test_resunet_card_says_how_its_encoder_was_initialised():
+    card = _cards()["resunet"].card
+    assert card["pretrained"] is False and "--encoder-init none" in card["command"]
+    assert "no pretrained" in card["encoder_init"]
+
+
+@pytest.mark.parametrize("name", SEMANTIC)
+def test_card_metrics_reproduce_on_val(sbd_root, name):
+    info = _cards()[name]
+    recomputed = evaluate_checkpoint(info.path, sbd_root, "val")
+    card = info.card["val_metrics"]
+    assert recomputed["num_images"] == card["num_images"]
+    for key in ("miou", "map", "pixel_accuracy"):
+        assert recomputed[key] == pytest.approx(card[key], abs=5e-3), key  # fp16 storage vs fp32 training
+
+
+def test_model_ordering_on_val():
+    m = {name: info.card["val_metrics"] for name, info in _cards().items() if name in SEMANTIC}
+    assert 0.20 <= m["prior"]["map"] <= 0.28
+    assert m["prior"]["miou"] < m["cnn"]["miou"] < m["unet"]["miou"]
+    assert m["prior"]["map"] < m["cnn"]["map"] < m["unet"]["map"]
