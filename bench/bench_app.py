@@ -103,6 +103,20 @@ def main() -> None:
                   f"(model alone p50 {row['model_p50']:.0f} ms)")
 
         model = args.throughput_model if args.throughput_model in models else models[0]
+        # The same calls from a client that takes the label PNG's URL instead of downloading it.
+        lean = Client(url, verbose=False, download_files=False)
+        for _ in range(3):
+            lean.predict(handle_file(str(image)), model, api_name="/segment")
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            lean.predict(handle_file(str(image)), model, api_name="/segment")
+            times.append((time.perf_counter() - t) * 1000)
+        results["latency_ms_no_download"] = {model: {"p50": round(statistics.median(times), 1),
+                                                     "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
+        print(f"{model:>12}: without downloading the PNG p50 {statistics.median(times):.0f} ms, "
+              f"p95 {_percentile(times, 95):.0f} ms")
+
         clients = [Client(url, verbose=False) for _ in range(args.clients)]
         errors: list[str] = []
 

@@ -122,7 +122,17 @@ def load_image(source, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-    return np.ascontiguousarray(rgb)
+    return np.array(rgb, dtype=np.uint8, order="C", copy=True)  # writable, owned by the caller
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: os.umask is process-wide, so probing it later from a server thread would race.
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -135,6 +145,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; keep the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -107,13 +107,17 @@ class SegMetrics:
         self.ignore_index = ignore_index
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        self.hist_all = torch.zeros(num_classes * FP16_BINS, dtype=torch.int64)
-        self.hist_pos = torch.zeros(num_classes * FP16_BINS, dtype=torch.int64)
+        self.hist_all = torch.zeros(num_classes, FP16_BINS, dtype=torch.int64)
+        self.hist_pos = torch.zeros(num_classes, FP16_BINS, dtype=torch.int64)
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
-        """``probs`` (N,C,H,W) class probabilities (softmax outputs), ``target`` (N,H,W)."""
-        probs = probs.detach().float().cpu()
+        """``probs`` (N,C,H,W) class probabilities (softmax outputs), ``target`` (N,H,W).
+
+        Per class: one bincount of its float16 bit patterns (all pixels); then one gather
+        and one bincount for the positives, and the argmax over a channels-last view.
+        """
+        probs = probs.detach().cpu().float()
         target = target.detach().cpu().long()
         n, c = probs.shape[:2]
         if c != self.num_classes:
@@ -121,20 +125,27 @@ class SegMetrics:
         valid = (target >= 0) & (target < c)
         if self.ignore_index is not None:
             valid &= target != self.ignore_index
-        pred = probs.argmax(1)
-        self.confusion += confusion_matrix(target[valid], pred[valid], c)
-        # (C, P) probabilities of the valid pixels, as float16 bit patterns (monotone in value)
-        flat = probs.permute(1, 0, 2, 3).reshape(c, -1)[:, valid.reshape(-1)]
-        bits = flat.clamp_(0.0, 1.0).half().view(torch.int16).long()
-        offsets = (torch.arange(c) * FP16_BINS).unsqueeze(1)
-        self.hist_all += torch.bincount((bits + offsets).reshape(-1), minlength=c * FP16_BINS)
-        t = target[valid].reshape(-1)
-        pos_bits = bits.gather(0, t.unsqueeze(0)).squeeze(0)
-        self.hist_pos += torch.bincount(t * FP16_BINS + pos_bits, minlength=c * FP16_BINS)
+        all_valid = bool(valid.all())
+        for k in range(c):
+            bits = probs[:, k].half().clamp_(0.0, 1.0).view(torch.int16)  # monotone in value on [0, 1]
+            self.hist_all[k] += torch.bincount((bits if all_valid else bits[valid]).reshape(-1), minlength=FP16_BINS)
+        safe_target = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
+        pos_bits = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1).half().clamp_(0.0, 1.0).view(torch.int16)
+        index = safe_target * FP16_BINS + pos_bits
+        self.hist_pos += torch.bincount((index if all_valid else index[valid]).reshape(-1),
+                                        minlength=c * FP16_BINS).reshape(c, FP16_BINS)
+        channels_last = probs.permute(0, 2, 3, 1)
+        if not channels_last.is_contiguous():  # a reduction over a contiguous last dim is far faster
+            channels_last = channels_last.contiguous()
+        pred = channels_last.argmax(-1)
+        if all_valid:
+            self.confusion += confusion_matrix(target, pred, c)
+        else:
+            self.confusion += confusion_matrix(target[valid], pred[valid], c)
 
     def average_precisions(self, interpolated: bool = True) -> tuple[np.ndarray, dict]:
-        all_h = self.hist_all.reshape(self.num_classes, FP16_BINS).numpy()
-        pos_h = self.hist_pos.reshape(self.num_classes, FP16_BINS).numpy()
+        all_h = self.hist_all.numpy()
+        pos_h = self.hist_pos.numpy()
         aps, curves = [], {}
         for k in range(self.num_classes):
             pos = pos_h[k, ::-1]

@@ -188,24 +188,27 @@ def test_instances_on_upload(client):
 
 
 def test_evaluate_card_metrics(client, store):
-    table, iou, confusion, pr, worst, note = client.predict(["tiny-cnn", "tiny-unet"], "card", "val", 0,
-                                                            api_name="/evaluate")
+    table, iou, confusion, pr, worst, worst_list, note = client.predict(["tiny-cnn", "tiny-unet"], "card",
+                                                                        "val", 0, api_name="/evaluate")
     rows = {r[0]: r for r in table["data"]}
     card = store.card("tiny-cnn")["val_metrics"]
     assert rows["tiny-cnn"][3] == pytest.approx(card["miou"], abs=1e-3)
     assert rows["tiny-cnn"][7] > 0  # latency measured
     assert '"Heatmap"' in confusion["plot"] or '"heatmap"' in confusion["plot"]
-    assert worst == [] and "cards" in note
+    assert worst is None and worst_list == "" and "cards" in note
 
 
 # -- with the dataset --------------------------------------------------------------------------------
 def test_evaluate_recomputed_on_split(client, sbd_root):
-    table, iou, confusion, pr, worst, note = client.predict(["tiny-cnn"], "recompute", "val", 4,
-                                                            api_name="/evaluate")
+    table, iou, confusion, pr, worst, worst_list, note = client.predict(["tiny-cnn"], "recompute", "val", 4,
+                                                                        api_name="/evaluate")
     assert table["data"][0][2] == "val (recomputed)"
     assert 0 <= table["data"][0][5] <= 1
     assert '"scatter"' in pr["plot"]  # PR curves exist after recomputation
-    assert 1 <= len(worst) <= 4 and "tiny-cnn" in worst[0]["caption"]
+    listed = [line for line in worst_list.splitlines() if "tiny-cnn" in line]
+    assert 1 <= len(listed) <= 3
+    with Image.open(worst) as strips:  # one strip per listed image: image | truth | prediction | errors
+        assert strips.size[1] >= len(listed) * 137
 
 
 def test_instances_with_ground_truth(client, pennfudan_root):

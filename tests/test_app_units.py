@@ -144,3 +144,13 @@ def test_segment_rerender_uses_cached_labels_only():
     (tile, _), = segment.rerender(state, 0.5, "b")
     assert tile[0, 0].max() < 60 and tile[5, 0, 2] > 150, "highlight dims the other classes"
     assert isinstance(segment.rerender(None, 0.5, None), type(gr.skip()))
+
+
+def test_app_builds_with_no_checkpoints_at_all(tmp_path):
+    from seg.ui.app import build_app
+
+    demo = build_app(tmp_path / "no-checkpoints")
+    texts = "\n".join(str(getattr(b, "value", "")) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert "No usable semantic segmentation checkpoint" in texts
+    assert "DWT/Mask R-CNN checkpoint not available" in texts
+    assert "could not be built" not in texts

@@ -105,6 +105,21 @@ def test_segment_upload_shows_overlay(page, shots):
     page.screenshot(path=str(shots / "segment.png"), full_page=True)
 
 
+def test_bad_upload_shows_error_and_page_keeps_working(page, tmp_path):
+    _open_tab(page, "Segment")
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"this is text, not a PNG")
+    remove = page.locator("#segment-image button[aria-label='Remove Image']")
+    if remove.count():  # an image from the previous test is still there
+        remove.first.click()
+    page.locator("#segment-image input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(1000)
+    page.locator("#segment-run").click()
+    toast = page.get_by_text("Cannot read the image").first
+    toast.wait_for(timeout=30_000)
+    assert "not a readable image" in page.locator("body").inner_text()
+
+
 @pytest.mark.parametrize("tab", TABS[1:])
 def test_every_tab_opens(page, shots, tab):
     _open_tab(page, tab)

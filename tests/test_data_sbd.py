@@ -47,13 +47,15 @@ def _write_course_layout(root, n=3, size=(40, 30)):
 def test_course_layout(tmp_path):
     _write_course_layout(tmp_path)
     (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "train" / "badid.jpg")
+    save_label_png(tmp_path / "train" / "badid.png", np.full((30, 40), 12, np.uint8), SBD_PALETTE)  # id >= 9
     samples = list_samples(tmp_path)
     assert {s.split for s in samples} == {"train", "val"}
-    with pytest.warns(UserWarning, match="skipped 1"):
+    with pytest.warns(UserWarning, match="skipped 2"):
         train = load_split(tmp_path, "train")
     assert train.images.shape == (3, 3, IMAGE_SIZE[1], IMAGE_SIZE[0])
     assert [int(m.unique()[0]) for m in train.masks] == [0, 1, 2]
-    assert train.skipped and "broken" in train.skipped[0]
+    assert any("broken" in s for s in train.skipped) and any("class id 12" in s for s in train.skipped)
 
 
 def test_real_official_layout(sbd_root):

@@ -26,7 +26,8 @@ REPORT_KEYS = {"mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "count
 def dwt_checkpoint(pennfudan_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "dwt"
     code = main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(out), "--epochs", "1",
-                 "--limit", "6", "--arch", "base_channels=8", "--quiet"])
+                 "--inst-max-images", "6", "--inst-val-images", "3", "--arch", "base_channels=8",
+                 "--quiet"])
     assert code == 0
     return out
 
@@ -36,7 +37,7 @@ def test_dwt_one_epoch_writes_a_usable_checkpoint(dwt_checkpoint):
     assert card["architecture"] == "dwt" and card["task"] == "instances"
     assert card["energy_edges"][:3] == [0, 1, 2] and card["work_height"] == 224
     assert card["encoder_init"].startswith("random") and card["pretrained"] is False
-    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold"}
+    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed"}
     assert card["curve"][0]["epoch"] == 1 and np.isfinite(card["curve"][0]["train_loss"])
     assert dwt_checkpoint.with_suffix(".safetensors").stat().st_size < 2_000_000  # fp16, tiny model
 
@@ -55,9 +56,9 @@ def test_predictor_works_at_the_original_size(dwt_checkpoint, pennfudan_root):
 def test_eval_and_predict_commands(dwt_checkpoint, pennfudan_root, tmp_path, capsys):
     out_json = tmp_path / "metrics.json"
     assert main(["eval-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
-                 "--split", "test", "--json", str(out_json)]) == 0
+                 "--split", "test", "--limit", "4", "--json", str(out_json)]) == 0
     metrics = json.loads(out_json.read_text())
-    assert REPORT_KEYS <= set(metrics) and metrics["num_images"] == 25
+    assert REPORT_KEYS <= set(metrics) and metrics["num_images"] == 4
     image_id = ids_for_split(pennfudan_root, "test")[0]
     image = pennfudan_root / "PNGImages" / f"{image_id}.png"
     assert main(["predict-instances", "--checkpoint", str(dwt_checkpoint), str(image), "--out",
@@ -121,9 +122,10 @@ def test_coco_init_refuses_other_backbones():
 
 
 def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
-    assert main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root)]) == 0
+    assert main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
+                 "--limit", "3"]) == 0
     card = json.loads(dwt_checkpoint.with_suffix(".json").read_text())
     assert set(card["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed"}
-    assert card["postprocess_tuning"]["num_images"] == 25
+    assert card["postprocess_tuning"]["num_images"] == 3
     predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
     assert predictor.params.min_seed == card["postprocess"]["min_seed"]

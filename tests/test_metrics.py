@@ -117,3 +117,16 @@ def test_perfect_prediction_scores_one():
     m.update(probs, target)
     r = m.compute()
     assert r["miou"] == 1.0 and r["map"] == 1.0 and r["pixel_accuracy"] == 1.0
+
+
+def test_ignored_pixels_are_left_out_of_every_metric():
+    probs, target = _random_case(5)
+    masked = target.clone()
+    masked[:, :4] = 255
+    with_ignore = SegMetrics(5, ignore_index=255)
+    with_ignore.update(probs, masked)
+    keep = masked != 255
+    only_valid = SegMetrics(5)
+    only_valid.update(probs.permute(0, 2, 3, 1)[keep].T.reshape(1, 5, -1, 1), target[keep].reshape(1, -1, 1))
+    a, b = with_ignore.compute(), only_valid.compute()
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["ap"] == b["ap"]

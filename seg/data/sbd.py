@@ -171,6 +171,8 @@ def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_S
     if limit is not None:
         samples = samples[:limit]
     w, h = size
+    classes = read_classes(root)
+    num_classes = len(classes)
     images, masks, ids, skipped = [], [], [], []
     for sample in samples:
         try:
@@ -178,6 +180,8 @@ def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_S
             mask = read_label(sample)
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"label is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}")
+            if int(mask.max(initial=0)) >= num_classes:
+                raise ValueError(f"label has class id {int(mask.max())}, but there are only {num_classes} classes")
         except (ImageLoadError, OSError, ValueError) as err:
             skipped.append(f"{sample.id}: {err}")
             continue
@@ -194,7 +198,7 @@ def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_S
         images=torch.stack(images).contiguous(),
         masks=torch.stack(masks).contiguous(),
         ids=ids,
-        classes=read_classes(root),
+        classes=classes,
         skipped=skipped,
     )
 

@@ -22,6 +22,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--split", default="val", choices=("train", "val", "test", "all"),
                    help="'all' evaluates every image in the folder")
     p.add_argument("--json", help="write the metrics to this JSON file")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--method", default=None, choices=("dwt", "components"),
                    help="DWT checkpoints: watershed post-processing (default) or the connected-components baseline")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -32,6 +33,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="never tune on test")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
 
@@ -51,7 +53,8 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", method: str | None = None) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", method: str | None = None,
+                        limit: int | None = None) -> dict:
     """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys."""
     from seg.instances.coco_eval import InstanceEvaluator
     from seg.instances.data import ids_for_split, load_sample
@@ -60,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     predictor = InstancePredictor.from_checkpoint(checkpoint, method=method)
     evaluator = InstanceEvaluator()
     latencies = []
-    for image_id in ids_for_split(data_dir, split):
+    for image_id in ids_for_split(data_dir, split)[:limit]:
         sample = load_sample(data_dir, image_id)
         result = predictor.predict(sample.image)
         latencies.append(result.latency_ms)
@@ -79,7 +82,8 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
 
     _threads(args)
     try:
-        metrics = evaluate_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.method)
+        metrics = evaluate_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.method,
+                                      args.limit)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -91,7 +95,7 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val") -> dict:
+def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None) -> dict:
     """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card."""
     import torch
 
@@ -104,7 +108,7 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val") 
     model, card = load_checkpoint(checkpoint)
     if card.get("architecture") != "dwt":
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
-    samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)))
+    samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     validation = DWTValidation(samples, tuple(card.get("energy_edges", ENERGY_EDGES)))
     result = validation.run(model.float(), torch.device("cpu"))
     card["postprocess"] = result["postprocess"]
@@ -120,7 +124,7 @@ def cmd_tune_instances(args: argparse.Namespace) -> int:
 
     _threads(args)
     try:
-        report = tune_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split)
+        report = tune_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.limit)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ uses); with an uploaded image, the mask comes from a chosen model.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -99,10 +100,10 @@ def build(store: ModelStore) -> None:
                 count = gr.Slider(1, 16, value=8, step=1, label="Samples")
             run = gr.Button("Augment", variant="primary", elem_id="augment-run")
         with gr.Column(scale=3):
-            grid = gr.Gallery(label="Image | mask pairs", columns=3, height=520, object_fit="contain",
+            grid = gr.Gallery(label="Image | mask pairs", columns=2, height=600, object_fit="contain",
                               elem_id="augment-gallery")
             caption = gr.Markdown()
             gr.HTML(legend_html(list(SBD_CLASSES), list(SBD_PALETTE)))
     upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
-    run.click(lambda *a: augment(store, *a), [source, sample, upload, model, crop, flip, seed, count],
+    run.click(partial(augment, store), [source, sample, upload, model, crop, flip, seed, count],
               [grid, caption], api_name="augment", concurrency_id=INFERENCE_QUEUE, preprocess=False)

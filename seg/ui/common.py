@@ -190,8 +190,8 @@ class ModelStore:
                 cached = self._predictors.get(name)
             if cached is not None:
                 return cached
+            stamp = _stamp(entry.path)
             try:
-                stamp = _stamp(entry.path)
                 predictor = _load_predictor(entry)
             except ModelUnavailable:
                 raise
@@ -199,7 +199,7 @@ class ModelStore:
                 reason = f"failed to load: {type(err).__name__}: {err}"
                 log.warning("checkpoint %s: %s", name, reason)
                 with self._lock:
-                    self._load_errors[name] = (_stamp(entry.path), reason)
+                    self._load_errors[name] = (stamp, reason)
                     if name in self._entries:
                         self._entries[name].error = reason
                 raise ModelUnavailable(name, reason) from None
@@ -352,6 +352,23 @@ def scratch_path(suffix: str) -> Path:
     return _SCRATCH / f"{uuid.uuid4().hex}{suffix}"
 
 
+def vstack(rows: list[np.ndarray], gap: int = 4) -> np.ndarray | None:
+    """RGB images stacked top to bottom, narrower ones padded white on the right.
+
+    Wide strips (image | truth | prediction) go in one picture rather than a gallery,
+    whose cells are square and would shrink or crop them.
+    """
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    parts: list[np.ndarray] = []
+    for k, r in enumerate(rows):
+        if k:
+            parts.append(np.full((gap, width, 3), 255, np.uint8))
+        parts.append(np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255))
+    return np.concatenate(parts, axis=0)
+
+
 def _sweep_scratch() -> None:
     import shutil
     import time
@@ -439,14 +456,12 @@ def example_images(kind: str = "scenes") -> list[str]:
     return [str(p) for p in sorted(EXAMPLES_DIR.glob(f"{kind}-*.png"))]
 
 
-def model_status_md(store: ModelStore, task: str = "semantic") -> str:
-    """A one-line summary of usable models plus the unavailable ones with reasons."""
-    names = store.names(task)
-    head = f"Models: {', '.join(names)}" if names else "No usable model checkpoint found."
-    bad = {n: r for n, r in store.unavailable().items()}
-    if not bad:
-        return head
-    return head + "\n\n" + store.describe()
+def no_models_md(store: ModelStore, task: str = "semantic") -> str:
+    """What to show when no usable model exists for ``task`` (and why, when some are broken)."""
+    what = "semantic segmentation" if task == "semantic" else "instance (DWT/Mask R-CNN)"
+    text = (f"**No usable {what} checkpoint** in `{store.directory.name}/`. Train one in the Train tab "
+            f"or with `python -m seg train`, then switch tabs to refresh the lists.")
+    return text + ("\n\n" + store.describe() if store.unavailable() else "")
 
 
 def dropdown_update(store: ModelStore, task: str = "semantic", multiselect: bool = False,

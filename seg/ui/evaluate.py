@@ -6,6 +6,7 @@ Metrics come from the cards (``val_metrics``) or from the core's
 
 from __future__ import annotations
 
+from functools import partial
 import threading
 import time
 from typing import Any
@@ -17,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from seg.ui.common import (TOP_LEGEND, ModelStore, card_classes, colorize, dataset_available,
                            get_predictor,
-                           hstack, missing_dataset_md)
+                           hstack, missing_dataset_md, vstack)
 
 EVAL_QUEUE = "evaluate"
 SPLITS = ["val", "test", "train"]
@@ -160,11 +161,12 @@ def error_tile(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette) 
     return hstack([image, colorize(truth, palette), colorize(pred, palette), error_map(truth, pred)])
 
 
-def worst_gallery(store: ModelStore, results: dict[str, dict], split: str, k: int = 4) -> list:
-    """The ``k`` lowest-scoring images of each recomputed model, with their error maps."""
+def worst_images(store: ModelStore, results: dict[str, dict], k: int = 3) -> tuple[np.ndarray | None, str]:
+    """The ``k`` lowest-mIoU images of each recomputed model with their error maps: one picture
+    (a strip per image: image | truth | prediction | errors) and the list saying which is which."""
     from seg.ui.common import load_sbd_sample
 
-    items = []
+    rows, lines = [], []
     for name, m in results.items():
         worst = [w for w in m.get("worst") or [] if isinstance(w, dict) and "id" in w]
         if not worst:
@@ -180,11 +182,11 @@ def worst_gallery(store: ModelStore, results: dict[str, dict], split: str, k: in
             if truth is None:
                 continue
             pred = np.asarray(predictor.predict(image).label)
+            rows.append(error_tile(image, truth, pred, palette))
             score = w.get("miou", w.get("score"))
-            items.append((error_tile(image, truth, pred, palette),
-                          f"{name} · {w['id']} · score {score:.2f}" if isinstance(score, (int, float))
-                          else f"{name} · {w['id']}"))
-    return items
+            shown = f", image mIoU {score:.2f}" if isinstance(score, (int, float)) else ""
+            lines.append(f"{len(rows)}. **{name}**: `{w['id']}`{shown}")
+    return vstack(rows), "\n".join(lines)
 
 
 def recompute(store: ModelStore, name: str, split: str, limit: int | None) -> dict:
@@ -202,7 +204,8 @@ def recompute(store: ModelStore, name: str, split: str, limit: int | None) -> di
 
 
 def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split: str, limit: float | None):
-    """API endpoint ``evaluate``: table, IoU bars, confusion heatmaps, PR curves, worst images, note."""
+    """API endpoint ``evaluate``: table, IoU bars, confusion heatmaps, PR curves, worst images (picture
+    and list), note."""
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("semantic")
     if not models:
@@ -234,11 +237,11 @@ def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split
     if not results:
         raise gr.Error("None of the chosen checkpoints has metrics. " + "; ".join(notes))
     classes = classes or []
-    worst = worst_gallery(store, results, split) if mode == "recompute" else []
+    worst, worst_list = worst_images(store, results) if mode == "recompute" else (None, "")
     note = "; ".join(notes) if notes else f"{len(results)} model(s), metrics from " + (
         f"the {split} split (recomputed)" if mode == "recompute" else "their cards (validation split)")
     return (table_rows(store, results, sources), iou_figure(results, classes), confusion_figure(results, classes),
-            pr_figure(results, classes), worst, note)
+            pr_figure(results, classes), worst, worst_list, note)
 
 
 def build(store: ModelStore) -> None:
@@ -262,7 +265,11 @@ def build(store: ModelStore) -> None:
     iou = gr.Plot(label="Per-class IoU")
     confusion = gr.Plot(label="Confusion matrices")
     pr = gr.Plot(label="Precision–recall")
-    worst = gr.Gallery(label="Worst images: image | truth | prediction | errors (red)", columns=2, height=400)
-    outputs = [table, iou, confusion, pr, worst, note]
-    run.click(lambda *a: evaluate(store, *a), [models, mode, split, limit], outputs, api_name="evaluate",
+    with gr.Row():
+        worst = gr.Image(label="Worst images, top to bottom: image | truth | prediction | errors (red)",
+                         type="numpy", interactive=False, scale=4, elem_id="evaluate-worst")
+        with gr.Column(scale=1, min_width=300):
+            worst_list = gr.Markdown(elem_id="evaluate-worst-list")
+    outputs = [table, iou, confusion, pr, worst, worst_list, note]
+    run.click(partial(evaluate, store), [models, mode, split, limit], outputs, api_name="evaluate",
               concurrency_id=EVAL_QUEUE, concurrency_limit=1)

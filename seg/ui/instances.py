@@ -8,6 +8,7 @@ DWT's energy (distance) map.
 
 from __future__ import annotations
 
+from functools import partial
 from functools import lru_cache
 from typing import Any
 
@@ -195,5 +196,5 @@ def build(store: ModelStore) -> None:
                                  interactive=False)
             summary = gr.JSON(label="Details", open=False)
     upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
-    run.click(lambda *a: instances(store, *a), [source, sample, upload, models], [gallery, table, summary],
+    run.click(partial(instances, store), [source, sample, upload, models], [gallery, table, summary],
               api_name="instances", concurrency_id=INFERENCE_QUEUE, preprocess=False)

@@ -9,17 +9,18 @@ bench call.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from seg.ui.common import (INFERENCE_QUEUE, TOP_LEGEND, ModelStore, card_classes, class_shares,
-                           dataset_available,
-                           example_images, get_predictor, inference_concurrency, label_png, legend_html,
-                           load_sbd_sample, missing_dataset_md, overlay, read_image, sbd_choices, thumbnail)
 from seg.classes import SBD_CLASSES, SBD_PALETTE
+from seg.ui.common import (INFERENCE_QUEUE, TOP_LEGEND, ModelStore, card_classes, class_shares, dataset_available,
+                           example_images, get_predictor, inference_concurrency, label_png, legend_html,
+                           load_sbd_sample, missing_dataset_md, no_models_md, overlay, read_image, sbd_choices,
+                           thumbnail)
 
 NO_HIGHLIGHT = "(all classes)"
 
@@ -70,9 +71,14 @@ def _table(results: list[dict]) -> list[list[Any]]:
     return rows
 
 
-def segment_compare(store: ModelStore, image_src: Any, models: list[str] | str | None, alpha: float,
-                    highlight: str | None):
-    """The tab's main action: every chosen model on the image."""
+def _highlight(h: str | None) -> str | None:
+    return None if h in (None, "", NO_HIGHLIGHT) else h
+
+
+def segment_compare(store: ModelStore, image: Any, models: list[str] | str | None, alpha: float = 0.5,
+                    highlight: str | None = None):
+    """API ``segment_compare`` and the tab's main action: every chosen model on the image."""
+    image_src, highlight = image, _highlight(highlight)
     models = [models] if isinstance(models, str) else list(models or [])
     if not models:
         raise gr.Error("Choose at least one model.")
@@ -85,13 +91,13 @@ def segment_compare(store: ModelStore, image_src: Any, models: list[str] | str |
             shares_figure(results), _table(results), files, state)
 
 
-def segment_one(store: ModelStore, image_src: Any, model: str):
+def segment_one(store: ModelStore, image: Any, model: str):
     """API endpoint ``segment``: the label PNG (pixel value = class id) and a summary dict.
 
     Kept lean for programmatic clients (one file to download); the overlay views are the
     tab's ``segment_compare``.
     """
-    image = read_image(image_src)
+    image = read_image(image)
     r = run_model(store, image, (model or "").strip())
     info = {"model": r["name"], "latency_ms": round(r["latency_ms"], 2), "height": int(image.shape[0]),
             "width": int(image.shape[1]), "classes": r["classes"], "palette": [list(c) for c in r["palette"]],
@@ -103,7 +109,7 @@ def rerender(state: dict | None, alpha: float, highlight: str | None):
     """Re-blend cached results when opacity or highlight change (no inference)."""
     if not state:
         return gr.skip()
-    return _gallery(state["image"], state["results"], alpha, highlight)
+    return _gallery(state["image"], state["results"], alpha, _highlight(highlight))
 
 
 def build(store: ModelStore) -> None:
@@ -125,7 +131,9 @@ def build(store: ModelStore) -> None:
                 gr.Markdown(missing_dataset_md("sbd", "Picking dataset images"))
             models = store.watch(gr.Dropdown(names, value=store.best("semantic", 2), multiselect=True, label="Models",
                                              elem_id="segment-models"), "semantic", multiselect=True)
-            if store.unavailable():
+            if not names:
+                gr.Markdown(no_models_md(store, "semantic"))
+            elif store.unavailable():
                 gr.Markdown(store.describe())
             alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
             highlight = gr.Radio([NO_HIGHLIGHT] + list(SBD_CLASSES), value=NO_HIGHLIGHT,
@@ -148,17 +156,14 @@ def build(store: ModelStore) -> None:
         api_info = gr.JSON(label="info")
         api_button = gr.Button("segment (API)")
 
-    def _highlight(h: str | None) -> str | None:
-        return None if h in (None, NO_HIGHLIGHT) else h
-
-    run.click(lambda img, m, a, h: segment_compare(store, img, m, a, _highlight(h)),
+    run.click(partial(segment_compare, store),
               [image, models, alpha, highlight], [gallery, legend, shares, table, files, state],
               api_name="segment_compare", concurrency_id=INFERENCE_QUEUE,
               concurrency_limit=inference_concurrency(), preprocess=False)
-    api_button.click(lambda img, m: segment_one(store, img, m), [image, api_model],
+    api_button.click(partial(segment_one, store), [image, api_model],
                      [api_label, api_info], api_name="segment",
                      concurrency_id=INFERENCE_QUEUE, preprocess=False)
     for trigger in (alpha.release, highlight.change):
-        trigger(lambda s, a, h: rerender(s, a, _highlight(h)), [state, alpha, highlight], gallery,
+        trigger(rerender, [state, alpha, highlight], gallery,
                 api_visibility="private", show_progress="hidden", concurrency_limit=None)
 

@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack,
+from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack, vstack,
                            missing_dataset_md)
 
 log = logging.getLogger("seg.ui.train")
@@ -179,7 +179,6 @@ def _public_config(config: Any) -> dict:
 def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
     """One picture: a row per validation sample (image | truth | prediction), rows stacked.
 
-    A single image rather than a gallery: the rows are wide, and gallery cells are square.
     """
     rows = []
     for smp in samples[:4]:
@@ -188,12 +187,7 @@ def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
             rows.append(hstack([image, colorize(np.asarray(smp["truth"])), colorize(np.asarray(smp["pred"]))]))
         except (KeyError, ValueError, TypeError):
             continue
-    if not rows:
-        return None
-    width = max(r.shape[1] for r in rows)
-    gap = np.full((4, width, 3), 255, np.uint8)
-    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.concatenate([x for r in padded for x in (r, gap)][:-1], axis=0)
+    return vstack(rows)
 
 
 # -- views -----------------------------------------------------------------------------------
@@ -307,6 +301,11 @@ def train_stream(store: ModelStore, *form) -> Iterator[tuple]:
         raise gr.Error(f"Training failed: {RUN.state.error}")
 
 
+def stop_training() -> str:
+    """API endpoint ``train_stop``: the engine stops between steps and keeps the best checkpoint."""
+    return RUN.stop()
+
+
 def watch(seen: int | None):
     """Timer tick for every session: new snapshot only when the run changed."""
     s = RUN.state
@@ -354,15 +353,19 @@ def build(store: ModelStore) -> None:
     seen = gr.State(None)
     outputs = [status, loss_plot, metric_plot, samples, events]
     form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name]
-    def run_training(*values):
-        yield from train_stream(store, *values)
+    def run_training(model: str, epochs: float, lr: float, batch_size: float, crop_fraction: float,
+                     flip_p: float, class_weights: str, frozen_epochs: float, encoder_init: str,
+                     max_images: float, seed: float, name: str):
+        """API endpoint ``train``: streams (status, loss plot, validation plot, samples, run dict)."""
+        yield from train_stream(store, model, epochs, lr, batch_size, crop_fraction, flip_p, class_weights,
+                                frozen_epochs, encoder_init, max_images, seed, name)
 
     # Its own concurrency group, so following a run never takes an inference slot. The group
     # admits a few streams: the gate for "one run at a time" is RUN, which refuses a second
     # Start at once with a message instead of leaving the second user queued behind the first.
     start.click(run_training, form, outputs, api_name="train",
                 concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
-    stop.click(lambda: RUN.stop(), None, status, api_name="train_stop", queue=False)
+    stop.click(stop_training, None, status, api_name="train_stop", queue=False)
     timer = gr.Timer(2.0)
     timer.tick(watch, seen, outputs + [seen], api_visibility="private", show_progress="hidden",
                concurrency_limit=None, queue=False)
