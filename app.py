@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
 
-from seg.ui.app import build_app, launch_kwargs  # noqa: E402  (after the environment is set)
+from seg.ui.app import build_app, configure_torch_threads, launch_kwargs  # noqa: E402  (after the env is set)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: ./checkpoints)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("seg.ui").info("torch intra-op threads: %d", configure_torch_threads())
     demo = build_app(args.checkpoints)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                 max_file_size="50mb", show_error=True, **launch_kwargs())

@@ -75,6 +75,7 @@ def main() -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "app.log", "wb"))
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                  "load_average_1min_at_start": round(os.getloadavg()[0], 2)},
+                     "torch_threads": os.environ.get("SEG_UI_TORCH_THREADS") or "torch default",
                      "image": "288x224", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         wait_http(url, timeout=180)

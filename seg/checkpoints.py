@@ -134,6 +134,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), card
 
 
+def _check_weights_header(path: Path) -> None:
+    """Cheap validity check: the safetensors header parses (no tensor data is read)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError("weights file is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if not list(fh.keys()):
+                raise CheckpointError(f"weights {path.name} hold no tensors")
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"weights {path.name} are corrupt: {err}") from None
+
+
 def list_checkpoints(directory: str | Path | None = None) -> list[CheckpointInfo]:
     """Every ``*.json`` card in the folder; unreadable ones come back with ``error`` set."""
     folder = Path(directory) if directory else checkpoint_dir()
@@ -144,8 +160,7 @@ def list_checkpoints(directory: str | Path | None = None) -> list[CheckpointInfo
         stem = card_path.with_suffix("")
         try:
             card = read_card(stem)
-            if not stem.with_suffix(".safetensors").is_file():
-                raise CheckpointError("weights file is missing")
+            _check_weights_header(stem.with_suffix(".safetensors"))
             infos.append(CheckpointInfo(stem.name, stem, card))
         except CheckpointError as err:
             infos.append(CheckpointInfo(stem.name, stem, None, str(err)))

@@ -36,3 +36,21 @@ def flat_palette(palette: list[tuple[int, int, int]] = SBD_PALETTE) -> list[int]
     """Palette in PIL's flat 768-entry form."""
     flat = [c for rgb in palette for c in rgb]
     return flat + [0] * (768 - len(flat))
+
+
+def palette_for(num_classes: int) -> list[tuple[int, int, int]]:
+    """SBD colours first, then the Pascal VOC bit-interleaved colour map for extra classes."""
+    palette = list(SBD_PALETTE[:num_classes])
+    i = 1
+    while len(palette) < num_classes:
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        if (r, g, b) not in palette:
+            palette.append((r, g, b))
+        i += 1
+    return palette

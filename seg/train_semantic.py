@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from seg.classes import SBD_PALETTE
+from seg.classes import palette_for
 from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_split
 from seg.engine import Stage, distributed_context, run, seed_everything
 from seg.losses import class_weights, weighted_cross_entropy
@@ -192,7 +192,7 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
     card = {
         "task": "semantic",
         "classes": train.classes,
-        "palette": [list(c) for c in SBD_PALETTE[:num_classes]] if num_classes <= len(SBD_PALETTE) else None,
+        "palette": [list(c) for c in palette_for(num_classes)],
         "input_size": {"width": int(train.images.shape[-1]), "height": int(train.images.shape[-2])},
         "encoder_init": init_text,
         "pretrained": config.model == "resunet" and config.encoder_init != "none",

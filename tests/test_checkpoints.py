@@ -51,6 +51,7 @@ def test_corrupt_missing_and_mismatched(tmp_path):
     (tmp_path / "garbage.json").write_text("{not json")
     infos = {i.name: i for i in list_checkpoints(tmp_path)}
     assert infos["ok"].available
+    assert not infos["bad"].available and "corrupt" in infos["bad"].error  # found when listing, not on load
     assert not infos["garbage"].available and "JSON" in infos["garbage"].error
     assert set(infos) == {"ok", "bad", "wrong", "garbage"}
 

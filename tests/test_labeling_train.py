@@ -58,3 +58,24 @@ def test_one_epoch_on_a_six_image_workspace_then_prefill(tmp_path: Path, capsys)
     result = ws.save("todo", edited, model=out.name, reference=prediction.label)
     assert result.changed_pixels == int((edited != prediction.label).sum())
     assert ws.versions("todo")[-1].model == "unet-labels"
+
+
+def test_train_tab_trains_on_my_labels(tmp_path: Path):
+    """The Train tab's "My labels" source resolves to the workspace; an empty one is refused clearly."""
+    import gradio as gr
+    import pytest
+
+    from seg.ui.common import ModelStore
+    from seg.ui.train import DATA_LABELS, make_config
+
+    ws = Workspace(tmp_path / "ws")
+    for i in range(3):
+        img, label = _scene(i)
+        name, _ = ws.import_image(img, name=f"s{i}.jpg")
+        ws.save(name, label, split="val" if i == 0 else "train")
+    store = ModelStore(tmp_path / "ckpts")
+    form = ("unet", 1, 1e-3, 2, 1.0, 0.5, "none", 0, "none", 0, 0, "mine")
+    config, name = make_config(store, *form, DATA_LABELS, str(ws.root))
+    assert Path(config.data_dir) == ws.root and name == "mine"
+    with pytest.raises(gr.Error):
+        make_config(store, *form, DATA_LABELS, str(tmp_path / "empty-ws"))

@@ -33,7 +33,7 @@ class InstanceResult:
     instances: np.ndarray  # (H, W) int32
     scores: np.ndarray  # (N,)
     boxes: np.ndarray  # (N, 4) xyxy, x2/y2 exclusive
-    energy: np.ndarray | None  # (H, W) expected energy level (DWT only)
+    energy: np.ndarray | None  # (H, W) expected energy level on the predicted foreground, 0 elsewhere (DWT)
     foreground: np.ndarray | None  # (H, W) foreground probability (DWT only)
     latency_ms: float
     # every candidate, overlapping allowed (Mask R-CNN) — what COCO AP is computed on
@@ -141,7 +141,9 @@ class InstancePredictor:
                 labels, scores = components_from_foreground(fg, params)
             else:
                 labels, scores = instances_from_maps(fg, energy, params)
-            result = InstanceResult(labels, scores, boxes_from_ids(labels), energy, fg, 0.0)
+            # the energy is only trained on pedestrians: show it where the foreground is
+            shown = np.where(fg > params.fg_threshold, energy, 0.0).astype(np.float32)
+            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
         return result
 

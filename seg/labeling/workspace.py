@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seg.classes import SBD_CLASSES, SBD_PALETTE
+from seg.classes import SBD_CLASSES, SBD_PALETTE, palette_for
 from seg.data.split import split_of
 from seg.io import ImageLoadError, atomic_write_bytes, atomic_write_text, encode_png, label_to_png_image, \
     load_image, read_label_png
@@ -61,24 +61,6 @@ def default_workspace() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base).expanduser() / "seglab" / "labels"
-
-
-def palette_for(num_classes: int) -> list[tuple[int, int, int]]:
-    """SBD colours first, then the Pascal VOC bit-interleaved colour map for extra classes."""
-    palette = list(SBD_PALETTE[:num_classes])
-    i = 1
-    while len(palette) < num_classes:
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        if (r, g, b) not in palette:
-            palette.append((r, g, b))
-        i += 1
-    return palette
 
 
 def image_digest(rgb: np.ndarray) -> str:

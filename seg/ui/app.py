@@ -89,6 +89,23 @@ def _wire_model_lists(demo: gr.Blocks, tabs: list, store: ModelStore) -> None:
                    queue=False, show_progress="hidden")
 
 
+def configure_torch_threads() -> int:
+    """Intra-op threads for inference from ``SEG_UI_TORCH_THREADS`` (else torch's default); returns it.
+
+    A knob rather than a fixed choice: on this 2-core machine shared with training runs, one
+    thread was far better in an isolated loop but no better through the app (bench/bench_app.py,
+    four alternating runs), so the default is left to torch.
+    """
+    import os
+
+    import torch
+
+    env = os.environ.get("SEG_UI_TORCH_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        torch.set_num_threads(int(env))
+    return torch.get_num_threads()
+
+
 def launch_kwargs() -> dict:
     """Theme and CSS: in Gradio 6 they are ``launch()`` arguments, not ``Blocks`` ones."""
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.is_file() else None

@@ -245,15 +245,17 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", (text or "").strip()).strip("-.")[:60]
 
 
+DATA_SBD = "Stanford Background"
+DATA_LABELS = "My labels (labeling workspace)"
+
+
 def make_config(store: ModelStore, model: str, epochs: float, lr: float, batch_size: float, crop: float,
                 flip: float, weighting: str, frozen_epochs: float, encoder_init: str, limit: float,
-                seed: float, name: str):
+                seed: float, name: str, data_source: str = DATA_SBD, workspace: str = ""):
     """Validate the form into a ``SemanticTrainConfig`` and a checkpoint name (``gr.Error`` on bad input)."""
     from seg.train_semantic import SemanticTrainConfig
 
-    root = dataset_available("sbd")
-    if root is None:
-        raise gr.Error(missing_dataset_md("sbd", "Training"))
+    root = _training_root(data_source, workspace)
     if model not in semantic_architectures():
         raise gr.Error(f"Unknown model {model!r}.")
     epochs, batch_size, frozen = int(epochs or 0), int(batch_size or 0), int(frozen_epochs or 0)
@@ -277,6 +279,23 @@ def make_config(store: ModelStore, model: str, epochs: float, lr: float, batch_s
         encoder_init=encoder_init if model == "resunet" else "none", limit=int(limit) if limit else None,
         command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}")
     return config, name
+
+
+def _training_root(data_source: str, workspace: str):
+    """The folder to train on: the SBD data root, or a labeling workspace (course layout)."""
+    if data_source == DATA_LABELS:
+        from seg.labeling import Workspace, WorkspaceError
+
+        try:
+            ws = Workspace((workspace or "").strip() or None)
+            ws.check_trainable()
+        except WorkspaceError as err:
+            raise gr.Error(str(err)) from None
+        return ws.root
+    root = dataset_available("sbd")
+    if root is None:
+        raise gr.Error(missing_dataset_md("sbd", "Training"))
+    return root
 
 
 def semantic_architectures() -> list[str]:
@@ -339,8 +358,13 @@ def build(store: ModelStore) -> None:
                                   elem_id="train-limit")
                 seed = gr.Number(0, precision=0, label="Seed")
             name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>")
+            with gr.Accordion("Training data", open=False):
+                data_source = gr.Radio([DATA_SBD, DATA_LABELS], value=DATA_SBD, label="Train on",
+                                       elem_id="train-data-source")
+                workspace = gr.Textbox(label="Labeling workspace (empty = the default workspace of the Label tab)",
+                                       placeholder="~/.local/share/seglab/labels")
             with gr.Row():
-                start = gr.Button("Start", variant="primary", interactive=has_data, elem_id="train-start")
+                start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         with gr.Column(scale=2):
             status = gr.Markdown(status_md(RUN.state), elem_id="train-status")
@@ -352,13 +376,14 @@ def build(store: ModelStore) -> None:
             events = gr.JSON(label="Run", visible=False)
     seen = gr.State(None)
     outputs = [status, loss_plot, metric_plot, samples, events]
-    form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name]
+    form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name, data_source, workspace]
     def run_training(model: str, epochs: float, lr: float, batch_size: float, crop_fraction: float,
                      flip_p: float, class_weights: str, frozen_epochs: float, encoder_init: str,
-                     max_images: float, seed: float, name: str):
+                     max_images: float, seed: float, name: str, data_source: str = DATA_SBD,
+                     workspace: str = ""):
         """API endpoint ``train``: streams (status, loss plot, validation plot, samples, run dict)."""
         yield from train_stream(store, model, epochs, lr, batch_size, crop_fraction, flip_p, class_weights,
-                                frozen_epochs, encoder_init, max_images, seed, name)
+                                frozen_epochs, encoder_init, max_images, seed, name, data_source, workspace)
 
     # Its own concurrency group, so following a run never takes an inference slot. The group
     # admits a few streams: the gate for "one run at a time" is RUN, which refuses a second
