@@ -77,8 +77,10 @@ def load_encoder_weights(module: nn.Module, init: str, weights_enum=None, ignore
                 f"(--encoder-init PATH), or train from scratch with --encoder-init none.") from None
     else:
         state = read_state_dict(init)
-    state = {k: v for k, v in _strip_prefixes(state, module).items() if not k.startswith(ignore_prefixes)}
-    expected = {k for k in module.state_dict() if not k.startswith(ignore_prefixes)}
+    # num_batches_tracked is bookkeeping that some savers keep and others drop; it is not a weight
+    skip = lambda k: k.startswith(ignore_prefixes) or k.endswith("num_batches_tracked")  # noqa: E731
+    state = {k: v for k, v in _strip_prefixes(state, module).items() if not skip(k)}
+    expected = {k for k in module.state_dict() if not skip(k)}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
