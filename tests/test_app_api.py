@@ -235,7 +235,7 @@ def test_augment_dataset_image_keeps_mask_aligned(client, sbd_root):
 
 def test_training_one_epoch_streams_events(client, store, sbd_root):
     job = client.submit("cnn", 1, 0.003, 2, 0.5, 0.5, "inverse_sqrt", 0, "none", 4, 0, "ui-test-cnn",
-                        api_name="/train")
+                        "Stanford Background", "", api_name="/train")
     status, loss, metric, samples, run = job.result(timeout=120)
     assert len(job.outputs()) >= 2, "the run streams more than its final state"
     assert run["status"] == "done", run
@@ -249,4 +249,4 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
     assert _read_label(label_path).shape == (240, 320)
     with pytest.raises(AppError, match="exists already"):
         client.predict("cnn", 1, 0.003, 2, 0.5, 0.5, "inverse_sqrt", 0, "none", 4, 0, "ui-test-cnn",
-                       api_name="/train")
+                       "Stanford Background", "", api_name="/train")

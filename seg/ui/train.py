@@ -361,7 +361,7 @@ def build(store: ModelStore) -> None:
             with gr.Accordion("Training data", open=False):
                 data_source = gr.Radio([DATA_SBD, DATA_LABELS], value=DATA_SBD, label="Train on",
                                        elem_id="train-data-source")
-                workspace = gr.Textbox(label="Labeling workspace (empty = the default workspace of the Label tab)",
+                workspace = gr.Textbox(value="", label="Labeling workspace (empty = the default workspace of the Label tab)",
                                        placeholder="~/.local/share/seglab/labels")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
