@@ -85,6 +85,9 @@ def _add_train(sub) -> None:
     p.add_argument("--val-split", default="val", choices=("val", "test"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="training-step precision: auto = fp16 mixed precision on CUDA, fp32 on CPU; "
+                        "bf16 is about 2x faster on CPUs with native bf16 (AVX512-BF16/AMX)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     try:
         from seg.instances.task import add_train_arguments
@@ -142,7 +145,7 @@ def cmd_train(args) -> int:
             seed=args.seed, frozen_epochs=frozen, encoder_lr_ratio=args.encoder_lr_ratio,
             encoder_init=args.encoder_init, model_kwargs=dict(args.arch), limit=args.limit,
             val_split=args.val_split, device=args.device, command=command,
-            init_from=args.init_from)
+            init_from=args.init_from, precision=args.precision)
         with _stop_on_signals() as stop:
             return _report_events(train_semantic(config, stop_event=stop), args.quiet)
     return _report_events(events, args.quiet)

@@ -56,6 +56,8 @@ class SemanticTrainConfig:
     val_split: str = "val"
     device: str | None = None
     command: str | None = None
+    #: training-step precision: auto (fp16 AMP on CUDA, fp32 on CPU), fp32, bf16, fp16
+    precision: str = "auto"
     #: continue from this checkpoint's weights (same architecture); its lineage goes on the card
     init_from: str | None = None
 
@@ -215,7 +217,8 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
     task = SemanticTask(train, val, config, weight)
     device = torch.device(config.device) if config.device else None
     yield from run(model, task, build_stages(config), out=config.out if rank == 0 else None, card=card,
-                   seed=config.seed, stop_event=stop_event, device=device, weight_decay=config.weight_decay)
+                   seed=config.seed, stop_event=stop_event, device=device, weight_decay=config.weight_decay,
+                   precision=config.precision)
 
 
 def _fit_prior(model, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, card: dict,

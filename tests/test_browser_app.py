@@ -118,6 +118,9 @@ def test_bad_upload_shows_error_and_page_keeps_working(page, tmp_path):
     toast = page.get_by_text("Cannot read the image").first
     toast.wait_for(timeout=30_000)
     assert "not a readable image" in page.locator("body").inner_text()
+    # start the next tests (and their screenshots) from a fresh page, without the error toast
+    page.reload(wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Segment").wait_for(timeout=60_000)
 
 
 @pytest.mark.parametrize("tab", TABS[1:])

@@ -114,3 +114,18 @@ def test_torchrun_two_processes(sbd_root, tmp_path):
     assert card["world_size"] == 2
     assert proc.stdout.count("epoch 1/1") == 1  # only rank 0 reports and writes
     assert card["val_metrics"]["num_images"] == 8
+
+
+def test_bf16_precision_trains_and_is_recorded(sbd_root):
+    from seg.engine import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) is None  # CPU default stays fp32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError):
+        resolve_precision("fp16", torch.device("cpu"))
+    config = SemanticTrainConfig(model="cnn", data_dir=str(sbd_root), epochs=2, limit=8, batch_size=4,
+                                 model_kwargs={"width": 4}, precision="bf16", train_size=(96, 64))
+    events = list(train_semantic(config))
+    assert events[0]["precision"] == "bfloat16"
+    epochs = [e for e in events if e["type"] == "epoch"]
+    assert all(np.isfinite(e["train_loss"]) for e in epochs)
