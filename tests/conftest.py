@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,33 @@ def pennfudan_root() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep derived caches out of the user's home during tests (shared across the session)."""
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "seg-cache"))
+
+
+# -- headless Chromium for the browser tests (Debian's chromium, driven by Playwright by path) --
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM_PATH"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                      "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium, or a skip with the reason (no playwright, no browser, browser won't start)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium found (install Debian's `chromium`, or set CHROMIUM_PATH); .ci/run installs it")
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        except Exception as err:  # a broken browser install is an environment problem, not a UI bug
+            pytest.skip(f"Chromium at {path} did not start: {err}")
+        yield b
+        b.close()

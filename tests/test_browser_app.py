@@ -11,7 +11,6 @@ show real models), else tiny untrained ones.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,33 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "examples" / "scenes-1.png"
 PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label"]
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM_PATH"), shutil.which("chromium"), shutil.which("chromium-browser"),
-                      "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    path = _chromium()
-    if path is None:
-        pytest.skip("no Chromium found (install Debian's `chromium`, or set CHROMIUM_PATH); .ci/run installs it")
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        except Exception as err:  # a broken browser install is an environment problem, not a UI bug
-            pytest.skip(f"Chromium at {path} did not start: {err}")
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,40 +8,16 @@ checkpoints. Skipped, with the reason, when Playwright or Chromium is missing. W
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 H, W = 240, 320  # the editor canvas is 640x480, so one image pixel = 2x2 canvas pixels
 WATER = 4  # a class the tiny untrained models never predict, so the stroke is a visible change
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM_PATH"), shutil.which("chromium"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    path = _chromium()
-    if path is None:
-        pytest.skip("no Chromium found (install Debian's `chromium`, or set CHROMIUM_PATH)")
-    with sync_api.sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        except Exception as err:  # a broken browser install is an environment problem, not a UI bug
-            pytest.skip(f"Chromium at {path} did not start: {err}")
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
