@@ -24,3 +24,6 @@ python -m seg train --model unet --arch base_channels=16 --init-from "$work/unet
 python -m seg train --model resunet --encoder-init none --frozen-epochs 2 --encoder-lr-ratio 1.0 --epochs 36 --lr 2e-3 "${crops[@]}" --out "$work/resunet-r1"
 python -m seg train --model resunet --encoder-init none --init-from "$work/resunet-r1" --frozen-epochs 0 --epochs 50 --lr 1.5e-3 "${crops[@]}" --out "$work/resunet-r2"
 python -m seg train --model resunet --encoder-init none --init-from "$work/resunet-r2" --frozen-epochs 0 --epochs 12 --lr 5e-4 "${full[@]}" --out checkpoints/resunet
+cp checkpoints/resunet.safetensors "$work/resunet-r3.safetensors" && cp checkpoints/resunet.json "$work/resunet-r3.json"
+# ResUNet round 4: a second, lower-rate full-resolution fine-tune (2 threads)
+python -m seg train --model resunet --encoder-init none --init-from "$work/resunet-r3" --frozen-epochs 0 --epochs 10 --lr 2.5e-4 --batch-size 8 --train-size 288x224 --crop-fraction 0.5,1.0 --threads 2 --quiet --out checkpoints/resunet
