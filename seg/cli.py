@@ -253,6 +253,8 @@ def _add_download(sub) -> None:
     p.add_argument("dataset", choices=("sbd", "pennfudan"))
     p.add_argument("--root", help="data root to unpack into (default: $SEG_DATA_DIR or the user cache)")
     p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (pins it; the unpacked "
+                                                    "content is always checked against sentinel files)")
     p.set_defaults(func=cmd_download)
 
 
@@ -260,7 +262,7 @@ def cmd_download(args) -> int:
     from seg.data.download import DownloadError, download
 
     try:
-        path = download(args.dataset, root=args.root, timeout=args.timeout)
+        path = download(args.dataset, root=args.root, timeout=args.timeout, sha256=args.sha256)
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
