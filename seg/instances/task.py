@@ -302,5 +302,5 @@ def train_instances(args: argparse.Namespace, command: str | None = None) -> Ite
         model_kwargs=dict(getattr(args, "arch", None) or []),
         max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
         val_images=getattr(args, "inst_val_images", None) or getattr(args, "limit", None),
-        device=getattr(args, "device", None), command=command)
+        device=getattr(args, "device", None), command=command, precision=getattr(args, "precision", "auto"))
     return run_training(config)

@@ -38,6 +38,7 @@ class InstanceTrainConfig:
     val_images: int | None = None
     device: str | None = None
     command: str | None = None
+    precision: str = "auto"  # see seg.engine.resolve_precision
 
 
 def build_model(config: InstanceTrainConfig) -> torch.nn.Module:
@@ -66,4 +67,4 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     device = torch.device(config.device) if config.device else None
     yield from run(model, task, [Stage("main", config.epochs, config.lr)], out=config.out if rank == 0 else None,
                    card=card, seed=config.seed, stop_event=stop_event, device=device,
-                   weight_decay=config.weight_decay)
+                   weight_decay=config.weight_decay, precision=config.precision)
