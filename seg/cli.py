@@ -90,7 +90,7 @@ def _add_train(sub) -> None:
                         "bf16 is about 2x faster on CPUs with native bf16 (AVX512-BF16/AMX)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     try:
-        from seg.instances.task import add_train_arguments
+        from seg.instances.cli import add_train_arguments
     except ModuleNotFoundError:
         add_train_arguments = None
     if add_train_arguments is not None:
@@ -222,19 +222,13 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from seg.inference import Predictor
-    from seg.io import ImageLoadError, atomic_write_bytes, load_image, save_label_png
+    from seg.io import atomic_write_bytes, iter_images, save_label_png
 
     predictor = Predictor.from_checkpoint(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in args.images:
-        try:
-            image = load_image(path, max_side=None)
-        except ImageLoadError as err:
-            print(f"skip {path}: {err}", file=sys.stderr)
-            failures += 1
-            continue
+    failures: list[str] = []
+    for path, image in iter_images(args.images, failures):
         pred = predictor.predict(image)
         stem = Path(path).stem
         save_label_png(out / f"{stem}.png", pred.label, predictor.palette)
@@ -245,7 +239,7 @@ def cmd_predict(args) -> int:
             np.save(buf, pred.probs.astype(np.float16), allow_pickle=False)
             atomic_write_bytes(out / f"{stem}.probs.npy", buf.getvalue())
         print(f"{path} -> {out / (stem + '.png')} ({pred.latency_ms:.0f} ms)")
-    return 1 if failures and failures == len(args.images) else 0
+    return 1 if failures and len(failures) == len(args.images) else 0
 
 
 def _add_download(sub) -> None:

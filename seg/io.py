@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -187,3 +189,14 @@ def read_label_png(path: str | Path) -> np.ndarray:
         if img.mode not in ("P", "L", "I", "I;16", "1"):
             raise ValueError(f"{Path(path).name}: label PNG must hold class ids (mode P or L), got {img.mode}")
         return np.asarray(img).astype(np.uint8)
+
+
+def iter_images(paths: list[str], failures: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(path, RGB at full size) for each readable image; unreadable ones are reported on stderr
+    and appended to ``failures`` so a batch command carries on (the predict commands use this)."""
+    for path in paths:
+        try:
+            yield path, load_image(path, max_side=None)
+        except ImageLoadError as err:
+            print(f"skip {path}: {err}", file=sys.stderr)
+            failures.append(path)

@@ -46,6 +46,15 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=cmd_predict_instances)
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Extra ``train`` flags for the instance models (all prefixed ``--inst-``)."""
+    group = parser.add_argument_group("instance models (dwt, maskrcnn)")
+    group.add_argument("--inst-batch-size", type=int, default=None, help="images per step (dwt 4, maskrcnn 2)")
+    group.add_argument("--inst-crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)")
+    group.add_argument("--inst-max-images", type=int, default=None, help="use only the first N training images")
+    group.add_argument("--inst-val-images", type=int, default=None, help="validate on the first N val images")
+
+
 def _threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -149,21 +158,15 @@ def save_instance_png(path: Path, instances: np.ndarray) -> None:
 
 def cmd_predict_instances(args: argparse.Namespace) -> int:
     from seg.instances.inference import InstancePredictor
-    from seg.io import ImageLoadError, atomic_write_text, load_image
+    from seg.io import atomic_write_text, iter_images
 
     _threads(args)
     predictor = InstancePredictor.from_checkpoint(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for name in args.images:
+    failures: list[str] = []
+    for name, rgb in iter_images(args.images, failures):
         start = time.perf_counter()
-        try:
-            rgb = load_image(name, max_side=None)
-        except ImageLoadError as err:
-            print(f"{name}: {err}", file=sys.stderr)
-            failures += 1
-            continue
         result = predictor.predict(rgb)
         stem = Path(name).stem
         save_instance_png(out / f"{stem}_instances.png", result.instances)

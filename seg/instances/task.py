@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg.instances.cli import add_train_arguments  # noqa: F401 - kept importable from here
 from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
@@ -255,15 +256,6 @@ class MaskRCNNTask:
 
     def samples(self, model: nn.Module, device: torch.device) -> list[dict]:
         return []
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Extra ``train`` flags for the instance models (all prefixed ``--inst-``)."""
-    group = parser.add_argument_group("instance models (dwt, maskrcnn)")
-    group.add_argument("--inst-batch-size", type=int, default=None, help="images per step (dwt 4, maskrcnn 2)")
-    group.add_argument("--inst-crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)")
-    group.add_argument("--inst-max-images", type=int, default=None, help="use only the first N training images")
-    group.add_argument("--inst-val-images", type=int, default=None, help="validate on the first N val images")
 
 
 def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, crop: int | None = None,
