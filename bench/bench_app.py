@@ -7,6 +7,8 @@ Measures, on this machine:
 2. p50 / p95 latency of the ``segment`` endpoint for each model on a 288x224 image
    (upload, queue, inference, label PNG + overlay encoded and downloaded);
 3. throughput with N concurrent clients (each its own ``Client``) on unet.
+Clients come from ``seg.ui.devserver.connect`` (no certificate checks over plain http);
+one run with gradio_client's defaults is the reference, printed as a ratio.
 Target: unet p50 <= 150 ms end to end.
 """
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from PIL import Image  # noqa: E402
 
 from seg.io import atomic_write_text  # noqa: E402
-from seg.ui.devserver import free_port, wait_http  # noqa: E402
+from seg.ui.devserver import connect, free_port, wait_http  # noqa: E402
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -80,7 +82,7 @@ def main() -> None:
     try:
         wait_http(url, timeout=180)
         page_s = time.perf_counter() - start
-        client = Client(url, verbose=False)
+        client = connect(url)
         models = _models(client)
         client.predict(handle_file(str(image)), models[0], api_name="/segment")
         first_s = time.perf_counter() - start
@@ -105,7 +107,7 @@ def main() -> None:
 
         model = args.throughput_model if args.throughput_model in models else models[0]
         # The same calls from a client that takes the label PNG's URL instead of downloading it.
-        lean = Client(url, verbose=False, download_files=False)
+        lean = connect(url, download_files=False)
         for _ in range(3):
             lean.predict(handle_file(str(image)), model, api_name="/segment")
         times = []
@@ -118,7 +120,24 @@ def main() -> None:
         print(f"{model:>12}: without downloading the PNG p50 {statistics.median(times):.0f} ms, "
               f"p95 {_percentile(times, 95):.0f} ms")
 
-        clients = [Client(url, verbose=False) for _ in range(args.clients)]
+        # ...and from a client left at gradio_client's defaults (a certificate-verifying SSL
+        # context built per request, even over http): the reference the advice is measured by.
+        default = Client(url, verbose=False)
+        for _ in range(3):
+            default.predict(handle_file(str(image)), model, api_name="/segment")
+        times = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            default.predict(handle_file(str(image)), model, api_name="/segment")
+            times.append((time.perf_counter() - t) * 1000)
+        p50_default = statistics.median(times)
+        results["latency_ms_client_defaults"] = {model: {"p50": round(p50_default, 1),
+                                                         "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
+        ratio = p50_default / results["latency_ms"][model]["p50"]
+        print(f"{model:>12}: with gradio_client's default ssl_verify=True p50 {p50_default:.0f} ms "
+              f"(ratio default / connect(): {ratio:.2f})")
+
+        clients = [connect(url) for _ in range(args.clients)]
         errors: list[str] = []
 
         def worker(c: Client) -> None:

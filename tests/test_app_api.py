@@ -19,7 +19,7 @@ from PIL import Image
 from seg.classes import SBD_CLASSES
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402,F401
 from gradio_client.exceptions import AppError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +40,9 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(app):
-    return Client(app[1], verbose=False)
+    from seg.ui.devserver import connect
+
+    return connect(app[1])
 
 
 @pytest.fixture(scope="module")
