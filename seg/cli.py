@@ -80,7 +80,8 @@ def _add_train(sub) -> None:
     p.add_argument("--arch", type=_arch_kwarg, action="append", default=[], metavar="KEY=VALUE",
                    help="architecture argument, e.g. --arch base_channels=16")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint of the same architecture (warm restart); recorded on the card")
+                   help="continue from a checkpoint of the same architecture (warm restart); for dwt also a semantic "
+                        "checkpoint of its body (e.g. checkpoints/unet); recorded on the card")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--val-split", default="val", choices=("val", "test"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -129,3 +129,57 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert card["postprocess_tuning"]["num_images"] == 3
     predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
     assert predictor.params.min_seed == card["postprocess"]["min_seed"]
+    # tta auto compared both and kept the better one; the predictor follows the card
+    compared = card["postprocess_tuning"]["compared"]
+    assert set(compared) == {"none", "flip"}
+    best = "flip" if card["tta_flip"] else "none"
+    assert compared[best]["mask_ap"] >= max(c["mask_ap"] for c in compared.values())
+    assert predictor.flip is card["tta_flip"]
+    assert InstancePredictor.from_checkpoint(dwt_checkpoint, flip=not card["tta_flip"]).flip is not card["tta_flip"]
+
+
+def test_flip_tta_averages_the_mirrored_pass():
+    from seg.instances.inference import dwt_heads
+    from seg.instances.models import split_outputs
+
+    torch.manual_seed(0)
+    model = create("dwt", num_classes=2, base_channels=8, depth=2).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        fg, energy = dwt_heads(model, x, flip=True)
+        plain_fg, plain_energy = dwt_heads(model, x)
+        mirrored_fg, mirrored_energy = dwt_heads(model, x.flip(-1))
+        torch.testing.assert_close(fg, (plain_fg + mirrored_fg.flip(-1)) / 2)
+        # the expected energy is linear in the level probabilities, so it averages the same way
+        torch.testing.assert_close(energy, (plain_energy + mirrored_energy.flip(-1)) / 2)
+        logits = model(x)
+        torch.testing.assert_close(plain_fg, split_outputs(logits)[0].softmax(1)[:, 1:2])
+        assert not torch.allclose(fg, plain_fg)  # an untrained net is not mirror-symmetric
+
+
+def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
+    from seg.checkpoints import save_checkpoint
+
+    torch.manual_seed(1)
+    semantic = create("unet", num_classes=9, base_channels=8, depth=2)
+    save_checkpoint(tmp_path / "sbd-unet", semantic, {"task": "semantic", "encoder_init": "random initialisation"})
+    out = tmp_path / "dwt"
+    assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(out), "--epochs", "1",
+                 "--inst-max-images", "2", "--inst-val-images", "1", "--arch", "base_channels=8",
+                 "--arch", "depth=2", "--init-from", str(tmp_path / "sbd-unet"), "--lr", "0", "--quiet"]) == 0
+    model, card = load_checkpoint(out)
+    assert card["init_from"]["checkpoint"] == "sbd-unet" and card["init_from"]["architecture"] == "unet"
+    assert "body" in card["init_from"]["loaded"] and card["pretrained"] is False
+    assert "no ImageNet or COCO" in card["encoder_init"]
+    reference, _ = load_checkpoint(tmp_path / "sbd-unet")  # fp16 round trip, as the DWT's body went
+    body = model.backbone.state_dict()
+    for key, value in reference.state_dict().items():
+        if key.startswith("head."):
+            assert key not in body
+        elif value.is_floating_point() and "running" not in key and "num_batches" not in key:
+            torch.testing.assert_close(body[key], value, atol=2e-3, rtol=0)  # lr 0: weights kept
+    # a body of another width does not fit: refused with the reason, nothing loaded silently
+    with pytest.raises(ValueError, match="does not match"):
+        main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(tmp_path / "x"),
+              "--epochs", "1", "--inst-max-images", "2", "--arch", "base_channels=16",
+              "--init-from", str(tmp_path / "sbd-unet"), "--quiet"])

@@ -25,6 +25,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--method", default=None, choices=("dwt", "components"),
                    help="DWT checkpoints: watershed post-processing (default) or the connected-components baseline")
+    p.add_argument("--tta", default="card", choices=("card", "flip", "none"),
+                   help="DWT test-time flip augmentation: as tuned on the card (default), always, or never")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval_instances)
 
@@ -33,6 +35,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="never tune on test")
+    p.add_argument("--tta", default="auto", choices=("auto", "flip", "none"),
+                   help="flip test-time augmentation: auto keeps it when it raises mask AP on the split")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
@@ -63,13 +67,14 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", method: str | None = None,
-                        limit: int | None = None) -> dict:
+                        limit: int | None = None, tta: str = "card") -> dict:
     """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys."""
     from seg.instances.coco_eval import InstanceEvaluator
     from seg.instances.data import ids_for_split, load_sample
     from seg.instances.inference import InstancePredictor
 
-    predictor = InstancePredictor.from_checkpoint(checkpoint, method=method)
+    flip = {"card": None, "flip": True, "none": False}[tta]
+    predictor = InstancePredictor.from_checkpoint(checkpoint, method=method, flip=flip)
     evaluator = InstanceEvaluator()
     latencies = []
     for image_id in ids_for_split(data_dir, split)[:limit]:
@@ -80,6 +85,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
         evaluator.add(sample.masks(), masks, scores, boxes)
     metrics = evaluator.compute()
     metrics.update({"split": split, "method": predictor.method, "checkpoint": str(checkpoint),
+                    "tta_flip": predictor.flip if not predictor.detector else None,
                     "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
                     "postprocess": vars(predictor.params) if not predictor.detector else None})
     return metrics
@@ -92,7 +98,7 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
     _threads(args)
     try:
         metrics = evaluate_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.method,
-                                      args.limit)
+                                      args.limit, args.tta)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -104,8 +110,13 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
     return 0
 
 
-def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None) -> dict:
-    """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card."""
+def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None,
+                    tta: str = "auto") -> dict:
+    """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card.
+
+    ``tta``: ``auto`` searches with and without flip test-time augmentation and keeps the
+    better mask AP (ties: without, it is half the compute); the choice goes in the card too.
+    """
     import torch
 
     from seg.checkpoints import load_checkpoint, stem_of
@@ -118,12 +129,19 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     if card.get("architecture") != "dwt":
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
-    validation = DWTValidation(samples, tuple(card.get("energy_edges", ENERGY_EDGES)))
-    result = validation.run(model.float(), torch.device("cpu"))
+    edges = tuple(card.get("energy_edges", ENERGY_EDGES))
+    options = {"auto": (False, True), "flip": (True,), "none": (False,)}[tta]
+    results = {flip: DWTValidation(samples, edges, flip=flip).run(model.float(), torch.device("cpu"))
+               for flip in options}
+    flip = max(options, key=lambda f: (results[f]["mask_ap"] or 0.0, not f))
+    result = results[flip]
     card["postprocess"] = result["postprocess"]
+    card["tta_flip"] = flip
+    keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
     card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
-                                  **{k: result[k] for k in ("mask_ap", "mask_ap50", "mask_ap75", "count_error",
-                                                            "components_mask_ap")}}
+                                  "tta_flip": flip, **{k: result[k] for k in keys},
+                                  "compared": {("flip" if f else "none"): {k: results[f][k] for k in keys[:3]}
+                                               for f in options}}
     atomic_write_text(stem_of(checkpoint).with_suffix(".json"), json.dumps(card, indent=1, allow_nan=False))
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 
@@ -133,7 +151,8 @@ def cmd_tune_instances(args: argparse.Namespace) -> int:
 
     _threads(args)
     try:
-        report = tune_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.limit)
+        report = tune_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.limit,
+                                 args.tta)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

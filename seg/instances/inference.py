@@ -65,8 +65,24 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
+def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level, (N, 1, H, W) each, for a float batch.
+
+    ``flip``: test-time augmentation; the mirrored batch goes through in the same forward
+    pass and the two sets of probabilities (foreground and energy levels) are averaged.
+    """
+    n = x.shape[0]
+    logits = model(torch.cat([x, x.flip(-1)]) if flip else x).float()
+    fg_logits, energy_logits = split_outputs(logits)
+    fg, probs = fg_logits.softmax(1)[:, 1:2], energy_logits.softmax(1)
+    if flip:
+        fg, probs = (fg[:n] + fg[n:].flip(-1)) / 2, (probs[:n] + probs[n:].flip(-1)) / 2
+    levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
+    return fg, (probs * levels).sum(1, keepdim=True)
+
+
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
-             work_height: int = WORK_HEIGHT) -> tuple[np.ndarray, np.ndarray]:
+             work_height: int = WORK_HEIGHT, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
     h, w = rgb.shape[:2]
     out_size = out_size or (h, w)
@@ -74,11 +90,7 @@ def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None
     x = to_tensor(rgb)[None].to(device)
     x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
     with torch.inference_mode():
-        fg_logits, energy_logits = split_outputs(model(x).float())
-        fg = fg_logits.softmax(1)[:, 1:2]
-        probs = energy_logits.softmax(1)
-        levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
-        energy = (probs * levels).sum(1, keepdim=True)
+        fg, energy = dwt_heads(model, x, flip)
         maps = F.interpolate(torch.cat([fg, energy], 1), size=out_size, mode="bilinear", align_corners=False)
     maps = maps[0].cpu().numpy()
     return maps[0], maps[1]
@@ -110,7 +122,7 @@ class InstancePredictor:
     """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'."""
 
     def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
-                 method: str | None = None) -> None:
+                 method: str | None = None, flip: bool | None = None) -> None:
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -119,22 +131,25 @@ class InstancePredictor:
         if self.detector != (self.method == "maskrcnn"):
             raise ValueError(f"method {self.method!r} does not fit a {'detector' if self.detector else 'DWT'} model")
         self.work_height = int(self.card.get("work_height", WORK_HEIGHT))
+        # flip test-time augmentation (DWT): as the card says it was tuned, unless overridden
+        self.flip = bool(self.card.get("tta_flip", False)) if flip is None else bool(flip)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, method: str | None = None) -> "InstancePredictor":
+    def from_checkpoint(cls, path: str | Path, method: str | None = None,
+                        flip: bool | None = None) -> "InstancePredictor":
         from seg.checkpoints import load_checkpoint
 
         model, card = load_checkpoint(path)
         if card.get("architecture") not in ("dwt", "maskrcnn"):
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
-        return cls(model.float(), card, method=method)
+        return cls(model.float(), card, method=method, flip=flip)
 
     def predict(self, rgb: np.ndarray) -> InstanceResult:
         start = time.perf_counter()
         if self.detector:
             result = self._predict_detector(rgb)
         else:
-            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height)
+            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height, flip=self.flip)
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
             if self.method == "components":

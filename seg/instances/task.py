@@ -23,7 +23,8 @@ from seg.instances.cli import add_train_arguments  # noqa: F401 - kept importabl
 from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
-from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground)
+from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
+                                     dwt_heads)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -36,7 +37,7 @@ ENERGY_NOTE = (
     "and unit steps are kept below 6 px, where the seeds are cut.")
 DWT_METHOD = (
     "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction network: foreground and "
-    "energy heads on one U-Net body trained from scratch; seeds cut from the expected energy, grown back "
+    "energy heads on one U-Net body (its initialisation: encoder_init); seeds cut from the expected energy, grown back "
     "over the foreground by watershed (scikit-image); cut level, seed size and minimum size chosen on val")
 #: Grid searched on val every epoch (post-processing is ms per image, so this is cheap).
 CUT_LEVELS = (2, 3, 4, 5, 6)
@@ -78,10 +79,12 @@ class DWTValidation:
     training data (``python -m seg tune-instances``).
     """
 
-    def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES) -> None:
+    def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES,
+                 flip: bool = False) -> None:
         self.samples = samples
         self.energy_edges = tuple(energy_edges)
         self.level_weight = level_weights(len(self.energy_edges))
+        self.flip = flip  # maps with flip test-time augmentation (the loss stays on the plain image)
 
     def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
         """Per image (fg prob, expected energy) at the working size, and the mean loss."""
@@ -93,11 +96,14 @@ class DWTValidation:
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
                 loss, logits = dwt_batch_loss(model, images, ids, levels.to(device), self.level_weight)
                 losses.append(float(loss))
-                fg_logits, energy_logits = split_outputs(logits.float())
-                probs = energy_logits.softmax(1)[0]
-                energy = torch.tensordot(torch.arange(probs.shape[0], dtype=probs.dtype, device=probs.device),
-                                         probs, dims=1)
-                maps.append((fg_logits.softmax(1)[0, 1].cpu().numpy(), energy.cpu().numpy()))
+                if self.flip:
+                    fg, energy = dwt_heads(model, images.float() / 255.0, flip=True)
+                else:
+                    fg_logits, energy_logits = split_outputs(logits.float())
+                    probs = energy_logits.softmax(1)
+                    levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
+                    fg, energy = fg_logits.softmax(1)[:, 1:2], (probs * levels.view(1, -1, 1, 1)).sum(1, keepdim=True)
+                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
         return maps, float(np.mean(losses)) if losses else float("nan")
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
@@ -294,5 +300,6 @@ def train_instances(args: argparse.Namespace, command: str | None = None) -> Ite
         model_kwargs=dict(getattr(args, "arch", None) or []),
         max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
         val_images=getattr(args, "inst_val_images", None) or getattr(args, "limit", None),
-        device=getattr(args, "device", None), command=command, precision=getattr(args, "precision", "auto"))
+        device=getattr(args, "device", None), command=command, precision=getattr(args, "precision", "auto"),
+        init_from=getattr(args, "init_from", None))
     return run_training(config)

@@ -39,6 +39,46 @@ class InstanceTrainConfig:
     device: str | None = None
     command: str | None = None
     precision: str = "auto"  # see seg.engine.resolve_precision
+    init_from: str | None = None  # a dwt checkpoint (warm restart) or a semantic one of the DWT's body
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
+    """Start from an earlier checkpoint; returns what the card records about it.
+
+    A checkpoint of the same architecture is a warm restart (every weight). For the DWT, a
+    *semantic* checkpoint of its body's architecture (e.g. the Stanford Background ``unet``)
+    initialises the body, everything but the semantic head: transfer from the project's own
+    scene-parsing model, whose "foreground object" class includes people. Shapes must
+    match exactly; nothing is skipped silently.
+    """
+    from seg.checkpoints import load_checkpoint
+
+    previous, card = load_checkpoint(path)
+    arch = card.get("architecture")
+    lineage = {"checkpoint": card.get("name"), "architecture": arch, "command": card.get("command"),
+               "dataset": card.get("dataset") or ("stanford-background" if card.get("task", "semantic") == "semantic"
+                                                  else None),
+               "epochs": card.get("epochs_run"), "training_time_s": card.get("training_time_s"),
+               "its_encoder_init": card.get("encoder_init"),
+               "pretrained": bool(card.get("pretrained", False)), "its_val_metrics": {
+                   k: v for k, v in (card.get("val_metrics") or {}).items() if isinstance(v, (int, float))}}
+    if arch == getattr(model, "arch_name", None):
+        model.load_state_dict(previous.state_dict())
+        return dict(lineage, loaded="all weights (warm restart)")
+    body = getattr(model, "backbone", None)
+    if body is None or arch != getattr(body, "arch_name", None):
+        raise ValueError(f"--init-from {path}: a {arch!r} checkpoint cannot initialise a "
+                         f"{getattr(model, 'arch_name', None)!r} model")
+    state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
+    own = body.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"--init-from {path}: its {arch} body does not match this model's "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
+                         "use the same --arch values")
+    body.load_state_dict(state)
+    return dict(lineage, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh")
 
 
 def build_model(config: InstanceTrainConfig) -> torch.nn.Module:
@@ -56,10 +96,18 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     task = make_task(config.model, Path(config.data_dir), config.batch_size, config.crop, config.seed,
                      config.max_images, config.val_images)
     model = build_model(config)
+    lineage = init_from_checkpoint(model, config.init_from) if config.init_from else None
+    encoder_init = describe_init(config.encoder_init)
+    if lineage and lineage["architecture"] != config.model:
+        encoder_init = (f"body initialised from this project's {lineage['checkpoint']!r} checkpoint "
+                        f"({lineage['dataset']}; its own encoder: {lineage['its_encoder_init']}); "
+                        "no ImageNet or COCO weights")
     card = {
         **task.card_info(),
-        "encoder_init": describe_init(config.encoder_init),
-        "pretrained": config.encoder_init != "none",
+        "encoder_init": encoder_init,
+        # pretrained means external weights (ImageNet/COCO); transfer from our own checkpoints is in init_from
+        "pretrained": config.encoder_init != "none" or bool(lineage and lineage.get("pretrained")),
+        "init_from": lineage,
         "config": {k: v for k, v in asdict(config).items() if k != "command"},
         "command": config.command or " ".join(shlex.quote(a) for a in sys.argv),
         "seed": config.seed,
