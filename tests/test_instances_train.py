@@ -183,3 +183,41 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
         main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(tmp_path / "x"),
               "--epochs", "1", "--inst-max-images", "2", "--arch", "base_channels=16",
               "--init-from", str(tmp_path / "sbd-unet"), "--quiet"])
+
+
+def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root):
+    from seg.checkpoints import save_checkpoint
+    from seg.instances.ensemble import combine
+    from seg.instances.inference import dwt_heads
+
+    card = {"task": "instances", "work_height": 224, "energy_edges": list(range(12))}
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create("dwt", num_classes=2, base_channels=8, depth=2)
+        save_checkpoint(tmp_path / f"m{seed}", model, dict(card, command=f"seed {seed}"))
+        paths.append(tmp_path / f"m{seed}")
+    combined = combine(paths, tmp_path / "ens")
+    assert combined["architecture"] == "dwt_ensemble" and combined["arch_kwargs"]["members"] == 2
+    assert [m["command"] for m in combined["members"]] == ["seed 0", "seed 1"]
+    ensemble, _ = load_checkpoint(tmp_path / "ens")
+    members = [load_checkpoint(p)[0] for p in paths]
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        fg, energy = dwt_heads(ensemble, x)
+        parts = [dwt_heads(m, x) for m in members]
+    # the foreground probability and the expected energy are the members' means
+    torch.testing.assert_close(fg, (parts[0][0] + parts[1][0]) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(energy, (parts[0][1] + parts[1][1]) / 2, atol=1e-4, rtol=0)
+    sample = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0])
+    result = InstancePredictor.from_checkpoint(tmp_path / "ens").predict(sample.image)
+    assert result.instances.shape == sample.instances.shape
+    assert main(["tune-instances", "--checkpoint", str(tmp_path / "ens"), "--data", str(pennfudan_root),
+                 "--limit", "2", "--tta", "none"]) == 0
+    # members of different widths, or a semantic checkpoint, are refused with the reason
+    torch.manual_seed(2)
+    save_checkpoint(tmp_path / "wide", create("dwt", num_classes=2, base_channels=16, depth=2), card)
+    with pytest.raises(ValueError, match="differ"):
+        combine([paths[0], tmp_path / "wide"], tmp_path / "bad")
+    save_checkpoint(tmp_path / "sem", create("unet", num_classes=9, base_channels=8, depth=2), {"task": "semantic"})
+    assert main(["ensemble-instances", str(paths[0]), str(tmp_path / "sem"), "--out", str(tmp_path / "bad")]) == 1

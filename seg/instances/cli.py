@@ -41,6 +41,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
 
+    p = subparsers.add_parser("ensemble-instances",
+                              help="combine DWT checkpoints into one ensemble checkpoint (then tune-instances)")
+    p.add_argument("members", nargs="+", help="two or more dwt checkpoints of the same architecture")
+    p.add_argument("--out", required=True, help="output checkpoint stem")
+    p.set_defaults(func=cmd_ensemble_instances)
+
     p = subparsers.add_parser("predict-instances",
                               help="instance-id PNGs (16-bit past 255 instances) + per-instance JSON")
     p.add_argument("--checkpoint", required=True)
@@ -126,7 +132,7 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     from seg.io import atomic_write_text
 
     model, card = load_checkpoint(checkpoint)
-    if card.get("architecture") != "dwt":
+    if card.get("architecture") not in ("dwt", "dwt_ensemble"):
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
@@ -157,6 +163,20 @@ def cmd_tune_instances(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_ensemble_instances(args: argparse.Namespace) -> int:
+    from seg.checkpoints import CheckpointError
+    from seg.instances.ensemble import combine
+
+    try:
+        card = combine(args.members, args.out)
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({card['arch_kwargs']['members']} members); "
+          f"now: python -m seg tune-instances --checkpoint {args.out}")
     return 0
 
 

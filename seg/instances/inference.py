@@ -140,7 +140,7 @@ class InstancePredictor:
         from seg.checkpoints import load_checkpoint
 
         model, card = load_checkpoint(path)
-        if card.get("architecture") not in ("dwt", "maskrcnn"):
+        if card.get("architecture") not in ("dwt", "dwt_ensemble", "maskrcnn"):
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
         return cls(model.float(), card, method=method, flip=flip)
 

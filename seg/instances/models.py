@@ -66,6 +66,39 @@ def build_dwt(num_classes: int = 2, backbone: str = "unet", energy_levels: int =
     return DeepWatershed(body, energy_levels)
 
 
+class DWTEnsemble(nn.Module):
+    """Several DWTs whose head probabilities are averaged (foreground and energy levels).
+
+    The forward returns the *log* of the averaged probabilities, so everything that reads
+    a DWT (``split_outputs`` + softmax) reads the ensemble unchanged: softmax(log p) = p.
+    """
+
+    def __init__(self, members: list[DeepWatershed]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.energy_levels = members[0].energy_levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = energy = None
+        for member in self.members:
+            fg_logits, energy_logits = split_outputs(member(x).float())
+            fg_p, energy_p = fg_logits.softmax(1), energy_logits.softmax(1)
+            fg = fg_p if fg is None else fg + fg_p
+            energy = energy_p if energy is None else energy + energy_p
+        n = len(self.members)
+        return torch.cat([(fg / n).clamp_min(1e-12).log(), (energy / n).clamp_min(1e-12).log()], dim=1)
+
+
+@register("dwt_ensemble")
+def build_dwt_ensemble(num_classes: int = 2, members: int = 2, backbone: str = "unet",
+                       energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs) -> DWTEnsemble:
+    """``members`` DWTs of one architecture (built by ``seg.instances.ensemble.combine``)."""
+    return DWTEnsemble([build_dwt(num_classes, backbone, energy_levels, **backbone_kwargs)
+                        for _ in range(int(members))])
+
+
 # --------------------------------------------------------------------------- Mask R-CNN
 
 _RESNETS = {

@@ -26,7 +26,7 @@ from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, datase
 
 log = logging.getLogger("seg.ui.train")
 
-INSTANCE_ARCHITECTURES = {"dwt", "maskrcnn"}
+INSTANCE_ARCHITECTURES = {"dwt", "dwt_ensemble", "maskrcnn"}
 WEIGHTINGS = ["inverse_sqrt", "inverse", "none"]
 
 
