@@ -82,6 +82,8 @@ def _add_train(sub) -> None:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint of the same architecture (warm restart); for dwt also a semantic "
                         "checkpoint of its body (e.g. checkpoints/unet); recorded on the card")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights (e.g. 0.995)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--val-split", default="val", choices=("val", "test"))
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -146,7 +148,7 @@ def cmd_train(args) -> int:
             seed=args.seed, frozen_epochs=frozen, encoder_lr_ratio=args.encoder_lr_ratio,
             encoder_init=args.encoder_init, model_kwargs=dict(args.arch), limit=args.limit,
             val_split=args.val_split, device=args.device, command=command,
-            init_from=args.init_from, precision=args.precision)
+            init_from=args.init_from, precision=args.precision, ema_decay=args.ema)
         with _stop_on_signals() as stop:
             return _report_events(train_semantic(config, stop_event=stop), args.quiet)
     return _report_events(events, args.quiet)

@@ -136,8 +136,14 @@ def _reduce_mean(value: float, world: int, device: torch.device) -> float:
 
 def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | None, card: dict,
         seed: int = 0, stop_event: threading.Event | None = None, device: torch.device | None = None,
-        weight_decay: float = 1e-4, log_every: int = 10, precision: str = "auto") -> Iterator[dict]:
-    """Train through ``stages``; yields start/step/epoch/done events (see module docstring)."""
+        weight_decay: float = 1e-4, log_every: int = 10, precision: str = "auto",
+        ema_decay: float | None = None) -> Iterator[dict]:
+    """Train through ``stages``; yields start/step/epoch/done events (see module docstring).
+
+    ``ema_decay``: keep an exponential moving average of the weights (and batch-norm
+    statistics), updated after every step; validation, samples and the checkpoint then use
+    the average, which smooths the epoch-to-epoch noise of small datasets.
+    """
     seed_everything(seed)
     rank, world = distributed_context()
     if device is None:
@@ -147,6 +153,12 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
     amp_dtype = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     train_model: nn.Module = model
+    ema = None
+    if ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
+    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731 - what is validated and saved
     is_main = rank == 0
     stop_event = stop_event or threading.Event()
     start = time.time()
@@ -192,6 +204,8 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 losses.append(float(loss.detach()))
                 if step % log_every == 0:
                     yield {"type": "step", "epoch": epoch, "step": step, "loss": losses[-1],
@@ -200,8 +214,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                 break
             train_loss = _reduce_mean(float(np.mean(losses)) if losses else float("nan"), world, device)
             model.eval()
+            eval_model().eval()
             with torch.no_grad():
-                metrics = task.validate(model, device)
+                metrics = task.validate(eval_model(), device)
             score = float(metrics.get("score", float("nan")))
             row = {"epoch": epoch, "stage": stage.name, "lr": stage.lr, "train_loss": round(train_loss, 5),
                    "val_loss": metrics.get("val_loss"), "score": round(score, 5),
@@ -212,8 +227,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
             if improved:
                 best_score, best_epoch, best_metrics = score, epoch, metrics
                 if is_main and out is not None:
-                    saved = save_checkpoint(out, model, _card(card, curve, best_metrics, best_epoch, start, stopped))
-            samples = task.samples(model, device) if is_main else []
+                    saved = save_checkpoint(out, eval_model(),
+                                            _card(card, curve, best_metrics, best_epoch, start, stopped))
+            samples = task.samples(eval_model(), device) if is_main else []
             yield {"type": "epoch", "epoch": epoch, "epochs": total_epochs, "stage": stage.name,
                    "train_loss": train_loss, "val_loss": metrics.get("val_loss"), "score": score,
                    "metrics": metrics, "improved": improved, "elapsed": time.time() - start,

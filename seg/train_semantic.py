@@ -60,6 +60,7 @@ class SemanticTrainConfig:
     precision: str = "auto"
     #: continue from this checkpoint's weights (same architecture); its lineage goes on the card
     init_from: str | None = None
+    ema_decay: float | None = None  # validate/save a moving average of the weights (seg.engine.run)
 
 
 class SemanticTask:
@@ -218,7 +219,7 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
     device = torch.device(config.device) if config.device else None
     yield from run(model, task, build_stages(config), out=config.out if rank == 0 else None, card=card,
                    seed=config.seed, stop_event=stop_event, device=device, weight_decay=config.weight_decay,
-                   precision=config.precision)
+                   ema_decay=config.ema_decay, precision=config.precision)
 
 
 def _fit_prior(model, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, card: dict,

@@ -129,3 +129,41 @@ def test_bf16_precision_trains_and_is_recorded(sbd_root):
     assert events[0]["precision"] == "bfloat16"
     epochs = [e for e in events if e["type"] == "epoch"]
     assert all(np.isfinite(e["train_loss"]) for e in epochs)
+
+
+def test_ema_validates_and_saves_the_moving_average(sbd_root, tmp_path):
+    from seg.checkpoints import load_checkpoint
+    from seg.models import create
+
+    config = SemanticTrainConfig(model="cnn", data_dir=str(sbd_root), epochs=1, limit=8, batch_size=2,
+                                 model_kwargs={"width": 4}, train_size=(96, 64))
+    task = SemanticTask(load_split(sbd_root, "train", limit=8), load_split(sbd_root, "val", limit=2), config, None)
+    torch.manual_seed(0)
+    model = create("cnn", width=4)
+    after_steps: list[dict] = []
+
+    class Recording:  # the task, noting the weights each step starts from (= where the last one ended)
+        def __getattr__(self, name):
+            return getattr(task, name)
+
+        def train_step(self, m, batch, device):
+            after_steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return task.train_step(m, batch, device)
+
+    decay = 0.6
+    list(run(model, Recording(), [Stage("main", 1, 1e-2)], out=str(tmp_path / "ema"), card={}, ema_decay=decay))
+    after_steps = after_steps[1:] + [{k: v.detach().clone() for k, v in model.state_dict().items()}]
+    assert len(after_steps) == 4
+    expected = {k: v.float() for k, v in after_steps[0].items()}
+    for state in after_steps[1:]:
+        for k, v in state.items():
+            if v.is_floating_point():
+                expected[k] = decay * expected[k] + (1 - decay) * v.float()
+    saved, card = load_checkpoint(tmp_path / "ema")
+    assert card["best_epoch"] == 1
+    for k, v in saved.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, expected[k], atol=2e-3, rtol=2e-3)  # fp16 checkpoint
+    last = after_steps[-1]
+    assert any(not torch.allclose(saved.state_dict()[k], last[k].float(), atol=1e-2)
+               for k in last if last[k].is_floating_point())  # not simply the last weights

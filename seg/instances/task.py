@@ -301,5 +301,5 @@ def train_instances(args: argparse.Namespace, command: str | None = None) -> Ite
         max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
         val_images=getattr(args, "inst_val_images", None) or getattr(args, "limit", None),
         device=getattr(args, "device", None), command=command, precision=getattr(args, "precision", "auto"),
-        init_from=getattr(args, "init_from", None))
+        init_from=getattr(args, "init_from", None), ema_decay=getattr(args, "ema", None))
     return run_training(config)

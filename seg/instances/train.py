@@ -39,6 +39,7 @@ class InstanceTrainConfig:
     device: str | None = None
     command: str | None = None
     precision: str = "auto"  # see seg.engine.resolve_precision
+    ema_decay: float | None = None  # validate/save a moving average of the weights (seg.engine.run)
     init_from: str | None = None  # a dwt checkpoint (warm restart) or a semantic one of the DWT's body
 
 
@@ -115,4 +116,4 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     device = torch.device(config.device) if config.device else None
     yield from run(model, task, [Stage("main", config.epochs, config.lr)], out=config.out if rank == 0 else None,
                    card=card, seed=config.seed, stop_event=stop_event, device=device,
-                   weight_decay=config.weight_decay, precision=config.precision)
+                   weight_decay=config.weight_decay, precision=config.precision, ema_decay=config.ema_decay)
