@@ -41,6 +41,21 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def _timed_calls(client, image: Path, model: str, runs: int, warmup: int = 3) -> tuple[list[float], list]:
+    """``runs`` timed ``/segment`` calls after ``warmup`` untimed ones: (ms per call, the outputs' info)."""
+    from gradio_client import handle_file
+
+    for _ in range(warmup):
+        client.predict(handle_file(str(image)), model, api_name="/segment")
+    times, infos = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = client.predict(handle_file(str(image)), model, api_name="/segment")
+        times.append((time.perf_counter() - t) * 1000)
+        infos.append(out[1] if isinstance(out, (tuple, list)) else out)
+    return times, infos
+
+
 def bench_image(folder: Path) -> Path:
     """A generated 288x224 scene (the models' native size)."""
     src = REPO / "assets" / "examples" / "scenes-1.png"
@@ -91,51 +106,29 @@ def main() -> None:
 
         results["latency_ms"] = {}
         for model in models:
-            for _ in range(3):
-                client.predict(handle_file(str(image)), model, api_name="/segment")
-            times, inner = [], []
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                _, info = client.predict(handle_file(str(image)), model, api_name="/segment")
-                times.append((time.perf_counter() - t) * 1000)
-                inner.append(info["latency_ms"])
+            times, infos = _timed_calls(client, image, model, args.runs)
             row = {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1),
-                   "model_p50": round(statistics.median(inner), 1), "runs": args.runs}
+                   "model_p50": round(statistics.median(i["latency_ms"] for i in infos), 1), "runs": args.runs}
             results["latency_ms"][model] = row
             print(f"{model:>12}: end-to-end p50 {row['p50']:.0f} ms, p95 {row['p95']:.0f} ms "
                   f"(model alone p50 {row['model_p50']:.0f} ms)")
 
         model = args.throughput_model if args.throughput_model in models else models[0]
-        # The same calls from a client that takes the label PNG's URL instead of downloading it.
-        lean = connect(url, download_files=False)
-        for _ in range(3):
-            lean.predict(handle_file(str(image)), model, api_name="/segment")
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            lean.predict(handle_file(str(image)), model, api_name="/segment")
-            times.append((time.perf_counter() - t) * 1000)
-        results["latency_ms_no_download"] = {model: {"p50": round(statistics.median(times), 1),
-                                                     "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
-        print(f"{model:>12}: without downloading the PNG p50 {statistics.median(times):.0f} ms, "
-              f"p95 {_percentile(times, 95):.0f} ms")
-
-        # ...and from a client left at gradio_client's defaults (a certificate-verifying SSL
-        # context built per request, even over http): the reference the advice is measured by.
-        default = Client(url, verbose=False)
-        for _ in range(3):
-            default.predict(handle_file(str(image)), model, api_name="/segment")
-        times = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            default.predict(handle_file(str(image)), model, api_name="/segment")
-            times.append((time.perf_counter() - t) * 1000)
-        p50_default = statistics.median(times)
-        results["latency_ms_client_defaults"] = {model: {"p50": round(p50_default, 1),
-                                                         "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
-        ratio = p50_default / results["latency_ms"][model]["p50"]
-        print(f"{model:>12}: with gradio_client's default ssl_verify=True p50 {p50_default:.0f} ms "
-              f"(ratio default / connect(): {ratio:.2f})")
+        variants = {
+            # the same calls from a client that takes the label PNG's URL instead of downloading it
+            "latency_ms_no_download": ("without downloading the PNG", connect(url, download_files=False)),
+            # ...and from one left at gradio_client's defaults (a certificate-verifying SSL context
+            # built per request, even over http): the reference the advice is measured by
+            "latency_ms_client_defaults": ("with gradio_client's default ssl_verify=True",
+                                           Client(url, verbose=False)),
+        }
+        for key, (what, variant) in variants.items():
+            times, _ = _timed_calls(variant, image, model, args.runs)
+            p50 = statistics.median(times)
+            results[key] = {model: {"p50": round(p50, 1), "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
+            ratio = p50 / results["latency_ms"][model]["p50"]
+            print(f"{model:>12}: {what} p50 {p50:.0f} ms, p95 {_percentile(times, 95):.0f} ms "
+                  f"(ratio to connect(): {ratio:.2f})")
 
         clients = [connect(url) for _ in range(args.clients)]
         errors: list[str] = []
