@@ -35,7 +35,7 @@ def results_markdown(directory: str | Path | None = None) -> str:
         card, m = info.card, info.card.get("val_metrics") or {}
         init = card.get("encoder_init") or card.get("backbone_init") or "–"
         epochs = card.get("epochs_run", len(card.get("curve") or []))
-        if card.get("init_from"):  # warm restart: earlier epochs + this run's
+        if (card.get("init_from") or {}).get("total_epochs"):  # warm restart: earlier epochs + this run's
             epochs = f"{card['init_from'].get('total_epochs')}+{epochs}"
         if card.get("task", "semantic") == "semantic":
             semantic.append(f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M "

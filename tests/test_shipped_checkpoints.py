@@ -50,3 +50,25 @@ def test_model_ordering_on_val():
     assert 0.20 <= m["prior"]["map"] <= 0.28
     assert m["prior"]["miou"] < m["cnn"]["miou"] < m["unet"]["miou"]
     assert m["prior"]["map"] < m["cnn"]["map"] < m["unet"]["map"]
+
+
+def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root):
+    import torch
+
+    from seg.instances.data import load_split
+    from seg.instances.inference import params_from_card
+    from seg.instances.task import DWTValidation
+
+    info = _cards()["dwt"]
+    assert info.available, info.error
+    model, card = load_checkpoint(info.path)
+    assert card["pretrained"] is False and "no ImageNet or COCO" in card["encoder_init"]
+    if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
+        assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
+        assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
+    val = load_split(pennfudan_root, "val", card["work_height"])
+    validation = DWTValidation(val, tuple(card["energy_edges"]), flip=card.get("tta_flip", False))
+    maps, _ = validation.maps(model.float(), torch.device("cpu"))
+    recomputed = validation.evaluate(maps, params_from_card(card))
+    for key in ("mask_ap", "mask_ap50", "count_error"):
+        assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key

@@ -143,6 +143,11 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     result = results[flip]
     card["postprocess"] = result["postprocess"]
     card["tta_flip"] = flip
+    if split == "val":  # the card's val metrics describe the model as it now runs (post-processing, TTA)
+        if card.get("val_metrics") is not None:
+            card.setdefault("training_val_metrics", card["val_metrics"])
+        card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
+            "postprocess": result["postprocess"], "tta_flip": flip, "at": "working height"}
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
     card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
                                   "tta_flip": flip, **{k: result[k] for k in keys},

@@ -9,6 +9,7 @@ re-tuned (``tune-instances``) for the averaged maps.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from seg.checkpoints import load_checkpoint, save_checkpoint
@@ -17,6 +18,16 @@ from seg.instances.models import DWTEnsemble
 #: card keys copied from the first member (they describe the data and the method, not one run)
 SHARED_KEYS = ("task", "dataset", "work_height", "energy_edges", "energy_levels_note", "split_fractions",
                "train_images", "val_images", "classes", "palette")
+
+
+def _init_summary(card: dict) -> str:
+    """One short phrase per member for the ensemble's card (each member's card has the details)."""
+    source = card.get("init_from") or {}
+    if source.get("architecture") not in (None, "dwt"):
+        return f"body from this project's {source.get('dataset')} {source.get('checkpoint')!r} checkpoint"
+    if card.get("pretrained"):
+        return str(card.get("encoder_init"))
+    return "random initialisation"
 
 
 def combine(paths: list[str | Path], out: str | Path) -> dict:
@@ -38,7 +49,7 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
             raise ValueError(f"{path}: architecture or energy levels differ from {paths[0]}")
     ensemble = DWTEnsemble(models)
     ensemble.arch_name = "dwt_ensemble"  # what the registry would have set; the card's architecture
-    inits = sorted({str(c.get("encoder_init")) for c in cards})
+    inits = Counter(_init_summary(c) for c in cards)
     members = [{"checkpoint": str(p), "command": c.get("command"), "encoder_init": c.get("encoder_init"),
                 "init_from": (c.get("init_from") or {}).get("checkpoint"), "epochs_run": c.get("epochs_run"),
                 "training_time_s": c.get("training_time_s"), "best_epoch": c.get("best_epoch"),
@@ -50,10 +61,12 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
         "method": (f"Deep Watershed Transform, ensemble of {len(models)} independently trained DWTs (same "
                    "architecture): foreground and energy-level probabilities averaged, then the DWT "
                    "post-processing (seeds cut from the expected energy, watershed over the foreground)"),
-        "encoder_init": "members: " + " | ".join(inits),
+        "encoder_init": "members: " + ", ".join(f"{n}x {init}" for init, n in inits.items())
+                        + ("" if any(c.get("pretrained") for c in cards) else "; no ImageNet or COCO weights"),
         "pretrained": any(bool(c.get("pretrained")) for c in cards),
         "members": members,
         "training_time_s": sum(float(c.get("training_time_s") or 0) for c in cards),
+        "epochs_run": "+".join(str(c.get("epochs_run", "?")) for c in cards),
         "command": "python -m seg ensemble-instances " + " ".join(str(p) for p in paths) + f" --out {out}",
         "postprocess_note": "re-tune on val after combining: python -m seg tune-instances --checkpoint <out>",
     })
