@@ -178,6 +178,13 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
             assert key not in body
         elif value.is_floating_point() and "running" not in key and "num_batches" not in key:
             torch.testing.assert_close(body[key], value, atol=2e-3, rtol=0)  # lr 0: weights kept
+    # a warm restart of that DWT carries the epoch count on (the results table shows earlier+new)
+    again = tmp_path / "dwt2"
+    assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(again), "--epochs", "1",
+                 "--inst-max-images", "2", "--inst-val-images", "1", "--arch", "base_channels=8",
+                 "--arch", "depth=2", "--init-from", str(out), "--quiet"]) == 0
+    lineage = load_checkpoint(again)[1]["init_from"]
+    assert lineage["loaded"].startswith("all weights") and lineage["total_epochs"] == 1
     # a body of another width does not fit: refused with the reason, nothing loaded silently
     with pytest.raises(ValueError, match="does not match"):
         main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(tmp_path / "x"),

@@ -65,7 +65,11 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
                    k: v for k, v in (card.get("val_metrics") or {}).items() if isinstance(v, (int, float))}}
     if arch == getattr(model, "arch_name", None):
         model.load_state_dict(previous.state_dict())
-        return dict(lineage, loaded="all weights (warm restart)")
+        earlier = card.get("init_from") or {}
+        return dict(lineage, loaded="all weights (warm restart)",
+                    total_epochs=(card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
+                    total_training_time_s=(card.get("training_time_s") or 0)
+                    + (earlier.get("total_training_time_s") or 0))
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(f"--init-from {path}: a {arch!r} checkpoint cannot initialise a "
