@@ -134,6 +134,25 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), card
 
 
+def lineage(card: dict) -> dict:
+    """What a new card records about the checkpoint it started from (``--init-from``).
+
+    Epochs and training time accumulate over chains of warm restarts (``total_*``).
+    """
+    earlier = card.get("init_from") or {}
+    return {
+        "checkpoint": card.get("name"),
+        "architecture": card.get("architecture"),
+        "command": card.get("command"),
+        "epochs": card.get("epochs_run"),
+        "training_time_s": card.get("training_time_s"),
+        "pretrained": bool(card.get("pretrained", False)),
+        "total_epochs": (card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
+        "total_training_time_s": (card.get("training_time_s") or 0) + (earlier.get("total_training_time_s") or 0),
+        "earlier": earlier or None,
+    }
+
+
 def _check_weights_header(path: Path) -> None:
     """Cheap validity check: the safetensors header parses (no tensor data is read)."""
     from safetensors import safe_open

@@ -158,7 +158,7 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema_decay)), use_buffers=True)
-    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731 - what is validated and saved
+    eval_model = ema.module if ema is not None else model  # what is validated, sampled and saved
     is_main = rank == 0
     stop_event = stop_event or threading.Event()
     start = time.time()
@@ -214,9 +214,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                 break
             train_loss = _reduce_mean(float(np.mean(losses)) if losses else float("nan"), world, device)
             model.eval()
-            eval_model().eval()
+            eval_model.eval()
             with torch.no_grad():
-                metrics = task.validate(eval_model(), device)
+                metrics = task.validate(eval_model, device)
             score = float(metrics.get("score", float("nan")))
             row = {"epoch": epoch, "stage": stage.name, "lr": stage.lr, "train_loss": round(train_loss, 5),
                    "val_loss": metrics.get("val_loss"), "score": round(score, 5),
@@ -227,9 +227,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
             if improved:
                 best_score, best_epoch, best_metrics = score, epoch, metrics
                 if is_main and out is not None:
-                    saved = save_checkpoint(out, eval_model(),
+                    saved = save_checkpoint(out, eval_model,
                                             _card(card, curve, best_metrics, best_epoch, start, stopped))
-            samples = task.samples(eval_model(), device) if is_main else []
+            samples = task.samples(eval_model, device) if is_main else []
             yield {"type": "epoch", "epoch": epoch, "epochs": total_epochs, "stage": stage.name,
                    "train_loss": train_loss, "val_loss": metrics.get("val_loss"), "score": score,
                    "metrics": metrics, "improved": improved, "elapsed": time.time() - start,

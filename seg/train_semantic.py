@@ -159,25 +159,14 @@ def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Modu
 
 def _warm_start(model: nn.Module, path: str) -> dict:
     """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
-    from seg.checkpoints import load_checkpoint
+    from seg.checkpoints import lineage, load_checkpoint
 
     previous, card = load_checkpoint(path)
     if card.get("architecture") != getattr(model, "arch_name", None):
         raise ValueError(f"--init-from {path}: architecture {card.get('architecture')!r} differs from "
                          f"{getattr(model, 'arch_name', None)!r}")
     model.load_state_dict(previous.state_dict())
-    earlier = card.get("init_from") or {}
-    return {
-        "checkpoint": card.get("name"),
-        "command": card.get("command"),
-        "epochs": card.get("epochs_run"),
-        "training_time_s": card.get("training_time_s"),
-        "val_miou": (card.get("val_metrics") or {}).get("miou"),
-        "pretrained": card.get("pretrained", False),
-        "total_epochs": (card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
-        "total_training_time_s": (card.get("training_time_s") or 0) + (earlier.get("total_training_time_s") or 0),
-        "earlier": earlier or None,
-    }
+    return dict(lineage(card), val_miou=(card.get("val_metrics") or {}).get("miou"))
 
 
 def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | None = None) -> Iterator[dict]:

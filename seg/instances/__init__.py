@@ -6,3 +6,7 @@ Both train through ``seg.engine``, save through ``seg.checkpoints`` and are eval
 COCO-style (``seg.instances.coco_eval``). ``InstancePredictor`` is the entry point for
 the CLI and the dashboard.
 """
+
+#: architectures of instance checkpoints (light: the UI and CLI check cards against these)
+DWT_ARCHITECTURES = ("dwt", "dwt_ensemble")
+INSTANCE_ARCHITECTURES = (*DWT_ARCHITECTURES, "maskrcnn")

@@ -126,13 +126,14 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     import torch
 
     from seg.checkpoints import load_checkpoint, stem_of
+    from seg.instances import DWT_ARCHITECTURES
     from seg.instances.data import WORK_HEIGHT, load_split
     from seg.instances.targets import ENERGY_EDGES
     from seg.instances.task import DWTValidation
     from seg.io import atomic_write_text
 
     model, card = load_checkpoint(checkpoint)
-    if card.get("architecture") not in ("dwt", "dwt_ensemble"):
+    if card.get("architecture") not in DWT_ARCHITECTURES:
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))

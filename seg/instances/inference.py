@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
+from seg.instances import INSTANCE_ARCHITECTURES
 from seg.instances.data import WORK_HEIGHT, boxes_from_ids, relabel_sequential, work_size
 from seg.instances.models import is_detector, split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -65,20 +66,29 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
-def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground probability and expected energy level, (N, 1, H, W) each, for a float batch.
+def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
 
-    ``flip``: test-time augmentation; the mirrored batch goes through in the same forward
-    pass and the two sets of probabilities (foreground and energy levels) are averaged.
+    ``flip``: the logits are of a batch followed by its mirror image (``dwt_heads``); the
+    two sets of probabilities (foreground and energy levels) are averaged.
     """
-    n = x.shape[0]
-    logits = model(torch.cat([x, x.flip(-1)]) if flip else x).float()
-    fg_logits, energy_logits = split_outputs(logits)
+    fg_logits, energy_logits = split_outputs(logits.float())
     fg, probs = fg_logits.softmax(1)[:, 1:2], energy_logits.softmax(1)
     if flip:
+        n = logits.shape[0] // 2
         fg, probs = (fg[:n] + fg[n:].flip(-1)) / 2, (probs[:n] + probs[n:].flip(-1)) / 2
     levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
     return fg, (probs * levels).sum(1, keepdim=True)
+
+
+def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The batch, followed by its horizontal mirror when ``flip`` (one forward pass for both)."""
+    return torch.cat([x, x.flip(-1)]) if flip else x
+
+
+def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level for a float batch; ``flip`` is test-time augmentation."""
+    return heads_from_logits(model(with_mirror(x, flip)), flip)
 
 
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
@@ -140,7 +150,7 @@ class InstancePredictor:
         from seg.checkpoints import load_checkpoint
 
         model, card = load_checkpoint(path)
-        if card.get("architecture") not in ("dwt", "dwt_ensemble", "maskrcnn"):
+        if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
         return cls(model.float(), card, method=method, flip=flip)
 

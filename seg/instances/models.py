@@ -81,14 +81,10 @@ class DWTEnsemble(nn.Module):
         self.energy_levels = members[0].energy_levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fg = energy = None
-        for member in self.members:
-            fg_logits, energy_logits = split_outputs(member(x).float())
-            fg_p, energy_p = fg_logits.softmax(1), energy_logits.softmax(1)
-            fg = fg_p if fg is None else fg + fg_p
-            energy = energy_p if energy is None else energy + energy_p
-        n = len(self.members)
-        return torch.cat([(fg / n).clamp_min(1e-12).log(), (energy / n).clamp_min(1e-12).log()], dim=1)
+        heads = [split_outputs(member(x).float()) for member in self.members]
+        fg = torch.stack([f.softmax(1) for f, _ in heads]).mean(0)
+        energy = torch.stack([e.softmax(1) for _, e in heads]).mean(0)
+        return torch.cat([fg, energy], dim=1).clamp_min(1e-12).log()
 
 
 @register("dwt_ensemble")

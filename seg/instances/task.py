@@ -24,7 +24,7 @@ from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
 from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
-                                     dwt_heads)
+                                     heads_from_logits, with_mirror)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -67,9 +67,14 @@ def dwt_batch_loss(model: nn.Module, images: torch.Tensor, instances: torch.Tens
                    level_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of uint8 images (N,3,H,W) against ids and energy levels."""
     logits = model(images.float() / 255.0)
+    return dwt_logits_loss(logits, instances, levels, level_weight), logits
+
+
+def dwt_logits_loss(logits: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
+                    level_weight: torch.Tensor) -> torch.Tensor:
     fg_logits, energy_logits = split_outputs(logits)
     loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, level_weight.to(logits.device))
-    return loss, logits
+    return loss
 
 
 class DWTValidation:
@@ -92,17 +97,12 @@ class DWTValidation:
         with torch.inference_mode():
             for s in self.samples:
                 levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
-                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device)
+                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device).float() / 255.0
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
-                loss, logits = dwt_batch_loss(model, images, ids, levels.to(device), self.level_weight)
-                losses.append(float(loss))
-                if self.flip:
-                    fg, energy = dwt_heads(model, images.float() / 255.0, flip=True)
-                else:
-                    fg_logits, energy_logits = split_outputs(logits.float())
-                    probs = energy_logits.softmax(1)
-                    levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
-                    fg, energy = fg_logits.softmax(1)[:, 1:2], (probs * levels.view(1, -1, 1, 1)).sum(1, keepdim=True)
+                # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
+                logits = model(with_mirror(images, self.flip))
+                losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
+                fg, energy = heads_from_logits(logits, self.flip)
                 maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
         return maps, float(np.mean(losses)) if losses else float("nan")
 

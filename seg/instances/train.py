@@ -52,24 +52,18 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
     scene-parsing model, whose "foreground object" class includes people. Shapes must
     match exactly; nothing is skipped silently.
     """
-    from seg.checkpoints import load_checkpoint
+    from seg.checkpoints import lineage, load_checkpoint
 
     previous, card = load_checkpoint(path)
     arch = card.get("architecture")
-    lineage = {"checkpoint": card.get("name"), "architecture": arch, "command": card.get("command"),
-               "dataset": card.get("dataset") or ("stanford-background" if card.get("task", "semantic") == "semantic"
+    source = dict(lineage(card), its_encoder_init=card.get("encoder_init"),
+                  dataset=card.get("dataset") or ("stanford-background" if card.get("task", "semantic") == "semantic"
                                                   else None),
-               "epochs": card.get("epochs_run"), "training_time_s": card.get("training_time_s"),
-               "its_encoder_init": card.get("encoder_init"),
-               "pretrained": bool(card.get("pretrained", False)), "its_val_metrics": {
-                   k: v for k, v in (card.get("val_metrics") or {}).items() if isinstance(v, (int, float))}}
+                  its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
+                                   if isinstance(v, (int, float))})
     if arch == getattr(model, "arch_name", None):
         model.load_state_dict(previous.state_dict())
-        earlier = card.get("init_from") or {}
-        return dict(lineage, loaded="all weights (warm restart)",
-                    total_epochs=(card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
-                    total_training_time_s=(card.get("training_time_s") or 0)
-                    + (earlier.get("total_training_time_s") or 0))
+        return dict(source, loaded="all weights (warm restart)")
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(f"--init-from {path}: a {arch!r} checkpoint cannot initialise a "
@@ -83,7 +77,9 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
                          f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
                          "use the same --arch values")
     body.load_state_dict(state)
-    return dict(lineage, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh")
+    # transfer from another task: its epochs are not this model's, so no running totals
+    return dict(source, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
+                total_epochs=None, total_training_time_s=None)
 
 
 def build_model(config: InstanceTrainConfig) -> torch.nn.Module:
@@ -101,18 +97,18 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     task = make_task(config.model, Path(config.data_dir), config.batch_size, config.crop, config.seed,
                      config.max_images, config.val_images)
     model = build_model(config)
-    lineage = init_from_checkpoint(model, config.init_from) if config.init_from else None
+    source = init_from_checkpoint(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
-    if lineage and lineage["architecture"] != config.model:
-        encoder_init = (f"body initialised from this project's {lineage['checkpoint']!r} checkpoint "
-                        f"({lineage['dataset']}; its own encoder: {lineage['its_encoder_init']}); "
+    if source and source["architecture"] != config.model:
+        encoder_init = (f"body initialised from this project's {source['checkpoint']!r} checkpoint "
+                        f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
                         "no ImageNet or COCO weights")
     card = {
         **task.card_info(),
         "encoder_init": encoder_init,
         # pretrained means external weights (ImageNet/COCO); transfer from our own checkpoints is in init_from
-        "pretrained": config.encoder_init != "none" or bool(lineage and lineage.get("pretrained")),
-        "init_from": lineage,
+        "pretrained": config.encoder_init != "none" or bool(source and source.get("pretrained")),
+        "init_from": source,
         "config": {k: v for k, v in asdict(config).items() if k != "command"},
         "command": config.command or " ".join(shlex.quote(a) for a in sys.argv),
         "seed": config.seed,

@@ -21,12 +21,12 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
+from seg.instances import INSTANCE_ARCHITECTURES
 from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack, vstack,
                            missing_dataset_md)
 
 log = logging.getLogger("seg.ui.train")
 
-INSTANCE_ARCHITECTURES = {"dwt", "dwt_ensemble", "maskrcnn"}
 WEIGHTINGS = ["inverse_sqrt", "inverse", "none"]
 
 
