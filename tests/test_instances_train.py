@@ -101,6 +101,20 @@ def test_maskrcnn_trains_validates_and_round_trips(pennfudan_root, tmp_path):
     assert len(result.scores) == result.instances.max()
 
 
+def test_dwt_work_height_sets_the_training_and_card_height(pennfudan_root):
+    from seg.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--model", "dwt", "--out", "x", "--inst-work-height", "160"])
+    assert args.inst_work_height == 160
+    task = make_task("dwt", pennfudan_root, max_images=2, val_images=1, work_height=160)
+    assert {s.image.shape[0] for s in task.train + task.val} == {160}
+    assert task.card_info()["work_height"] == 160  # what InstancePredictor resizes to
+    batch = next(iter(task.train_batches(1)))
+    assert batch["levels"].max() > 0 and batch["images"].shape[-2:] == (224, 224)  # default crop, padded
+    with pytest.raises(ValueError, match="DWT setting"):
+        make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, work_height=160)
+
+
 def test_maskrcnn_backbone_from_a_local_file(tmp_path):
     from torchvision.models import resnet18
 

@@ -61,6 +61,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("instance models (dwt, maskrcnn)")
     group.add_argument("--inst-batch-size", type=int, default=None, help="images per step (dwt 4, maskrcnn 2)")
     group.add_argument("--inst-crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)")
+    group.add_argument("--inst-work-height", type=int, default=None,
+                       help="dwt: image height to train and run at (default 224; inference uses the card's)")
     group.add_argument("--inst-max-images", type=int, default=None, help="use only the first N training images")
     group.add_argument("--inst-val-images", type=int, default=None, help="validate on the first N val images")
 

@@ -32,9 +32,10 @@ from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 
 ENERGY_NOTE = (
     "K=12 levels with lower edges 0,1,2,3,4,5,6,8,10,12,15,19 px (paper: K=16 up to 54 px for Cityscapes). "
-    "Images are processed at 224 px height, where a pedestrian's deepest pixel lies 8-34 px from its "
+    "At the default 224 px working height a pedestrian's deepest pixel lies 8-34 px from its "
     "boundary (median 18): the paper's levels above ~24 px would be nearly empty, so the top level is 19+ "
-    "and unit steps are kept below 6 px, where the seeds are cut.")
+    "and unit steps are kept below 6 px, where the seeds are cut. The edges stay in pixels at other working "
+    "heights (scale augmentation already shows the model people 0.8-1.25x their working size).")
 DWT_METHOD = (
     "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction network: foreground and "
     "energy heads on one U-Net body (its initialisation: encoder_init); seeds cut from the expected energy, grown back "
@@ -265,11 +266,15 @@ class MaskRCNNTask:
 
 
 def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, crop: int | None = None,
-              seed: int = 0, max_images: int | None = None, val_images: int | None = None) -> DWTTask | MaskRCNNTask:
+              seed: int = 0, max_images: int | None = None, val_images: int | None = None,
+              work_height: int | None = None) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
     common = {"seed": seed, "max_images": max_images, "val_images": val_images}
     if model_name == "dwt":
-        return DWTTask(Path(data_dir), batch_size=batch_size or 4, crop=crop or 224, **common)
+        return DWTTask(Path(data_dir), batch_size=batch_size or 4, crop=crop or 224,
+                       work_height=work_height or WORK_HEIGHT, **common)
+    if work_height:
+        raise ValueError("--inst-work-height is a DWT setting (Mask R-CNN resizes inside the model: min_size)")
     if model_name == "maskrcnn":
         return MaskRCNNTask(Path(data_dir), batch_size=batch_size or 2, crop=crop or MASKRCNN_HEIGHT, **common)
     raise ValueError(f"no instance task for model {model_name!r}")
@@ -279,7 +284,7 @@ def build_task(model_name: str, data_dir: Path, args: argparse.Namespace) -> DWT
     """The task for ``train --model dwt|maskrcnn``; ``data_dir`` is the PennFudanPed folder."""
     return make_task(model_name, data_dir, getattr(args, "inst_batch_size", None), getattr(args, "inst_crop", None),
                      int(getattr(args, "seed", 0) or 0), getattr(args, "inst_max_images", None),
-                     getattr(args, "inst_val_images", None))
+                     getattr(args, "inst_val_images", None), getattr(args, "inst_work_height", None))
 
 
 def train_instances(args: argparse.Namespace, command: str | None = None) -> Iterator[dict]:
@@ -295,7 +300,8 @@ def train_instances(args: argparse.Namespace, command: str | None = None) -> Ite
     config = InstanceTrainConfig(
         model=args.model, data_dir=str(dataset_dir("pennfudan", getattr(args, "data", None))), out=args.out,
         epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "inst_batch_size", None),
-        crop=getattr(args, "inst_crop", None), weight_decay=getattr(args, "weight_decay", 1e-4),
+        crop=getattr(args, "inst_crop", None), work_height=getattr(args, "inst_work_height", None),
+        weight_decay=getattr(args, "weight_decay", 1e-4),
         seed=int(getattr(args, "seed", 0) or 0), encoder_init=getattr(args, "encoder_init", "none") or "none",
         model_kwargs=dict(getattr(args, "arch", None) or []),
         max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
