@@ -13,7 +13,7 @@ from seg.checkpoints import load_checkpoint
 from seg.cli import main
 from seg.instances.cli import save_instance_png
 from seg.instances.data import ids_for_split, load_sample
-from seg.instances.inference import InstancePredictor
+from seg.instances.inference import InstancePredictor, tta_name
 from seg.instances.task import make_task
 from seg.models import create
 from seg.models.encoders import EncoderWeightsError
@@ -143,13 +143,33 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert card["postprocess_tuning"]["num_images"] == 3
     predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
     assert predictor.params.min_seed == card["postprocess"]["min_seed"]
-    # tta auto compared both and kept the better one; the predictor follows the card
+    # tta auto compared every setting and kept the best; the predictor follows the card
     compared = card["postprocess_tuning"]["compared"]
-    assert set(compared) == {"none", "flip"}
-    best = "flip" if card["tta_flip"] else "none"
+    assert set(compared) == {"none", "flip", "scales", "flip+scales"}
+    best = tta_name(card["tta_flip"], tuple(card["tta_scales"]))
+    assert best == card["postprocess_tuning"]["tta"]
     assert compared[best]["mask_ap"] >= max(c["mask_ap"] for c in compared.values())
-    assert predictor.flip is card["tta_flip"]
+    assert predictor.flip is card["tta_flip"] and predictor.scales == tuple(card["tta_scales"])
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, flip=not card["tta_flip"]).flip is not card["tta_flip"]
+    assert InstancePredictor.from_checkpoint(dwt_checkpoint, scales=(1.0, 1.5)).scales == (1.0, 1.5)
+
+
+def test_scale_tta_averages_an_enlarged_pass_in_working_pixels():
+    from seg.instances.inference import dwt_heads
+
+    torch.manual_seed(0)
+    model = create("dwt", num_classes=2, base_channels=8, depth=2).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        fg, energy = dwt_heads(model, x, scales=(1.0, 1.5))
+        plain_fg, plain_energy = dwt_heads(model, x)
+        big = torch.nn.functional.interpolate(x, size=(48, 72), mode="bilinear", align_corners=False)
+        big_fg, big_energy = dwt_heads(model, big)
+        back = torch.nn.functional.interpolate(torch.cat([big_fg, big_energy / 1.5], 1), size=(32, 48),
+                                               mode="bilinear", align_corners=False)
+    assert fg.shape == energy.shape == (1, 1, 32, 48)
+    torch.testing.assert_close(fg, (plain_fg + back[:, :1]) / 2)
+    torch.testing.assert_close(energy, (plain_energy + back[:, 1:]) / 2)  # levels are px: 1.5x deeper -> / 1.5
 
 
 def test_flip_tta_averages_the_mirrored_pass():

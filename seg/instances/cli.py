@@ -25,8 +25,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--method", default=None, choices=("dwt", "components"),
                    help="DWT checkpoints: watershed post-processing (default) or the connected-components baseline")
-    p.add_argument("--tta", default="card", choices=("card", "flip", "none"),
-                   help="DWT test-time flip augmentation: as tuned on the card (default), always, or never")
+    p.add_argument("--tta", default="card", choices=("card", "none", "flip", "scales", "flip+scales"),
+                   help="DWT test-time augmentation: as tuned on the card (default), or a fixed one: mirror image, "
+                        "an extra 1.25x pass, or both")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval_instances)
 
@@ -35,8 +36,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="never tune on test")
-    p.add_argument("--tta", default="auto", choices=("auto", "flip", "none"),
-                   help="flip test-time augmentation: auto keeps it when it raises mask AP on the split")
+    p.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "scales", "flip+scales"),
+                   help="test-time augmentation: auto tries every setting and keeps the best mask AP on the split")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
@@ -79,10 +80,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys."""
     from seg.instances.coco_eval import InstanceEvaluator
     from seg.instances.data import ids_for_split, load_sample
-    from seg.instances.inference import InstancePredictor
+    from seg.instances.inference import TTA_OPTIONS, InstancePredictor
 
-    flip = {"card": None, "flip": True, "none": False}[tta]
-    predictor = InstancePredictor.from_checkpoint(checkpoint, method=method, flip=flip)
+    flip, scales = (None, None) if tta == "card" else TTA_OPTIONS[tta]
+    predictor = InstancePredictor.from_checkpoint(checkpoint, method=method, flip=flip, scales=scales)
     evaluator = InstanceEvaluator()
     latencies = []
     for image_id in ids_for_split(data_dir, split)[:limit]:
@@ -94,6 +95,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     metrics = evaluator.compute()
     metrics.update({"split": split, "method": predictor.method, "checkpoint": str(checkpoint),
                     "tta_flip": predictor.flip if not predictor.detector else None,
+                    "tta_scales": list(predictor.scales) if not predictor.detector else None,
                     "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
                     "postprocess": vars(predictor.params) if not predictor.detector else None})
     return metrics
@@ -122,14 +124,15 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
                     tta: str = "auto") -> dict:
     """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card.
 
-    ``tta``: ``auto`` searches with and without flip test-time augmentation and keeps the
-    better mask AP (ties: without, it is half the compute); the choice goes in the card too.
+    ``tta``: ``auto`` searches with every test-time augmentation setting (``TTA_OPTIONS``)
+    and keeps the best mask AP (ties: the cheaper one); the choice goes in the card too.
     """
     import torch
 
     from seg.checkpoints import load_checkpoint, stem_of
     from seg.instances import DWT_ARCHITECTURES
     from seg.instances.data import WORK_HEIGHT, load_split
+    from seg.instances.inference import TTA_OPTIONS
     from seg.instances.targets import ENERGY_EDGES
     from seg.instances.task import DWTValidation
     from seg.io import atomic_write_text
@@ -139,23 +142,25 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
-    options = {"auto": (False, True), "flip": (True,), "none": (False,)}[tta]
-    results = {flip: DWTValidation(samples, edges, flip=flip).run(model.float(), torch.device("cpu"))
-               for flip in options}
-    flip = max(options, key=lambda f: (results[f]["mask_ap"] or 0.0, not f))
-    result = results[flip]
+    options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first: ties keep the earlier
+    results = {name: DWTValidation(samples, edges, *TTA_OPTIONS[name]).run(model.float(), torch.device("cpu"))
+               for name in options}
+    chosen = max(options, key=lambda name: (results[name]["mask_ap"] or 0.0, -options.index(name)))
+    flip, scales = TTA_OPTIONS[chosen]
+    result = results[chosen]
     card["postprocess"] = result["postprocess"]
-    card["tta_flip"] = flip
+    card["tta_flip"], card["tta_scales"] = flip, list(scales)
     if split == "val":  # the card's val metrics describe the model as it now runs (post-processing, TTA)
         if card.get("val_metrics") is not None:
             card.setdefault("training_val_metrics", card["val_metrics"])
         card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
-            "postprocess": result["postprocess"], "tta_flip": flip, "at": "working height"}
+            "postprocess": result["postprocess"], "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
+            "at": "working height"}
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
     card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
-                                  "tta_flip": flip, **{k: result[k] for k in keys},
-                                  "compared": {("flip" if f else "none"): {k: results[f][k] for k in keys[:3]}
-                                               for f in options}}
+                                  "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
+                                  **{k: result[k] for k in keys},
+                                  "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options}}
     atomic_write_text(stem_of(checkpoint).with_suffix(".json"), json.dumps(card, indent=1, allow_nan=False))
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 

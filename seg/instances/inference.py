@@ -66,6 +66,20 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
+#: test-time augmentation settings by name: (flip, scales); ``tune-instances --tta auto`` tries them all
+TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
+    "none": (False, (1.0,)), "flip": (True, (1.0,)),
+    "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
+
+
+def tta_name(flip: bool, scales: tuple[float, ...]) -> str:
+    """The ``TTA_OPTIONS`` name of a setting (or a description of a custom one)."""
+    for name, option in TTA_OPTIONS.items():
+        if option == (bool(flip), tuple(scales)):
+            return name
+    return f"flip={bool(flip)} scales={list(scales)}"
+
+
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
 
@@ -86,13 +100,48 @@ def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
-def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground probability and expected energy level for a float batch; ``flip`` is test-time augmentation."""
+def multiscale_heads(model: nn.Module, x: torch.Tensor, flip: bool, scales: tuple[float, ...],
+                     at_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dwt_heads`` averaged over ``scales`` (multiples of ``x``'s size), back at ``x``'s size.
+
+    Scale augmentation in training (0.8-1.25x) makes a slightly enlarged input in-distribution,
+    and it finds small pedestrians the working size misses. Energy levels are pixels
+    (unit steps up to level 6, where seeds are cut), so a pass at scale s has its
+    expected level divided by s to be in the working size's pixels. ``at_one``: the
+    scale-1 heads if the caller already has them (validation computes them with its loss).
+    """
+    h, w = x.shape[-2:]
+    fgs, energies = [], []
+    for s in scales:
+        if s == 1.0 and at_one is not None:
+            fg, energy = at_one
+        elif s == 1.0:
+            fg, energy = heads_from_logits(model(with_mirror(x, flip)), flip)
+        else:
+            xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                               align_corners=False, antialias=s < 1.0)
+            fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
+            maps = F.interpolate(torch.cat([fg, energy / s], 1), size=(h, w), mode="bilinear", align_corners=False)
+            fg, energy = maps[:, :1], maps[:, 1:]
+        fgs.append(fg)
+        energies.append(energy)
+    return torch.stack(fgs).mean(0), torch.stack(energies).mean(0)
+
+
+def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False,
+              scales: tuple[float, ...] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level for a float batch.
+
+    ``flip`` and ``scales`` are test-time augmentation (``multiscale_heads``).
+    """
+    if tuple(scales) != (1.0,):
+        return multiscale_heads(model, x, flip, tuple(scales))
     return heads_from_logits(model(with_mirror(x, flip)), flip)
 
 
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
-             work_height: int = WORK_HEIGHT, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             work_height: int = WORK_HEIGHT, flip: bool = False,
+             scales: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
     h, w = rgb.shape[:2]
     out_size = out_size or (h, w)
@@ -100,7 +149,7 @@ def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None
     x = to_tensor(rgb)[None].to(device)
     x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
     with torch.inference_mode():
-        fg, energy = dwt_heads(model, x, flip)
+        fg, energy = dwt_heads(model, x, flip, scales)
         maps = F.interpolate(torch.cat([fg, energy], 1), size=out_size, mode="bilinear", align_corners=False)
     maps = maps[0].cpu().numpy()
     return maps[0], maps[1]
@@ -132,7 +181,8 @@ class InstancePredictor:
     """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'."""
 
     def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
-                 method: str | None = None, flip: bool | None = None) -> None:
+                 method: str | None = None, flip: bool | None = None,
+                 scales: tuple[float, ...] | None = None) -> None:
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -141,25 +191,26 @@ class InstancePredictor:
         if self.detector != (self.method == "maskrcnn"):
             raise ValueError(f"method {self.method!r} does not fit a {'detector' if self.detector else 'DWT'} model")
         self.work_height = int(self.card.get("work_height", WORK_HEIGHT))
-        # flip test-time augmentation (DWT): as the card says it was tuned, unless overridden
+        # test-time augmentation (DWT): as the card says it was tuned, unless overridden
         self.flip = bool(self.card.get("tta_flip", False)) if flip is None else bool(flip)
+        self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, method: str | None = None,
-                        flip: bool | None = None) -> "InstancePredictor":
+    def from_checkpoint(cls, path: str | Path, method: str | None = None, flip: bool | None = None,
+                        scales: tuple[float, ...] | None = None) -> "InstancePredictor":
         from seg.checkpoints import load_checkpoint
 
         model, card = load_checkpoint(path)
         if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
-        return cls(model.float(), card, method=method, flip=flip)
+        return cls(model.float(), card, method=method, flip=flip, scales=scales)
 
     def predict(self, rgb: np.ndarray) -> InstanceResult:
         start = time.perf_counter()
         if self.detector:
             result = self._predict_detector(rgb)
         else:
-            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height, flip=self.flip)
+            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height, flip=self.flip, scales=self.scales)
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
             if self.method == "components":

@@ -24,7 +24,7 @@ from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
 from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
-                                     heads_from_logits, with_mirror)
+                                     heads_from_logits, multiscale_heads, with_mirror)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -86,11 +86,12 @@ class DWTValidation:
     """
 
     def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES,
-                 flip: bool = False) -> None:
+                 flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> None:
         self.samples = samples
         self.energy_edges = tuple(energy_edges)
         self.level_weight = level_weights(len(self.energy_edges))
-        self.flip = flip  # maps with flip test-time augmentation (the loss stays on the plain image)
+        # maps with test-time augmentation (flip, extra scales); the loss stays on the plain image
+        self.flip, self.scales = flip, tuple(scales)
 
     def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
         """Per image (fg prob, expected energy) at the working size, and the mean loss."""
@@ -104,6 +105,8 @@ class DWTValidation:
                 logits = model(with_mirror(images, self.flip))
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
                 fg, energy = heads_from_logits(logits, self.flip)
+                if self.scales != (1.0,):
+                    fg, energy = multiscale_heads(model, images, self.flip, self.scales, at_one=(fg, energy))
                 maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
         return maps, float(np.mean(losses)) if losses else float("nan")
 
