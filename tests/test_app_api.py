@@ -187,6 +187,10 @@ def test_instances_on_upload(client):
     assert table["data"][0][0] == "tiny-dwt"
     assert summary["models"]["tiny-dwt"]["latency_ms"] > 0
     assert (summary["height"], summary["width"]) == (300, 360)
+    assert summary["test_time_augmentation"] is True  # the default when a client leaves it out
+    _, fast_table, fast = client.predict("upload", None, handle_file(str(PEDESTRIANS)), ["tiny-dwt"], False,
+                                         api_name="/instances")
+    assert fast["test_time_augmentation"] is False and fast_table["data"][0][0] == "tiny-dwt"
 
 
 def test_evaluate_card_metrics(client, store):

@@ -152,6 +152,12 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert predictor.flip is card["tta_flip"] and predictor.scales == tuple(card["tta_scales"])
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, flip=not card["tta_flip"]).flip is not card["tta_flip"]
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, scales=(1.0, 1.5)).scales == (1.0, 1.5)
+    # tta=False for one call is the same as a predictor without test-time augmentation
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    plain = InstancePredictor.from_checkpoint(dwt_checkpoint, flip=False, scales=(1.0,)).predict(rgb)
+    with_tta = InstancePredictor.from_checkpoint(dwt_checkpoint, flip=True, scales=(1.0, 1.25))
+    np.testing.assert_array_equal(with_tta.predict(rgb, tta=False).foreground, plain.foreground)
+    assert not np.array_equal(with_tta.predict(rgb).foreground, plain.foreground)
 
 
 def test_scale_tta_averages_an_enlarged_pass_in_working_pixels():
