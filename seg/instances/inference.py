@@ -113,14 +113,12 @@ def multiscale_heads(model: nn.Module, x: torch.Tensor, flip: bool, scales: tupl
     h, w = x.shape[-2:]
     fgs, energies = [], []
     for s in scales:
-        if s == 1.0 and at_one is not None:
-            fg, energy = at_one
-        elif s == 1.0:
-            fg, energy = heads_from_logits(model(with_mirror(x, flip)), flip)
+        if s == 1.0:
+            fg, energy = at_one or dwt_heads(model, x, flip)
         else:
             xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
                                align_corners=False, antialias=s < 1.0)
-            fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
+            fg, energy = dwt_heads(model, xs, flip)
             maps = F.interpolate(torch.cat([fg, energy / s], 1), size=(h, w), mode="bilinear", align_corners=False)
             fg, energy = maps[:, :1], maps[:, 1:]
         fgs.append(fg)
