@@ -18,7 +18,6 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from seg.classes import palette_for
@@ -27,7 +26,6 @@ from seg.engine import Stage, distributed_context, run, seed_everything
 from seg.losses import class_weights, weighted_cross_entropy
 from seg.metrics import SegMetrics
 from seg.models import create
-from seg.models.encoders import describe_init
 from seg.transforms import JointAugment
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from seg.classes import SBD_CLASSES
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402,F401
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

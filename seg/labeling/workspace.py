@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seg.classes import SBD_CLASSES, SBD_PALETTE, palette_for
+from seg.classes import SBD_CLASSES, palette_for
 from seg.data.split import split_of
 from seg.io import ImageLoadError, atomic_write_bytes, atomic_write_text, encode_png, label_to_png_image, \
     load_image, read_label_png
