@@ -13,7 +13,7 @@ from seg.checkpoints import load_checkpoint
 from seg.cli import main
 from seg.instances.cli import save_instance_png
 from seg.instances.data import ids_for_split, load_sample
-from seg.instances.inference import InstancePredictor, tta_name
+from seg.instances.inference import TTA_OPTIONS, InstancePredictor
 from seg.instances.task import make_task
 from seg.models import create
 from seg.models.encoders import EncoderWeightsError
@@ -146,8 +146,8 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     # tta auto compared every setting and kept the best; the predictor follows the card
     compared = card["postprocess_tuning"]["compared"]
     assert set(compared) == {"none", "flip", "scales", "flip+scales"}
-    best = tta_name(card["tta_flip"], tuple(card["tta_scales"]))
-    assert best == card["postprocess_tuning"]["tta"]
+    best = card["postprocess_tuning"]["tta"]
+    assert TTA_OPTIONS[best] == (card["tta_flip"], tuple(card["tta_scales"]))
     assert compared[best]["mask_ap"] >= max(c["mask_ap"] for c in compared.values())
     assert predictor.flip is card["tta_flip"] and predictor.scales == tuple(card["tta_scales"])
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, flip=not card["tta_flip"]).flip is not card["tta_flip"]

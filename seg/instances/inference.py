@@ -72,14 +72,6 @@ TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
     "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
 
 
-def tta_name(flip: bool, scales: tuple[float, ...]) -> str:
-    """The ``TTA_OPTIONS`` name of a setting (or a description of a custom one)."""
-    for name, option in TTA_OPTIONS.items():
-        if option == (bool(flip), tuple(scales)):
-            return name
-    return f"flip={bool(flip)} scales={list(scales)}"
-
-
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
 
@@ -100,41 +92,34 @@ def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
-def multiscale_heads(model: nn.Module, x: torch.Tensor, flip: bool, scales: tuple[float, ...],
-                     at_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``dwt_heads`` averaged over ``scales`` (multiples of ``x``'s size), back at ``x``'s size.
+def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False, scales: tuple[float, ...] = (1.0,),
+              at_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level for a float batch, at ``x``'s size.
 
-    Scale augmentation in training (0.8-1.25x) makes a slightly enlarged input in-distribution,
-    and it finds small pedestrians the working size misses. Energy levels are pixels
-    (unit steps up to level 6, where seeds are cut), so a pass at scale s has its
-    expected level divided by s to be in the working size's pixels. ``at_one``: the
-    scale-1 heads if the caller already has them (validation computes them with its loss).
+    Test-time augmentation: ``flip`` averages the mirrored pass (``heads_from_logits``);
+    ``scales`` averages passes at these multiples of ``x``'s size. Scale augmentation in
+    training (0.8-1.25x) makes a slightly enlarged input in-distribution, and it finds small
+    pedestrians the working size misses. Energy levels are pixels (unit steps up to level 6,
+    where seeds are cut), so a pass at scale s has its expected level divided by s.
+    ``at_one``: the scale-1 heads if the caller already has them (validation gets them
+    from the forward that gives its loss).
     """
     h, w = x.shape[-2:]
     fgs, energies = [], []
     for s in scales:
         if s == 1.0:
-            fg, energy = at_one or dwt_heads(model, x, flip)
+            fg, energy = at_one or heads_from_logits(model(with_mirror(x, flip)), flip)
         else:
             xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
                                align_corners=False, antialias=s < 1.0)
-            fg, energy = dwt_heads(model, xs, flip)
+            fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
             maps = F.interpolate(torch.cat([fg, energy / s], 1), size=(h, w), mode="bilinear", align_corners=False)
             fg, energy = maps[:, :1], maps[:, 1:]
         fgs.append(fg)
         energies.append(energy)
+    if len(fgs) == 1:
+        return fgs[0], energies[0]
     return torch.stack(fgs).mean(0), torch.stack(energies).mean(0)
-
-
-def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False,
-              scales: tuple[float, ...] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground probability and expected energy level for a float batch.
-
-    ``flip`` and ``scales`` are test-time augmentation (``multiscale_heads``).
-    """
-    if tuple(scales) != (1.0,):
-        return multiscale_heads(model, x, flip, tuple(scales))
-    return heads_from_logits(model(with_mirror(x, flip)), flip)
 
 
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,

@@ -24,7 +24,7 @@ from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
 from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
-                                     heads_from_logits, multiscale_heads, with_mirror)
+                                     dwt_heads, heads_from_logits, with_mirror)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -104,9 +104,8 @@ class DWTValidation:
                 # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
                 logits = model(with_mirror(images, self.flip))
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
-                fg, energy = heads_from_logits(logits, self.flip)
-                if self.scales != (1.0,):
-                    fg, energy = multiscale_heads(model, images, self.flip, self.scales, at_one=(fg, energy))
+                fg, energy = dwt_heads(model, images, self.flip, self.scales,
+                                       at_one=heads_from_logits(logits, self.flip))
                 maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
         return maps, float(np.mean(losses)) if losses else float("nan")
 
