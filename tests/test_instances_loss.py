@@ -80,3 +80,31 @@ def test_loss_backpropagates_to_both_heads():
     loss, _ = dwt_loss(fg, energy, ids, torch.ones_like(ids), level_weights(6))
     loss.backward()
     assert fg.grad.abs().sum() > 0 and energy.grad.abs().sum() > 0
+
+
+def _fg_loss_missing(ids: torch.Tensor, missed: int, fg_balance: float) -> float:
+    """Foreground loss when the pixels of pedestrian ``missed`` are called background (logit gap 4)."""
+    fg_truth = (ids > 0) & (ids != missed)
+    sign = fg_truth.float() * 2 - 1
+    fg = torch.stack([-sign * 2, sign * 2], 1)
+    levels = torch.zeros_like(ids)
+    _, parts = dwt_loss(fg, torch.zeros(1, 6, *ids.shape[1:]), ids, levels, fg_balance=fg_balance)
+    return parts["fg_loss"]
+
+
+def test_fg_balance_makes_a_missed_small_pedestrian_count():
+    ids = _scene()
+    pixels = ids.numel()
+    wrong = float(torch.nn.functional.softplus(torch.tensor(4.0)))  # cross entropy at a logit gap of 4
+    right = float(torch.nn.functional.softplus(torch.tensor(-4.0)))
+    # plain cross entropy: missing the 16-px pedestrian costs 16/600 of the image's pixels' worth
+    plain = _fg_loss_missing(ids, 2, 0.0)
+    assert plain == pytest.approx((16 * wrong + (pixels - 16) * right) / pixels, rel=1e-4)
+    assert _fg_loss_missing(ids, 1, 0.0) > 10 * plain  # ... while missing the big one costs 16x more
+    # balanced: the extra term over pedestrian pixels, each weighted 1/sqrt(area), normalised by sum(w) = 16 + 4
+    balanced = _fg_loss_missing(ids, 2, 1.0)
+    extra = (4.0 * wrong + 16.0 * right) / 20.0
+    assert balanced == pytest.approx(plain + extra, rel=1e-4)
+    # the small pedestrian now costs a fifth of the big one in the extra term, not a sixteenth
+    big_extra = _fg_loss_missing(ids, 1, 1.0) - _fg_loss_missing(ids, 1, 0.0)
+    assert big_extra == pytest.approx((16.0 * wrong + 4.0 * right) / 20.0, rel=1e-4)

@@ -115,6 +115,24 @@ def test_dwt_work_height_sets_the_training_and_card_height(pennfudan_root):
         make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, work_height=160)
 
 
+def test_dwt_fg_balance_reaches_the_training_loss_and_the_card(pennfudan_root):
+    from seg.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--model", "dwt", "--out", "x", "--inst-fg-balance", "1.5"])
+    assert args.inst_fg_balance == 1.5
+    plain = make_task("dwt", pennfudan_root, max_images=2, val_images=1)
+    balanced = make_task("dwt", pennfudan_root, max_images=2, val_images=1, fg_balance=1.5)
+    assert plain.card_info()["loss"]["fg_balance"] == 0.0 and balanced.card_info()["loss"]["fg_balance"] == 1.5
+    torch.manual_seed(0)
+    model = create("dwt", num_classes=2, base_channels=4).eval()
+    batch = next(iter(plain.train_batches(1)))
+    # same batch, same weights: the balanced loss adds a positive term, the plain one is unchanged
+    assert float(balanced.train_step(model, batch, torch.device("cpu"))) > float(
+        plain.train_step(model, batch, torch.device("cpu")))
+    with pytest.raises(ValueError, match="DWT loss setting"):
+        make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, fg_balance=1.0)
+
+
 def test_maskrcnn_backbone_from_a_local_file(tmp_path):
     from torchvision.models import resnet18
 

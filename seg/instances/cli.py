@@ -64,6 +64,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--inst-crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)")
     group.add_argument("--inst-work-height", type=int, default=None,
                        help="dwt: image height to train and run at (default 224; inference uses the card's)")
+    group.add_argument("--inst-fg-balance", type=float, default=None,
+                       help="dwt: weight of an extra foreground term over pedestrian pixels weighted "
+                            "1/sqrt(instance area), so small pedestrians count (default 0: plain cross entropy)")
     group.add_argument("--inst-max-images", type=int, default=None, help="use only the first N training images")
     group.add_argument("--inst-val-images", type=int, default=None, help="validate on the first N val images")
 

@@ -44,6 +44,8 @@ DWT_METHOD = (
 CUT_LEVELS = (2, 3, 4, 5, 6)
 MIN_SEEDS = (0, 100, 300, 600)
 MIN_SIZES = (50, 100, 300, 600)
+FG_BALANCE_NOTE = ("foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
+                   "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy")
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
 
 
@@ -65,16 +67,17 @@ def _stack_images(samples: list[InstanceSample]) -> torch.Tensor:
 
 
 def dwt_batch_loss(model: nn.Module, images: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
-                   level_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   level_weight: torch.Tensor, fg_balance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of uint8 images (N,3,H,W) against ids and energy levels."""
     logits = model(images.float() / 255.0)
-    return dwt_logits_loss(logits, instances, levels, level_weight), logits
+    return dwt_logits_loss(logits, instances, levels, level_weight, fg_balance), logits
 
 
 def dwt_logits_loss(logits: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
-                    level_weight: torch.Tensor) -> torch.Tensor:
+                    level_weight: torch.Tensor, fg_balance: float = 0.0) -> torch.Tensor:
     fg_logits, energy_logits = split_outputs(logits)
-    loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, level_weight.to(logits.device))
+    loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, level_weight.to(logits.device),
+                       fg_balance=fg_balance)
     return loss
 
 
@@ -156,8 +159,11 @@ class DWTTask:
 
     def __init__(self, data_dir: Path, batch_size: int = 4, crop: int = 224, seed: int = 0,
                  max_images: int | None = None, val_images: int | None = None,
-                 energy_edges: tuple[float, ...] = ENERGY_EDGES, work_height: int = WORK_HEIGHT) -> None:
+                 energy_edges: tuple[float, ...] = ENERGY_EDGES, work_height: int = WORK_HEIGHT,
+                 fg_balance: float = 0.0) -> None:
         self.data_dir = Path(data_dir)
+        # training loss only: the val loss stays the plain (paper's) loss, comparable across checkpoints
+        self.fg_balance = float(fg_balance)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.energy_edges = tuple(energy_edges)
         self.train = load_split(self.data_dir, "train", work_height, max_images)
@@ -172,7 +178,8 @@ class DWTTask:
         return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
                 "energy_edges": list(self.energy_edges), "energy_levels_note": ENERGY_NOTE,
                 "method": DWT_METHOD, "split_fractions": list(SPLIT_FRACTIONS),
-                "train_images": len(self.train), "val_images": len(self.val)}
+                "train_images": len(self.train), "val_images": len(self.val),
+                "loss": {"fg_balance": self.fg_balance, "note": FG_BALANCE_NOTE}}
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return _steps(len(self.train), self.batch_size, world)
@@ -185,7 +192,7 @@ class DWTTask:
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
         loss, _ = dwt_batch_loss(model, batch["images"].to(device), batch["instances"].to(device),
-                                 batch["levels"].to(device), self.level_weight)
+                                 batch["levels"].to(device), self.level_weight, self.fg_balance)
         return loss
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
@@ -269,14 +276,16 @@ class MaskRCNNTask:
 
 def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, crop: int | None = None,
               seed: int = 0, max_images: int | None = None, val_images: int | None = None,
-              work_height: int | None = None) -> DWTTask | MaskRCNNTask:
+              work_height: int | None = None, fg_balance: float | None = None) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
     common = {"seed": seed, "max_images": max_images, "val_images": val_images}
     if model_name == "dwt":
         return DWTTask(Path(data_dir), batch_size=batch_size or 4, crop=crop or 224,
-                       work_height=work_height or WORK_HEIGHT, **common)
+                       work_height=work_height or WORK_HEIGHT, fg_balance=fg_balance or 0.0, **common)
     if work_height:
         raise ValueError("--inst-work-height is a DWT setting (Mask R-CNN resizes inside the model: min_size)")
+    if fg_balance:
+        raise ValueError("--inst-fg-balance is a DWT loss setting (Mask R-CNN has its own losses)")
     if model_name == "maskrcnn":
         return MaskRCNNTask(Path(data_dir), batch_size=batch_size or 2, crop=crop or MASKRCNN_HEIGHT, **common)
     raise ValueError(f"no instance task for model {model_name!r}")
@@ -286,7 +295,8 @@ def build_task(model_name: str, data_dir: Path, args: argparse.Namespace) -> DWT
     """The task for ``train --model dwt|maskrcnn``; ``data_dir`` is the PennFudanPed folder."""
     return make_task(model_name, data_dir, getattr(args, "inst_batch_size", None), getattr(args, "inst_crop", None),
                      int(getattr(args, "seed", 0) or 0), getattr(args, "inst_max_images", None),
-                     getattr(args, "inst_val_images", None), getattr(args, "inst_work_height", None))
+                     getattr(args, "inst_val_images", None), getattr(args, "inst_work_height", None),
+                     getattr(args, "inst_fg_balance", None))
 
 
 def train_instances(args: argparse.Namespace, command: str | None = None) -> Iterator[dict]:
@@ -303,6 +313,7 @@ def train_instances(args: argparse.Namespace, command: str | None = None) -> Ite
         model=args.model, data_dir=str(dataset_dir("pennfudan", getattr(args, "data", None))), out=args.out,
         epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "inst_batch_size", None),
         crop=getattr(args, "inst_crop", None), work_height=getattr(args, "inst_work_height", None),
+        fg_balance=getattr(args, "inst_fg_balance", None),
         weight_decay=getattr(args, "weight_decay", 1e-4),
         seed=int(getattr(args, "seed", 0) or 0), encoder_init=getattr(args, "encoder_init", "none") or "none",
         model_kwargs=dict(getattr(args, "arch", None) or []),

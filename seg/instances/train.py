@@ -31,6 +31,7 @@ class InstanceTrainConfig:
     batch_size: int | None = None  # dwt 4, maskrcnn 2
     crop: int | None = None  # dwt 224, maskrcnn 320
     work_height: int | None = None  # dwt only: image height it is trained (and then run) at; default 224
+    fg_balance: float | None = None  # dwt only: size-balanced foreground loss term (seg.instances.losses)
     weight_decay: float = 1e-4
     seed: int = 0
     encoder_init: str = "none"
@@ -96,7 +97,7 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     seed_everything(config.seed)
     rank, _ = distributed_context()
     task = make_task(config.model, Path(config.data_dir), config.batch_size, config.crop, config.seed,
-                     config.max_images, config.val_images, config.work_height)
+                     config.max_images, config.val_images, config.work_height, config.fg_balance)
     model = build_model(config)
     source = init_from_checkpoint(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
