@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from seg.instances.inference import components_from_foreground
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
@@ -76,3 +77,22 @@ def test_small_seeds_are_flooded_by_their_neighbour():
     split, _ = instances_from_maps(fg, energy, PostprocessParams(cut_level=3, min_size=30, min_seed=0))
     merged, _ = instances_from_maps(fg, energy, PostprocessParams(cut_level=3, min_size=30, min_seed=50))
     assert split.max() == 2 and merged.max() == 1 and np.array_equal(merged > 0, body)
+
+
+def test_thorough_tuning_also_searches_the_foreground_threshold():
+    from seg.instances.data import InstanceSample
+    from seg.instances.task import DWTValidation
+
+    samples, maps = [], []
+    for seed in range(3):
+        ids = pedestrian_scene(count=3, seed=seed)
+        fg, energy = ideal_maps(ids)
+        samples.append(InstanceSample(str(seed), np.zeros((*ids.shape, 3), np.uint8), ids))
+        maps.append((np.where(ids > 0, 0.47, 0.01).astype(np.float32), energy))  # an under-confident network
+    validation = DWTValidation(samples)
+    quick, quick_metrics = validation.tune(maps)
+    assert quick.fg_threshold == 0.5 and quick_metrics["mask_ap50"] < 0.01  # nothing passes 0.5
+    params, metrics = validation.tune(maps, thorough=True)
+    assert params.fg_threshold < 0.47 and metrics["mask_ap50"] == pytest.approx(1.0)
+    labels, _ = instances_from_maps(*maps[0], params)
+    assert labels.max() == samples[0].num_instances == 3

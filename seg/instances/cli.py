@@ -146,7 +146,8 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
     options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first: ties keep the earlier
-    results = {name: DWTValidation(samples, edges, *TTA_OPTIONS[name]).run(model.float(), torch.device("cpu"))
+    results = {name: DWTValidation(samples, edges, *TTA_OPTIONS[name]).run(model.float(), torch.device("cpu"),
+                                                                            thorough=True)
                for name in options}
     chosen = max(options, key=lambda name: (results[name]["mask_ap"] or 0.0, -options.index(name)))
     flip, scales = TTA_OPTIONS[chosen]

@@ -10,6 +10,7 @@ size) on the val split; the choice travels in the metrics into the checkpoint's 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,6 +45,12 @@ DWT_METHOD = (
 CUT_LEVELS = (2, 3, 4, 5, 6)
 MIN_SEEDS = (0, 100, 300, 600)
 MIN_SIZES = (50, 100, 300, 600)
+#: tune-instances' finer search (offline; ~35 s per TTA setting on 25 images): cut level, seed size and
+#: foreground threshold jointly, then the minimum size. Coordinate search on this grid gets stuck.
+FINE_CUT_LEVELS = (2, 2.5, 3, 3.5, 4, 5, 6)
+FINE_MIN_SEEDS = (0, 100, 200, 300, 450, 600)
+FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800)
+FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55)
 FG_BALANCE_NOTE = ("foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
                    "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy")
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
@@ -123,22 +130,29 @@ class DWTValidation:
             ev.add(s.masks(), labels[None] == ids[:, None, None], scores)
         return ev.compute()
 
-    def tune(self, maps: list) -> tuple[PostprocessParams, dict]:
-        """Coordinate search for the best mask AP: cut level, then seed size, then minimum size.
+    def tune(self, maps: list, thorough: bool = False) -> tuple[PostprocessParams, dict]:
+        """Search for the best mask AP: cut level, then seed size, then minimum size.
 
-        Ties in AP (spurious low-ranked fragments barely move it) go to the smaller counting error.
+        ``thorough`` (tune-instances): cut level, seed size and foreground threshold on a finer
+        joint grid, then the minimum size. Ties in AP (spurious low-ranked fragments barely
+        move it) go to the smaller counting error.
         """
         def ap(p: PostprocessParams) -> tuple[float, float]:
             r = self.evaluate(maps, p)
             return (-1.0 if math.isnan(r["mask_ap"]) else round(r["mask_ap"], 4)), -r["count_error"]
 
         best = PostprocessParams()
+        if thorough:
+            best = max((PostprocessParams(c, best.min_size, t, m) for c, m, t in
+                        itertools.product(FINE_CUT_LEVELS, FINE_MIN_SEEDS, FG_THRESHOLDS)), key=ap)
+            best = max((replace(best, min_size=m) for m in FINE_MIN_SIZES), key=ap)
+            return best, self.evaluate(maps, best)
         best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
         best = max((replace(best, min_seed=m) for m in MIN_SEEDS), key=ap)
         best = max((replace(best, min_size=m) for m in MIN_SIZES), key=ap)
         return best, self.evaluate(maps, best)
 
-    def run(self, model: nn.Module, device: torch.device) -> dict:
+    def run(self, model: nn.Module, device: torch.device, thorough: bool = False) -> dict:
         """The engine's validation dict: tuned metrics, ``postprocess``, and the components baseline."""
         was_training = model.training
         model.eval()
@@ -146,7 +160,7 @@ class DWTValidation:
             maps, val_loss = self.maps(model, device)
         finally:
             model.train(was_training)
-        params, metrics = self.tune(maps)
+        params, metrics = self.tune(maps, thorough)
         baseline = self.evaluate(maps, params, components=True)
         metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
         return {"score": metrics["mask_ap"] or 0.0, "val_loss": val_loss, **metrics,
