@@ -96,3 +96,18 @@ def test_thorough_tuning_also_searches_the_foreground_threshold():
     assert params.fg_threshold < 0.47 and metrics["mask_ap50"] == pytest.approx(1.0)
     labels, _ = instances_from_maps(*maps[0], params)
     assert labels.max() == samples[0].num_instances == 3
+
+
+def test_size_grids_scale_with_the_working_height():
+    from seg.instances.data import InstanceSample
+    from seg.instances.task import FINE_MIN_SEEDS, FINE_MIN_SIZES, MIN_SIZES, DWTValidation
+
+    ids = pedestrian_scene(shape=(448, 576), count=3)
+    validation = DWTValidation([InstanceSample("tall", np.zeros((448, 576, 3), np.uint8), ids)])
+    assert validation.area_scale == 4.0  # sizes are px at 224 px height: 4x the pixels at 448
+    maps = [ideal_maps(ids)]
+    quick, _ = validation.tune(maps)
+    params, metrics = validation.tune(maps, thorough=True)
+    assert quick.min_size in {4 * m for m in MIN_SIZES}
+    assert params.min_size in {4 * m for m in FINE_MIN_SIZES} and params.min_seed in {4 * m for m in FINE_MIN_SEEDS}
+    assert metrics["mask_ap"] > 0.9

@@ -102,6 +102,9 @@ class DWTValidation:
         self.level_weight = level_weights(len(self.energy_edges))
         # maps with test-time augmentation (flip, extra scales); the loss stays on the plain image
         self.flip, self.scales = flip, tuple(scales)
+        # the size grids are px at the 224-px working height; a model run taller searches them scaled
+        height = samples[0].image.shape[0] if samples else WORK_HEIGHT
+        self.area_scale = (height / WORK_HEIGHT) ** 2
 
     def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
         """Per image (fg prob, expected energy) at the working size, and the mean loss."""
@@ -141,15 +144,18 @@ class DWTValidation:
             r = self.evaluate(maps, p)
             return (-1.0 if math.isnan(r["mask_ap"]) else round(r["mask_ap"], 4)), -r["count_error"]
 
-        best = PostprocessParams()
+        def px(sizes: tuple[int, ...]) -> list[int]:
+            return [round(m * self.area_scale) for m in sizes]
+
+        best = PostprocessParams().scaled(self.area_scale)
         if thorough:
             best = max((PostprocessParams(c, best.min_size, t, m) for c, m, t in
-                        itertools.product(FINE_CUT_LEVELS, FINE_MIN_SEEDS, FG_THRESHOLDS)), key=ap)
-            best = max((replace(best, min_size=m) for m in FINE_MIN_SIZES), key=ap)
+                        itertools.product(FINE_CUT_LEVELS, px(FINE_MIN_SEEDS), FG_THRESHOLDS)), key=ap)
+            best = max((replace(best, min_size=m) for m in px(FINE_MIN_SIZES)), key=ap)
             return best, self.evaluate(maps, best)
         best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
-        best = max((replace(best, min_seed=m) for m in MIN_SEEDS), key=ap)
-        best = max((replace(best, min_size=m) for m in MIN_SIZES), key=ap)
+        best = max((replace(best, min_seed=m) for m in px(MIN_SEEDS)), key=ap)
+        best = max((replace(best, min_size=m) for m in px(MIN_SIZES)), key=ap)
         return best, self.evaluate(maps, best)
 
     def run(self, model: nn.Module, device: torch.device, thorough: bool = False) -> dict:
