@@ -241,8 +241,16 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(again), "--epochs", "1",
                  "--inst-max-images", "2", "--inst-val-images", "1", "--arch", "base_channels=8",
                  "--arch", "depth=2", "--init-from", str(out), "--quiet"]) == 0
-    lineage = load_checkpoint(again)[1]["init_from"]
+    restarted = load_checkpoint(again)[1]
+    lineage = restarted["init_from"]
     assert lineage["loaded"].startswith("all weights") and lineage["total_epochs"] == 1
+    # its card says where the weights first came from, not "random": the body from sbd-unet
+    assert restarted["encoder_init"].startswith("warm restart of checkpoint ")
+    assert "'sbd-unet' checkpoint" in restarted["encoder_init"] and "no ImageNet or COCO" in restarted["encoder_init"]
+    from seg.instances.ensemble import _init_summary
+
+    assert _init_summary(restarted) == "body from this project's stanford-background 'sbd-unet' checkpoint, " \
+                                       "then 1 warm restart(s)"
     # a body of another width does not fit: refused with the reason, nothing loaded silently
     with pytest.raises(ValueError, match="does not match"):
         main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(tmp_path / "x"),

@@ -22,12 +22,16 @@ SHARED_KEYS = ("task", "dataset", "work_height", "energy_edges", "energy_levels_
 
 def _init_summary(card: dict) -> str:
     """One short phrase per member for the ensemble's card (each member's card has the details)."""
-    source = card.get("init_from") or {}
-    if source.get("architecture") not in (None, "dwt"):
-        return f"body from this project's {source.get('dataset')} {source.get('checkpoint')!r} checkpoint"
-    if card.get("pretrained"):
-        return str(card.get("encoder_init"))
-    return "random initialisation"
+    source, restarts = card.get("init_from") or {}, 0
+    while source.get("architecture") == "dwt":  # follow warm restarts back to the first start
+        source, restarts = source.get("earlier") or {}, restarts + 1
+    if source.get("architecture") is not None:
+        start = f"body from this project's {source.get('dataset')} {source.get('checkpoint')!r} checkpoint"
+    elif card.get("pretrained"):
+        start = str(card.get("encoder_init"))
+    else:
+        start = "random initialisation"
+    return start + (f", then {restarts} warm restart(s)" if restarts else "")
 
 
 def combine(paths: list[str | Path], out: str | Path) -> dict:

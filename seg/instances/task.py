@@ -45,12 +45,12 @@ DWT_METHOD = (
 CUT_LEVELS = (2, 3, 4, 5, 6)
 MIN_SEEDS = (0, 100, 300, 600)
 MIN_SIZES = (50, 100, 300, 600)
-#: tune-instances' finer search (offline; ~35 s per TTA setting on 25 images): cut level, seed size and
+#: tune-instances' finer search (offline; ~45 s per TTA setting on 25 images): cut level, seed size and
 #: foreground threshold jointly, then the minimum size. Coordinate search on this grid gets stuck.
 FINE_CUT_LEVELS = (2, 2.5, 3, 3.5, 4, 5, 6)
 FINE_MIN_SEEDS = (0, 100, 200, 300, 450, 600)
 FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800)
-FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55)
+FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
 FG_BALANCE_NOTE = ("foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
                    "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy")
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height

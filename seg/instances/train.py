@@ -101,7 +101,10 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     model = build_model(config)
     source = init_from_checkpoint(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
-    if source and source["architecture"] != config.model:
+    if source and source["architecture"] == config.model:  # a warm restart inherits its start's initialisation
+        encoder_init = (f"warm restart of checkpoint {source['checkpoint']!r}, which started from: "
+                        f"{source['its_encoder_init']}")
+    elif source:
         encoder_init = (f"body initialised from this project's {source['checkpoint']!r} checkpoint "
                         f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
                         "no ImageNet or COCO weights")
