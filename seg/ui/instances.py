@@ -132,7 +132,7 @@ def instances(store: ModelStore, source: str, sample_id: str | None, upload: Any
               models: list[str] | str | None, tta: bool = True):
     """API endpoint ``instances``: gallery (truth, each model, energy maps), metric table, summary.
 
-    ``tta``: the DWT's test-time augmentation as its card says (off: ~5x faster, less accurate).
+    ``tta``: the DWT's test-time augmentation as its card says (off: faster, less accurate).
     """
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("instances")
@@ -192,8 +192,9 @@ def build(store: ModelStore) -> None:
             if not names:
                 gr.Markdown("**DWT/Mask R-CNN checkpoint not available.** "
                             + (store.describe() or "No instance checkpoint is installed yet."))
-            tta = gr.Checkbox(value=True, label="DWT test-time augmentation (mirror + 1.25x pass, as tuned on "
-                                                "val; off is ~5x faster)", elem_id="instances-tta")
+            tta = gr.Checkbox(value=True, label="DWT test-time augmentation (mirror and/or a 1.25x pass, as "
+                                                "tuned on val and stored in its card; off is faster)",
+                              elem_id="instances-tta")
             run = gr.Button("Find pedestrians", variant="primary", elem_id="instances-run")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Instances (each its own colour, contour and box)", columns=2, height=520,
