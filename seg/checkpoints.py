@@ -134,6 +134,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), card
 
 
+def continued_init(source: dict) -> str:
+    """``encoder_init`` of a warm restart, from its ``lineage``: the weights' first start, then the restart."""
+    return f"{source['its_encoder_init']}; then continued from checkpoint {source['checkpoint']!r}"
+
+
 def lineage(card: dict) -> dict:
     """What a new card records about the checkpoint it started from (``--init-from``).
 
@@ -147,6 +152,7 @@ def lineage(card: dict) -> dict:
         "epochs": card.get("epochs_run"),
         "training_time_s": card.get("training_time_s"),
         "pretrained": bool(card.get("pretrained", False)),
+        "its_encoder_init": card.get("encoder_init"),
         "total_epochs": (card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
         "total_training_time_s": (card.get("training_time_s") or 0) + (earlier.get("total_training_time_s") or 0),
         "earlier": earlier or None,

@@ -196,8 +196,10 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
         "world_size": world,
     }
     if lineage:
+        from seg.checkpoints import continued_init
+
         card["init_from"] = lineage
-        card["encoder_init"] = f"{init_text}; then continued from checkpoint {lineage['checkpoint']!r}"
+        card["encoder_init"] = continued_init(lineage)
         card["pretrained"] = bool(lineage.get("pretrained", False))
     if not getattr(model, "trainable", True):
         yield from _fit_prior(model, train, val, config, card, weight)

@@ -246,7 +246,7 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     lineage = restarted["init_from"]
     assert lineage["loaded"].startswith("all weights") and lineage["total_epochs"] == 1
     # its card says where the weights first came from, not "random": the body from sbd-unet
-    assert restarted["encoder_init"].startswith("warm restart of checkpoint ")
+    assert restarted["encoder_init"].endswith("; then continued from checkpoint 'dwt'")
     assert "'sbd-unet' checkpoint" in restarted["encoder_init"] and "no ImageNet or COCO" in restarted["encoder_init"]
     from seg.instances.ensemble import _init_summary
 

@@ -47,14 +47,10 @@ def dwt_loss(fg_logits: torch.Tensor, energy_logits: torch.Tensor, instances: to
     """
     w = instance_pixel_weights(instances)
     total_w = w.sum()
-    fg_target = (instances > 0).long()
-    if fg_balance > 0:
-        fg_per_pixel = weighted_cross_entropy(fg_logits, fg_target, reduction="none")
-        fg_loss = fg_per_pixel.mean()
-        if total_w > 0:
-            fg_loss = fg_loss + fg_balance * (fg_per_pixel * w).sum() / total_w
-    else:
-        fg_loss = weighted_cross_entropy(fg_logits, fg_target)
+    fg_per_pixel = weighted_cross_entropy(fg_logits, (instances > 0).long(), reduction="none")
+    fg_loss = fg_per_pixel.mean()
+    if fg_balance > 0 and total_w > 0:
+        fg_loss = fg_loss + fg_balance * (fg_per_pixel * w).sum() / total_w
     per_pixel = weighted_cross_entropy(energy_logits, energy_target, weight=level_weight, reduction="none")
     energy_loss = (per_pixel * w).sum() / total_w if total_w > 0 else energy_logits.sum() * 0.0
     loss = fg_loss + energy_factor * energy_loss

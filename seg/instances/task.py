@@ -149,7 +149,7 @@ class DWTValidation:
 
         best = PostprocessParams().scaled(self.area_scale)
         if thorough:
-            best = max((PostprocessParams(c, best.min_size, t, m) for c, m, t in
+            best = max((replace(best, cut_level=c, min_seed=m, fg_threshold=t) for c, m, t in
                         itertools.product(FINE_CUT_LEVELS, px(FINE_MIN_SEEDS), FG_THRESHOLDS)), key=ap)
             best = max((replace(best, min_size=m) for m in px(FINE_MIN_SIZES)), key=ap)
             return best, self.evaluate(maps, best)

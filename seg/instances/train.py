@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 
+from seg.checkpoints import continued_init
 from seg.engine import Stage, distributed_context, run, seed_everything
 from seg.instances.task import make_task
 from seg.models import create
@@ -58,9 +59,8 @@ def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
 
     previous, card = load_checkpoint(path)
     arch = card.get("architecture")
-    source = dict(lineage(card), its_encoder_init=card.get("encoder_init"),
-                  dataset=card.get("dataset") or ("stanford-background" if card.get("task", "semantic") == "semantic"
-                                                  else None),
+    semantic = card.get("task", "semantic") == "semantic"
+    source = dict(lineage(card), dataset=card.get("dataset") or ("stanford-background" if semantic else None),
                   its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
                                    if isinstance(v, (int, float))})
     if arch == getattr(model, "arch_name", None):
@@ -101,9 +101,8 @@ def train_instances(config: InstanceTrainConfig, stop_event: threading.Event | N
     model = build_model(config)
     source = init_from_checkpoint(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
-    if source and source["architecture"] == config.model:  # a warm restart inherits its start's initialisation
-        encoder_init = (f"warm restart of checkpoint {source['checkpoint']!r}, which started from: "
-                        f"{source['its_encoder_init']}")
+    if source and source["architecture"] == config.model:  # a warm restart keeps its weights' first start
+        encoder_init = continued_init(source)
     elif source:
         encoder_init = (f"body initialised from this project's {source['checkpoint']!r} checkpoint "
                         f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
