@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -91,9 +93,12 @@ def test_thorough_tuning_also_searches_the_foreground_threshold():
         maps.append((np.where(ids > 0, 0.47, 0.01).astype(np.float32), energy))  # an under-confident network
     validation = DWTValidation(samples)
     quick, quick_metrics = validation.tune(maps)
-    assert quick.fg_threshold == 0.5 and quick_metrics["mask_ap50"] < 0.01  # nothing passes 0.5
+    # nothing passes 0.5: only the alternatives (threshold 0.35) find the pedestrians, ranked low
+    assert quick.fg_threshold == 0.5 and quick.alternatives and quick_metrics["mask_ap50"] == pytest.approx(1.0)
+    assert validation.evaluate(maps, replace(quick, alternatives=False))["mask_ap50"] < 0.01
     params, metrics = validation.tune(maps, thorough=True)
     assert params.fg_threshold < 0.47 and metrics["mask_ap50"] == pytest.approx(1.0)
+    assert not params.alternatives  # the partition alone is right: nothing for them to add
     labels, _ = instances_from_maps(*maps[0], params)
     assert labels.max() == samples[0].num_instances == 3
 
@@ -111,3 +116,84 @@ def test_size_grids_scale_with_the_working_height():
     assert quick.min_size in {4 * m for m in MIN_SIZES}
     assert params.min_size in {4 * m for m in FINE_MIN_SIZES} and params.min_seed in {4 * m for m in FINE_MIN_SEEDS}
     assert metrics["mask_ap"] > 0.9
+
+
+def _ap50(truth: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> float:
+    from seg.instances.coco_eval import InstanceEvaluator, ids_to_masks
+
+    evaluator = InstanceEvaluator()
+    evaluator.add(ids_to_masks(truth), masks, scores)
+    return evaluator.compute()["mask_ap50"]
+
+
+def test_alternatives_add_a_small_pedestrian_below_the_partition():
+    from seg.instances.postprocess import ALTERNATIVE_SCORE_SCALE, ranked_candidates
+
+    truth = disc_scene(SHAPE, [(48, 40), (40, 100)], radius=22)
+    truth[truth == 2] = 0
+    truth[disc_scene(SHAPE, [(40, 100)], radius=8) > 0] = 2  # a small, distant pedestrian (~200 px)
+    fg, energy = ideal_maps(truth)
+    params = PostprocessParams(cut_level=2, min_size=400, min_seed=0)
+    labels, scores = instances_from_maps(fg, energy, params)
+    assert labels.max() == 1  # the partition's size floor drops the small one
+    _, _, plain_masks, plain_scores = ranked_candidates(fg, energy, params)
+    assert np.array_equal(plain_masks, labels[None] == 1) and np.array_equal(plain_scores, scores)
+    partition, _, masks, ranked = ranked_candidates(fg, energy, replace(params, alternatives=True))
+    assert np.array_equal(partition, labels)
+    assert np.array_equal(masks[0], labels == 1) and ranked[0] == scores[0]  # the partition comes first
+    small = [i for i, m in enumerate(masks) if (m & (truth == 2)).sum() > 0.9 * (truth == 2).sum()]
+    assert small and all(ranked[i] <= ALTERNATIVE_SCORE_SCALE < ranked[0] for i in small)
+    assert _ap50(truth, plain_masks, plain_scores) == pytest.approx(0.5, abs=0.01)  # recall capped at 1/2
+    assert _ap50(truth, masks, ranked) == pytest.approx(1.0)
+
+
+def test_alternatives_split_a_merged_pair_without_duplicates():
+    from seg.instances.coco_eval import mask_iou
+    from seg.instances.postprocess import ALTERNATIVE_MAX_IOU, ranked_candidates
+
+    truth = disc_scene(SHAPE, [(48, 45), (48, 83)], radius=20)
+    # a network blind to the valley between them: energy of the union, saddle at level 6
+    fg, energy = ideal_maps((truth > 0).astype(np.int32))
+    merged_params = PostprocessParams(cut_level=5, min_size=30, min_seed=0, alternatives=True)
+    labels, _ = instances_from_maps(fg, energy, merged_params)
+    assert labels.max() == 1  # the cut at 5 merges the touching pair
+    _, _, masks, scores = ranked_candidates(fg, energy, merged_params)
+    assert len(masks) == len(scores) >= 3  # the merged blob, then each disc from the deeper cut
+    best = mask_iou(truth[None] == np.arange(1, 3)[:, None, None], masks).max(axis=1)
+    assert (best > 0.9).all()
+    overlap = mask_iou(masks, masks)
+    np.fill_diagonal(overlap, 0)
+    assert overlap.max() < ALTERNATIVE_MAX_IOU  # no candidate listed twice
+    assert _ap50(truth, masks, scores) > _ap50(truth, masks[:1], scores[:1])
+
+
+def test_tuning_keeps_alternatives_only_when_they_help():
+    from seg.instances.data import InstanceSample
+    from seg.instances.task import DWTValidation
+
+    clean = [pedestrian_scene(count=3, seed=s) for s in range(2)]
+    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(clean)])
+    params, metrics = validation.tune([ideal_maps(t) for t in clean])
+    assert not params.alternatives and metrics["mask_ap"] > 0.9  # nothing to add: the partition is right
+    # a tiny pedestrian in each scene that no size floor on the grid lets through
+    with_small = [t.copy() for t in clean]
+    for t in with_small:
+        t[disc_scene(t.shape, [(5, 5)], radius=3) > 0] = t.max() + 1  # ~29 px, under every floor
+    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t)
+                                for i, t in enumerate(with_small)])
+    params, metrics = validation.tune([ideal_maps(t) for t in with_small])
+    assert params.alternatives and metrics["mask_ap50"] == pytest.approx(1.0)
+
+
+def test_ranked_partition_is_exactly_the_plain_partition():
+    from seg.instances.postprocess import ranked_candidates
+
+    for seed in range(4):  # noisy maps: many small blobs, seeded and unseeded, around the size floor
+        fg, energy = ideal_maps(pedestrian_scene(count=2 + seed, seed=seed), noise=0.3, seed=seed)
+        params = PostprocessParams(min_size=300, alternatives=True)
+        labels, scores = instances_from_maps(fg, energy, params)
+        ranked_labels, ranked_scores, masks, candidate_scores = ranked_candidates(fg, energy, params)
+        np.testing.assert_array_equal(ranked_labels, labels)
+        np.testing.assert_array_equal(ranked_scores, scores)
+        np.testing.assert_array_equal(masks[:len(scores)], labels[None] == np.arange(1, len(scores) + 1)[:, None, None])
+        assert len(candidate_scores) == len(masks) > len(scores)  # noise leaves alternatives to rank

@@ -13,7 +13,7 @@ from seg.checkpoints import load_checkpoint
 from seg.cli import main
 from seg.instances.cli import save_instance_png
 from seg.instances.data import ids_for_split, load_sample
-from seg.instances.inference import TTA_OPTIONS, InstancePredictor
+from seg.instances.inference import TTA_OPTIONS, InstancePredictor, params_from_card
 from seg.instances.task import make_task
 from seg.models import create
 from seg.models.encoders import EncoderWeightsError
@@ -37,7 +37,7 @@ def test_dwt_one_epoch_writes_a_usable_checkpoint(dwt_checkpoint):
     assert card["architecture"] == "dwt" and card["task"] == "instances"
     assert card["energy_edges"][:3] == [0, 1, 2] and card["work_height"] == 224
     assert card["encoder_init"].startswith("random") and card["pretrained"] is False
-    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed"}
+    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed", "alternatives"}
     assert card["curve"][0]["epoch"] == 1 and np.isfinite(card["curve"][0]["train_loss"])
     assert dwt_checkpoint.with_suffix(".safetensors").stat().st_size < 2_000_000  # fp16, tiny model
 
@@ -158,10 +158,13 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
                  "--limit", "3"]) == 0
     card = json.loads(dwt_checkpoint.with_suffix(".json").read_text())
-    assert set(card["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed"}
+    assert set(card["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed", "alternatives"}
     assert card["postprocess_tuning"]["num_images"] == 3
     predictor = InstancePredictor.from_checkpoint(dwt_checkpoint)
     assert predictor.params.min_seed == card["postprocess"]["min_seed"]
+    assert predictor.params.alternatives is card["postprocess"]["alternatives"]
+    older = {k: v for k, v in card["postprocess"].items() if k != "alternatives"}  # a card from before them
+    assert params_from_card({"postprocess": older}).alternatives is False
     # tta auto compared every setting and kept the best; the predictor follows the card
     compared = card["postprocess_tuning"]["compared"]
     assert set(compared) == {"none", "flip", "scales", "flip+scales"}
@@ -295,3 +298,23 @@ def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root)
         combine([paths[0], tmp_path / "wide"], tmp_path / "bad")
     save_checkpoint(tmp_path / "sem", create("unet", num_classes=9, base_channels=8, depth=2), {"task": "semantic"})
     assert main(["ensemble-instances", str(paths[0]), str(tmp_path / "sem"), "--out", str(tmp_path / "bad")]) == 1
+
+
+def test_predictor_ranks_alternatives_after_the_partition(dwt_checkpoint, pennfudan_root):
+    from dataclasses import replace
+
+    from seg.instances.postprocess import ALTERNATIVE_SCORE_SCALE
+
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    base = InstancePredictor.from_checkpoint(dwt_checkpoint)
+    # a low threshold, so that even a 1-epoch network yields a partition and alternatives to rank
+    params = replace(base.params, fg_threshold=0.2, min_size=50, alternatives=False)
+    plain = InstancePredictor(base.model, base.card, params=params).predict(rgb, tta=False)
+    ranked = InstancePredictor(base.model, base.card, params=replace(params, alternatives=True)).predict(rgb, tta=False)
+    np.testing.assert_array_equal(ranked.instances, plain.instances)  # the id map stays the partition
+    masks, scores, boxes = ranked.candidates()
+    n = plain.num_instances
+    assert len(masks) == len(scores) == len(boxes) >= n
+    np.testing.assert_array_equal(masks[:n], plain.candidates()[0])
+    np.testing.assert_array_equal(scores[:n], plain.scores)
+    assert (scores[n:] <= ALTERNATIVE_SCORE_SCALE).all()

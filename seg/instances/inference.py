@@ -21,7 +21,7 @@ from torch import nn
 from seg.instances import INSTANCE_ARCHITECTURES
 from seg.instances.data import WORK_HEIGHT, boxes_from_ids, relabel_sequential, work_size
 from seg.instances.models import is_detector, split_outputs
-from seg.instances.postprocess import PostprocessParams, instances_from_maps
+from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
 
 DETECTION_SCORE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
@@ -37,7 +37,7 @@ class InstanceResult:
     energy: np.ndarray | None  # (H, W) expected energy level on the predicted foreground, 0 elsewhere (DWT)
     foreground: np.ndarray | None  # (H, W) foreground probability (DWT only)
     latency_ms: float
-    # every candidate, overlapping allowed (Mask R-CNN) — what COCO AP is computed on
+    # every candidate, overlapping allowed (Mask R-CNN; the DWT's partition + alternatives) — what COCO AP ranks
     all_masks: np.ndarray | None = None  # (P, H, W) bool
     all_scores: np.ndarray | None = None
 
@@ -46,7 +46,7 @@ class InstanceResult:
         return len(self.scores)
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(masks, scores, boxes) for AP: every candidate for a detector, the id map otherwise."""
+        """(masks, scores, boxes) for AP: every candidate when there are more than the id map's."""
         if self.all_masks is not None:
             return self.all_masks, self.all_scores, boxes_of_masks(self.all_masks)
         ids = np.arange(1, self.num_instances + 1)
@@ -157,7 +157,8 @@ def params_from_card(card: dict) -> PostprocessParams:
     return PostprocessParams(float(source.get("cut_level", defaults.cut_level)),
                              int(source.get("min_size", defaults.min_size)),
                              float(source.get("fg_threshold", defaults.fg_threshold)),
-                             int(source.get("min_seed", defaults.min_seed)))
+                             int(source.get("min_seed", defaults.min_seed)),
+                             bool(source.get("alternatives", defaults.alternatives)))
 
 
 class InstancePredictor:
@@ -200,11 +201,15 @@ class InstancePredictor:
             params = self.params.scaled(area_ratio)
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
+                candidates = (None, None)
+            elif params.alternatives:
+                labels, scores, *candidates = ranked_candidates(fg, energy, params)
             else:
                 labels, scores = instances_from_maps(fg, energy, params)
+                candidates = (None, None)
             # the energy is only trained on pedestrians: show it where the foreground is
             shown = np.where(fg > params.fg_threshold, energy, 0.0).astype(np.float32)
-            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0)
+            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0, *candidates)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
         return result
 

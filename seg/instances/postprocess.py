@@ -5,11 +5,17 @@ at least ``cut_level``: deep inside a pedestrian, away from the valley where two
 Watershed on the negated energy grows each seed back over the predicted foreground.
 Foreground blobs that got no seed (thin or small people) become instances of their own
 if they are large enough, with a lower score.
+
+COCO AP ranks every candidate an image yields, so a partition is not the best a
+detection-free method can hand it: ``ranked_candidates`` adds, below the partition,
+the instances that other settings (a shallower or deeper cut, a lower foreground
+threshold, no size floor) would have produced. Ranked last, they can only add recall at
+the end of the precision-recall curve; the instance-id map stays the partition.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,6 +28,11 @@ DEFAULT_CUT_LEVEL = 2  # the three defaults below were chosen on val for checkpo
 DEFAULT_MIN_SIZE = 600  # pixels at the working height (224 px)
 DEFAULT_FG_THRESHOLD = 0.5
 DEFAULT_MIN_SEED = 300  # seeds smaller than this (px at the working height) are flooded by their neighbours
+#: alternatives' scores are their own score times this: below every partition instance's
+#: usual score (0.6-1) and below the 0.5 at which counting and best-IoU stop looking
+ALTERNATIVE_SCORE_SCALE = 0.3
+#: an alternative this close (mask IoU) to a candidate already listed is a duplicate
+ALTERNATIVE_MAX_IOU = 0.85
 
 
 @dataclass(frozen=True)
@@ -30,11 +41,23 @@ class PostprocessParams:
     min_size: int = DEFAULT_MIN_SIZE
     fg_threshold: float = DEFAULT_FG_THRESHOLD
     min_seed: int = DEFAULT_MIN_SEED
+    #: also rank the alternatives below the partition (``ranked_candidates``); chosen on val
+    alternatives: bool = False
 
     def scaled(self, area_ratio: float) -> "PostprocessParams":
         """Same parameters for a map ``area_ratio`` times as many pixels as the working size."""
-        return PostprocessParams(self.cut_level, max(1, round(self.min_size * area_ratio)), self.fg_threshold,
-                                 round(self.min_seed * area_ratio))
+        return replace(self, min_size=max(1, round(self.min_size * area_ratio)),
+                       min_seed=round(self.min_seed * area_ratio))
+
+    def alternative_settings(self) -> list["PostprocessParams"]:
+        """The partitions mined for alternatives: the same one without its size floor, a cut two
+        levels shallower (merges over-split people) and two deeper (splits merged ones), and a
+        foreground threshold 0.15 lower (grows faint, partly hidden people)."""
+        small = dict(min_size=max(1, self.min_size // 8), alternatives=False)
+        return [replace(self, **small),
+                replace(self, cut_level=max(self.cut_level - 2, 0.5), **small),
+                replace(self, cut_level=self.cut_level + 2, **small),
+                replace(self, fg_threshold=max(self.fg_threshold - 0.15, 0.05), **small)]
 
 
 def expected_energy(energy_probs: np.ndarray) -> np.ndarray:
@@ -83,9 +106,62 @@ def instances_from_maps(fg_prob: np.ndarray, energy: np.ndarray,
     depth = np.ones(len(keep))
     unseeded = keep > num_seeds
     if unseeded.any():  # blobs that never reached the cut: scored by how deep they got
-        peak = np.asarray(ndi.maximum(energy, labels, index=keep[unseeded]), dtype=np.float64)
-        depth[unseeded] = np.clip((peak + 1.0) / (params.cut_level + 1.0), 0.0, 1.0)
+        # per-blob maximum over the orphans' pixels only (ndi.maximum argsorts the whole map)
+        in_orphan = labels > num_seeds
+        peaks = np.zeros(len(counts))
+        np.maximum.at(peaks, flat[in_orphan.ravel()], energy[in_orphan])
+        depth[unseeded] = np.clip((peaks[keep[unseeded]] + 1.0) / (params.cut_level + 1.0), 0.0, 1.0)
     table = np.zeros(len(counts), np.int32)
     table[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
     out[box] = table[labels]
     return out, (mean_fg * depth).astype(np.float32)
+
+
+def _overlap_iou(a: np.ndarray, num_a: int, b: np.ndarray, num_b: int) -> np.ndarray:
+    """IoU of every id 1..num_a in ``a`` with every id 1..num_b in ``b`` (same-shape id maps), (A, B)."""
+    joint = np.bincount((a.astype(np.int64) * (num_b + 1) + b).ravel(), minlength=(num_a + 1) * (num_b + 1))
+    inter = joint.reshape(num_a + 1, num_b + 1)[1:, 1:].astype(np.float64)
+    area_a = np.bincount(a.ravel(), minlength=num_a + 1)[1:].astype(np.float64)
+    area_b = np.bincount(b.ravel(), minlength=num_b + 1)[1:].astype(np.float64)
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1.0)
+
+
+def _drop_small(labels: np.ndarray, scores: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The partition a larger ``min_size`` would have given: same ids in the same order, minus the small."""
+    keep = np.bincount(labels.ravel(), minlength=len(scores) + 1)[1:] >= max(min_size, 1)
+    table = np.zeros(len(scores) + 1, np.int32)
+    table[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return table[labels], scores[keep]
+
+
+def ranked_candidates(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The partition (ids, scores) and every candidate for COCO AP: (P, H, W) bool masks, (P,) scores.
+
+    The candidates are the partition's instances, then (with ``params.alternatives``) the new
+    ones the alternative settings find, scored ``ALTERNATIVE_SCORE_SCALE`` times their own.
+    """
+    if not params.alternatives:
+        labels, scores = instances_from_maps(fg_prob, energy, params)
+        return labels, scores, labels[None] == np.arange(1, len(scores) + 1)[:, None, None], scores
+    unfloored, *others = params.alternative_settings()
+    # the partition is the first alternative (no size floor) with the floor put back: one watershed for both
+    all_labels, all_scores = instances_from_maps(fg_prob, energy, unfloored)
+    labels, scores = _drop_small(all_labels, all_scores, params.min_size)
+    accepted = [(labels, len(scores))]  # id maps whose ids are all candidates already
+    extra_scores = []
+    for other, other_scores in [(all_labels, all_scores)] + [instances_from_maps(fg_prob, energy, o) for o in others]:
+        if not len(other_scores):
+            continue
+        fresh = np.ones(len(other_scores), bool)
+        for seen, num_seen in accepted:
+            if num_seen:
+                fresh &= _overlap_iou(other, len(other_scores), seen, num_seen).max(axis=1) < ALTERNATIVE_MAX_IOU
+        if not fresh.any():
+            continue
+        table = np.zeros(len(other_scores) + 1, np.int32)
+        table[1:][fresh] = np.arange(1, int(fresh.sum()) + 1, dtype=np.int32)
+        accepted.append((table[other], int(fresh.sum())))
+        extra_scores.append(other_scores[fresh] * ALTERNATIVE_SCORE_SCALE)
+    masks = np.concatenate([ids[None] == np.arange(1, n + 1)[:, None, None] for ids, n in accepted])
+    return labels, scores, masks, np.concatenate([scores] + extra_scores).astype(np.float32)

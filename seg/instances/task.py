@@ -28,7 +28,7 @@ from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredicto
                                      dwt_heads, heads_from_logits, with_mirror)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
-from seg.instances.postprocess import PostprocessParams, instances_from_maps
+from seg.instances.postprocess import PostprocessParams, ranked_candidates
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 
 ENERGY_NOTE = (
@@ -127,14 +127,15 @@ class DWTValidation:
         for s, (fg, energy) in zip(self.samples, maps):
             if components:
                 labels, scores = components_from_foreground(fg, params)
+                masks = labels[None] == np.arange(1, len(scores) + 1)[:, None, None]
             else:
-                labels, scores = instances_from_maps(fg, energy, params)
-            ids = np.arange(1, len(scores) + 1)
-            ev.add(s.masks(), labels[None] == ids[:, None, None], scores)
+                _, _, masks, scores = ranked_candidates(fg, energy, params)
+            ev.add(s.masks(), masks, scores)
         return ev.compute()
 
     def tune(self, maps: list, thorough: bool = False) -> tuple[PostprocessParams, dict]:
-        """Search for the best mask AP: cut level, then seed size, then minimum size.
+        """Search for the best mask AP: cut level, then seed size, then minimum size, then whether
+        alternatives ranked below the partition (``ranked_candidates``) add to it.
 
         ``thorough`` (tune-instances): cut level, seed size and foreground threshold on a finer
         joint grid, then the minimum size. Ties in AP (spurious low-ranked fragments barely
@@ -152,10 +153,12 @@ class DWTValidation:
             best = max((replace(best, cut_level=c, min_seed=m, fg_threshold=t) for c, m, t in
                         itertools.product(FINE_CUT_LEVELS, px(FINE_MIN_SEEDS), FG_THRESHOLDS)), key=ap)
             best = max((replace(best, min_size=m) for m in px(FINE_MIN_SIZES)), key=ap)
-            return best, self.evaluate(maps, best)
-        best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
-        best = max((replace(best, min_seed=m) for m in px(MIN_SEEDS)), key=ap)
-        best = max((replace(best, min_size=m) for m in px(MIN_SIZES)), key=ap)
+        else:
+            best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
+            best = max((replace(best, min_seed=m) for m in px(MIN_SEEDS)), key=ap)
+            best = max((replace(best, min_size=m) for m in px(MIN_SIZES)), key=ap)
+        # alternatives ranked below the partition: kept only if val AP says they help
+        best = max((best, replace(best, alternatives=True)), key=ap)
         return best, self.evaluate(maps, best)
 
     def run(self, model: nn.Module, device: torch.device, thorough: bool = False) -> dict:
