@@ -197,3 +197,22 @@ def test_ranked_partition_is_exactly_the_plain_partition():
         np.testing.assert_array_equal(ranked_scores, scores)
         np.testing.assert_array_equal(masks[:len(scores)], labels[None] == np.arange(1, len(scores) + 1)[:, None, None])
         assert len(candidate_scores) == len(masks) > len(scores)  # noise leaves alternatives to rank
+
+
+def test_an_extra_pass_adds_what_the_main_maps_missed():
+    from seg.instances.postprocess import ALTERNATIVE_SCORE_SCALE, ranked_candidates
+
+    truth = disc_scene(SHAPE, [(48, 40), (40, 100)], radius=18)
+    fg, energy = ideal_maps(truth)
+    faint = truth == 2
+    main_fg = np.where(faint, 0.2, fg).astype(np.float32)  # the main pass barely sees the second person
+    params = PostprocessParams(cut_level=3, min_size=100, min_seed=0)
+    labels, scores, masks, ranked = ranked_candidates(main_fg, energy, params)
+    assert labels.max() == 1 and len(masks) == 1
+    labels, scores, masks, ranked = ranked_candidates(main_fg, energy, params, [(fg, energy)])
+    assert labels.max() == 1 and np.array_equal(masks[0], labels == 1)  # the partition is the main pass's
+    assert len(masks) == 2  # the extra pass's copy of the first person is a duplicate, not listed again
+    assert (masks[1] == faint).mean() > 0.99 and ranked[1] <= ALTERNATIVE_SCORE_SCALE < ranked[0]
+    assert _ap50(truth, masks, ranked) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="size"):
+        ranked_candidates(main_fg, energy, params, [(fg[:-1], energy[:-1])])

@@ -168,6 +168,13 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     # tta auto compared every setting and kept the best; the predictor follows the card
     compared = card["postprocess_tuning"]["compared"]
     assert set(compared) == {"none", "flip", "scales", "flip+scales"}
+    # then the enlarged alternative pass, kept only if it raised val mask AP
+    tuning = card["postprocess_tuning"]
+    assert set(tuning["alternative_scales_compared"]) == {"none", "1.5x"}
+    assert card["alternative_scales"] == tuning["alternative_scales"] and card["alternative_scales"] in ([], [1.5])
+    assert (card["alternative_scales"] == [1.5]) == (
+        tuning["alternative_scales_compared"]["1.5x"] > tuning["alternative_scales_compared"]["none"])
+    assert predictor.alternative_scales == tuple(card["alternative_scales"])
     best = card["postprocess_tuning"]["tta"]
     assert TTA_OPTIONS[best] == (card["tta_flip"], tuple(card["tta_scales"]))
     assert compared[best]["mask_ap"] >= max(c["mask_ap"] for c in compared.values())
@@ -310,11 +317,19 @@ def test_predictor_ranks_alternatives_after_the_partition(dwt_checkpoint, pennfu
     # a low threshold, so that even a 1-epoch network yields a partition and alternatives to rank
     params = replace(base.params, fg_threshold=0.2, min_size=50, alternatives=False)
     plain = InstancePredictor(base.model, base.card, params=params).predict(rgb, tta=False)
-    ranked = InstancePredictor(base.model, base.card, params=replace(params, alternatives=True)).predict(rgb, tta=False)
-    np.testing.assert_array_equal(ranked.instances, plain.instances)  # the id map stays the partition
-    masks, scores, boxes = ranked.candidates()
-    n = plain.num_instances
-    assert len(masks) == len(scores) == len(boxes) >= n
-    np.testing.assert_array_equal(masks[:n], plain.candidates()[0])
-    np.testing.assert_array_equal(scores[:n], plain.scores)
-    assert (scores[n:] <= ALTERNATIVE_SCORE_SCALE).all()
+    ranker = InstancePredictor(base.model, base.card, params=replace(params, alternatives=True))
+    shown = ranker.predict(rgb, tta=False)  # what the dashboard and predict-instances ask for
+    assert shown.all_masks is None and np.array_equal(shown.instances, plain.instances)
+    counts = []
+    for alternative_scales in ([], [1.5]):  # alternatives of the main pass; then also those of a 1.5x pass
+        ranker.alternative_scales = tuple(alternative_scales)
+        ranked = ranker.predict(rgb, tta=False, candidates=True)
+        np.testing.assert_array_equal(ranked.instances, plain.instances)  # the id map stays the partition
+        masks, scores, boxes = ranked.candidates()
+        n = plain.num_instances
+        assert len(masks) == len(scores) == len(boxes) >= n
+        np.testing.assert_array_equal(masks[:n], plain.candidates()[0])
+        np.testing.assert_array_equal(scores[:n], plain.scores)
+        assert (scores[n:] <= ALTERNATIVE_SCORE_SCALE).all()
+        counts.append(len(masks))
+    assert counts[1] >= counts[0]

@@ -91,7 +91,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     latencies = []
     for image_id in ids_for_split(data_dir, split)[:limit]:
         sample = load_sample(data_dir, image_id)
-        result = predictor.predict(sample.image)
+        result = predictor.predict(sample.image, candidates=True)
         latencies.append(result.latency_ms)
         masks, scores, boxes = result.candidates()
         evaluator.add(sample.masks(), masks, scores, boxes)
@@ -99,6 +99,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     metrics.update({"split": split, "method": predictor.method, "checkpoint": str(checkpoint),
                     "tta_flip": predictor.flip if not predictor.detector else None,
                     "tta_scales": list(predictor.scales) if not predictor.detector else None,
+                    "alternative_scales": list(predictor.alternative_scales) if not predictor.detector else None,
                     "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
                     "postprocess": vars(predictor.params) if not predictor.detector else None})
     return metrics
@@ -129,13 +130,17 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
 
     ``tta``: ``auto`` searches with every test-time augmentation setting (``TTA_OPTIONS``)
     and keeps the best mask AP (ties: the cheaper one); the choice goes in the card too.
+    Then, with the chosen parameters, each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
+    passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
+    only if val mask AP rises.
     """
     import torch
 
     from seg.checkpoints import load_checkpoint, stem_of
     from seg.instances import DWT_ARCHITECTURES
     from seg.instances.data import WORK_HEIGHT, load_split
-    from seg.instances.inference import TTA_OPTIONS
+    from seg.instances.inference import ALTERNATIVE_SCALE_OPTIONS, TTA_OPTIONS
+    from seg.instances.postprocess import PostprocessParams
     from seg.instances.targets import ENERGY_EDGES
     from seg.instances.task import DWTValidation
     from seg.io import atomic_write_text
@@ -152,19 +157,34 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     chosen = max(options, key=lambda name: (results[name]["mask_ap"] or 0.0, -options.index(name)))
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
+    alternative_scales, alternatives_compared = (), {}
+    for extra in ALTERNATIVE_SCALE_OPTIONS:
+        if not extra:
+            alternatives_compared["none"] = result["mask_ap"]
+            continue
+        validation = DWTValidation(samples, edges, flip, scales, alternative_scales=extra)
+        metrics = validation.evaluate(validation.maps(model.float(), torch.device("cpu"))[0],
+                                      PostprocessParams(**result["postprocess"]))
+        alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
+        if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0):
+            alternative_scales = extra
+            result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
     card["postprocess"] = result["postprocess"]
     card["tta_flip"], card["tta_scales"] = flip, list(scales)
+    card["alternative_scales"] = list(alternative_scales)
     if split == "val":  # the card's val metrics describe the model as it now runs (post-processing, TTA)
         if card.get("val_metrics") is not None:
             card.setdefault("training_val_metrics", card["val_metrics"])
         card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
             "postprocess": result["postprocess"], "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
-            "at": "working height"}
+            "alternative_scales": list(alternative_scales), "at": "working height"}
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
     card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
                                   "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
                                   **{k: result[k] for k in keys},
-                                  "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options}}
+                                  "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options},
+                                  "alternative_scales": list(alternative_scales),
+                                  "alternative_scales_compared": alternatives_compared}
     atomic_write_text(stem_of(checkpoint).with_suffix(".json"), json.dumps(card, indent=1, allow_nan=False))
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 

@@ -71,6 +71,9 @@ TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
     "none": (False, (1.0,)), "flip": (True, (1.0,)),
     "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
 
+#: separate passes whose instances ``tune-instances`` may rank after the main pass's (chosen on val)
+ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((), (1.5,))
+
 
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
@@ -104,22 +107,34 @@ def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False, scales: tup
     ``at_one``: the scale-1 heads if the caller already has them (validation gets them
     from the forward that gives its loss).
     """
-    h, w = x.shape[-2:]
     fgs, energies = [], []
     for s in scales:
         if s == 1.0:
             fg, energy = at_one or heads_from_logits(model(with_mirror(x, flip)), flip)
         else:
-            xs = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                               align_corners=False, antialias=s < 1.0)
-            fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
-            maps = F.interpolate(torch.cat([fg, energy / s], 1), size=(h, w), mode="bilinear", align_corners=False)
-            fg, energy = maps[:, :1], maps[:, 1:]
+            fg, energy = dwt_pass(model, x, flip, s)
+            energy = energy / s
         fgs.append(fg)
         energies.append(energy)
     if len(fgs) == 1:
         return fgs[0], energies[0]
     return torch.stack(fgs).mean(0), torch.stack(energies).mean(0)
+
+
+def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heads of one pass on ``x`` resized by ``scale``, brought back to ``x``'s size.
+
+    The energy stays in that pass's pixels: ``dwt_heads`` divides it by ``scale`` to average
+    passes; an alternative pass (``dwt_alternative_maps``) is post-processed as it is.
+    """
+    h, w = x.shape[-2:]
+    if scale == 1.0:
+        return heads_from_logits(model(with_mirror(x, flip)), flip)
+    xs = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                       align_corners=False, antialias=scale < 1.0)
+    fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
+    maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
+    return maps[:, :1], maps[:, 1:]
 
 
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
@@ -136,6 +151,24 @@ def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None
         maps = F.interpolate(torch.cat([fg, energy], 1), size=out_size, mode="bilinear", align_corners=False)
     maps = maps[0].cpu().numpy()
     return maps[0], maps[1]
+
+
+def dwt_alternative_maps(model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...],
+                         work_height: int = WORK_HEIGHT, flip: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fg, energy) of one separate pass per scale, at the input size: where ``ranked_candidates``
+    looks for pedestrians the main pass missed (an enlarged pass sees the small ones)."""
+    h, w = rgb.shape[:2]
+    device = next(model.parameters()).device
+    x = to_tensor(rgb)[None].to(device)
+    x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
+    out = []
+    with torch.inference_mode():
+        for scale in scales:
+            fg, energy = dwt_pass(model, x, flip, scale)
+            maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
+            maps = maps[0].cpu().numpy()
+            out.append((maps[0], maps[1]))
+    return out
 
 
 def components_from_foreground(fg_prob: np.ndarray, params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +211,8 @@ class InstancePredictor:
         # test-time augmentation (DWT): as the card says it was tuned, unless overridden
         self.flip = bool(self.card.get("tta_flip", False)) if flip is None else bool(flip)
         self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
+        # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
+        self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, method: str | None = None, flip: bool | None = None,
@@ -189,8 +224,13 @@ class InstancePredictor:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
         return cls(model.float(), card, method=method, flip=flip, scales=scales)
 
-    def predict(self, rgb: np.ndarray, tta: bool = True) -> InstanceResult:
-        """``tta=False`` skips the DWT's test-time augmentation for this call (a faster preview)."""
+    def predict(self, rgb: np.ndarray, tta: bool = True, candidates: bool = False) -> InstanceResult:
+        """``tta=False`` skips the DWT's test-time augmentation for this call (a faster preview).
+
+        ``candidates=True`` (evaluation): also rank the DWT's alternatives after its partition
+        (``result.candidates()``), as the card says; they never change the id map, so a
+        caller that only shows or saves the partition leaves them off.
+        """
         start = time.perf_counter()
         if self.detector:
             result = self._predict_detector(rgb)
@@ -201,15 +241,17 @@ class InstancePredictor:
             params = self.params.scaled(area_ratio)
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
-                candidates = (None, None)
-            elif params.alternatives:
-                labels, scores, *candidates = ranked_candidates(fg, energy, params)
+                ranked = (None, None)
+            elif candidates and (params.alternatives or self.alternative_scales):
+                extra = dwt_alternative_maps(self.model, rgb, self.alternative_scales,
+                                             self.work_height, flip)
+                labels, scores, *ranked = ranked_candidates(fg, energy, params, extra)
             else:
                 labels, scores = instances_from_maps(fg, energy, params)
-                candidates = (None, None)
+                ranked = (None, None)
             # the energy is only trained on pedestrians: show it where the foreground is
             shown = np.where(fg > params.fg_threshold, energy, 0.0).astype(np.float32)
-            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0, *candidates)
+            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0, *ranked)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
         return result
 

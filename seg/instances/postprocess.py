@@ -15,6 +15,7 @@ the end of the precision-recall curve; the instance-id map stays the partition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -134,34 +135,61 @@ def _drop_small(labels: np.ndarray, scores: np.ndarray, min_size: int) -> tuple[
     return table[labels], scores[keep]
 
 
-def ranked_candidates(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams
+def _fresh_only(accepted: list[tuple[np.ndarray, int]], labels: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of ``labels`` (1..num) whose IoU with every accepted candidate is below ``ALTERNATIVE_MAX_IOU``:
+    (the id map renumbered to just those, the boolean selection)."""
+    fresh = np.ones(num, bool)
+    for seen, num_seen in accepted:
+        if num_seen:
+            fresh &= _overlap_iou(labels, num, seen, num_seen).max(axis=1) < ALTERNATIVE_MAX_IOU
+    table = np.zeros(num + 1, np.int32)
+    table[1:][fresh] = np.arange(1, int(fresh.sum()) + 1, dtype=np.int32)
+    return table[labels], fresh
+
+
+def _candidate_maps(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams
+                    ) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """(id map, count, scores) per source of candidates, best first, no two candidates alike:
+    the partition, then what each alternative setting adds (scores already scaled down)."""
+    if not params.alternatives:
+        labels, scores = instances_from_maps(fg_prob, energy, params)
+        return [(labels, len(scores), scores)]
+    unfloored, *others = params.alternative_settings()
+    # the partition is the first alternative (no size floor) with the floor put back: one watershed for both
+    all_labels, all_scores = instances_from_maps(fg_prob, energy, unfloored)
+    labels, scores = _drop_small(all_labels, all_scores, params.min_size)
+    sources = [(labels, len(scores), scores)]
+    for other, other_scores in [(all_labels, all_scores)] + [instances_from_maps(fg_prob, energy, o) for o in others]:
+        if len(other_scores):
+            kept, fresh = _fresh_only([(ids, n) for ids, n, _ in sources], other, len(other_scores))
+            if fresh.any():
+                sources.append((kept, int(fresh.sum()), other_scores[fresh] * ALTERNATIVE_SCORE_SCALE))
+    return sources
+
+
+def ranked_candidates(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams,
+                      extra_maps: Sequence[tuple[np.ndarray, np.ndarray]] = ()
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The partition (ids, scores) and every candidate for COCO AP: (P, H, W) bool masks, (P,) scores.
 
     The candidates are the partition's instances, then (with ``params.alternatives``) the new
     ones the alternative settings find, scored ``ALTERNATIVE_SCORE_SCALE`` times their own.
+    ``extra_maps``: (fg, energy) of other passes of the network (e.g. on an enlarged image,
+    which sees small pedestrians), same size; their candidates not yet listed come last,
+    scaled down once more.
     """
-    if not params.alternatives:
+    if not params.alternatives and not extra_maps:
         labels, scores = instances_from_maps(fg_prob, energy, params)
         return labels, scores, labels[None] == np.arange(1, len(scores) + 1)[:, None, None], scores
-    unfloored, *others = params.alternative_settings()
-    # the partition is the first alternative (no size floor) with the floor put back: one watershed for both
-    all_labels, all_scores = instances_from_maps(fg_prob, energy, unfloored)
-    labels, scores = _drop_small(all_labels, all_scores, params.min_size)
-    accepted = [(labels, len(scores))]  # id maps whose ids are all candidates already
-    extra_scores = []
-    for other, other_scores in [(all_labels, all_scores)] + [instances_from_maps(fg_prob, energy, o) for o in others]:
-        if not len(other_scores):
-            continue
-        fresh = np.ones(len(other_scores), bool)
-        for seen, num_seen in accepted:
-            if num_seen:
-                fresh &= _overlap_iou(other, len(other_scores), seen, num_seen).max(axis=1) < ALTERNATIVE_MAX_IOU
-        if not fresh.any():
-            continue
-        table = np.zeros(len(other_scores) + 1, np.int32)
-        table[1:][fresh] = np.arange(1, int(fresh.sum()) + 1, dtype=np.int32)
-        accepted.append((table[other], int(fresh.sum())))
-        extra_scores.append(other_scores[fresh] * ALTERNATIVE_SCORE_SCALE)
-    masks = np.concatenate([ids[None] == np.arange(1, n + 1)[:, None, None] for ids, n in accepted])
-    return labels, scores, masks, np.concatenate([scores] + extra_scores).astype(np.float32)
+    sources = _candidate_maps(fg_prob, energy, params)
+    if any(extra_fg.shape != fg_prob.shape for extra_fg, _ in extra_maps):
+        raise ValueError("extra maps must have the main maps' size")
+    for extra_fg, extra_energy in extra_maps:
+        for other, num, other_scores in _candidate_maps(extra_fg, extra_energy, params):
+            if num:
+                kept, fresh = _fresh_only([(ids, n) for ids, n, _ in sources], other, num)
+                if fresh.any():
+                    sources.append((kept, int(fresh.sum()), other_scores[fresh] * ALTERNATIVE_SCORE_SCALE))
+    labels, num, scores = sources[0]
+    masks = np.concatenate([ids[None] == np.arange(1, n + 1)[:, None, None] for ids, n, _ in sources])
+    return labels, scores, masks, np.concatenate([sc for _, _, sc in sources]).astype(np.float32)

@@ -25,7 +25,7 @@ from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
                                 boxes_from_ids)
 from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
-                                     dwt_heads, heads_from_logits, with_mirror)
+                                     dwt_heads, dwt_pass, heads_from_logits, with_mirror)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, ranked_candidates
@@ -96,18 +96,22 @@ class DWTValidation:
     """
 
     def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES,
-                 flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> None:
+                 flip: bool = False, scales: tuple[float, ...] = (1.0,),
+                 alternative_scales: tuple[float, ...] = ()) -> None:
         self.samples = samples
         self.energy_edges = tuple(energy_edges)
         self.level_weight = level_weights(len(self.energy_edges))
         # maps with test-time augmentation (flip, extra scales); the loss stays on the plain image
         self.flip, self.scales = flip, tuple(scales)
+        # separate passes whose instances rank after the main maps' (``ranked_candidates``)
+        self.alternative_scales = tuple(alternative_scales)
         # the size grids are px at the 224-px working height; a model run taller searches them scaled
         height = samples[0].image.shape[0] if samples else WORK_HEIGHT
         self.area_scale = (height / WORK_HEIGHT) ** 2
 
     def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
-        """Per image (fg prob, expected energy) at the working size, and the mean loss."""
+        """Per image (fg prob, expected energy, [(fg, energy) per alternative scale]) at the working
+        size, and the mean loss."""
         maps, losses = [], []
         with torch.inference_mode():
             for s in self.samples:
@@ -119,17 +123,19 @@ class DWTValidation:
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
                 fg, energy = dwt_heads(model, images, self.flip, self.scales,
                                        at_one=heads_from_logits(logits, self.flip))
-                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
+                extra = [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale))
+                         for scale in self.alternative_scales]
+                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy(), extra))
         return maps, float(np.mean(losses)) if losses else float("nan")
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
         ev = InstanceEvaluator()
-        for s, (fg, energy) in zip(self.samples, maps):
+        for s, (fg, energy, *extra) in zip(self.samples, maps):
             if components:
                 labels, scores = components_from_foreground(fg, params)
                 masks = labels[None] == np.arange(1, len(scores) + 1)[:, None, None]
             else:
-                _, _, masks, scores = ranked_candidates(fg, energy, params)
+                _, _, masks, scores = ranked_candidates(fg, energy, params, extra[0] if extra else ())
             ev.add(s.masks(), masks, scores)
         return ev.compute()
 
