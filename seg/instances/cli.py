@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: ``tune-instances`` pays for a dearer test-time setting only when val mask AP gains more than this
+TUNE_MIN_GAIN = 0.005
+
+
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("eval-instances", help="COCO mask/box AP, counting error and best IoU on Penn-Fudan")
     p.add_argument("--checkpoint", required=True, help="a dwt or maskrcnn checkpoint (stem, .json or .safetensors)")
@@ -28,6 +32,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--tta", default="card", choices=("card", "none", "flip", "scales", "flip+scales"),
                    help="DWT test-time augmentation: as tuned on the card (default), or a fixed one: mirror image, "
                         "an extra 1.25x pass, or both")
+    p.add_argument("--candidates", default="card", choices=("card", "partition"),
+                   help="DWT: rank the alternatives after the partition as the card says (default), or "
+                        "evaluate the partition (the id map) alone")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval_instances)
 
@@ -79,8 +86,11 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", method: str | None = None,
-                        limit: int | None = None, tta: str = "card") -> dict:
-    """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys."""
+                        limit: int | None = None, tta: str = "card", candidates: str = "card") -> dict:
+    """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys.
+
+    ``candidates``: ``card`` ranks the DWT's alternatives after its partition as tuned,
+    ``partition`` scores the id map alone."""
     from seg.instances.coco_eval import InstanceEvaluator
     from seg.instances.data import ids_for_split, load_sample
     from seg.instances.inference import TTA_OPTIONS, InstancePredictor
@@ -91,7 +101,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     latencies = []
     for image_id in ids_for_split(data_dir, split)[:limit]:
         sample = load_sample(data_dir, image_id)
-        result = predictor.predict(sample.image, candidates=True)
+        result = predictor.predict(sample.image, candidates=candidates == "card")
         latencies.append(result.latency_ms)
         masks, scores, boxes = result.candidates()
         evaluator.add(sample.masks(), masks, scores, boxes)
@@ -99,6 +109,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "va
     metrics.update({"split": split, "method": predictor.method, "checkpoint": str(checkpoint),
                     "tta_flip": predictor.flip if not predictor.detector else None,
                     "tta_scales": list(predictor.scales) if not predictor.detector else None,
+                    "candidates": candidates if not predictor.detector else None,
                     "alternative_scales": list(predictor.alternative_scales) if not predictor.detector else None,
                     "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
                     "postprocess": vars(predictor.params) if not predictor.detector else None})
@@ -112,7 +123,7 @@ def cmd_eval_instances(args: argparse.Namespace) -> int:
     _threads(args)
     try:
         metrics = evaluate_checkpoint(args.checkpoint, dataset_dir("pennfudan", args.data), args.split, args.method,
-                                      args.limit, args.tta)
+                                      args.limit, args.tta, args.candidates)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -129,10 +140,12 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card.
 
     ``tta``: ``auto`` searches with every test-time augmentation setting (``TTA_OPTIONS``)
-    and keeps the best mask AP (ties: the cheaper one); the choice goes in the card too.
+    and keeps the cheapest one within ``TUNE_MIN_GAIN`` of the best mask AP (25 val images:
+    a smaller gain is noise, and the dearer settings cost 2-5x the time); the choice goes in
+    the card too.
     Then, with the chosen parameters, each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
     passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
-    only if val mask AP rises.
+    only if val mask AP rises by more than ``TUNE_MIN_GAIN``.
     """
     import torch
 
@@ -150,11 +163,12 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
-    options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first: ties keep the earlier
+    options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first
     results = {name: DWTValidation(samples, edges, *TTA_OPTIONS[name]).run(model.float(), torch.device("cpu"),
                                                                             thorough=True)
                for name in options}
-    chosen = max(options, key=lambda name: (results[name]["mask_ap"] or 0.0, -options.index(name)))
+    best_ap = max(results[name]["mask_ap"] or 0.0 for name in options)
+    chosen = next(name for name in options if (results[name]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
     alternative_scales, alternatives_compared = (), {}
@@ -166,7 +180,7 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
         metrics = validation.evaluate(validation.maps(model.float(), torch.device("cpu"))[0],
                                       PostprocessParams(**result["postprocess"]))
         alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
-        if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0):
+        if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0) + TUNE_MIN_GAIN:
             alternative_scales = extra
             result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
     card["postprocess"] = result["postprocess"]

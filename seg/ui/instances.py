@@ -199,8 +199,9 @@ def build(store: ModelStore) -> None:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Instances (each its own colour, contour and box)", columns=2, height=520,
                                  object_fit="contain", elem_id="instances-gallery")
-            table = gr.Dataframe(headers=METRIC_HEADERS, label="Instance metrics (with ground truth)",
-                                 interactive=False)
+            table = gr.Dataframe(headers=METRIC_HEADERS, interactive=False,
+                                 label="Instance metrics on this image (with ground truth; DWT: the partition "
+                                       "shown, without the ranked alternatives of eval-instances)")
             summary = gr.JSON(label="Details", open=False)
     upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
     run.click(partial(instances, store), [source, sample, upload, models, tta], [gallery, table, summary],
