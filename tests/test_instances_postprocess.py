@@ -172,7 +172,8 @@ def test_tuning_keeps_alternatives_only_when_they_help():
     from seg.instances.task import DWTValidation
 
     clean = [pedestrian_scene(count=3, seed=s) for s in range(2)]
-    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(clean)])
+    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t)
+                                for i, t in enumerate(clean)])
     params, metrics = validation.tune([ideal_maps(t) for t in clean])
     assert not params.alternatives and metrics["mask_ap"] > 0.9  # nothing to add: the partition is right
     # a tiny pedestrian in each scene that no size floor on the grid lets through

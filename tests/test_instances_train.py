@@ -37,7 +37,8 @@ def test_dwt_one_epoch_writes_a_usable_checkpoint(dwt_checkpoint):
     assert card["architecture"] == "dwt" and card["task"] == "instances"
     assert card["energy_edges"][:3] == [0, 1, 2] and card["work_height"] == 224
     assert card["encoder_init"].startswith("random") and card["pretrained"] is False
-    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed", "alternatives"}
+    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed",
+                                                       "alternatives"}
     assert card["curve"][0]["epoch"] == 1 and np.isfinite(card["curve"][0]["train_loss"])
     assert dwt_checkpoint.with_suffix(".safetensors").stat().st_size < 2_000_000  # fp16, tiny model
 

@@ -171,11 +171,8 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     chosen = next(name for name in options if (results[name]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
-    alternative_scales, alternatives_compared = (), {}
+    alternative_scales, alternatives_compared = (), {"none": result["mask_ap"]}
     for extra in ALTERNATIVE_SCALE_OPTIONS:
-        if not extra:
-            alternatives_compared["none"] = result["mask_ap"]
-            continue
         validation = DWTValidation(samples, edges, flip, scales, alternative_scales=extra)
         metrics = validation.evaluate(validation.maps(model.float(), torch.device("cpu"))[0],
                                       PostprocessParams(**result["postprocess"]))

@@ -71,8 +71,8 @@ TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
     "none": (False, (1.0,)), "flip": (True, (1.0,)),
     "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
 
-#: separate passes whose instances ``tune-instances`` may rank after the main pass's (chosen on val)
-ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((), (1.5,))
+#: separate passes whose instances ``tune-instances`` tries ranking after the main pass's (besides none)
+ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,),)
 
 
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,38 +137,35 @@ def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tup
     return maps[:, :1], maps[:, 1:]
 
 
+def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
+    """The image as a (1, 3, h, w) float batch at the working height, on the model's device."""
+    h, w = rgb.shape[:2]
+    x = to_tensor(rgb)[None].to(next(model.parameters()).device)
+    return F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _maps_at(fg: torch.Tensor, energy: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 1, h, w) heads -> (H, W) numpy maps at ``size`` (bilinear: both are linear in the probabilities)."""
+    maps = F.interpolate(torch.cat([fg, energy], 1), size=size, mode="bilinear", align_corners=False)[0].cpu().numpy()
+    return maps[0], maps[1]
+
+
 def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
              work_height: int = WORK_HEIGHT, flip: bool = False,
              scales: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
-    h, w = rgb.shape[:2]
-    out_size = out_size or (h, w)
-    device = next(model.parameters()).device
-    x = to_tensor(rgb)[None].to(device)
-    x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
     with torch.inference_mode():
-        fg, energy = dwt_heads(model, x, flip, scales)
-        maps = F.interpolate(torch.cat([fg, energy], 1), size=out_size, mode="bilinear", align_corners=False)
-    maps = maps[0].cpu().numpy()
-    return maps[0], maps[1]
+        return _maps_at(*dwt_heads(model, _work_batch(model, rgb, work_height), flip, scales),
+                        out_size or rgb.shape[:2])
 
 
 def dwt_alternative_maps(model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...],
                          work_height: int = WORK_HEIGHT, flip: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fg, energy) of one separate pass per scale, at the input size: where ``ranked_candidates``
     looks for pedestrians the main pass missed (an enlarged pass sees the small ones)."""
-    h, w = rgb.shape[:2]
-    device = next(model.parameters()).device
-    x = to_tensor(rgb)[None].to(device)
-    x = F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
-    out = []
     with torch.inference_mode():
-        for scale in scales:
-            fg, energy = dwt_pass(model, x, flip, scale)
-            maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
-            maps = maps[0].cpu().numpy()
-            out.append((maps[0], maps[1]))
-    return out
+        x = _work_batch(model, rgb, work_height)
+        return [_maps_at(*dwt_pass(model, x, flip, scale), rgb.shape[:2]) for scale in scales]
 
 
 def components_from_foreground(fg_prob: np.ndarray, params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
