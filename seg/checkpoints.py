@@ -1,5 +1,9 @@
 """Checkpoints: ``<name>.safetensors`` (weights, fp16 storage) + ``<name>.json`` (the card).
 
+``weights="int8"`` (``python -m seg quantize``) stores every weight of two or more dims
+as int8 with one fp32 scale per first-dim channel (``<key>.int8_scale``), the rest fp16:
+half the bytes of fp16 for a large encoder, dequantised to fp32 on load.
+
 Loading rebuilds the architecture through the model registry from the card and reads
 tensors with safetensors: nothing is ever unpickled. Both files are written atomically.
 """
@@ -60,21 +64,58 @@ def _jsonable(value):
     return value
 
 
-def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, fp16: bool = True) -> Path:
-    """Write weights and card; returns the stem. Float tensors are stored as fp16 by default."""
-    stem = stem_of(path_stem)
+#: suffix of the per-output-channel scale stored beside an int8 weight
+INT8_SCALE_SUFFIX = ".int8_scale"
+WEIGHTS_DTYPES = {"float32": "float32", "float16": "float16",
+                  "int8": "int8 with one scale per first-dim channel (weights of 2+ dims), float16 (the rest)"}
+
+
+def _quantise_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per first-dim channel (a conv's output channel): (values, fp32 scale per channel)."""
+    flat = t.float().reshape(t.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    return torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape), scale
+
+
+def _stored_state(model: torch.nn.Module, weights: str) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
-        if fp16 and t.is_floating_point():
+        if t.is_floating_point() and weights == "int8" and t.ndim >= 2:
+            state[key], state[key + INT8_SCALE_SUFFIX] = _quantise_int8(t)
+        elif t.is_floating_point() and weights != "float32":
             t = t.half()
-        state[key] = t
+        state.setdefault(key, t)
+    return state
+
+
+def _dequantised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors -> the model's keys; int8 weights times their channel scales."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE_SUFFIX)}
+    for key in [k for k in state if k.endswith(INT8_SCALE_SUFFIX)]:
+        weight = key[: -len(INT8_SCALE_SUFFIX)]
+        if weight not in out or out[weight].dtype != torch.int8 or len(state[key]) != out[weight].shape[0]:
+            raise ValueError(f"{key} does not match an int8 weight")
+        shape = (-1,) + (1,) * (out[weight].ndim - 1)
+        out[weight] = out[weight].float() * state[key].float().reshape(shape)
+    return out
+
+
+def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, fp16: bool = True,
+                    weights: str | None = None) -> Path:
+    """Write weights and card; returns the stem. Float tensors are stored as fp16 by default;
+    ``weights`` ("float32" | "float16" | "int8") overrides ``fp16``."""
+    weights = weights or ("float16" if fp16 else "float32")
+    if weights not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS_DTYPES)}, not {weights!r}")
+    stem = stem_of(path_stem)
+    state = _stored_state(model, weights)
     full_card = {
         "name": stem.name,
         "architecture": getattr(model, "arch_name", card.get("architecture")),
         "arch_kwargs": _jsonable(getattr(model, "arch_kwargs", card.get("arch_kwargs", {}))),
         "params": int(sum(p.numel() for p in model.parameters())),
-        "weights_dtype": "float16" if fp16 else "float32",
+        "weights_dtype": WEIGHTS_DTYPES[weights],
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "software": {"seglab": seg.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
@@ -83,6 +124,25 @@ def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, f
     atomic_write_bytes(stem.with_suffix(".safetensors"), save(state, metadata={"format": "pt"}))
     atomic_write_text(stem.with_suffix(".json"), json.dumps(full_card, indent=1, allow_nan=False, default=str))
     return stem
+
+
+#: card fields ``save_checkpoint`` writes itself; a re-saved card must not carry the old ones
+GENERATED_CARD_KEYS = ("name", "params", "weights_dtype", "saved_at", "software")
+
+
+def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
+    """Re-save a checkpoint with int8 weights; the card keeps everything else and says what it was.
+
+    The card's ``val_metrics`` are still the source's: re-measure them (``python -m seg quantize``
+    does for semantic checkpoints) and record the new ones.
+    """
+    model, card = load_checkpoint(source)
+    size = stem_of(source).with_suffix(".safetensors").stat().st_size
+    kept = {k: v for k, v in card.items() if k not in GENERATED_CARD_KEYS}
+    kept["quantized_from"] = {"checkpoint": stem_of(source).name, "weights_dtype": card.get("weights_dtype"),
+                              "bytes": size, "saved_at": card.get("saved_at"), "software": card.get("software")}
+    save_checkpoint(out, model, kept, weights="int8")
+    return read_card(out)
 
 
 def read_card(path: str | Path) -> dict:
@@ -116,7 +176,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot build {card['architecture']!r} from the card: {err}") from None
     try:
-        state = load_file(str(weights))
+        state = _dequantised(load_file(str(weights)))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"weights {weights.name} are corrupt: {err}") from None
     own = model.state_dict()

@@ -212,6 +212,45 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="re-save a checkpoint with int8 weights (half of fp16); semantic "
+                                        "checkpoints are re-measured on val and the card updated")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", help="output stem (default: replace the checkpoint)")
+    p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args) -> int:
+    from seg.checkpoints import CheckpointError, quantize_checkpoint, stem_of
+    from seg.evaluate import evaluate_checkpoint
+    from seg.io import atomic_write_text
+
+    out = stem_of(args.out or args.checkpoint)
+    try:
+        card = quantize_checkpoint(args.checkpoint, out)
+    except (CheckpointError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    before = card["quantized_from"]["bytes"]
+    after = out.with_suffix(".safetensors").stat().st_size
+    print(f"wrote {out} ({before:,} -> {after:,} bytes)")
+    if card.get("task", "semantic") == "semantic" and card.get("val_metrics"):
+        result = evaluate_checkpoint(out, dataset_dir("sbd", args.data), "val")
+        card["val_metrics_before_quantization"] = card["val_metrics"]
+        # the loss is not re-measured: it stays in the "before" record only, never beside new numbers
+        kept = {k: v for k, v in card["val_metrics"].items() if k != "val_loss"}
+        card["val_metrics"] = kept | {k: result[k] for k in (
+            "miou", "map", "pixel_accuracy", "iou", "ap", "per_class", "confusion_matrix", "num_images")
+            if k in result} | {"score": result["miou"]}
+        atomic_write_text(out.with_suffix(".json"), json.dumps(card, indent=1, allow_nan=False))
+        old = card["val_metrics_before_quantization"]
+        print(f"val mIoU {old['miou']:.4f} -> {result['miou']:.4f}, mAP {old['map']:.4f} -> {result['map']:.4f}")
+    else:
+        print("val_metrics are the source's: re-measure them (eval-instances / tune-instances)")
+    return 0
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment images: palette PNG of class ids at the original size")
     p.add_argument("--checkpoint", required=True)
@@ -291,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
+    _add_quantize(sub)
     _add_download(sub)
     _add_results(sub)
     for module in ("seg.instances.cli", "seg.labeling.cli"):

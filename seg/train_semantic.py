@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from seg.checkpoints import continued_init, lineage, load_checkpoint, save_checkpoint
 from seg.classes import palette_for
 from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_split
 from seg.engine import Stage, distributed_context, run, seed_everything
@@ -157,7 +158,6 @@ def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Modu
 
 def _warm_start(model: nn.Module, path: str) -> dict:
     """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
-    from seg.checkpoints import lineage, load_checkpoint
 
     previous, card = load_checkpoint(path)
     if card.get("architecture") != getattr(model, "arch_name", None):
@@ -178,7 +178,7 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
     freqs = class_frequencies(train.masks, num_classes)
     weight = None if config.class_weighting == "none" else class_weights(freqs, config.class_weighting)
     model, init_text = _build_model(config, num_classes)
-    lineage = _warm_start(model, config.init_from) if config.init_from else None
+    source = _warm_start(model, config.init_from) if config.init_from else None
     card = {
         "task": "semantic",
         "classes": train.classes,
@@ -195,12 +195,10 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
         "seed": config.seed,
         "world_size": world,
     }
-    if lineage:
-        from seg.checkpoints import continued_init
-
-        card["init_from"] = lineage
-        card["encoder_init"] = continued_init(lineage)
-        card["pretrained"] = bool(lineage.get("pretrained", False))
+    if source:
+        card["init_from"] = source
+        card["encoder_init"] = continued_init(source)
+        card["pretrained"] = bool(source.get("pretrained", False))
     if not getattr(model, "trainable", True):
         yield from _fit_prior(model, train, val, config, card, weight)
         return
@@ -214,8 +212,6 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
 def _fit_prior(model, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, card: dict,
                weight: torch.Tensor | None) -> Iterator[dict]:
     """The prior has no gradient steps: fit the per-pixel table, validate once, save."""
-    from seg.checkpoints import save_checkpoint
-
     start = time.time()
     yield {"type": "start", "epochs": 1, "stages": [], "device": "cpu", "world_size": 1, "rank": 0}
     model.fit(train.masks)

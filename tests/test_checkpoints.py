@@ -63,3 +63,43 @@ def test_a_pickle_is_never_loaded(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "p.safetensors")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "p")
+
+
+def test_int8_storage_halves_the_bytes_and_stays_close(tmp_path):
+    from seg.checkpoints import INT8_SCALE_SUFFIX
+    from safetensors.torch import load_file
+
+    model = create("unet", num_classes=9, base_channels=8).eval()
+    save_checkpoint(tmp_path / "h", model, {"classes": ["a"] * 9})
+    save_checkpoint(tmp_path / "q", model, {"classes": ["a"] * 9}, weights="int8")
+    stored = load_file(str(tmp_path / "q.safetensors"))
+    conv = next(k for k, v in model.state_dict().items() if v.ndim == 4)
+    assert stored[conv].dtype == torch.int8 and stored[conv + INT8_SCALE_SUFFIX].shape == (stored[conv].shape[0],)
+    assert all(v.dtype != torch.int8 for k, v in stored.items() if model.state_dict().get(k, v).ndim < 2)
+    half, quarter = ((tmp_path / f"{n}.safetensors").stat().st_size for n in "hq")
+    assert quarter < 0.6 * half
+    loaded, card = load_checkpoint(tmp_path / "q")
+    assert card["weights_dtype"].startswith("int8")
+    # every weight within half a quantisation step of the original, per output channel
+    for key, value in model.state_dict().items():
+        if value.ndim >= 2:
+            step = value.reshape(len(value), -1).abs().amax(1) / 127
+            err = (loaded.state_dict()[key] - value).reshape(len(value), -1).abs().amax(1)
+            assert (err <= step * 0.5 + 1e-6).all(), key
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=5e-2)
+    with pytest.raises(ValueError, match="weights must be"):
+        save_checkpoint(tmp_path / "x", model, {}, weights="int4")
+
+
+def test_a_scale_without_its_int8_weight_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_checkpoint(tmp_path / "q", create("cnn", width=8), {}, weights="int8")
+    stored = load_file(str(tmp_path / "q.safetensors"))
+    scale = next(k for k in stored if k.endswith(".int8_scale"))
+    stored[scale[: -len(".int8_scale")]] = stored[scale[: -len(".int8_scale")]].half()  # no longer int8
+    save_file(stored, str(tmp_path / "q.safetensors"))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "q")

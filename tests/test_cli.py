@@ -12,7 +12,7 @@ from seg.cli import build_parser, main
 from seg.report import END, START, readme_block, results_markdown, update_readme
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "download", "results-table"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "download", "results-table", "quantize"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -69,3 +69,25 @@ def test_project_readme_table_matches_the_shipped_cards():
 
 def test_unknown_model_is_refused(capsys):
     assert main(["train", "--model", "nope", "--out", "x"]) == 2
+
+
+def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
+    import json
+
+    from seg.checkpoints import save_checkpoint
+    from seg.evaluate import evaluate_checkpoint
+    from seg.models import create
+
+    before = {"miou": 0.5, "map": 0.25, "pixel_accuracy": 0.75, "val_loss": 1.0, "score": 0.5}
+    save_checkpoint(tmp_path / "m", create("cnn", width=8), {"task": "semantic", "encoder_init": "random",
+                                                              "val_metrics": before, "command": "train it"})
+    assert main(["quantize", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "q"),
+                 "--data", str(sbd_root)]) == 0
+    card = json.loads((tmp_path / "q.json").read_text())
+    assert card["weights_dtype"].startswith("int8") and card["name"] == "q" and card["command"] == "train it"
+    assert card["quantized_from"]["weights_dtype"] == "float16"
+    assert card["quantized_from"]["bytes"] == (tmp_path / "m.safetensors").stat().st_size
+    assert card["val_metrics_before_quantization"] == before
+    fresh = evaluate_checkpoint(tmp_path / "q", sbd_root, "val")
+    assert card["val_metrics"]["miou"] == pytest.approx(fresh["miou"]) == pytest.approx(card["val_metrics"]["score"])
+    assert "val_loss" not in card["val_metrics"]  # not re-measured: only in the "before" record

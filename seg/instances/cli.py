@@ -164,17 +164,20 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     samples = load_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
     options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first
-    results = {name: DWTValidation(samples, edges, *TTA_OPTIONS[name]).run(model.float(), torch.device("cpu"),
-                                                                            thorough=True)
-               for name in options}
+    model, cpu = model.float().eval(), torch.device("cpu")
+    results, computed = {}, {}
+    for name in options:
+        validation = DWTValidation(samples, edges, *TTA_OPTIONS[name])
+        maps, val_loss = validation.maps(model, cpu)
+        results[name], computed[name] = validation.report(maps, val_loss, thorough=True), (validation, maps)
     best_ap = max(results[name]["mask_ap"] or 0.0 for name in options)
     chosen = next(name for name in options if (results[name]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
+    validation, maps = computed[chosen]
     alternative_scales, alternatives_compared = (), {"none": result["mask_ap"]}
-    for extra in ALTERNATIVE_SCALE_OPTIONS:
-        validation = DWTValidation(samples, edges, flip, scales, alternative_scales=extra)
-        metrics = validation.evaluate(validation.maps(model.float(), torch.device("cpu"))[0],
+    for extra in ALTERNATIVE_SCALE_OPTIONS:  # the chosen setting's maps plus each set of separate passes
+        metrics = validation.evaluate(validation.with_alternatives(maps, model, cpu, extra),
                                       PostprocessParams(**result["postprocess"]))
         alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
         if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0) + TUNE_MIN_GAIN:

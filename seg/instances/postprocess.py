@@ -136,10 +136,10 @@ def _drop_small(labels: np.ndarray, scores: np.ndarray, min_size: int) -> tuple[
     return table[labels], scores[keep]
 
 
-Source = tuple[np.ndarray, int, np.ndarray]  # (id map, number of ids, their scores): candidates from one setting
+_Source = tuple[np.ndarray, int, np.ndarray]  # (id map, number of ids, their scores): candidates from one setting
 
 
-def _add_fresh(sources: list[Source], labels: np.ndarray, scores: np.ndarray) -> None:
+def _add_fresh(sources: list[_Source], labels: np.ndarray, scores: np.ndarray) -> None:
     """Append the ids of ``labels`` whose mask IoU with every candidate in ``sources`` is below
     ``ALTERNATIVE_MAX_IOU``, renumbered, with their scores times ``ALTERNATIVE_SCORE_SCALE``."""
     num = len(scores)
@@ -155,7 +155,7 @@ def _add_fresh(sources: list[Source], labels: np.ndarray, scores: np.ndarray) ->
         sources.append((table[labels], int(fresh.sum()), scores[fresh] * ALTERNATIVE_SCORE_SCALE))
 
 
-def _candidate_maps(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams) -> list[Source]:
+def _candidate_maps(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams) -> list[_Source]:
     """(id map, count, scores) per source of candidates, best first, no two candidates alike:
     the partition, then what each alternative setting adds (scores already scaled down)."""
     if not params.alternatives:

@@ -88,6 +88,10 @@ def dwt_logits_loss(logits: torch.Tensor, instances: torch.Tensor, levels: torch
     return loss
 
 
+def _image_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(device).float() / 255.0
+
+
 class DWTValidation:
     """The DWT's val split: loss, maps, COCO metrics, and the post-processing search.
 
@@ -110,23 +114,36 @@ class DWTValidation:
         self.area_scale = (height / WORK_HEIGHT) ** 2
 
     def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
-        """Per image (fg prob, expected energy, [(fg, energy) per alternative scale]) at the working
+        """Per image (fg prob, expected energy[, [(fg, energy) per alternative scale]]) at the working
         size, and the mean loss."""
         maps, losses = [], []
         with torch.inference_mode():
             for s in self.samples:
                 levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
-                images = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device).float() / 255.0
+                images = _image_batch(s, device)
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
                 # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
                 logits = model(with_mirror(images, self.flip))
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
                 fg, energy = dwt_heads(model, images, self.flip, self.scales,
                                        at_one=heads_from_logits(logits, self.flip))
-                extra = [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale))
-                         for scale in self.alternative_scales]
-                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy(), extra))
+                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
+        if self.alternative_scales:
+            maps = self.with_alternatives(maps, model, device, self.alternative_scales)
         return maps, float(np.mean(losses)) if losses else float("nan")
+
+    def with_alternatives(self, maps: list, model: nn.Module, device: torch.device,
+                          scales: tuple[float, ...]) -> list:
+        """``maps`` with each image's separate passes at ``scales`` added (their new instances rank
+        last); the main maps are reused, not recomputed."""
+        out = []
+        with torch.inference_mode():
+            for s, (fg, energy, *_) in zip(self.samples, maps):
+                images = _image_batch(s, device)
+                extra = [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale))
+                         for scale in scales]
+                out.append((fg, energy, extra))
+        return out
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
         ev = InstanceEvaluator()
@@ -175,6 +192,10 @@ class DWTValidation:
             maps, val_loss = self.maps(model, device)
         finally:
             model.train(was_training)
+        return self.report(maps, val_loss, thorough)
+
+    def report(self, maps: list, val_loss: float, thorough: bool = False) -> dict:
+        """``run``'s dict from maps already computed (``tune-instances`` keeps them for more choices)."""
         params, metrics = self.tune(maps, thorough)
         baseline = self.evaluate(maps, params, components=True)
         metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
