@@ -2,7 +2,7 @@
 
     python bench/bench_app.py [--checkpoints DIR] [--runs 30] [--clients 8] [--out bench/results_app.json]
 
-Measures, on this machine:
+Measures, on the CPU it runs on:
 1. cold start: ``python app.py`` spawned -> first ``segment`` response received;
 2. p50 / p95 latency of the ``segment`` endpoint for each model on a 288x224 image
    (upload, queue, inference, label PNG + overlay encoded and downloaded);

@@ -1,4 +1,4 @@
-"""Inference latency per model at 288x224, batch 1, on this machine's threads, beside
+"""Inference latency per model at 288x224, batch 1, on $BENCH_THREADS threads (default 2), beside
 segmentation_models_pytorch's ``Unet('resnet18', encoder_weights=None)`` as a peer.
 
     python bench/bench_inference.py [--repeats 30]

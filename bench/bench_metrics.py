@@ -17,14 +17,14 @@ from sklearn.metrics import average_precision_score, confusion_matrix
 
 from _common import sbd_dir_or_exit, threads_from_env
 from seg.checkpoints import list_checkpoints
-from seg.data.sbd import load_split
+from seg.data.sbd import load_semantic_split
 from seg.inference import Predictor
 from seg.metrics import SegMetrics
 
 
 def main() -> None:
     threads_from_env()
-    val = load_split(sbd_dir_or_exit(), "val")
+    val = load_semantic_split(sbd_dir_or_exit(), "val")
     ckpt = {c.name: c for c in list_checkpoints() if c.available}.get("unet")
     if ckpt:
         probs = torch.cat([Predictor.from_checkpoint(ckpt.path, "cpu").predict_probs_batch(val.images[i:i + 16])

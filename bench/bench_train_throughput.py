@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from _common import sbd_dir_or_exit, threads_from_env
-from seg.data.sbd import IMAGE_SIZE, list_samples, load_split, regions_to_classes
+from seg.data.sbd import IMAGE_SIZE, list_samples, load_semantic_split, regions_to_classes
 from seg.losses import weighted_cross_entropy
 from seg.models import create
 from seg.engine import cpu_supports_bf16, resolve_precision
@@ -80,7 +80,7 @@ def main() -> None:
 
     # project: the split is loaded into memory once (timed separately), then the engine's step
     start = time.perf_counter()
-    train = load_split(root, "train", limit=args.images)
+    train = load_semantic_split(root, "train", limit=args.images)
     load_s = time.perf_counter() - start
     task = SemanticTask(train, train, config, None)
     device = torch.device("cpu")

@@ -10,7 +10,6 @@ tensors with safetensors: nothing is ever unpickled. Both files are written atom
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -20,17 +19,17 @@ import torch
 from safetensors.torch import load_file, save
 
 import seg
+from seg.cards import CheckpointError, jsonable, read_card, stem_of, write_card
 from seg.config import checkpoint_dir
-from seg.io import atomic_write_bytes, atomic_write_text
+from seg.io import atomic_write_bytes
 from seg.models import create
+
+__all__ = ["CheckpointError", "CheckpointInfo", "read_card", "stem_of", "save_checkpoint", "load_checkpoint",
+           "list_checkpoints", "quantize_checkpoint", "lineage", "continued_init"]
 
 #: Architecture arguments that say how to *initialise* weights; on load the weights come
 #: from the checkpoint, so these are forced to "none" (no download, no local file needed).
 INIT_ARGUMENTS = ("encoder_init", "backbone_init")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match its card."""
 
 
 @dataclass
@@ -43,25 +42,6 @@ class CheckpointInfo:
     @property
     def available(self) -> bool:
         return self.error is None
-
-
-def stem_of(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
 
 
 #: suffix of the per-output-channel scale stored beside an int8 weight
@@ -113,16 +93,16 @@ def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, f
     full_card = {
         "name": stem.name,
         "architecture": getattr(model, "arch_name", card.get("architecture")),
-        "arch_kwargs": _jsonable(getattr(model, "arch_kwargs", card.get("arch_kwargs", {}))),
+        "arch_kwargs": jsonable(getattr(model, "arch_kwargs", card.get("arch_kwargs", {}))),
         "params": int(sum(p.numel() for p in model.parameters())),
         "weights_dtype": WEIGHTS_DTYPES[weights],
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "software": {"seglab": seg.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    full_card.update(_jsonable({k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")}))
+    full_card.update(jsonable({k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")}))
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(stem.with_suffix(".safetensors"), save(state, metadata={"format": "pt"}))
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(full_card, indent=1, allow_nan=False, default=str))
+    write_card(stem, full_card)
     return stem
 
 
@@ -143,20 +123,6 @@ def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
                               "bytes": size, "saved_at": card.get("saved_at"), "software": card.get("software")}
     save_checkpoint(out, model, kept, weights="int8")
     return read_card(out)
-
-
-def read_card(path: str | Path) -> dict:
-    stem = stem_of(path)
-    card_path = stem.with_suffix(".json")
-    if not card_path.is_file():
-        raise CheckpointError(f"card {card_path.name} is missing")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"card {card_path.name} is not valid JSON: {err}") from None
-    if not isinstance(card, dict) or "architecture" not in card:
-        raise CheckpointError(f"card {card_path.name} has no 'architecture'")
-    return card
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

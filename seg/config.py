@@ -51,9 +51,54 @@ def cache_dir() -> Path:
     return path
 
 
+def shipped_checkpoint_dir() -> Path | None:
+    """The shipped checkpoints: the checkout's ``checkpoints/``, else the copy installed with the package."""
+    checkout = REPO_ROOT / "checkpoints"
+    if checkout.is_dir():
+        return checkout
+    from importlib.util import find_spec
+
+    spec = find_spec("seglab_checkpoints")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations and Path(locations[0]).is_dir() else None
+
+
 def checkpoint_dir() -> Path:
+    """Where checkpoints are listed and written: ``$SEG_CHECKPOINT_DIR``, else the shipped folder."""
     env = os.environ.get(CHECKPOINT_ENV)
-    return Path(env).expanduser() if env else REPO_ROOT / "checkpoints"
+    if env:
+        return Path(env).expanduser()
+    return shipped_checkpoint_dir() or REPO_ROOT / "checkpoints"
+
+
+def resolve_checkpoint(name: str | Path, directory: str | Path | None = None) -> Path:
+    """A checkpoint given by path or by name -> its stem.
+
+    A path to an existing card (with or without ``.json``/``.safetensors``) is taken as is;
+    a bare name is looked up in ``directory`` (the CLI's ``--checkpoint-dir``), then
+    ``$SEG_CHECKPOINT_DIR``, then the shipped checkpoints. ``FileNotFoundError`` names every
+    place that was searched.
+    """
+    text = str(name)
+    stem = Path(text[: -len(".json")] if text.endswith(".json") else
+                text[: -len(".safetensors")] if text.endswith(".safetensors") else text).expanduser()
+    if Path(f"{stem}.json").is_file():
+        return stem
+    searched: list[Path] = []
+    candidates = [Path(directory).expanduser()] if directory else []
+    if os.environ.get(CHECKPOINT_ENV):
+        candidates.append(Path(os.environ[CHECKPOINT_ENV]).expanduser())
+    shipped = shipped_checkpoint_dir()
+    if shipped is not None:
+        candidates.append(shipped)
+    if stem.name == text and "/" not in text:
+        for folder in candidates:
+            searched.append(folder)
+            if (folder / f"{text}.json").is_file():
+                return folder / text
+    places = ", ".join(str(p) for p in searched) or "no checkpoint folder"
+    raise FileNotFoundError(f"checkpoint {text!r} not found (looked for {text}.json as a path and in: {places}; "
+                            f"set --checkpoint-dir or ${CHECKPOINT_ENV})")
 
 
 def get_device(prefer: str | None = None) -> "torch.device":

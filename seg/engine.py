@@ -9,7 +9,6 @@ data-parallel training under ``torchrun`` (gloo on CPU, nccl on GPU; only rank 0
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -24,8 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seg.checkpoints import read_card, save_checkpoint
-from seg.io import atomic_write_text
+from seg.cards import update_card
+from seg.checkpoints import save_checkpoint
+from seg.resume import load_state, restore_modules, restore_optimization, save_state
 
 
 @dataclass
@@ -115,15 +115,21 @@ def _param_groups(model: nn.Module, stage: Stage) -> list[dict]:
             if name.startswith(prefix):
                 scale = s
         groups.setdefault(scale, []).append(param)
-    return [{"params": ps, "lr": stage.lr * s, "base_lr": stage.lr * s} for s, ps in groups.items()]
+    return [{"params": ps, "lr": stage.lr * s} for s, ps in groups.items()]
 
 
-def _cosine(progress: float, warmup: float = 0.03) -> float:
-    """Linear warm-up for the first few percent, then cosine decay to 1% of the peak."""
+def cosine_factor(progress: float, warmup: float = 0.03) -> float:
+    """Learning-rate factor: linear warm-up for the first few percent, then cosine decay to 1% of the peak."""
     if progress < warmup:
         return max(progress / warmup, 0.01)
     p = (progress - warmup) / max(1e-8, 1 - warmup)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step warm-up + cosine over one stage (``torch.optim.lr_scheduler``: its state resumes exactly)."""
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step / total))
 
 
 def _reduce_mean(value: float, world: int, device: torch.device) -> float:
@@ -137,12 +143,18 @@ def _reduce_mean(value: float, world: int, device: torch.device) -> float:
 def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | None, card: dict,
         seed: int = 0, stop_event: threading.Event | None = None, device: torch.device | None = None,
         weight_decay: float = 1e-4, log_every: int = 10, precision: str = "auto",
-        ema_decay: float | None = None) -> Iterator[dict]:
+        ema_decay: float | None = None, resume: bool = False, run_config: dict | None = None) -> Iterator[dict]:
     """Train through ``stages``; yields start/step/epoch/done events (see module docstring).
 
     ``ema_decay``: keep an exponential moving average of the weights (and batch-norm
     statistics), updated after every step; validation, samples and the checkpoint then use
     the average, which smooths the epoch-to-epoch noise of small datasets.
+
+    After every epoch, rank 0 writes the full training state beside ``out``
+    (``seg.resume``); ``resume=True`` restarts from it exactly: weights, optimizer, schedule,
+    epoch, best score and every random generator. A stop between steps of an unfinished
+    epoch keeps the last finished epoch's state, so a resumed run repeats that epoch from
+    its start and ends where an uninterrupted run would.
     """
     seed_everything(seed)
     rank, world = distributed_context()
@@ -165,38 +177,52 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
     total_epochs = sum(s.epochs for s in stages)
     curve: list[dict] = []
     best_score, best_epoch, best_metrics = -math.inf, -1, None
-    saved: Path | None = None
+    saved: Path | None = Path(out) if out is not None and resume else None
     epoch = 0
     stopped = False
+    state = None
+    if resume:
+        if out is None:
+            raise ValueError("resuming needs the run's output path")
+        state = load_state(out, device)
+        restore_modules(state, model, ema)
+        curve = list(state.meta["curve"])
+        best_score, best_epoch = float(state.meta["best_score"]), int(state.meta["best_epoch"])
+        best_metrics = state.meta.get("best_metrics")
+        start -= float(state.meta.get("elapsed", 0.0))
     yield {"type": "start", "epochs": total_epochs, "stages": [asdict(s) for s in stages],
-           "device": str(device), "world_size": world, "rank": rank,
+           "device": str(device), "world_size": world, "rank": rank, "resumed_from_epoch": len(curve) or None,
            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32"}
 
-    for stage in stages:
+    for stage_index, stage in enumerate(stages):
         if stopped:
             break
+        if epoch + stage.epochs <= len(curve) and state is not None:
+            epoch += stage.epochs  # finished before the interruption
+            continue
         _set_frozen(model, stage.frozen)
         if world > 1:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(stage.frozen))
         optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
-        steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: None)(world)
-        for stage_epoch in range(stage.epochs):
+        steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: 1)(world) or 1
+        scheduler = _schedule(optimizer, steps_per_epoch * stage.epochs)
+        first_epoch = 0
+        if state is not None and len(curve) > epoch:
+            first_epoch = len(curve) - epoch  # epochs of this stage already run
+            epoch = len(curve)
+            restore_optimization(state, optimizer, scheduler, scaler)
+            state = None
+        for _ in range(first_epoch, stage.epochs):
             epoch += 1
             train_model.train()
             _freeze_bn_stats(model, stage.frozen)
-            losses: list[float] = []
+            losses: list[torch.Tensor] = []
             for step, batch in enumerate(task.train_batches(epoch, rank, world)):
                 if stop_event.is_set():
                     stopped = True
                     break
-                if steps_per_epoch:
-                    progress = (stage_epoch + step / steps_per_epoch) / stage.epochs
-                else:
-                    progress = stage_epoch / stage.epochs
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * _cosine(progress)
                 with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                     enabled=amp_dtype is not None):
                     loss = task.train_step(train_model, batch, device)
@@ -204,15 +230,18 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                scheduler.step()
                 if ema is not None:
                     ema.update_parameters(model)
-                losses.append(float(loss.detach()))
-                if step % log_every == 0:
-                    yield {"type": "step", "epoch": epoch, "step": step, "loss": losses[-1],
-                           "lr": optimizer.param_groups[0]["lr"], "elapsed": time.time() - start}
-            if stopped and not losses:
-                break
-            train_loss = _reduce_mean(float(np.mean(losses)) if losses else float("nan"), world, device)
+                losses.append(loss.detach())
+                if step % log_every == 0:  # the only host sync of a step: when it is reported
+                    yield {"type": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch,
+                           "loss": float(losses[-1]), "lr": optimizer.param_groups[0]["lr"],
+                           "elapsed": time.time() - start}
+            if stopped and (not losses or best_epoch > 0):
+                break  # an unfinished epoch is validated only when no earlier one was
+            mean_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
+            train_loss = _reduce_mean(mean_loss, world, device)
             model.eval()
             eval_model.eval()
             with torch.no_grad():
@@ -230,19 +259,24 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                     saved = save_checkpoint(out, eval_model,
                                             _card(card, curve, best_metrics, best_epoch, start, stopped))
             samples = task.samples(eval_model, device) if is_main else []
+            if is_main and out is not None and not stopped:
+                save_state(out, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                           meta={"curve": curve, "best_score": best_score, "best_epoch": best_epoch,
+                                 "best_metrics": {k: v for k, v in (best_metrics or {}).items()
+                                                  if k != "pr_curves"},
+                                 "elapsed": time.time() - start, "stage_index": stage_index,
+                                 "config": run_config or {}, "finished": epoch == total_epochs})
             yield {"type": "epoch", "epoch": epoch, "epochs": total_epochs, "stage": stage.name,
                    "train_loss": train_loss, "val_loss": metrics.get("val_loss"), "score": score,
                    "metrics": metrics, "improved": improved, "elapsed": time.time() - start,
                    "samples": samples, "curve": list(curve)}
             if stopped:
                 break
-    if is_main and out is not None and best_metrics is not None:
-        # rewrite the card with the whole curve; the weights stay those of the best epoch
+    if is_main and out is not None and best_metrics is not None and saved is not None:
+        # the whole curve on the card; the weights stay those of the best epoch
         final = _card(card, curve, best_metrics, best_epoch, start, stopped)
-        existing = read_card(out)
-        existing.update({k: v for k, v in final.items() if k in ("curve", "training_time_s", "stopped_early",
-                                                                  "epochs_run")})
-        atomic_write_text(Path(out).with_suffix(".json"), json.dumps(existing, indent=1, default=str))
+        update_card(out, {k: v for k, v in final.items()
+                          if k in ("curve", "training_time_s", "stopped_early", "epochs_run")})
     if world > 1:
         dist.barrier()
     yield {"type": "done", "best_score": best_score if best_epoch > 0 else None, "best_epoch": best_epoch,

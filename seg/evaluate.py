@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg.data.sbd import load_split
+from seg.data.sbd import load_semantic_split
 from seg.inference import Predictor
 from seg.metrics import SegMetrics, confusion_matrix, mean_iou, pixel_accuracy
 
 
 def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = "val",
                        batch_size: int = 16, limit: int | None = None) -> dict:
-    data = load_split(Path(data_dir), split, size=predictor.input_size, limit=limit)
+    data = load_semantic_split(Path(data_dir), split, size=predictor.input_size, limit=limit)
     if data.classes != predictor.classes:
         raise ValueError(f"the data's classes {data.classes} differ from the model's {predictor.classes}")
     c = len(predictor.classes)
@@ -37,7 +37,9 @@ def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = 
     return result
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | Path, split: str = "val", limit: int | None = None) -> dict:
+def evaluate_semantic_checkpoint(path: str | Path, data_dir: str | Path, split: str = "val",
+                                 limit: int | None = None) -> dict:
+    """Every labelled image of ``split`` through the checkpoint's ``Predictor``."""
     return evaluate_predictor(Predictor.from_checkpoint(path), data_dir, split, limit=limit)
 
 
@@ -59,4 +61,4 @@ def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["evaluate_predictor", "evaluate_checkpoint", "format_table", "error_map", "torch"]
+__all__ = ["evaluate_predictor", "evaluate_semantic_checkpoint", "format_table", "error_map", "torch"]

@@ -200,3 +200,14 @@ def iter_images(paths: list[str], failures: list[str]) -> Iterator[tuple[str, np
         except ImageLoadError as err:
             print(f"skip {path}: {err}", file=sys.stderr)
             failures.append(path)
+
+
+def save_instance_png(path: Path, instances: np.ndarray) -> None:
+    """8-bit greyscale ids, or 16-bit when there are more than 255 instances (atomic write)."""
+    if instances.max(initial=0) > 65535:
+        raise ValueError("more than 65535 instances cannot be stored in a 16-bit PNG")
+    if instances.max(initial=0) > 255:
+        img = Image.fromarray(instances.astype(np.uint16))  # mode I;16
+    else:
+        img = Image.fromarray(instances.astype(np.uint8), mode="L")
+    atomic_write_bytes(path, encode_png(img))

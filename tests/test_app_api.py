@@ -109,20 +109,26 @@ def test_unavailable_model_gives_clear_error(client):
 # -- bad and unusual uploads ---------------------------------------------------------------------
 def _huge_png_header(path: Path, width: int = 10000, height: int = 8000) -> Path:
     """A valid-looking PNG whose header claims a decompression-bomb size."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
     return path
 
 
-@pytest.mark.parametrize("kind,pattern", [
-    ("text", "not a readable image"),
-    ("empty", "empty"),
-    ("truncated", "corrupt or truncated|not a readable"),
-    ("bomb", "limit is 64 MP"),
-])
+@pytest.mark.parametrize(
+    "kind,pattern",
+    [
+        ("text", "not a readable image"),
+        ("empty", "empty"),
+        ("truncated", "corrupt or truncated|not a readable"),
+        ("bomb", "limit is 64 MP"),
+    ],
+)
 def test_bad_uploads_get_clear_errors(client, tmp_path, kind, pattern):
     path = tmp_path / f"{kind}.png"
     if kind == "text":
@@ -153,8 +159,12 @@ def test_unusual_but_valid_uploads_are_segmented(client, tmp_path):
     exif_path = tmp_path / "rotated.jpg"
     exif_img.save(exif_path, exif=exif)
     big = Image.new("RGB", (3000, 1500), (80, 140, 230))
-    cases = [(_png(gray16, tmp_path / "gray16.png"), (50, 70)), (_png(rgba, tmp_path / "rgba.png"), (30, 40)),
-             (exif_path, (40, 20)), (_png(big, tmp_path / "big.png"), (512, 1024))]
+    cases = [
+        (_png(gray16, tmp_path / "gray16.png"), (50, 70)),
+        (_png(rgba, tmp_path / "rgba.png"), (30, 40)),
+        (exif_path, (40, 20)),
+        (_png(big, tmp_path / "big.png"), (512, 1024)),
+    ]
     for path, shape in cases:
         label_path, info = client.predict(handle_file(str(path)), "tiny-cnn", api_name="/segment")
         assert _read_label(label_path).shape == shape, path.name
@@ -163,14 +173,16 @@ def test_unusual_but_valid_uploads_are_segmented(client, tmp_path):
 
 # -- other tabs ----------------------------------------------------------------------------------
 def test_augment_upload_uses_model_mask(client):
-    gallery, caption = client.predict("upload", None, handle_file(str(SCENE)), "tiny-unet", 0.25, 1.0, 3, 4,
-                                      api_name="/augment")
+    gallery, caption = client.predict(
+        "upload", None, handle_file(str(SCENE)), "tiny-unet", 0.25, 1.0, 3, 4, api_name="/augment"
+    )
     assert len(gallery) == 5  # original + 4 samples
     assert "tiny-unet" in caption and "seed 3" in caption
     tiles = [np.asarray(Image.open(g["image"]).convert("RGB")) for g in gallery]
     assert all(t.shape == tiles[0].shape for t in tiles)
-    again, _ = client.predict("upload", None, handle_file(str(SCENE)), "tiny-unet", 0.25, 1.0, 3, 4,
-                              api_name="/augment")
+    again, _ = client.predict(
+        "upload", None, handle_file(str(SCENE)), "tiny-unet", 0.25, 1.0, 3, 4, api_name="/augment"
+    )
     assert np.array_equal(np.asarray(Image.open(again[2]["image"]).convert("RGB")), tiles[2]), "seeded"
 
 
@@ -180,22 +192,25 @@ def test_augment_rejects_bad_settings(client):
 
 
 def test_instances_on_upload(client):
-    gallery, table, summary = client.predict("upload", None, handle_file(str(PEDESTRIANS)), ["tiny-dwt"],
-                                             api_name="/instances")
+    gallery, table, summary = client.predict(
+        "upload", None, handle_file(str(PEDESTRIANS)), ["tiny-dwt"], api_name="/instances"
+    )
     captions = [g["caption"] for g in gallery]
     assert captions[0].startswith("tiny-dwt") and "energy" in captions[1]
     assert table["data"][0][0] == "tiny-dwt"
     assert summary["models"]["tiny-dwt"]["latency_ms"] > 0
     assert (summary["height"], summary["width"]) == (300, 360)
     assert summary["test_time_augmentation"] is True  # the default when a client leaves it out
-    _, fast_table, fast = client.predict("upload", None, handle_file(str(PEDESTRIANS)), ["tiny-dwt"], False,
-                                         api_name="/instances")
+    _, fast_table, fast = client.predict(
+        "upload", None, handle_file(str(PEDESTRIANS)), ["tiny-dwt"], False, api_name="/instances"
+    )
     assert fast["test_time_augmentation"] is False and fast_table["data"][0][0] == "tiny-dwt"
 
 
 def test_evaluate_card_metrics(client, store):
-    table, iou, confusion, pr, worst, worst_list, note = client.predict(["tiny-cnn", "tiny-unet"], "card",
-                                                                        "val", 0, api_name="/evaluate")
+    table, iou, confusion, pr, worst, worst_list, note = client.predict(
+        ["tiny-cnn", "tiny-unet"], "card", "val", 0, api_name="/evaluate"
+    )
     rows = {r[0]: r for r in table["data"]}
     card = store.card("tiny-cnn")["val_metrics"]
     assert rows["tiny-cnn"][3] == pytest.approx(card["miou"], abs=1e-3)
@@ -206,8 +221,9 @@ def test_evaluate_card_metrics(client, store):
 
 # -- with the dataset --------------------------------------------------------------------------------
 def test_evaluate_recomputed_on_split(client, sbd_root):
-    table, iou, confusion, pr, worst, worst_list, note = client.predict(["tiny-cnn"], "recompute", "val", 4,
-                                                                        api_name="/evaluate")
+    table, iou, confusion, pr, worst, worst_list, note = client.predict(
+        ["tiny-cnn"], "recompute", "val", 4, api_name="/evaluate"
+    )
     assert table["data"][0][2] == "val (recomputed)"
     assert 0 <= table["data"][0][5] <= 1
     assert '"scatter"' in pr["plot"]  # PR curves exist after recomputation
@@ -218,15 +234,16 @@ def test_evaluate_recomputed_on_split(client, sbd_root):
 
 
 def test_instances_with_ground_truth(client, pennfudan_root):
-    gallery, table, summary = client.predict("Penn-Fudan image", "FudanPed00001", None, ["tiny-dwt"],
-                                             api_name="/instances")
+    gallery, table, summary = client.predict(
+        "Penn-Fudan image", "FudanPed00001", None, ["tiny-dwt"], api_name="/instances"
+    )
     assert gallery[0]["caption"].startswith("ground truth · 2 pedestrians")
     metrics = summary["models"]["tiny-dwt"]["metrics"]
     assert set(metrics) >= {"mask_ap", "count_error", "mean_best_iou"}
 
 
 def test_augment_dataset_image_keeps_mask_aligned(client, sbd_root):
-    from seg.ui.common import sbd_choices
+    from seg.ui.samples import sbd_choices
 
     sample = sbd_choices(("train",), 1)[0]
     gallery, caption = client.predict("dataset image", sample, None, None, 1.0, 1.0, 0, 2, api_name="/augment")
@@ -240,8 +257,23 @@ def test_augment_dataset_image_keeps_mask_aligned(client, sbd_root):
 
 
 def test_training_one_epoch_streams_events(client, store, sbd_root):
-    job = client.submit("cnn", 1, 0.003, 2, 0.5, 0.5, "inverse_sqrt", 0, "none", 4, 0, "ui-test-cnn",
-                        "Stanford Background", "", api_name="/train")
+    job = client.submit(
+        "cnn",
+        1,
+        0.003,
+        2,
+        0.5,
+        0.5,
+        "inverse_sqrt",
+        0,
+        "none",
+        4,
+        0,
+        "ui-test-cnn",
+        "Stanford Background",
+        "",
+        api_name="/train",
+    )
     status, loss, metric, samples, run = job.result(timeout=120)
     assert len(job.outputs()) >= 2, "the run streams more than its final state"
     assert run["status"] == "done", run
@@ -254,5 +286,20 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
     label_path, _ = client.predict(handle_file(str(SCENE)), "ui-test-cnn", api_name="/segment")
     assert _read_label(label_path).shape == (240, 320)
     with pytest.raises(AppError, match="exists already"):
-        client.predict("cnn", 1, 0.003, 2, 0.5, 0.5, "inverse_sqrt", 0, "none", 4, 0, "ui-test-cnn",
-                       "Stanford Background", "", api_name="/train")
+        client.predict(
+            "cnn",
+            1,
+            0.003,
+            2,
+            0.5,
+            0.5,
+            "inverse_sqrt",
+            0,
+            "none",
+            4,
+            0,
+            "ui-test-cnn",
+            "Stanford Background",
+            "",
+            api_name="/train",
+        )

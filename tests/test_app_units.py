@@ -10,7 +10,8 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from seg.ui.common import ModelStore, ModelUnavailable, class_shares, hstack, overlay
+from seg.modelstore import ModelStore, ModelUnavailable
+from seg.render import class_shares, hstack, overlay
 from seg.ui.devserver import make_tiny_checkpoints
 
 
@@ -51,36 +52,50 @@ def test_store_caches_and_reloads_replaced_checkpoint(ckpt_dir):
     assert len({id(r) for r in results}) == 1, "concurrent first use loads once"
     time.sleep(0.01)
     card = store.card("tiny-cnn")
-    save_checkpoint(ckpt_dir / "tiny-cnn", create("cnn", num_classes=9, width=8, stages=2),
-                    {k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")})
+    save_checkpoint(
+        ckpt_dir / "tiny-cnn",
+        create("cnn", num_classes=9, width=8, stages=2),
+        {k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")},
+    )
     store.refresh()
     assert store.predictor("tiny-cnn") is not first, "a checkpoint retrained in place is reloaded"
 
 
 def test_training_run_is_single_and_stops_cleanly(monkeypatch, ckpt_dir):
-    import seg.train_semantic as ts
+    import seg.training as ts
     from seg.ui import train
 
     def fake_train(config, stop):
         yield {"type": "start", "epochs": 3}
         for epoch in range(1, 4):
-            for step in range(50):
+            for _step in range(50):
                 if stop.is_set():
                     yield {"type": "done", "stopped": True, "checkpoint": "kept-best"}
                     return
                 time.sleep(0.01)
-            yield {"type": "epoch", "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch,
-                   "metrics": {"miou": 0.1 * epoch, "map": 0.2, "pixel_accuracy": 0.5},
-                   "samples": [{"id": "x", "image": np.zeros((8, 8, 3), np.uint8),
-                                "truth": np.zeros((8, 8), np.uint8), "pred": np.ones((8, 8), np.uint8)}]}
+            yield {
+                "type": "epoch",
+                "epoch": epoch,
+                "train_loss": 1.0 / epoch,
+                "val_loss": 1.1 / epoch,
+                "metrics": {"miou": 0.1 * epoch, "map": 0.2, "pixel_accuracy": 0.5},
+                "samples": [
+                    {
+                        "id": "x",
+                        "image": np.zeros((8, 8, 3), np.uint8),
+                        "truth": np.zeros((8, 8), np.uint8),
+                        "pred": np.ones((8, 8), np.uint8),
+                    }
+                ],
+            }
         yield {"type": "done", "stopped": False, "checkpoint": "final"}
 
-    monkeypatch.setattr(ts, "train_semantic", fake_train)
+    monkeypatch.setattr(ts, "train", fake_train)
     run = train.TrainingRun()
     store = ModelStore(ckpt_dir)
-    run.start(ts.SemanticTrainConfig(model="cnn", epochs=3), "first", store)
+    run.start(ts.TrainConfig(model="cnn", epochs=3), "first", store)
     with pytest.raises(gr.Error, match="already in progress"):
-        run.start(ts.SemanticTrainConfig(model="cnn", epochs=3), "second", store)
+        run.start(ts.TrainConfig(model="cnn", epochs=3), "second", store)
     version = run.wait(-1, timeout=5)
     deadline = time.time() + 10
     while not run.state.rows and time.time() < deadline:
@@ -137,12 +152,19 @@ def test_segment_rerender_uses_cached_labels_only():
     image = np.full((6, 8, 3), 120, np.uint8)
     label = np.zeros((6, 8), np.uint8)
     label[3:] = 1
-    result = {"name": "m", "label": label, "classes": ["a", "b"], "palette": [(255, 0, 0), (0, 0, 255)],
-              "latency_ms": 5.0, "total_ms": 6.0, "shares": np.array([0.5, 0.5])}
+    result = {
+        "name": "m",
+        "label": label,
+        "classes": ["a", "b"],
+        "palette": [(255, 0, 0), (0, 0, 255)],
+        "latency_ms": 5.0,
+        "total_ms": 6.0,
+        "shares": np.array([0.5, 0.5]),
+    }
     state = {"image": image, "results": [result]}
-    (tile, caption), = segment.rerender(state, 1.0, None)
+    ((tile, caption),) = segment.rerender(state, 1.0, None)
     assert tuple(tile[0, 0]) == (255, 0, 0) and caption.startswith("m · 5 ms")
-    (tile, _), = segment.rerender(state, 0.5, "b")
+    ((tile, _),) = segment.rerender(state, 0.5, "b")
     assert tile[0, 0].max() < 60 and tile[5, 0, 2] > 150, "highlight dims the other classes"
     assert isinstance(segment.rerender(None, 0.5, None), type(gr.skip()))
 

@@ -21,12 +21,10 @@ PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"
 TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label"]
 
 
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     from seg.config import checkpoint_dir
-    from seg.ui.common import ModelStore
+    from seg.modelstore import ModelStore
     from seg.ui.devserver import launch_background, make_tiny_checkpoints
 
     shipped = checkpoint_dir()
@@ -72,8 +70,11 @@ def test_segment_upload_shows_overlay(page, shots):
     page.locator("#segment-run").click()
     overlay = page.locator("#segment-gallery img").first
     overlay.wait_for(timeout=60_000)
-    page.wait_for_function("""() => {const i = document.querySelector('#segment-gallery img');
-                                      return i && i.complete && i.naturalWidth > 0}""", timeout=30_000)
+    page.wait_for_function(
+        """() => {const i = document.querySelector('#segment-gallery img');
+                                      return i && i.complete && i.naturalWidth > 0}""",
+        timeout=30_000,
+    )
     caption = page.locator("#segment-gallery").inner_text()
     assert " ms" in caption, caption  # each overlay is captioned with its model and latency
     page.wait_for_timeout(800)  # let plotly draw
@@ -106,8 +107,11 @@ def test_every_tab_opens(page, shots, tab):
     assert panel.inner_text().strip(), f"the {tab} tab is empty"
     if tab == "Evaluate":
         page.locator("#evaluate-run").click()
-        page.wait_for_function("""() => (document.querySelector('#evaluate-note') || {}).innerText
-                                          ?.includes('model(s)')""", timeout=60_000)
+        page.wait_for_function(
+            """() => (document.querySelector('#evaluate-note') || {}).innerText
+                                          ?.includes('model(s)')""",
+            timeout=60_000,
+        )
         assert page.locator("#evaluate-table").inner_text().count("card") >= 1
         page.wait_for_timeout(1500)
     # Uploads of generated images only: screenshots must never show dataset pixels.

@@ -18,28 +18,26 @@ H, W = 240, 320  # the editor canvas is 640x480, so one image pixel = 2x2 canvas
 WATER = 4  # a class the tiny untrained models never predict, so the stroke is a visible change
 
 
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(url, workspace, checkpoint folder) for the standalone Label tab."""
     from seg.labeling.workspace import Workspace
-    from seg.ui.common import ModelStore
+    from seg.modelstore import ModelStore
     from seg.ui.devserver import free_port, make_tiny_checkpoints, wait_http
     from seg.ui.label import standalone
 
     root = tmp_path_factory.mktemp("label-browser")
     ckpts = root / "checkpoints"
     make_tiny_checkpoints(ckpts, broken=False, instances=False)
-    ws = Workspace(root / "ws")
+    ws = Workspace(root / "labels")  # the default workspace of the labels root below
     rng = np.random.default_rng(0)
     image = np.zeros((H, W, 3), np.uint8)
     image[: H // 2] = (90, 140, 230)
-    image[H // 2:] = (50, 130, 40)
+    image[H // 2 :] = (50, 130, 40)
     image = np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
     ws.import_image(image, name="scene.jpg")
     old = os.environ.get("SEG_LABEL_DIR")
-    os.environ["SEG_LABEL_DIR"] = str(ws.root)  # the tab opens the default workspace
+    os.environ["SEG_LABEL_DIR"] = str(root)  # the tab opens the default workspace
     try:
         demo = standalone(ModelStore(ckpts))
     finally:
@@ -67,7 +65,9 @@ def _wait_text(page, selector: str, text: str, timeout_ms: int = 45_000) -> str:
     _mark(f"wait for {text!r} in {selector}")
     page.wait_for_function(
         "([sel, txt]) => (document.querySelector(sel)?.innerText || '').includes(txt)",
-        arg=[selector, text], timeout=timeout_ms)
+        arg=[selector, text],
+        timeout=timeout_ms,
+    )
     return page.locator(selector).inner_text()
 
 
@@ -95,7 +95,8 @@ def test_prefill_paint_save_finds_mask_on_disk(browser, served):
     _mark("wait for the editor")
     page.wait_for_function(  # the editor's own progress overlay is gone: the new background is in
         "document.querySelector('#label-editor [data-testid=\"status-tracker\"]')?.classList.contains('hide')",
-        timeout=45_000)
+        timeout=45_000,
+    )
     page.wait_for_timeout(1000)
     _mark("paint")
     editor.get_by_label("Color", exact=True).click()

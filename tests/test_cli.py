@@ -25,7 +25,7 @@ def test_download_offline_fails_fast_and_says_what_to_do(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "seg", "download", "sbd", "--root", str(tmp_path), "--timeout", "5"],
                           capture_output=True, text=True, timeout=120)
     if proc.returncode == 0:
-        pytest.skip("this machine is online: the archive downloaded")
+        pytest.skip("the network is reachable: the archive downloaded")
     assert "iccv09Data.tar.gz" in proc.stderr  # names the URL
     assert str(tmp_path / "iccv09Data") in proc.stderr  # and the folder to fill by hand
     assert time.time() - start < 90
@@ -75,7 +75,7 @@ def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
     import json
 
     from seg.checkpoints import save_checkpoint
-    from seg.evaluate import evaluate_checkpoint
+    from seg.evaluate import evaluate_semantic_checkpoint
     from seg.models import create
 
     before = {"miou": 0.5, "map": 0.25, "pixel_accuracy": 0.75, "val_loss": 1.0, "score": 0.5}
@@ -88,6 +88,6 @@ def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
     assert card["quantized_from"]["weights_dtype"] == "float16"
     assert card["quantized_from"]["bytes"] == (tmp_path / "m.safetensors").stat().st_size
     assert card["val_metrics_before_quantization"] == before
-    fresh = evaluate_checkpoint(tmp_path / "q", sbd_root, "val")
+    fresh = evaluate_semantic_checkpoint(tmp_path / "q", sbd_root, "val")
     assert card["val_metrics"]["miou"] == pytest.approx(fresh["miou"]) == pytest.approx(card["val_metrics"]["score"])
     assert "val_loss" not in card["val_metrics"]  # not re-measured: only in the "before" record

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from seg.classes import SBD_PALETTE
-from seg.data.sbd import (IMAGE_SIZE, class_frequencies, list_samples, load_split, parse_regions,
+from seg.data.sbd import (IMAGE_SIZE, class_frequencies, list_samples, load_semantic_split, parse_regions,
                           read_label, regions_to_classes)
 from seg.data.split import hash_fraction, split_of
 from seg.io import save_label_png
@@ -52,7 +52,7 @@ def test_course_layout(tmp_path):
     samples = list_samples(tmp_path)
     assert {s.split for s in samples} == {"train", "val"}
     with pytest.warns(UserWarning, match="skipped 2"):
-        train = load_split(tmp_path, "train")
+        train = load_semantic_split(tmp_path, "train")
     assert train.images.shape == (3, 3, IMAGE_SIZE[1], IMAGE_SIZE[0])
     assert [int(m.unique()[0]) for m in train.masks] == [0, 1, 2]
     assert any("broken" in s for s in train.skipped) and any("class id 12" in s for s in train.skipped)
@@ -63,7 +63,7 @@ def test_real_official_layout(sbd_root):
     assert len(samples) >= 600 and all(s.layout == "official" for s in samples)
     counts = {s: sum(x.split == s for x in samples) for s in ("train", "val", "test")}
     assert counts["train"] > 6 * counts["val"] > 0 and counts["test"] > 0
-    val = load_split(sbd_root, "val")
+    val = load_semantic_split(sbd_root, "val")
     assert val.images.dtype == torch.uint8 and val.images.shape[1:] == (3, 224, 288)
     assert val.masks.shape[1:] == (224, 288) and int(val.masks.max()) <= 8
     freqs = class_frequencies(val.masks, 9)

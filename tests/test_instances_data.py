@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from seg.instances.data import (InstanceAugment, boxes_from_ids, ids_for_split, list_ids, load_sample, load_split,
+from seg.instances.data import (InstanceAugment, boxes_from_ids, ids_for_split, list_ids, load_sample, load_instance_split,
                                 relabel_sequential, resize_sample)
 from seg.instances.targets import ENERGY_EDGES, cached_distance, instance_distance, quantise
 
@@ -53,7 +53,7 @@ def test_sample_matches_annotation(pennfudan_root):
 
 
 def test_working_size_and_cached_distance(pennfudan_root):
-    samples = load_split(pennfudan_root, "val")
+    samples = load_instance_split(pennfudan_root, "val")
     assert len(samples) == 25 and all(s.image.shape[0] == 224 for s in samples)
     s = samples[0]
     dist = cached_distance(s.id, s.instances)
@@ -82,7 +82,7 @@ def test_boxes_and_relabel():
 
 
 def test_augmentation_keeps_instances_consistent(pennfudan_root):
-    sample = load_split(pennfudan_root, "val")[1]
+    sample = load_instance_split(pennfudan_root, "val")[1]
     sample.distance = cached_distance(sample.id, sample.instances)
     augment = InstanceAugment(size=(160, 160), min_area=40)
     rng = np.random.default_rng(0)

@@ -121,16 +121,15 @@ def test_tab_decodes_editor_layers_by_palette_not_by_composite(tmp_path):
     ws = tab.open_workspace(tmp_path / "ws")
     name, _ = ws.import_image(np.full((240, 320, 3), 120, np.uint8), name="img")
     loaded = ws.load(name)
-    s = tab._new_session() | {"root": str(ws.root), "name": name, "image": loaded.image,
-                              "label": np.full((240, 320), 8, np.uint8),
-                              "reference": np.full((240, 320), 8, np.uint8)}
+    s = tab.LabelSession(root=str(ws.root), name=name, image=loaded.image,
+                         label=np.full((240, 320), 8, np.uint8), reference=np.full((240, 320), 8, np.uint8))
     layer = np.zeros((tab.CANVAS[1], tab.CANVAS[0], 4), np.uint8)
     layer[100:120, 200:300] = (*SBD_PALETTE[1], 255)
     composite = np.full((tab.CANVAS[1], tab.CANVAS[0], 4), 255, np.uint8)  # blended junk, must be ignored
     n = tab._apply_pending(s, {"background": None, "layers": [layer], "composite": composite}, tab.TOOLS[0])
     assert n == 10 * 50
-    assert np.array_equal(np.argwhere(s["label"] == 1).min(axis=0), [50, 100])
-    assert len(s["undo"]) == 1
+    assert np.array_equal(np.argwhere(s.label == 1).min(axis=0), [50, 100])
+    assert len(s.undo) == 1
     assert tab._apply_pending(s, {"layers": [np.zeros_like(layer)]}, tab.TOOLS[0]) == 0
     value = tab._editor_value(s, 0.5)
     assert value["background"].shape == (tab.CANVAS[1], tab.CANVAS[0], 3) and value["layers"][0].max() == 0

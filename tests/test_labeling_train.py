@@ -65,7 +65,7 @@ def test_train_tab_trains_on_my_labels(tmp_path: Path):
     import gradio as gr
     import pytest
 
-    from seg.ui.common import ModelStore
+    from seg.modelstore import ModelStore
     from seg.ui.train import DATA_LABELS, make_config
 
     ws = Workspace(tmp_path / "ws")

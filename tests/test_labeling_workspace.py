@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import warnings
@@ -13,11 +14,19 @@ import pytest
 from PIL import Image
 
 from seg.classes import SBD_PALETTE
-from seg.data.sbd import list_samples, load_split, read_label
+from seg.data.sbd import list_samples, load_semantic_split, read_label
 from seg.io import ImageLoadError, read_label_png
 from seg.labeling import paint
+from seg.labeling.manifest import Manifest
 from seg.labeling.names import UnsafePathError, safe_join, sanitize_name
-from seg.labeling.workspace import MANIFEST_NAME, Workspace, WorkspaceError
+from seg.labeling.workspace import (
+    MANIFEST_NAME,
+    LabelsRoot,
+    Workspace,
+    WorkspaceError,
+    is_workspace,
+    resolve_import_folder,
+)
 
 H, W = 120, 160
 
@@ -68,7 +77,7 @@ def test_round_trip_painted_shape_reaches_the_loader_exactly(ws: Workspace):
     samples = [s for s in list_samples(ws.root) if s.id == name]
     assert len(samples) == 1 and samples[0].split == "train"
     assert np.array_equal(read_label(samples[0]), expected)
-    split = load_split(ws.root, "train", size=(W, H))
+    split = load_semantic_split(ws.root, "train", size=(W, H))
     assert split.ids == [name]
     assert np.array_equal(split.masks[0].numpy(), expected)
     assert split.classes == ws.classes
@@ -101,7 +110,9 @@ def test_existing_label_without_manifest_is_kept_as_version_zero(ws: Workspace):
     os.remove(ws.root / MANIFEST_NAME)
     for p in (ws.root / ".versions" / name).iterdir():
         p.unlink()
-    fresh = Workspace(ws.root)
+    with pytest.raises(WorkspaceError, match="neither empty nor a labeling workspace"):
+        Workspace(ws.root)  # without its manifest it is no longer a workspace...
+    fresh = Workspace(ws.root, adopt=True)  # ...until the operator adopts it
     result = fresh.save(name, np.ones((H, W), np.uint8))
     assert result.version == 1
     assert np.array_equal(fresh.read_version(name, 0), np.zeros((H, W), np.uint8))
@@ -197,18 +208,20 @@ def test_import_dedupes_and_refuses_non_images(ws: Workspace, tmp_path: Path):
     Image.fromarray(scene(2)).save(src / "two.jpg")
     (src / "notes.txt").write_text("not an image")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
-    report = ws.import_folder(src)
+    report = ws.import_folder(src, import_roots=[src])
     assert sorted(report.added) == ["one", "two"]
     assert sorted(p.path for p in report.problems) == ["broken.jpg", "notes.txt"]
-    again = ws.import_folder(src)
+    again = ws.import_folder(src, import_roots=[tmp_path])
     assert again.added == [] and sorted(again.existing) == ["one", "two"]
     # Same name, different picture: gets a new name instead of overwriting.
     name, added = ws.import_image(scene(3), name="one.png")
     assert added and name == "one_2"
     with pytest.raises(ImageLoadError):
         ws.import_image(b"definitely not an image", name="x")
-    with pytest.raises(WorkspaceError):
-        ws.import_folder(ws.root)
+    with pytest.raises(WorkspaceError, match="outside the workspace"):
+        ws.import_folder(ws.root, import_roots=[tmp_path])
+    with pytest.raises(WorkspaceError, match="turned off"):
+        ws.import_folder(src)  # no import roots: a server folder is never read
     assert ws.progress() == (0, 3)
 
 
@@ -242,13 +255,12 @@ def test_corrupt_and_foreign_files_are_reported_and_skipped(ws: Workspace):
     ws.save("small", np.zeros((H, W), np.uint8))
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        split = load_split(ws.root, "train", size=(W, H))
+        split = load_semantic_split(ws.root, "train", size=(W, H))
     assert "good" in split.ids and "small" in split.ids and "bad" not in split.ids
 
 
 def test_corrupt_manifest_is_set_aside(tmp_path: Path):
-    root = tmp_path / "ws"
-    root.mkdir()
+    root = Workspace(tmp_path / "ws").root
     (root / MANIFEST_NAME).write_bytes(b"this is not sqlite" * 100)
     ws = Workspace(root)
     assert any(p.path == MANIFEST_NAME for p in ws.scan().problems)
@@ -284,13 +296,18 @@ def test_first_label_goes_to_val_then_the_hash_rule_and_trainability(ws: Workspa
     ws.check_trainable()  # img1..img4 hash to train
 
 
-def test_a_hand_made_course_folder_opens_as_a_workspace(tmp_path: Path):
-    """Any course-layout folder (here with a .jpeg and no manifest) can be labelled further."""
+def test_a_hand_made_course_folder_is_adopted_only_when_asked(tmp_path: Path):
+    """A course-layout folder (here with a .jpeg and no manifest) can be labelled further once the
+    operator adopts it; opened plainly it is refused and left untouched."""
     root = tmp_path / "course"
     (root / "train").mkdir(parents=True)
     Image.fromarray(scene()).save(root / "train" / "a.jpeg")
     Image.fromarray(np.full((H, W), 4, np.uint8), mode="L").save(root / "train" / "a.png")
-    ws = Workspace(root)
+    with pytest.raises(WorkspaceError):
+        Workspace(root)
+    assert sorted(p.name for p in root.iterdir()) == ["train"]
+    ws = Workspace(root, adopt=True)
+    assert sorted(p.name for p in root.iterdir()) == ["classes.txt", MANIFEST_NAME, "train", "val"]
     assert [(it.name, it.labelled, it.split) for it in ws.items()] == [("a", True, "train")]
     assert ws.scan().problems == [] and np.all(ws.load("a").label == 4)
     result = ws.save("a", np.full((H, W), 5, np.uint8))
@@ -314,3 +331,203 @@ def test_refuses_to_turn_other_folders_into_workspaces(tmp_path: Path):
     assert sorted(p.name for p in download.iterdir()) == ["images", "labels"]
     assert [p.name for p in home.iterdir()] == ["notes.txt"]
     assert Workspace(tmp_path / "new" / "nested").root.is_dir()  # a new folder is fine
+
+
+# -- one labels root, workspaces by name, import roots: hostile input creates and reads nothing --------
+def tree(base: Path) -> list[str]:
+    """Every entry under ``base`` (symlinks listed, never followed), to compare before and after."""
+    out = []
+    for folder, dirs, files in os.walk(base):
+        rel = Path(folder).relative_to(base)
+        out += [str(rel / n) for n in dirs + files]
+    return sorted(out)
+
+
+def foreign_folder(parent: Path) -> Path:
+    """Like /usr/bin: a folder that holds a program named ``test`` (and a ``train`` file)."""
+    folder = parent / "bin"
+    folder.mkdir()
+    (folder / "test").write_bytes(b"\x7fELF not really")
+    (folder / "train").write_text("a file, not a folder")
+    return folder
+
+
+def test_is_workspace_is_strict(tmp_path: Path):
+    real = Workspace(tmp_path / "real").root
+    assert is_workspace(real)
+    assert sorted(p.name for p in real.iterdir()) == ["classes.txt", MANIFEST_NAME, "train", "val"]
+    assert not is_workspace(foreign_folder(tmp_path))
+    assert not is_workspace("/usr/bin") and not is_workspace("/proc/self") and not is_workspace(tmp_path / "nope")
+    # Each required part swapped for a symlink (which could lead anywhere) or the wrong kind of entry.
+    for part, make in [("classes.txt", lambda p: os.symlink("/etc/hostname", p)),
+                       (MANIFEST_NAME, lambda p: p.mkdir()),
+                       ("train", lambda p: os.symlink(tmp_path, p)),
+                       ("val", lambda p: p.write_text("x"))]:
+        copy = tmp_path / f"copy-{part}"
+        shutil.copytree(real, copy)
+        target = copy / part
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        make(target)
+        assert not is_workspace(copy), part
+
+
+def test_foreign_folders_are_never_written_into(tmp_path: Path):
+    bin_dir = foreign_folder(tmp_path)
+    before = tree(tmp_path)
+    for bad in (bin_dir, "/usr/bin", "/proc/self"):
+        with pytest.raises(WorkspaceError):
+            Workspace(bad)
+    assert tree(tmp_path) == before
+
+
+def test_labels_root_creates_lists_and_opens_by_name(tmp_path: Path):
+    labels = LabelsRoot(tmp_path / "labels")
+    assert labels.names() == [] and not (tmp_path / "labels").exists()  # listing creates nothing
+    alpha = labels.create("alpha")
+    labels.create("b-2.v1", classes=["bg", "thing"])
+    foreign_folder(labels.path)
+    (labels.path / "half").mkdir()
+    (labels.path / "half" / "train").mkdir()
+    (labels.path / "notes.txt").write_text("x")
+    shutil.copytree(alpha.root, labels.path / " alpha")  # no name a person could type: never listed
+    shutil.copytree(alpha.root, labels.path / ".hidden")
+    assert labels.names() == ["alpha", "b-2.v1"]
+    assert labels.open("alpha") is alpha  # one object per workspace: sessions share its lock
+    assert labels.open(" b-2.v1 ").classes == ["bg", "thing"]
+    with pytest.raises(WorkspaceError, match="exists already"):
+        labels.create("alpha")
+    with pytest.raises(WorkspaceError, match="exists already"):
+        labels.create("bin")  # a foreign folder's name is taken, and it is left alone
+    with pytest.raises(WorkspaceError, match="no workspace named"):
+        labels.open("bin")
+    with pytest.raises(WorkspaceError, match="no workspace named"):
+        labels.open("missing")
+    assert sorted(p.name for p in (labels.path / "bin").iterdir()) == ["test", "train"]
+    assert labels.open_or_create().root == labels.path / "labels"
+    assert not [p for p in labels.path.iterdir() if p.name.startswith(".new-")]  # no staging left
+
+
+def test_workspace_without_split_folders_is_listed_and_completed(tmp_path: Path):
+    labels = LabelsRoot(tmp_path / "labels")
+    old = labels.path / "old"
+    old.mkdir(parents=True)
+    (old / "classes.txt").write_text("a\nb\n")
+    Manifest(old / MANIFEST_NAME)
+    fake = labels.path / "fake"
+    fake.mkdir()
+    (fake / "classes.txt").write_text("a\n")
+    (fake / MANIFEST_NAME).write_text("not a database")
+    assert labels.names() == ["old"]
+    assert labels.open("old").classes == ["a", "b"] and is_workspace(old)
+
+
+HOSTILE_NAMES = ["..", "../escape", "a/../../b", "~", "~/ws", "~root", "/proc/self", "/etc", "x\x00y", "ws\x00",
+                 "x" * 5000, "x" * 65, "", "   ", ".hidden", ".", "a..b", "con", "nul.txt", "na me", "Ümlaut",
+                 "a\\b", "ws\nx", None, 42, ["ws"]]
+
+
+def test_labels_root_refuses_hostile_names_and_creates_nothing_outside(tmp_path: Path):
+    labels = LabelsRoot(tmp_path / "labels")
+    labels.create("mine")
+    outside = Workspace(tmp_path / "outside-ws").root  # a real workspace outside the root
+    os.symlink(outside, labels.path / "link-out")
+    os.symlink("/usr/bin", labels.path / "link-bin")
+    foreign_folder(labels.path)
+    absolute = [str(tmp_path / "elsewhere" / "new" / "deep" / "ws"), str(outside), f"/tmp/seglab-{os.getpid()}/x"]
+    before, root_before = tree(tmp_path), tree(labels.path)
+    for bad in HOSTILE_NAMES + absolute + ["link-out", "link-bin"]:
+        for action in (labels.create, labels.open, labels.path_of):
+            if action is labels.path_of and bad in ("link-out", "link-bin"):
+                continue  # valid names; it is what they lead to that is refused below
+            with pytest.raises((UnsafePathError, WorkspaceError)) as info:
+                action(bad)
+            message = str(info.value)
+            assert len(message) < 200 and str(tmp_path) not in message, (bad, message)
+    for link in ("link-out", "link-bin"):
+        with pytest.raises(UnsafePathError, match="outside"):
+            labels.path_of(link)
+    assert labels.names() == ["mine"]
+    assert tree(tmp_path) == before and tree(labels.path) == root_before
+    assert not Path(f"/tmp/seglab-{os.getpid()}").exists()
+
+
+def test_concurrent_creates_of_one_name_make_one_workspace(tmp_path: Path):
+    labels = LabelsRoot(tmp_path / "labels")
+    results: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            labels.create("shared")
+            results.append("made")
+        except WorkspaceError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == ["made"] + ["refused"] * 5
+    assert sorted(p.name for p in labels.path.iterdir()) == ["shared"]
+
+
+def test_import_folder_reads_only_under_the_import_roots(tmp_path: Path):
+    allowed = tmp_path / "allowed"
+    photos = allowed / "photos"
+    photos.mkdir(parents=True)
+    Image.fromarray(scene(1)).save(photos / "ok.png")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.fromarray(scene(2)).save(secret / "private.png")
+    os.symlink(secret / "private.png", photos / "linked.png")  # a file leading out
+    os.symlink(secret, allowed / "escape")  # a folder leading out
+    ws = Workspace(tmp_path / "ws")
+    before = tree(tmp_path)
+    hostile = ["/etc", "/proc/self", "/proc/self/root/etc", str(secret), str(allowed / "escape"),
+               f"{allowed}/../secret", "~", "~/photos", "photos", "", "x\x00y", "/" + "a" * 5000,
+               str(allowed / "missing"), None, 7]
+    for bad in hostile:
+        with pytest.raises(WorkspaceError) as info:
+            ws.import_folder(bad, import_roots=[allowed])
+        assert str(tmp_path) not in str(info.value) and "secret" not in str(info.value)
+    for bad in (str(photos), "/etc"):
+        with pytest.raises(WorkspaceError, match="turned off"):
+            ws.import_folder(bad)  # no roots at all: the operator offers none by default
+    assert tree(tmp_path) == before and ws.names() == []
+    report = ws.import_folder(str(photos), import_roots=[allowed])
+    assert report.added == ["ok"] and [p.path for p in report.problems] == ["linked.png"]
+    assert ws.names() == ["ok"]
+    assert resolve_import_folder(f"  {photos}  ", [allowed]) == photos.resolve()
+
+
+def test_write_check_refuses_before_anything_is_written(tmp_path: Path):
+    seen: list[tuple[int, int]] = []
+    limit = {"images": 1, "bytes": 10**9}
+
+    def check(new_bytes: int, new_images: int) -> None:
+        seen.append((new_bytes, new_images))
+        if new_images and len(ws.names()) + new_images > limit["images"] or new_bytes > limit["bytes"]:
+            raise WorkspaceError("over the quota")
+
+    ws = Workspace(tmp_path / "ws", write_check=check)
+    name, _ = ws.import_image(scene(1), name="first")
+    with pytest.raises(WorkspaceError, match="quota"):
+        ws.import_image(scene(2), name="second")
+    assert ws.names() == ["first"] and list((ws.root / "unlabeled").iterdir()) == [ws.root / "unlabeled" / "first.jpg"]
+    assert ws.import_image(scene(1), name="again") == ("first", False)  # a duplicate writes nothing: no check
+    limit["bytes"] = 10
+    with pytest.raises(WorkspaceError, match="quota"):
+        ws.save(name, np.zeros((H, W), np.uint8))
+    assert ws.versions(name) == [] and not (ws.root / ".versions").exists() and ws.progress() == (0, 1)
+    assert seen[0][1] == 1 and seen[0][0] > 0 and seen[-1][1] == 0
+    # A refused import leaves no manifest row behind: the same picture imports once allowed.
+    limit.update(images=2, bytes=10**9)
+    assert ws.import_image(scene(2), name="second") == ("second", True)
+
+
+def test_trainability_message_names_no_server_path(ws: Workspace):
+    with pytest.raises(WorkspaceError) as info:
+        ws.check_trainable()
+    assert str(ws.root.parent) not in str(info.value)

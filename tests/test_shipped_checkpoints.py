@@ -7,7 +7,7 @@ import pytest
 
 from seg.checkpoints import list_checkpoints, load_checkpoint
 from seg.config import REPO_ROOT
-from seg.evaluate import evaluate_checkpoint
+from seg.evaluate import evaluate_semantic_checkpoint
 
 SHIPPED = REPO_ROOT / "checkpoints"
 SEMANTIC = ("prior", "cnn", "unet", "resunet")
@@ -38,7 +38,7 @@ def test_resunet_card_says_how_its_encoder_was_initialised():
 @pytest.mark.parametrize("name", SEMANTIC)
 def test_card_metrics_reproduce_on_val(sbd_root, name):
     info = _cards()[name]
-    recomputed = evaluate_checkpoint(info.path, sbd_root, "val")
+    recomputed = evaluate_semantic_checkpoint(info.path, sbd_root, "val")
     card = info.card["val_metrics"]
     assert recomputed["num_images"] == card["num_images"]
     for key in ("miou", "map", "pixel_accuracy"):
@@ -55,7 +55,7 @@ def test_model_ordering_on_val():
 def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root):
     import torch
 
-    from seg.instances.data import load_split
+    from seg.instances.data import load_instance_split
     from seg.instances.inference import params_from_card
     from seg.instances.task import DWTValidation
 
@@ -66,7 +66,7 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root
     if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
         assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
-    val = load_split(pennfudan_root, "val", card["work_height"])
+    val = load_instance_split(pennfudan_root, "val", card["work_height"])
     validation = DWTValidation(val, tuple(card["energy_edges"]), flip=card.get("tta_flip", False),
                                scales=tuple(card.get("tta_scales", (1.0,))),
                                alternative_scales=tuple(card.get("alternative_scales", ())))

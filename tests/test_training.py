@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from seg.cli import main
-from seg.data.sbd import load_split
+from seg.data.sbd import load_semantic_split
 from seg.engine import Stage, run
-from seg.train_semantic import SemanticTask, SemanticTrainConfig, build_stages, train_semantic
+from seg.semantic_task import SemanticTask, build_stages
+from seg.training import SemanticOptions, TrainConfig, train
 
 CARD_KEYS = {"architecture", "arch_kwargs", "classes", "palette", "encoder_init", "data", "command", "seed",
              "training_time_s", "curve", "val_metrics"}
@@ -32,7 +33,7 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     assert CARD_KEYS <= set(card)
     assert card["data"]["num_train"] == 6 and "SHA-1" in card["data"]["split_rule"]
     assert "no pretrained" in card["encoder_init"] and card["pretrained"] is False
-    assert card["command"].startswith("python -m seg train")
+    assert card["command"].startswith("seglab train")
     assert {"miou", "map", "per_class", "confusion_matrix"} <= set(card["val_metrics"])
 
     # warm restart from that checkpoint: lineage on the card; another architecture is refused
@@ -41,9 +42,9 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
                  "--batch-size", "3", "--out", str(again), "--init-from", str(out), "--quiet"]) == 0
     lineage = json.loads(again.with_suffix(".json").read_text())["init_from"]
     assert lineage["checkpoint"] == "tiny" and lineage["total_epochs"] == 1 and "--out" in lineage["command"]
-    with pytest.raises(ValueError, match="architecture"):
-        main(["train", "--model", "cnn", "--epochs", "1", "--limit", "6", "--out", str(tmp_path / "x"),
-              "--init-from", str(out), "--quiet"])
+    assert main(["train", "--model", "cnn", "--epochs", "1", "--limit", "6", "--out", str(tmp_path / "x"),
+                 "--init-from", str(out), "--quiet"]) == 1
+    assert "architecture" in capsys.readouterr().err
 
     report = tmp_path / "eval.json"
     assert main(["eval", "--checkpoint", str(out), "--split", "val", "--json", str(report)]) == 0
@@ -65,11 +66,11 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
 
 
 def test_stop_event_ends_between_steps_and_keeps_best(sbd_root, tmp_path):
-    config = SemanticTrainConfig(model="cnn", data_dir=str(sbd_root), out=str(tmp_path / "c"), epochs=3,
-                                 limit=16, batch_size=2, model_kwargs={"width": 4})
+    config = TrainConfig(model="cnn", data_dir=str(sbd_root), out=str(tmp_path / "c"), epochs=3,
+                         limit=16, batch_size=2, model_kwargs={"width": 4})
     stop = threading.Event()
     events = []
-    for event in train_semantic(config, stop_event=stop):
+    for event in train(config, stop_event=stop):
         events.append(event)
         if event["type"] == "epoch":
             stop.set()
@@ -83,14 +84,15 @@ def test_stop_event_ends_between_steps_and_keeps_best(sbd_root, tmp_path):
 
 
 def test_frozen_stage_leaves_encoder_untouched(sbd_root):
-    config = SemanticTrainConfig(model="resunet", data_dir=str(sbd_root), epochs=2, frozen_epochs=1,
-                                 limit=4, batch_size=2, train_size=(96, 64))
+    config = TrainConfig(model="resunet", data_dir=str(sbd_root), epochs=2, limit=4, batch_size=2,
+                         semantic=SemanticOptions(frozen_epochs=1, train_size=(96, 64)))
     stages = build_stages(config)
     assert [s.name for s in stages] == ["frozen", "unfrozen"] and stages[0].frozen == ("encoder.",)
     from seg.models import create
     model = create("resunet")
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    task = SemanticTask(load_split(sbd_root, "train", limit=4), load_split(sbd_root, "val", limit=2), config, None)
+    task = SemanticTask(load_semantic_split(sbd_root, "train", limit=4), load_semantic_split(sbd_root, "val", limit=2),
+                        config.semantic, None, batch_size=2)
     list(run(model, task, stages[:1], out=None, card={}))
     after = model.encoder.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)  # weights and BN statistics
@@ -123,9 +125,9 @@ def test_bf16_precision_trains_and_is_recorded(sbd_root):
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_precision("fp16", torch.device("cpu"))
-    config = SemanticTrainConfig(model="cnn", data_dir=str(sbd_root), epochs=2, limit=8, batch_size=4,
-                                 model_kwargs={"width": 4}, precision="bf16", train_size=(96, 64))
-    events = list(train_semantic(config))
+    config = TrainConfig(model="cnn", data_dir=str(sbd_root), epochs=2, limit=8, batch_size=4,
+                         model_kwargs={"width": 4}, precision="bf16", semantic=SemanticOptions(train_size=(96, 64)))
+    events = list(train(config))
     assert events[0]["precision"] == "bfloat16"
     epochs = [e for e in events if e["type"] == "epoch"]
     assert all(np.isfinite(e["train_loss"]) for e in epochs)
@@ -135,9 +137,9 @@ def test_ema_validates_and_saves_the_moving_average(sbd_root, tmp_path):
     from seg.checkpoints import load_checkpoint
     from seg.models import create
 
-    config = SemanticTrainConfig(model="cnn", data_dir=str(sbd_root), epochs=1, limit=8, batch_size=2,
-                                 model_kwargs={"width": 4}, train_size=(96, 64))
-    task = SemanticTask(load_split(sbd_root, "train", limit=8), load_split(sbd_root, "val", limit=2), config, None)
+    options = SemanticOptions(train_size=(96, 64))
+    task = SemanticTask(load_semantic_split(sbd_root, "train", limit=8), load_semantic_split(sbd_root, "val", limit=2),
+                        options, None, batch_size=2)
     torch.manual_seed(0)
     model = create("cnn", width=4)
     after_steps: list[dict] = []
@@ -167,3 +169,75 @@ def test_ema_validates_and_saves_the_moving_average(sbd_root, tmp_path):
     last = after_steps[-1]
     assert any(not torch.allclose(saved.state_dict()[k], last[k].float(), atol=1e-2)
                for k in last if last[k].is_floating_point())  # not simply the last weights
+
+
+def test_resume_continues_an_interrupted_run_exactly(sbd_root, tmp_path):
+    from seg.checkpoints import load_checkpoint
+    from seg.resume import has_state
+
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(model="cnn", data_dir=str(sbd_root), out=str(out), epochs=3, limit=8, batch_size=4,
+                           model_kwargs={"width": 4}, semantic=SemanticOptions(train_size=(96, 64)))
+
+    whole = [e for e in train(config(tmp_path / "whole")) if e["type"] == "epoch"]
+    assert not has_state(tmp_path / "whole")  # a finished run leaves no state behind
+    stop = threading.Event()
+    for event in train(config(tmp_path / "cut"), stop_event=stop):
+        if event["type"] == "step" and event["epoch"] == 2:
+            stop.set()  # in the middle of epoch 2: the state of epoch 1 is kept
+    assert has_state(tmp_path / "cut")
+    rest = list(train(config(tmp_path / "cut"), resume=True))
+    assert rest[0]["resumed_from_epoch"] == 1 and [e["epoch"] for e in rest if e["type"] == "epoch"] == [2, 3]
+    a, _ = load_checkpoint(tmp_path / "whole")
+    b, card = load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [r["score"] for r in card["curve"]] == [round(e["score"], 5) for e in whole]
+    assert card["epochs_run"] == 3 and not has_state(tmp_path / "cut")
+
+
+def test_flags_of_the_other_task_are_refused(capsys):
+    assert main(["train", "--model", "dwt", "--out", "x", "--crop-fraction", "0.5"]) == 2
+    assert "--crop-fraction applies to semantic models only; for dwt use --inst-crop" in capsys.readouterr().err
+    assert main(["train", "--model", "unet", "--out", "x", "--inst-work-height", "160"]) == 2
+    assert "for unet use --train-size" in capsys.readouterr().err
+    assert main(["train", "--model", "maskrcnn", "--out", "x", "--frozen-epochs", "2"]) == 2
+    assert "--frozen-epochs applies to semantic models only" in capsys.readouterr().err
+
+
+def _train_until_first_epoch_then_signal(cmd: list[str], sig: int) -> tuple[int, str]:
+    """Run ``cmd``, send ``sig`` once it reports its first epoch, return (exit code, output)."""
+    import signal as _signal  # noqa: F401 - the caller passes its members
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).parent.parent)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("epoch 1/"):
+            proc.send_signal(sig)
+    return proc.wait(timeout=300), "".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["unet", "dwt"])
+def test_ctrl_c_and_sigterm_stop_cleanly_for_every_task(model, sbd_root, pennfudan_root, tmp_path):
+    import signal
+
+    out = tmp_path / model
+    extra = (["--arch", "base_channels=4", "--train-size", "96x64"] if model == "unet" else
+             ["--arch", "base_channels=4", "--inst-work-height", "96", "--inst-crop", "96", "--inst-val-images", "2"])
+    cmd = [sys.executable, "-m", "seg", "train", "--model", model, "--epochs", "3", "--limit", "4",
+           "--batch-size", "2", "--out", str(out), "--quiet", *extra]
+    sig = signal.SIGINT if model == "unet" else signal.SIGTERM
+    code, output = _train_until_first_epoch_then_signal(cmd, sig)
+    assert code == 0, output[-2000:]
+    assert "Traceback" not in output and "stopped early" in output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["stopped_early"] is True and card["epochs_run"] == 1 and len(card["curve"]) == 1
+    proc = subprocess.run([sys.executable, "-m", "seg", "train", "--resume", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["epochs_run"] == 3 and card["stopped_early"] is False

@@ -55,6 +55,8 @@ class SegSplit:
     ids: list[str]
     classes: list[str] = field(default_factory=lambda: list(SBD_CLASSES))
     skipped: list[str] = field(default_factory=list)
+    #: the classes' colours when the folder names them (a labeling workspace), else None
+    palette: list[tuple[int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,14 +73,33 @@ def detect_layout(root: Path) -> str:
         f"or train/ val/ test/ (course layout). Get the data with: python -m seg download sbd")
 
 
+def read_class_table(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """Names and colours from ``classes.txt`` of a course-layout folder (one class a line:
+    ``name`` or ``name #rrggbb``), else the SBD classes; colours are None unless every line has one."""
+    path = Path(root) / "classes.txt"
+    names: list[str] = []
+    colours: list[tuple[int, int, int]] = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.strip().rsplit(None, 1)
+            if not parts:
+                continue
+            if len(parts) == 2 and len(parts[1]) == 7 and parts[1].startswith("#"):
+                try:
+                    colours.append(tuple(int(parts[1][i:i + 2], 16) for i in (1, 3, 5)))  # type: ignore[misc]
+                    names.append(parts[0])
+                    continue
+                except ValueError:
+                    pass
+            names.append(line.strip())
+    if not names:
+        return list(SBD_CLASSES), None
+    return names, colours if len(colours) == len(names) else None
+
+
 def read_classes(root: Path) -> list[str]:
     """``classes.txt`` of a course-layout folder, else the SBD classes."""
-    path = Path(root) / "classes.txt"
-    if path.is_file():
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if names:
-            return names
-    return list(SBD_CLASSES)
+    return read_class_table(root)[0]
 
 
 def list_samples(root: Path) -> list[Sample]:
@@ -162,8 +183,8 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int
     return img, np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
 
 
-def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_SIZE,
-               limit: int | None = None) -> SegSplit:
+def load_semantic_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_SIZE,
+                        limit: int | None = None) -> SegSplit:
     """Decode and resize every labelled image of ``split`` ("all" = every one) once."""
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
@@ -171,7 +192,7 @@ def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_S
     if limit is not None:
         samples = samples[:limit]
     w, h = size
-    classes = read_classes(root)
+    classes, palette = read_class_table(root)
     num_classes = len(classes)
     images, masks, ids, skipped = [], [], [], []
     for sample in samples:
@@ -200,6 +221,7 @@ def load_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_S
         ids=ids,
         classes=classes,
         skipped=skipped,
+        palette=palette,
     )
 
 

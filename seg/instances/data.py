@@ -136,7 +136,7 @@ def resize_sample(sample: InstanceSample, size: tuple[int, int]) -> InstanceSamp
     return InstanceSample(sample.id, image, relabel_sequential(instances), distance)
 
 
-def load_split(root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT,
+def load_instance_split(root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT,
                limit: int | None = None) -> list[InstanceSample]:
     """Samples of one split (the first ``limit`` ids), resized to the working height (None: original sizes)."""
     samples = []

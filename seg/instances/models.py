@@ -54,7 +54,7 @@ def split_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logits[:, :2], logits[:, 2:]
 
 
-@register("dwt")
+@register("dwt", task="instances")
 def build_dwt(num_classes: int = 2, backbone: str = "unet", energy_levels: int = len(ENERGY_EDGES),
               **backbone_kwargs) -> DeepWatershed:
     """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it."""
@@ -87,7 +87,7 @@ class DWTEnsemble(nn.Module):
         return torch.cat([fg, energy], dim=1).clamp_min(1e-12).log()
 
 
-@register("dwt_ensemble")
+@register("dwt_ensemble", task="instances")
 def build_dwt_ensemble(num_classes: int = 2, members: int = 2, backbone: str = "unet",
                        energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs) -> DWTEnsemble:
     """``members`` DWTs of one architecture (built by ``seg.instances.ensemble.combine``)."""
@@ -148,7 +148,7 @@ class PedestrianMaskRCNN(MaskRCNN):
     """torchvision's MaskRCNN; a named subclass so checkpoints and the UI can tell it apart."""
 
 
-@register("maskrcnn")
+@register("maskrcnn", task="instances")
 def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_init: str = "none",
                    norm: str = "auto", fpn_channels: int = 128, returned_layers: tuple[int, ...] = (1, 2, 3),
                    min_size: int = 320, max_size: int = 560, representation_size: int = 256) -> MaskRCNN:

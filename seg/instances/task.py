@@ -1,7 +1,7 @@
 """Training tasks for the engine: ``DWTTask`` and ``MaskRCNNTask`` (the engine's ``Task`` protocol).
 
-``build_task(name, data_dir, args)`` is what ``python -m seg train --model dwt|maskrcnn``
-calls. Both tasks hold Penn-Fudan in memory (150 small images), augment on the fly with
+``prepare_instances(config)`` is what ``seg.training.train`` calls for ``dwt`` and
+``maskrcnn``. Both tasks hold Penn-Fudan in memory (150 small images), augment on the fly with
 a generator seeded by (seed, epoch) so a run is reproducible, and validate with the COCO
 evaluation. The DWT's validation also picks the post-processing (cut level, minimum
 size) on the val split; the choice travels in the metrics into the checkpoint's card.
@@ -9,7 +9,6 @@ size) on the val split; the choice travels in the metrics into the checkpoint's 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from dataclasses import asdict, replace
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg.instances.cli import add_train_arguments  # noqa: F401 - kept importable from here
+from seg.checkpoints import continued_init, lineage, load_checkpoint
+from seg.engine import Stage
 from seg.instances.coco_eval import InstanceEvaluator
-from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_split,
+from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_instance_split,
                                 boxes_from_ids)
 from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
                                      dwt_heads, dwt_pass, heads_from_logits, with_mirror)
@@ -30,6 +30,9 @@ from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, ranked_candidates
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
+from seg.models import create
+from seg.models.encoders import describe_init
+from seg.training import Prepared, TrainConfig, default_command
 
 ENERGY_NOTE = (
     "K=12 levels with lower edges 0,1,2,3,4,5,6,8,10,12,15,19 px (paper: K=16 up to 54 px for Cityscapes). "
@@ -216,10 +219,10 @@ class DWTTask:
         self.fg_balance = float(fg_balance)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.energy_edges = tuple(energy_edges)
-        self.train = load_split(self.data_dir, "train", work_height, max_images)
+        self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
         for s in self.train:  # distance targets: computed once, cached on disk
             s.distance = cached_distance(s.id, s.instances)
-        self.val = load_split(self.data_dir, "val", work_height, val_images)
+        self.val = load_instance_split(self.data_dir, "val", work_height, val_images)
         self.validation = DWTValidation(self.val, self.energy_edges)
         self.augment = InstanceAugment(size=(crop, crop))
         self.level_weight = level_weights(len(self.energy_edges))
@@ -271,8 +274,8 @@ class MaskRCNNTask:
                  work_height: int = MASKRCNN_HEIGHT) -> None:
         self.data_dir = Path(data_dir)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
-        self.train = load_split(self.data_dir, "train", work_height, max_images)
-        self.val = load_split(self.data_dir, "val", work_height, val_images)
+        self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
+        self.val = load_instance_split(self.data_dir, "val", work_height, val_images)
         # wide crops keep most of a frame: Mask R-CNN learns from whole people, not slivers
         self.augment = InstanceAugment(size=(crop, round(crop * 1.4)), scale=(0.85, 1.2), min_area=100)
 
@@ -341,34 +344,74 @@ def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, cr
     raise ValueError(f"no instance task for model {model_name!r}")
 
 
-def build_task(model_name: str, data_dir: Path, args: argparse.Namespace) -> DWTTask | MaskRCNNTask:
-    """The task for ``train --model dwt|maskrcnn``; ``data_dir`` is the PennFudanPed folder."""
-    return make_task(model_name, data_dir, getattr(args, "inst_batch_size", None), getattr(args, "inst_crop", None),
-                     int(getattr(args, "seed", 0) or 0), getattr(args, "inst_max_images", None),
-                     getattr(args, "inst_val_images", None), getattr(args, "inst_work_height", None),
-                     getattr(args, "inst_fg_balance", None))
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
+    """Start from an earlier checkpoint; returns what the card records about it.
 
-
-def train_instances(args: argparse.Namespace, command: str | None = None) -> Iterator[dict]:
-    """``python -m seg train --model dwt|maskrcnn``: the CLI's arguments -> the engine's events.
-
-    ``--batch-size``/``--crop-fraction`` are the semantic flags; the instance models take
-    ``--inst-batch-size``/``--inst-crop`` (their own defaults otherwise).
+    A checkpoint of the same architecture is a warm restart (every weight). For the DWT, a
+    *semantic* checkpoint of its body's architecture (e.g. the Stanford Background ``unet``)
+    initialises the body, everything but the semantic head: transfer from the project's own
+    scene-parsing model, whose "foreground object" class includes people. Shapes must
+    match exactly; nothing is skipped silently.
     """
-    from seg.config import dataset_dir
-    from seg.instances.train import InstanceTrainConfig
-    from seg.instances.train import train_instances as run_training
+    previous, card = load_checkpoint(path)
+    arch = card.get("architecture")
+    semantic = card.get("task", "semantic") == "semantic"
+    source = dict(lineage(card), dataset=card.get("dataset") or ("stanford-background" if semantic else None),
+                  its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
+                                   if isinstance(v, (int, float))})
+    if arch == getattr(model, "arch_name", None):
+        model.load_state_dict(previous.state_dict())
+        return dict(source, loaded="all weights (warm restart)")
+    body = getattr(model, "backbone", None)
+    if body is None or arch != getattr(body, "arch_name", None):
+        raise ValueError(f"--init-from {path}: a {arch!r} checkpoint cannot initialise a "
+                         f"{getattr(model, 'arch_name', None)!r} model")
+    state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
+    own = body.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"--init-from {path}: its {arch} body does not match this model's "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
+                         "use the same --arch values")
+    body.load_state_dict(state)
+    # transfer from another task: its epochs are not this model's, so no running totals
+    return dict(source, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
+                total_epochs=None, total_training_time_s=None)
 
-    config = InstanceTrainConfig(
-        model=args.model, data_dir=str(dataset_dir("pennfudan", getattr(args, "data", None))), out=args.out,
-        epochs=args.epochs, lr=args.lr, batch_size=getattr(args, "inst_batch_size", None),
-        crop=getattr(args, "inst_crop", None), work_height=getattr(args, "inst_work_height", None),
-        fg_balance=getattr(args, "inst_fg_balance", None),
-        weight_decay=getattr(args, "weight_decay", 1e-4),
-        seed=int(getattr(args, "seed", 0) or 0), encoder_init=getattr(args, "encoder_init", "none") or "none",
-        model_kwargs=dict(getattr(args, "arch", None) or []),
-        max_images=getattr(args, "inst_max_images", None) or getattr(args, "limit", None),
-        val_images=getattr(args, "inst_val_images", None) or getattr(args, "limit", None),
-        device=getattr(args, "device", None), command=command, precision=getattr(args, "precision", "auto"),
-        init_from=getattr(args, "init_from", None), ema_decay=getattr(args, "ema", None))
-    return run_training(config)
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    kwargs = dict(config.model_kwargs)
+    if config.model == "maskrcnn" or kwargs.get("backbone") == "resunet":
+        kwargs["encoder_init"] = config.encoder_init
+    elif config.encoder_init != "none":
+        raise ValueError("the DWT's U-Net body has no pretrained encoder; use backbone=resunet for encoder_init")
+    return create(config.model, num_classes=2, **kwargs)
+
+
+def prepare_instances(config: TrainConfig) -> Prepared:
+    """Task, model and card for ``train`` of ``dwt`` or ``maskrcnn`` (one stage, cosine schedule)."""
+    options = config.instances
+    task = make_task(config.model, Path(config.data_dir), config.batch_size, options.crop, config.seed,
+                     config.limit, options.val_images or config.limit, options.work_height, options.fg_balance)
+    model = build_model(config)
+    source = init_from_checkpoint(model, config.init_from) if config.init_from else None
+    encoder_init = describe_init(config.encoder_init)
+    if source and source["architecture"] == config.model:  # a warm restart keeps its weights' first start
+        encoder_init = continued_init(source)
+    elif source:
+        encoder_init = (f"body initialised from this project's {source['checkpoint']!r} checkpoint "
+                        f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
+                        "no ImageNet or COCO weights")
+    card = {
+        **task.card_info(),
+        "encoder_init": encoder_init,
+        # pretrained means external weights (ImageNet/COCO); transfer from our own checkpoints is in init_from
+        "pretrained": config.encoder_init != "none" or bool(source and source.get("pretrained")),
+        "init_from": source,
+        "config": config.to_dict(),
+        "precision": config.precision,
+        "command": default_command(config),
+        "seed": config.seed,
+    }
+    return Prepared(model, task, [Stage("main", config.epochs, config.lr)], card)

@@ -38,7 +38,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 def _workspace_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", default=None,
-                   help="workspace folder (default: $SEG_LABEL_DIR or ~/.local/share/seglab/labels)")
+                   help="workspace folder (default: $SEG_LABEL_DIR/labels or ~/.local/share/seglab/labels)")
 
 
 def _open(args: argparse.Namespace):
@@ -74,7 +74,7 @@ def _import(args: argparse.Namespace) -> int:
     for raw in args.paths:
         path = Path(raw)
         if path.is_dir():
-            report = ws.import_folder(path)
+            report = ws.import_folder(path.resolve(), import_roots=[path.resolve()])  # the operator named it
             added, existing, failed = added + len(report.added), existing + len(report.existing), \
                 failed + len(report.problems)
             _print_problems(report.problems)

@@ -4,6 +4,7 @@ Image names come from uploads and folders the user points at, so they may hold
 ``..``, slashes, NULs, control characters or reserved device names. Everything the
 workspace writes goes through ``sanitize_name`` and then ``safe_join``, which
 re-checks the resolved path (symlinks included) against the workspace root.
+Workspace names (``check_workspace_name``) are stricter: refused, never rewritten.
 """
 
 from __future__ import annotations
@@ -22,6 +23,36 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 class UnsafePathError(ValueError):
     """A path would land outside the workspace; the message is user-facing."""
+
+
+#: Longest workspace name: a name to pick from a list, not a place to smuggle a path.
+MAX_WORKSPACE_NAME_LENGTH = 64
+_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_workspace_name(raw: object) -> str:
+    """``raw`` (stripped) when it is a plain folder name, else ``UnsafePathError`` saying why.
+
+    Unlike ``sanitize_name`` this never rewrites: a workspace name picks a folder, so a name that
+    would need changing is refused rather than silently mapped onto another (perhaps existing) one.
+    The messages never echo the input, which may be thousands of characters long.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise UnsafePathError("Type a name for the workspace.")
+    name = raw.strip()
+    if "\x00" in name:
+        raise UnsafePathError("A workspace name cannot contain a null character.")
+    if len(name) > MAX_WORKSPACE_NAME_LENGTH:
+        raise UnsafePathError(f"A workspace name can be at most {MAX_WORKSPACE_NAME_LENGTH} characters long.")
+    if "/" in name or "\\" in name or name.startswith("~"):
+        raise UnsafePathError("A workspace is chosen by name, not by path: use no slashes and no '~'.")
+    if name.startswith(".") or ".." in name:
+        raise UnsafePathError("A workspace name cannot start with a dot or contain '..'.")
+    if not _WORKSPACE_NAME.fullmatch(name):
+        raise UnsafePathError("A workspace name may hold only letters, digits, '.', '_' and '-'.")
+    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
+        raise UnsafePathError("That name is reserved by some operating systems; choose another.")
+    return name
 
 
 def sanitize_name(raw: str, fallback: str = "image") -> str:

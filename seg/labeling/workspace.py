@@ -12,6 +12,12 @@ Layout (readable as-is by ``seg.data.sbd`` and ``python -m seg train --data W``)
 Why this shape: the split folders only ever hold complete image+label pairs, so the
 training loader needs no knowledge of labeling; versions live in a dot-folder the
 loader ignores; and every write is atomic, so a crash leaves the previous state.
+
+Where workspaces live: under one labels root (``LabelsRoot``: ``$SEG_LABEL_DIR``, by default
+``~/.local/share/seglab``), chosen by a validated name and never by a path, so whatever someone
+types into a name box cannot create or open a folder anywhere else. A folder counts as a workspace
+only when ``classes.txt`` and the manifest are regular files and ``train/`` and ``val/`` are folders
+(``is_workspace``); importing a server folder needs the operator's import roots.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
+import shutil
+import stat
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,16 +39,28 @@ from PIL import Image
 
 from seg.classes import SBD_CLASSES, palette_for
 from seg.data.split import split_of
-from seg.io import ImageLoadError, atomic_write_bytes, atomic_write_text, encode_png, label_to_png_image, \
-    load_image, read_label_png
+from seg.io import (
+    ImageLoadError,
+    atomic_write_bytes,
+    atomic_write_text,
+    encode_png,
+    label_to_png_image,
+    load_image,
+    read_label_png,
+)
 from seg.labeling.manifest import MANIFEST_NAME, Manifest, VersionRecord, utc_now
-from seg.labeling.names import UnsafePathError, is_safe_name, safe_join, sanitize_name
+from seg.labeling.names import UnsafePathError, check_workspace_name, is_safe_name, safe_join, sanitize_name
 
 LABEL_ENV = "SEG_LABEL_DIR"
 SPLIT_DIRS = ("train", "val", "test")
 UNLABELED_DIR = "unlabeled"
 VERSIONS_DIR = ".versions"
 CLASSES_FILE = "classes.txt"
+#: Split folders every workspace has from its creation on (``is_workspace`` requires them).
+REQUIRED_SPLITS = ("train", "val")
+#: The workspace the Label tab and the CLI open when none is named: ``<labels root>/labels``.
+DEFAULT_WORKSPACE_NAME = "labels"
+_SQLITE_HEADER = b"SQLite format 3\x00"
 #: New labels go to train/val by the project's hash rule on the name (no test split: that is held out).
 SPLIT_FRACTIONS = (0.8, 0.2, 0.0)
 #: Imported images are stored at most this large (longest side): plenty for labeling, light to train on.
@@ -51,16 +74,65 @@ class WorkspaceError(ValueError):
     """A user-facing problem with a workspace operation (unknown image, wrong mask shape...)."""
 
 
-def default_workspace() -> Path:
-    """``$SEG_LABEL_DIR`` or ``$XDG_DATA_HOME/seglab/labels`` (``~/.local/share/seglab/labels``).
+def labels_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder holding every local workspace: ``$SEG_LABEL_DIR`` or ``$XDG_DATA_HOME/seglab``
+    (``~/.local/share/seglab``).
 
     Deliberately not under the shared dataset root, which holds pristine downloads.
     """
-    env = os.environ.get(LABEL_ENV)
-    if env:
-        return Path(env).expanduser().resolve()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "seglab" / "labels"
+    env = os.environ if environ is None else environ
+    if env.get(LABEL_ENV):
+        return Path(env[LABEL_ENV]).expanduser().resolve()
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "seglab"
+
+
+def default_workspace() -> Path:
+    """``<labels root>/labels``: ``~/.local/share/seglab/labels`` unless ``$SEG_LABEL_DIR`` is set."""
+    return labels_root() / DEFAULT_WORKSPACE_NAME
+
+
+def _is_regular_file(path: Path) -> bool:
+    """A regular file, not a symlink (which could point at any file on the server)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A folder, not a symlink (which could lead anywhere on the server)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def is_workspace(path: str | Path) -> bool:
+    """True when ``path`` is a folder with ``classes.txt`` and the manifest as regular files and
+    ``train/`` and ``val/`` as folders (none of them a symlink).
+
+    Strict on purpose: a folder merely holding an entry named ``test`` or ``train`` (``/usr/bin``)
+    is not a workspace, so nothing gets written into it.
+    """
+    path = Path(path)
+    return (path.is_dir() and _is_regular_file(path / CLASSES_FILE) and _is_regular_file(path / MANIFEST_NAME)
+            and all(_is_real_dir(path / split) for split in REQUIRED_SPLITS))
+
+
+def _is_incomplete_workspace(path: Path) -> bool:
+    """A workspace whose split folders are missing (a workspace created without them gets them on
+    its first save): ``classes.txt`` and a SQLite manifest, and nothing else where a split folder
+    belongs. Opening it adds the split folders."""
+    if not (path.is_dir() and _is_regular_file(path / CLASSES_FILE) and _is_regular_file(path / MANIFEST_NAME)):
+        return False
+    if any(os.path.lexists(path / split) and not _is_real_dir(path / split) for split in REQUIRED_SPLITS):
+        return False
+    try:
+        with open(path / MANIFEST_NAME, "rb") as fh:
+            return fh.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:
+        return False
 
 
 def image_digest(rgb: np.ndarray) -> str:
@@ -137,13 +209,27 @@ class ImportReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-class Workspace:
-    """Open (and create if needed) a labeling workspace at ``root``."""
+#: ``write_check(new_bytes, new_images)`` runs under the workspace's write lock before anything is
+#: written and raises (a ``WorkspaceError``) to refuse: how a visitor's quota is enforced exactly.
+WriteCheck = Callable[[int, int], None]
 
-    def __init__(self, root: str | Path | None = None, classes: list[str] | None = None):
+
+class Workspace:
+    """Open (and create if needed) a labeling workspace at ``root``.
+
+    ``root`` is a path the operator chose (the CLI, tests, the server's visitor folders); anything a
+    visitor types goes through ``LabelsRoot`` instead. An existing folder is opened only when it is
+    a workspace (``is_workspace``) or empty; ``adopt=True`` also turns a course-layout folder (one
+    with ``train/`` or ``val/``) into a workspace by adding ``classes.txt``, the manifest and the
+    missing split folder.
+    """
+
+    def __init__(self, root: str | Path | None = None, classes: list[str] | None = None, *,
+                 adopt: bool = False, write_check: WriteCheck | None = None):
         self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
-        _refuse_non_workspace(self.root)
+        _refuse_non_workspace(self.root, adopt=adopt)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.write_check = write_check
         self.problems: list[Problem] = []
         self.classes = self._init_classes(classes)
         self.palette = palette_for(len(self.classes))
@@ -151,8 +237,17 @@ class Workspace:
         if self.manifest.recovered_from is not None:
             self.problems.append(Problem(MANIFEST_NAME, f"was not a readable SQLite file; moved aside to "
                                                         f"{self.manifest.recovered_from.name} and restarted"))
+        for split in REQUIRED_SPLITS:  # last: a half-made workspace never passes ``is_workspace``
+            (self.root / split).mkdir(exist_ok=True)
         self._lock = threading.Lock()  # in-process guard on top of SQLite's cross-process one
         self._decoded: dict[tuple[str, int, int], tuple[int, int] | str] = {}  # scan cache
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the workspace's write lock (this process's and SQLite's), so that a reader (a zip
+        of the whole workspace) sees no half-finished import or save."""
+        with self._lock, self.manifest.write():
+            yield
 
     def _init_classes(self, classes: list[str] | None) -> list[str]:
         path = self.root / CLASSES_FILE
@@ -179,7 +274,8 @@ class Workspace:
 
     def _check_name(self, name: str) -> str:
         if not is_safe_name(name):
-            raise UnsafePathError(f"invalid image name {name!r}")
+            shown = repr(name[:40] + "…") if isinstance(name, str) and len(name) > 40 else repr(name)
+            raise UnsafePathError(f"invalid image name {shown}")
         return name
 
     def version_path(self, name: str, version: int) -> Path:
@@ -245,24 +341,40 @@ class Workspace:
             while self._name_taken(candidate):
                 n += 1
                 candidate = f"{stem[: 100 - 6]}_{n}"
+            if self.write_check is not None:
+                self.write_check(len(data), 1)
             atomic_write_bytes(self._path(UNLABELED_DIR, f"{candidate}.jpg"), data)
             Manifest.add_image(conn, candidate, str(source_desc or name)[:500], digest,
                                int(rgb.shape[1]), int(rgb.shape[0]))
         return candidate, True
 
-    def import_folder(self, folder: str | Path, limit: int = 10_000) -> ImportReport:
-        """Import every image file in ``folder`` (not recursive); unreadable files are reported."""
+    def import_folder(self, folder: str | Path, limit: int = 10_000, *,
+                      import_roots: Sequence[str | Path] = ()) -> ImportReport:
+        """Import every image file in ``folder`` (not recursive); unreadable files are reported.
+
+        ``folder``, and every file read from it after resolving symlinks, must lie under one of
+        ``import_roots``: the folders the operator offers (``SEG_IMPORT_ROOTS``). With none,
+        nothing is read. The CLI, where the operator names the folder, passes ``[folder]``.
+        """
         report = ImportReport()
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise WorkspaceError(f"{folder} is not a folder")
-        if folder.resolve() == self.root or self.root in folder.resolve().parents:
+        roots = _resolved_roots(import_roots)
+        folder = resolve_import_folder(folder, roots)
+        if folder == self.root or self.root in folder.parents:
             raise WorkspaceError("choose a folder outside the workspace")
         for path in sorted(folder.iterdir())[:limit]:
-            if not path.is_file() or path.name.startswith("."):
+            if path.name.startswith("."):
                 continue
             try:
-                name, added = self.import_image(path, name=path.name, source_desc=str(path))
+                real = path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue  # a dangling or looping link
+            if not any(real.is_relative_to(r) for r in roots):
+                report.problems.append(Problem(path.name, "links outside the import folders, skipped"))
+                continue
+            if not real.is_file():
+                continue
+            try:
+                name, added = self.import_image(real, name=path.name, source_desc=str(path))
             except ImageLoadError as err:
                 report.problems.append(Problem(path.name, f"not imported: {err}"))
                 continue
@@ -325,6 +437,8 @@ class Workspace:
             target_split = it.split or split or self._default_split(name)
             if target_split not in SPLIT_DIRS:
                 raise WorkspaceError(f"unknown split {target_split!r}")
+            if self.write_check is not None:
+                self.write_check(2 * len(png), 0)  # the version file and the current label
             version_file = self.version_path(name, version)
             atomic_write_bytes(version_file, png)
             label_path = self._path(target_split, f"{name}.png")
@@ -371,7 +485,7 @@ class Workspace:
         counts = self.split_counts()
         missing = [s for s in ("train", "val") if counts[s] == 0]
         if missing:
-            raise WorkspaceError(f"the workspace {self.root} has no labelled images in {' or '.join(missing)}/ "
+            raise WorkspaceError(f"the workspace {self.root.name} has no labelled images in {' or '.join(missing)}/ "
                                  f"yet (labelled: {counts['train']} train, {counts['val']} val); "
                                  f"label a few more images first")
 
@@ -451,18 +565,149 @@ class Workspace:
         return report
 
 
-def _refuse_non_workspace(root: Path) -> None:
-    """Never litter a folder that is not a workspace (a home folder, a pristine dataset download)."""
-    if root.exists() and not root.is_dir():
-        raise WorkspaceError(f"{root} exists and is not a folder")
-    if not root.is_dir():
+def _refuse_non_workspace(root: Path, adopt: bool = False) -> None:
+    """Never litter a folder that is not a workspace (``/usr/bin``, a home folder, a dataset download).
+
+    Messages name the folder, never its full path: they may reach a browser.
+    """
+    if os.path.lexists(root) and not root.is_dir():
+        raise WorkspaceError(f"{root.name!r} exists and is not a folder")
+    if not root.is_dir() or is_workspace(root) or _is_incomplete_workspace(root):
+        return
+    try:
+        empty = not any(True for _ in root.iterdir())
+    except OSError:
+        raise WorkspaceError(f"the folder {root.name!r} cannot be read") from None
+    if empty:
         return
     if (root / "images").is_dir() and (root / "labels").is_dir() or (root / "PNGImages").is_dir():
-        raise WorkspaceError(f"{root} is a dataset download, not a labeling workspace; choose another folder")
-    markers = (CLASSES_FILE, MANIFEST_NAME, UNLABELED_DIR, VERSIONS_DIR, *SPLIT_DIRS)
-    if any(True for _ in root.iterdir()) and not any((root / m).exists() for m in markers):
-        raise WorkspaceError(f"{root} is neither empty nor a workspace (no train/, val/, classes.txt); "
-                             f"choose an empty folder or an existing workspace")
+        raise WorkspaceError(f"{root.name!r} is a dataset download, not a labeling workspace; choose another folder")
+    if adopt and any(_is_real_dir(root / split) for split in REQUIRED_SPLITS):
+        return
+    raise WorkspaceError(f"the folder {root.name!r} is neither empty nor a labeling workspace (one with "
+                         f"classes.txt, {MANIFEST_NAME}, train/ and val/); choose an empty folder or a workspace")
+
+
+def _resolved_roots(roots: Sequence[str | Path]) -> list[Path]:
+    return [Path(r).expanduser().resolve() for r in roots]
+
+
+def resolve_import_folder(folder: object, import_roots: Sequence[str | Path]) -> Path:
+    """``folder`` resolved (symlinks followed) when it lies under one of ``import_roots``; else a
+    ``WorkspaceError`` that does not tell whether anything exists outside those roots."""
+    roots = _resolved_roots(import_roots)
+    if not roots:
+        raise WorkspaceError("Importing a folder from the server is turned off here; upload the images instead.")
+    text = folder.strip() if isinstance(folder, str) else str(folder) if isinstance(folder, Path) else ""
+    if not text:
+        raise WorkspaceError("Type the folder to import.")
+    if "\x00" in text or len(text) > 4096:
+        raise WorkspaceError("That is not a valid folder path.")
+    path = Path(text)
+    if not path.is_absolute():
+        raise WorkspaceError("Type the full path of the folder, starting with '/' (no '~').")
+    if ".." in path.parts:
+        raise WorkspaceError("A folder path to import cannot contain '..'.")
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        raise WorkspaceError("That is not a valid folder path.") from None
+    if not any(resolved.is_relative_to(r) for r in roots):
+        raise WorkspaceError("That folder is not one this server allows importing from.")
+    if not resolved.is_dir():
+        raise WorkspaceError("There is no such folder to import from.")
+    return resolved
+
+
+class LabelsRoot:
+    """The one folder that holds every local workspace; a workspace is chosen by name, never by path.
+
+    One instance per process (the UI keeps it), so every browser session editing a workspace
+    shares its ``Workspace`` object and therefore its lock. Nothing is created outside ``path``:
+    names are validated (``check_workspace_name``) and every resolved path is checked to stay
+    inside ``path`` after following symlinks.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path).expanduser().resolve() if path else labels_root().resolve()
+        self._lock = threading.Lock()
+        self._open: dict[str, Workspace] = {}
+
+    def path_of(self, name: object) -> Path:
+        """Where the workspace ``name`` is (or would be): validated, resolved, inside the root."""
+        name = check_workspace_name(name)
+        try:
+            target = (self.path / name).resolve()
+        except (OSError, RuntimeError):
+            raise UnsafePathError("That workspace cannot be opened.") from None
+        if target == self.path or not target.is_relative_to(self.path):
+            raise UnsafePathError("That workspace lies outside the labels folder and cannot be used.")
+        return target
+
+    def names(self) -> list[str]:
+        """Existing workspaces, sorted; folders that are not workspaces or lead outside are left out."""
+        try:
+            entries = list(self.path.iterdir())
+        except OSError:
+            return []
+        found = []
+        for entry in entries:
+            try:
+                if check_workspace_name(entry.name) != entry.name:
+                    continue  # " ws" is no name a person could pick
+                target = self.path_of(entry.name)
+            except UnsafePathError:
+                continue
+            if is_workspace(target) or _is_incomplete_workspace(target):
+                found.append(entry.name)
+        return sorted(found)
+
+    def exists(self, name: object) -> bool:
+        target = self.path_of(name)
+        return is_workspace(target) or _is_incomplete_workspace(target)
+
+    def open(self, name: object) -> Workspace:
+        """The existing workspace ``name``; ``WorkspaceError`` when there is none by that name."""
+        name = check_workspace_name(name)
+        target = self.path_of(name)
+        with self._lock:
+            ws = self._open.get(str(target))
+            if ws is not None and is_workspace(target):
+                return ws
+            if not (is_workspace(target) or _is_incomplete_workspace(target)):
+                raise WorkspaceError(f"There is no workspace named {name!r}.")
+            ws = self._open[str(target)] = Workspace(target)
+            return ws
+
+    def create(self, name: object, classes: list[str] | None = None) -> Workspace:
+        """A new, empty workspace ``name``; ``WorkspaceError`` when that name is taken.
+
+        Built in a hidden staging folder and renamed into place, so the name never shows a
+        half-made workspace and a crash leaves no folder that blocks the name.
+        """
+        name = check_workspace_name(name)
+        target = self.path_of(name)
+        with self._lock:
+            if os.path.lexists(self.path / name):
+                raise WorkspaceError(f"A workspace or folder named {name!r} exists already; choose another name.")
+            self.path.mkdir(parents=True, exist_ok=True)
+            staging = self.path / f".new-{secrets.token_hex(8)}"  # a dot-name is never a workspace name
+            staging.mkdir()
+            try:
+                Workspace(staging, classes)
+                try:
+                    os.rename(staging, target)  # fails when ``target`` appeared meanwhile and is not empty
+                except OSError:
+                    raise WorkspaceError(f"A workspace or folder named {name!r} exists already; "
+                                         f"choose another name.") from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+            ws = self._open[str(target)] = Workspace(target)
+            return ws
+
+    def open_or_create(self, name: object = DEFAULT_WORKSPACE_NAME) -> Workspace:
+        name = check_workspace_name(name)
+        return self.open(name) if self.exists(name) else self.create(name)
 
 
 def _image_shape(path: Path) -> tuple[int, int]:

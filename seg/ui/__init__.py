@@ -1,4 +1,4 @@
-"""The Gradio dashboard: one module per tab, shared helpers in ``common``, assembly in ``app``.
+"""The Gradio dashboard: one module per tab, small shared modules by concern, assembly in ``app``.
 
 Importing ``seg.ui`` needs gradio; the core ``seg`` package never imports it.
 """

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from seg.ui.common import REPO_ROOT, ModelStore, dropdown_update, inference_concurrency
+from seg.config import REPO_ROOT
+from seg.modelstore import ModelStore
+from seg.ui.pickers import dropdown_update, take_watched
+from seg.ui.queues import inference_concurrency
 
 log = logging.getLogger("seg.ui")
 
-#: (tab label, module under seg.ui, elem_id). Order is the order of the issue.
+#: (tab label, module under seg.ui, elem_id), in the order the tabs appear.
 TABS: list[tuple[str, str, str]] = [
     ("Segment", "segment", "tab-segment"),
     ("Augment", "augment", "tab-augment"),
@@ -43,56 +46,64 @@ def _build_tab(module_name: str, store: ModelStore) -> None:
         if missing:
             gr.Markdown(f"This tab is not installed yet (`seg/ui/{module_name}.py`).")
         else:
-            gr.Markdown(f"This tab could not be built: `{html.escape(type(err).__name__)}: "
-                        f"{html.escape(str(err))}`. The other tabs work.")
+            gr.Markdown(
+                f"This tab could not be built: `{html.escape(type(err).__name__)}: "
+                f"{html.escape(str(err))}`. The other tabs work."
+            )
 
 
-def build_app(checkpoint_dir: str | Path | None = None, store: ModelStore | None = None,
-              preload: bool = True) -> gr.Blocks:
+def build_app(
+    checkpoint_dir: str | Path | None = None, store: ModelStore | None = None, preload: bool = True
+) -> gr.Blocks:
     """The whole dashboard as a ``gr.Blocks`` (not launched); ``launch_kwargs()`` has its theme and CSS.
 
     ``preload`` loads every checkpoint before the UI is built, so broken ones are listed as
     unavailable (with the reason) instead of failing on first use.
     """
     store = store or ModelStore(checkpoint_dir)
+    take_watched(store)  # a store reused for a second app starts with no dropdowns
     if preload:
         store.preload()
     # delete_cache: every hour, drop Gradio's cached uploads/outputs older than two hours.
     with gr.Blocks(title=TITLE, fill_width=True, delete_cache=(3600, 7200)) as demo:
-        gr.Markdown("# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
-                    "evaluate, train, inspect instances and label.", elem_id="seg-header")
+        gr.Markdown(
+            "# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
+            "evaluate, train, inspect instances and label.",
+            elem_id="seg-header",
+        )
         tabs = []
         with gr.Tabs():
             for label, module_name, elem_id in TABS:
                 with gr.Tab(label, id=module_name, elem_id=elem_id) as tab:
                     _build_tab(module_name, store)
                 tabs.append(tab)
-        _wire_model_lists(demo, tabs, store)
+        _wire_model_lists(tabs, store)
     demo.queue(default_concurrency_limit=inference_concurrency(), max_size=64)
     demo.seg_store = store  # type: ignore[attr-defined]  # tests and the bench reach the store
     return demo
 
 
-def _wire_model_lists(demo: gr.Blocks, tabs: list, store: ModelStore) -> None:
+def _wire_model_lists(tabs: list, store: ModelStore) -> None:
     """Refresh every model dropdown on page load and tab switch (new checkpoints appear)."""
-    if not store.dropdowns:
+    watched = take_watched(store)
+    if not watched:
         return
-    outputs = [d for d, _, _ in store.dropdowns]
+    outputs = [w.component for w in watched]
 
     def refresh(*current):
         store.refresh()
-        return [dropdown_update(store, task, multi, cur)
-                for (_, task, multi), cur in zip(store.dropdowns, current)]
+        return [dropdown_update(store, w.task, w.multiselect, cur) for w, cur in zip(watched, current)]
 
     for tab in tabs:
-        tab.select(refresh, inputs=outputs, outputs=outputs, api_visibility="private",
-                   queue=False, show_progress="hidden")
+        tab.select(
+            refresh, inputs=outputs, outputs=outputs, api_visibility="private", queue=False, show_progress="hidden"
+        )
 
 
 def configure_torch_threads() -> int:
     """Intra-op threads for inference from ``SEG_UI_TORCH_THREADS`` (else torch's default); returns it.
 
-    A knob rather than a fixed choice: on this 2-core machine shared with training runs, one
+    A knob rather than a fixed choice: on a 2-core CPU shared with training runs, one
     thread was far better in an isolated loop but no better through the app (bench/bench_app.py,
     four alternating runs), so the default is left to torch.
     """
@@ -111,6 +122,7 @@ def launch_kwargs() -> dict:
     css = CSS_PATH.read_text(encoding="utf-8") if CSS_PATH.is_file() else None
     # System fonts only: the default theme's Google fonts would be fetched by every browser,
     # and the dashboard must work offline.
-    theme = gr.themes.Soft(primary_hue="blue", font=["ui-sans-serif", "system-ui", "sans-serif"],
-                           font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Soft(
+        primary_hue="blue", font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     return {"theme": theme, "css": css}

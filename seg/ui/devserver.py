@@ -42,7 +42,7 @@ def connect(url: str, **kwargs):
     """A ``gradio_client.Client`` for ``url``; certificate checks only where TLS is in play.
 
     gradio_client builds a new certificate-verifying SSL context for every upload, call and
-    download, even over plain http (~35 ms each on this 2-core CPU, >100 ms per ``/segment``
+    download, even over plain http (~35 ms each on a 2-core CPU, >100 ms per ``/segment``
     call); for an ``http://`` URL there is nothing to verify, so it is turned off.
     """
     from gradio_client import Client
@@ -52,8 +52,7 @@ def connect(url: str, **kwargs):
     return Client(url, **kwargs)
 
 
-def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127.0.0.1",
-                      port: int | None = None):
+def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127.0.0.1", port: int | None = None):
     """Build and launch the app without blocking; returns (demo, url). Close with ``demo.close()``."""
     import os
 
@@ -62,8 +61,14 @@ def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127
 
     demo = build_app(checkpoint_dir)
     port = port or free_port(host)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="50mb", **launch_kwargs())
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size="50mb",
+        **launch_kwargs(),
+    )
     url = f"http://{host}:{port}/"
     wait_http(url)
     return demo, url
@@ -78,10 +83,15 @@ def _fake_metrics(seed: int) -> dict:
     cm = rng.integers(0, 50, (c, c)) + np.eye(c, dtype=int) * 400
     iou = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
     ap = np.clip(iou + 0.05, 0, 1)
-    return {"miou": float(iou.mean()), "map": float(ap.mean()), "pixel_accuracy": float(np.trace(cm) / cm.sum()),
-            "iou": iou.round(4).tolist(), "ap": ap.round(4).tolist(),
-            "per_class": {n: {"iou": float(iou[i]), "ap": float(ap[i])} for i, n in enumerate(SBD_CLASSES)},
-            "confusion_matrix": cm.tolist()}
+    return {
+        "miou": float(iou.mean()),
+        "map": float(ap.mean()),
+        "pixel_accuracy": float(np.trace(cm) / cm.sum()),
+        "iou": iou.round(4).tolist(),
+        "ap": ap.round(4).tolist(),
+        "per_class": {n: {"iou": float(iou[i]), "ap": float(ap[i])} for i, n in enumerate(SBD_CLASSES)},
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def make_tiny_checkpoints(directory: str | Path, broken: bool = True, instances: bool = True) -> list[str]:
@@ -98,10 +108,18 @@ def make_tiny_checkpoints(directory: str | Path, broken: bool = True, instances:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    base = {"task": "semantic", "classes": list(SBD_CLASSES), "palette": [list(c) for c in SBD_PALETTE],
-            "input_size": {"width": 288, "height": 224}, "encoder_init": "random initialisation"}
-    specs = [("tiny-cnn", "cnn", {"width": 8, "stages": 2}), ("tiny-unet", "unet", {"base_channels": 8, "depth": 2}),
-             ("tiny-prior", "prior", {})]
+    base = {
+        "task": "semantic",
+        "classes": list(SBD_CLASSES),
+        "palette": [list(c) for c in SBD_PALETTE],
+        "input_size": {"width": 288, "height": 224},
+        "encoder_init": "random initialisation",
+    }
+    specs = [
+        ("tiny-cnn", "cnn", {"width": 8, "stages": 2}),
+        ("tiny-unet", "unet", {"base_channels": 8, "depth": 2}),
+        ("tiny-prior", "prior", {}),
+    ]
     names = []
     for k, (name, arch, kwargs) in enumerate(specs):
         model = create(arch, num_classes=len(SBD_CLASSES), **kwargs)
@@ -112,8 +130,9 @@ def make_tiny_checkpoints(directory: str | Path, broken: bool = True, instances:
         save_checkpoint(directory / "tiny-dwt", dwt, {"task": "instances", "classes": ["background", "pedestrian"]})
         names.append("tiny-dwt")
     if broken:
-        card = dict(base, architecture="unet", arch_kwargs={"num_classes": 9, "base_channels": 8, "depth": 2},
-                    name="broken")
+        card = dict(
+            base, architecture="unet", arch_kwargs={"num_classes": 9, "base_channels": 8, "depth": 2}, name="broken"
+        )
         (directory / "broken.json").write_text(json.dumps(card))
         (directory / "broken.safetensors").write_bytes(b"not a safetensors file")
         (directory / "missing.json").write_text(json.dumps(dict(card, name="missing")))  # no weights file

@@ -6,9 +6,9 @@ Metrics come from the cards (``val_metrics``) or from the core's
 
 from __future__ import annotations
 
-from functools import partial
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -16,9 +16,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from seg.ui.common import (TOP_LEGEND, ModelStore, card_classes, colorize, dataset_available,
-                           get_predictor,
-                           hstack, missing_dataset_md, vstack)
+from seg.classes import colorize
+from seg.evaluate import error_map, evaluate_predictor
+from seg.modelstore import ModelStore
+from seg.render import card_classes, hstack, vstack
+from seg.ui.messages import missing_dataset_md
+from seg.ui.pickers import get_predictor, watch
+from seg.ui.samples import dataset_available, load_sbd_sample
+from seg.ui.style import TOP_LEGEND
 
 EVAL_QUEUE = "evaluate"
 SPLITS = ["val", "test", "train"]
@@ -71,26 +76,42 @@ def normalise(metrics: dict | None, classes: list[str]) -> dict | None:
             pr[c] = (curve.get("precision") or [], curve.get("recall") or [])
         elif isinstance(curve, (list, tuple)) and len(curve) == 2:
             pr[c] = (list(curve[0]), list(curve[1]))
-    return {"miou": metrics.get("miou"), "map": metrics.get("map"),
-            "pixel_accuracy": metrics.get("pixel_accuracy"), "iou": iou, "ap": ap,
-            "cm": np.asarray(cm, dtype=np.float64) if cm else None, "pr": pr,
-            "worst": metrics.get("worst") or metrics.get("per_image") or []}
+    return {
+        "miou": metrics.get("miou"),
+        "map": metrics.get("map"),
+        "pixel_accuracy": metrics.get("pixel_accuracy"),
+        "iou": iou,
+        "ap": ap,
+        "cm": np.asarray(cm, dtype=np.float64) if cm else None,
+        "pr": pr,
+        "worst": metrics.get("worst") or metrics.get("per_image") or [],
+    }
 
 
 def _fmt(v: Any, digits: int = 3) -> Any:
     return round(float(v), digits) if isinstance(v, (int, float)) and np.isfinite(v) else None
 
 
-def table_rows(store: ModelStore, results: dict[str, dict], sources: dict[str, str],
-               with_latency: bool = True) -> list[list[Any]]:
+def table_rows(
+    store: ModelStore, results: dict[str, dict], sources: dict[str, str], with_latency: bool = True
+) -> list[list[Any]]:
     rows = []
     for name, m in results.items():
         card = store.card(name)
         params = card.get("params")
         latency = measure_latency(store, name) if with_latency else None
-        rows.append([name, card.get("architecture", "?"), sources.get(name, "card"),
-                     _fmt(m.get("miou")), _fmt(m.get("map")), _fmt(m.get("pixel_accuracy")),
-                     _fmt(params / 1e6, 3) if isinstance(params, (int, float)) else None, _fmt(latency, 1)])
+        rows.append(
+            [
+                name,
+                card.get("architecture", "?"),
+                sources.get(name, "card"),
+                _fmt(m.get("miou")),
+                _fmt(m.get("map")),
+                _fmt(m.get("pixel_accuracy")),
+                _fmt(params / 1e6, 3) if isinstance(params, (int, float)) else None,
+                _fmt(latency, 1),
+            ]
+        )
     return rows
 
 
@@ -98,8 +119,14 @@ def iou_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
     fig = go.Figure()
     for name, m in results.items():
         fig.add_bar(name=name, x=classes, y=[m["iou"].get(c) for c in classes])
-    fig.update_layout(barmode="group", title="Per-class IoU", yaxis_range=[0, 1], height=360,
-                      margin=dict(l=40, r=10, t=70, b=40), legend=TOP_LEGEND)
+    fig.update_layout(
+        barmode="group",
+        title="Per-class IoU",
+        yaxis_range=[0, 1],
+        height=360,
+        margin={"l": 40, "r": 10, "t": 70, "b": 40},
+        legend=TOP_LEGEND,
+    )
     return fig
 
 
@@ -110,17 +137,31 @@ def confusion_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
         return _empty("No confusion matrix in these cards.")
     cols = min(3, len(named))
     rows = (len(named) + cols - 1) // cols
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[n for n, _ in named],
-                        horizontal_spacing=0.08, vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[n for n, _ in named], horizontal_spacing=0.08, vertical_spacing=0.12
+    )
     for k, (name, cm) in enumerate(named):
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        fig.add_trace(go.Heatmap(z=norm, x=classes[: cm.shape[1]], y=classes[: cm.shape[0]], zmin=0, zmax=1,
-                                 colorscale="Blues", showscale=k == 0,
-                                 hovertemplate="truth %{y}<br>predicted %{x}<br>%{z:.2f}<extra>" + name + "</extra>"),
-                      row=k // cols + 1, col=k % cols + 1)
+        fig.add_trace(
+            go.Heatmap(
+                z=norm,
+                x=classes[: cm.shape[1]],
+                y=classes[: cm.shape[0]],
+                zmin=0,
+                zmax=1,
+                colorscale="Blues",
+                showscale=k == 0,
+                hovertemplate="truth %{y}<br>predicted %{x}<br>%{z:.2f}<extra>" + name + "</extra>",
+            ),
+            row=k // cols + 1,
+            col=k % cols + 1,
+        )
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title="Confusion matrices (row-normalised; rows = truth)", height=360 * rows,
-                      margin=dict(l=60, r=10, t=70, b=40))
+    fig.update_layout(
+        title="Confusion matrices (row-normalised; rows = truth)",
+        height=360 * rows,
+        margin={"l": 60, "r": 10, "t": 70, "b": 40},
+    )
     return fig
 
 
@@ -137,13 +178,26 @@ def pr_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
             p, r = m["pr"].get(c, ([], []))
             if not p:
                 continue
-            fig.add_trace(go.Scatter(x=r, y=p, mode="lines", name=name, legendgroup=name, showlegend=k == 0,
-                                     line=dict(color=palette[j % len(palette)], width=1.5)),
-                          row=k // cols + 1, col=k % cols + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=r,
+                    y=p,
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    line={"color": palette[j % len(palette)], "width": 1.5},
+                ),
+                row=k // cols + 1,
+                col=k % cols + 1,
+            )
     fig.update_xaxes(range=[0, 1])
     fig.update_yaxes(range=[0, 1.02])
-    fig.update_layout(title="Precision–recall per class (x recall, y precision)", height=260 * rows,
-                      margin=dict(l=40, r=10, t=70, b=30))
+    fig.update_layout(
+        title="Precision–recall per class (x recall, y precision)",
+        height=260 * rows,
+        margin={"l": 40, "r": 10, "t": 70, "b": 30},
+    )
     return fig
 
 
@@ -156,16 +210,12 @@ def _empty(message: str) -> go.Figure:
 
 def error_tile(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette) -> np.ndarray:
     """image | truth | prediction | error map (the core's ``error_map``: red = wrong), side by side."""
-    from seg.evaluate import error_map
-
     return hstack([image, colorize(truth, palette), colorize(pred, palette), error_map(truth, pred)])
 
 
 def worst_images(store: ModelStore, results: dict[str, dict], k: int = 3) -> tuple[np.ndarray | None, str]:
     """The ``k`` lowest-mIoU images of each recomputed model with their error maps: one picture
     (a strip per image: image | truth | prediction | errors) and the list saying which is which."""
-    from seg.ui.common import load_sbd_sample
-
     rows, lines = [], []
     for name, m in results.items():
         worst = [w for w in m.get("worst") or [] if isinstance(w, dict) and "id" in w]
@@ -194,8 +244,6 @@ def recompute(store: ModelStore, name: str, split: str, limit: int | None) -> di
     root = dataset_available("sbd")
     if root is None:
         raise gr.Error(missing_dataset_md("sbd", "Recomputing metrics"))
-    from seg.evaluate import evaluate_predictor
-
     predictor = get_predictor(store, name)
     try:
         return evaluate_predictor(predictor, root, split, limit=int(limit) if limit else None)
@@ -238,10 +286,21 @@ def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split
         raise gr.Error("None of the chosen checkpoints has metrics. " + "; ".join(notes))
     classes = classes or []
     worst, worst_list = worst_images(store, results) if mode == "recompute" else (None, "")
-    note = "; ".join(notes) if notes else f"{len(results)} model(s), metrics from " + (
-        f"the {split} split (recomputed)" if mode == "recompute" else "their cards (validation split)")
-    return (table_rows(store, results, sources), iou_figure(results, classes), confusion_figure(results, classes),
-            pr_figure(results, classes), worst, worst_list, note)
+    note = (
+        "; ".join(notes)
+        if notes
+        else f"{len(results)} model(s), metrics from "
+        + (f"the {split} split (recomputed)" if mode == "recompute" else "their cards (validation split)")
+    )
+    return (
+        table_rows(store, results, sources),
+        iou_figure(results, classes),
+        confusion_figure(results, classes),
+        pr_figure(results, classes),
+        worst,
+        worst_list,
+        note,
+    )
 
 
 def build(store: ModelStore) -> None:
@@ -249,10 +308,15 @@ def build(store: ModelStore) -> None:
     names = store.names("semantic")
     has_data = dataset_available("sbd") is not None
     with gr.Row():
-        models = store.watch(gr.Dropdown(names, value=names, multiselect=True, label="Checkpoints"),
-                             "semantic", multiselect=True)
-        mode = gr.Radio([("card metrics", "card"), ("recompute on a split", "recompute")], value="card",
-                        label="Metrics from", interactive=has_data)
+        models = watch(
+            store, gr.Dropdown(names, value=names, multiselect=True, label="Checkpoints"), "semantic", multiselect=True
+        )
+        mode = gr.Radio(
+            [("card metrics", "card"), ("recompute on a split", "recompute")],
+            value="card",
+            label="Metrics from",
+            interactive=has_data,
+        )
         split = gr.Dropdown(SPLITS, value="val", label="Split")
         limit = gr.Number(0, precision=0, label="Max images (0 = all)")
         run = gr.Button("Evaluate", variant="primary", elem_id="evaluate-run")
@@ -266,10 +330,21 @@ def build(store: ModelStore) -> None:
     confusion = gr.Plot(label="Confusion matrices")
     pr = gr.Plot(label="Precision–recall")
     with gr.Row():
-        worst = gr.Image(label="Worst images, top to bottom: image | truth | prediction | errors (red)",
-                         type="numpy", interactive=False, scale=4, elem_id="evaluate-worst")
+        worst = gr.Image(
+            label="Worst images, top to bottom: image | truth | prediction | errors (red)",
+            type="numpy",
+            interactive=False,
+            scale=4,
+            elem_id="evaluate-worst",
+        )
         with gr.Column(scale=1, min_width=300):
             worst_list = gr.Markdown(elem_id="evaluate-worst-list")
     outputs = [table, iou, confusion, pr, worst, worst_list, note]
-    run.click(partial(evaluate, store), [models, mode, split, limit], outputs, api_name="evaluate",
-              concurrency_id=EVAL_QUEUE, concurrency_limit=1)
+    run.click(
+        partial(evaluate, store),
+        [models, mode, split, limit],
+        outputs,
+        api_name="evaluate",
+        concurrency_id=EVAL_QUEUE,
+        concurrency_limit=1,
+    )

@@ -8,67 +8,35 @@ DWT's energy (distance) map.
 
 from __future__ import annotations
 
-from functools import partial
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageDraw
-from scipy import ndimage as ndi
+from PIL import Image
+from plotly.colors import sample_colorscale, unlabel_rgb
 
-from seg.ui.common import (INFERENCE_QUEUE, ModelStore, dataset_available, example_images, get_predictor,
-                           missing_dataset_md, read_image, thumbnail)
+from seg.instances.coco_eval import InstanceEvaluator, ids_to_masks
+from seg.instances.data import boxes_from_ids, list_ids, load_sample
+from seg.modelstore import ModelStore
+from seg.render import draw_instances, thumbnail
+from seg.ui.messages import missing_dataset_md
+from seg.ui.pickers import get_predictor, watch
+from seg.ui.queues import INFERENCE_QUEUE
+from seg.ui.samples import dataset_available, example_images
+from seg.ui.uploads import read_image
 
 SOURCES = ("Penn-Fudan image", "upload")
 #: Working longest side for instance inference (Penn-Fudan images are at most ~1000 px).
 INSTANCE_MAX_SIDE = 800
-METRIC_HEADERS = ["model", "instances", "latency ms", "mask AP", "mask AP50", "box AP", "count error",
-                  "mean best IoU"]
-
-
-def instance_colours(n: int) -> np.ndarray:
-    """n distinct colours (golden-ratio hues), index 0 = first instance."""
-    import colorsys
-
-    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb((0.13 + i * 0.618034) % 1.0, 0.85, 0.95)]
-                     for i in range(max(n, 1))], dtype=np.uint8)
-
-
-def draw_instances(image: np.ndarray, ids: np.ndarray, boxes: np.ndarray | None = None,
-                   scores: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    """Each instance filled in its own colour, with a contour and its box (and score)."""
-    ids = np.asarray(ids)
-    n = int(ids.max(initial=0))
-    colours = instance_colours(n)
-    out = image.astype(np.float32).copy()
-    for k in range(1, n + 1):
-        mask = ids == k
-        if not mask.any():
-            continue
-        out[mask] = out[mask] * (1 - alpha) + colours[k - 1] * alpha
-        edge = mask & ~ndi.binary_erosion(mask, iterations=2)
-        out[edge] = colours[k - 1]
-    pil = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for k, box in enumerate(boxes if boxes is not None else []):
-        if k >= n or not np.any(box):
-            continue
-        x1, y1, x2, y2 = (float(v) for v in box)
-        colour = tuple(int(c) for c in colours[k])
-        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=colour, width=2)
-        text = f"{k + 1}" + (f" {float(scores[k]):.2f}" if scores is not None and k < len(scores) else "")
-        draw.rectangle([x1, max(0, y1 - 12), x1 + 7 * len(text), max(0, y1 - 12) + 12], fill=colour)
-        draw.text((x1 + 1, max(0, y1 - 12)), text, fill=(0, 0, 0))
-    return np.asarray(pil)
+METRIC_HEADERS = ["model", "instances", "latency ms", "mask AP", "mask AP50", "box AP", "count error", "mean best IoU"]
 
 
 @lru_cache(maxsize=1)
 def _viridis() -> np.ndarray:
-    from plotly.colors import sample_colorscale, unlabel_rgb
-
-    return np.array([unlabel_rgb(c) for c in sample_colorscale("Viridis", [i / 255 for i in range(256)])],
-                    dtype=np.uint8)
+    return np.array(
+        [unlabel_rgb(c) for c in sample_colorscale("Viridis", [i / 255 for i in range(256)])], dtype=np.uint8
+    )
 
 
 def energy_image(energy: np.ndarray) -> np.ndarray:
@@ -82,8 +50,6 @@ def _pennfudan_ids() -> list[str]:
     root = dataset_available("pennfudan")
     if root is None:
         return []
-    from seg.instances.data import list_ids
-
     try:
         return list_ids(root)
     except (OSError, FileNotFoundError):
@@ -99,8 +65,6 @@ def _source(source: str, sample_id: str | None, upload: Any) -> tuple[np.ndarray
         raise gr.Error(missing_dataset_md("pennfudan", "Penn-Fudan images"))
     if not sample_id:
         raise gr.Error("Pick a Penn-Fudan image, or switch the source to upload.")
-    from seg.instances.data import load_sample
-
     try:
         sample = load_sample(root, sample_id)
     except (OSError, ValueError) as err:
@@ -108,16 +72,15 @@ def _source(source: str, sample_id: str | None, upload: Any) -> tuple[np.ndarray
     image, truth = sample.image, sample.instances
     if max(image.shape[:2]) > INSTANCE_MAX_SIDE:
         image = thumbnail(image, INSTANCE_MAX_SIDE)
-        truth = np.asarray(Image.fromarray(truth.astype(np.int32)).resize(
-            (image.shape[1], image.shape[0]), Image.NEAREST)).astype(np.int32)
+        truth = np.asarray(
+            Image.fromarray(truth.astype(np.int32)).resize((image.shape[1], image.shape[0]), Image.NEAREST)
+        ).astype(np.int32)
     return image, truth, f"Penn-Fudan {sample_id}"
 
 
 def _metrics(truth: np.ndarray | None, result: Any) -> dict:
     if truth is None:
         return {}
-    from seg.instances.coco_eval import InstanceEvaluator, ids_to_masks
-
     ev = InstanceEvaluator()
     masks, scores, boxes = result.candidates()
     ev.add(ids_to_masks(truth), masks, scores, boxes)
@@ -128,8 +91,9 @@ def _num(v: Any) -> Any:
     return round(float(v), 3) if isinstance(v, (int, float)) and np.isfinite(v) else None
 
 
-def instances(store: ModelStore, source: str, sample_id: str | None, upload: Any,
-              models: list[str] | str | None, tta: bool = True):
+def instances(
+    store: ModelStore, source: str, sample_id: str | None, upload: Any, models: list[str] | str | None, tta: bool = True
+):
     """API endpoint ``instances``: gallery (truth, each model, energy maps), metric table, summary.
 
     ``tta``: the DWT's test-time augmentation as its card says (off: faster, less accurate).
@@ -137,36 +101,63 @@ def instances(store: ModelStore, source: str, sample_id: str | None, upload: Any
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("instances")
     if not models:
-        raise gr.Error("DWT/Mask R-CNN checkpoint not available: no instance checkpoint is installed. "
-                       + (store.describe() or "Train one with `python -m seg train-instances`."))
+        raise gr.Error(
+            "DWT/Mask R-CNN checkpoint not available: no instance checkpoint is installed. "
+            + (store.describe() or "Train one with `python -m seg train-instances`.")
+        )
     image, truth, what = _source(source, sample_id, upload)
     gallery: list[tuple[np.ndarray, str]] = []
     if truth is not None:
-        from seg.instances.data import boxes_from_ids
-
-        gallery.append((draw_instances(image, truth, boxes_from_ids(truth)),
-                        f"ground truth · {int(truth.max(initial=0))} pedestrians"))
-    rows, summary = [], {"source": what, "height": int(image.shape[0]), "width": int(image.shape[1]),
-                         "test_time_augmentation": bool(tta), "models": {}}
+        gallery.append(
+            (
+                draw_instances(image, truth, boxes_from_ids(truth)),
+                f"ground truth · {int(truth.max(initial=0))} pedestrians",
+            )
+        )
+    rows, summary = (
+        [],
+        {
+            "source": what,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "test_time_augmentation": bool(tta),
+            "models": {},
+        },
+    )
     for name in models:
         predictor = get_predictor(store, name)
         try:
             result = predictor.predict(image, tta=bool(tta))
         except (RuntimeError, ValueError) as err:
             raise gr.Error(f"{name} failed on this image: {err}") from None
-        gallery.append((draw_instances(image, result.instances, result.boxes, result.scores),
-                        f"{name} · {result.num_instances} instances · {result.latency_ms:.0f} ms"))
+        gallery.append(
+            (
+                draw_instances(image, result.instances, result.boxes, result.scores),
+                f"{name} · {result.num_instances} instances · {result.latency_ms:.0f} ms",
+            )
+        )
         if getattr(result, "energy", None) is not None:
             gallery.append((energy_image(result.energy), f"{name} · energy (distance to the boundary)"))
         m = _metrics(truth, result)
-        rows.append([name, result.num_instances, _num(result.latency_ms), _num(m.get("mask_ap")),
-                     _num(m.get("mask_ap50")), _num(m.get("box_ap")), _num(m.get("count_error")),
-                     _num(m.get("mean_best_iou"))])
-        summary["models"][name] = {"instances": int(result.num_instances),
-                                   "scores": [round(float(s), 4) for s in result.scores],
-                                   "boxes": np.asarray(result.boxes).round(1).tolist(),
-                                   "latency_ms": round(float(result.latency_ms), 1),
-                                   "metrics": {k: _num(v) for k, v in m.items()}}
+        rows.append(
+            [
+                name,
+                result.num_instances,
+                _num(result.latency_ms),
+                _num(m.get("mask_ap")),
+                _num(m.get("mask_ap50")),
+                _num(m.get("box_ap")),
+                _num(m.get("count_error")),
+                _num(m.get("mean_best_iou")),
+            ]
+        )
+        summary["models"][name] = {
+            "instances": int(result.num_instances),
+            "scores": [round(float(s), 4) for s in result.scores],
+            "boxes": np.asarray(result.boxes).round(1).tolist(),
+            "latency_ms": round(float(result.latency_ms), 1),
+            "metrics": {k: _num(v) for k, v in m.items()},
+        }
     return gallery, rows, summary
 
 
@@ -182,27 +173,51 @@ def build(store: ModelStore) -> None:
             else:
                 gr.Markdown(missing_dataset_md("pennfudan", "Showing Penn-Fudan images with ground truth"))
                 sample = gr.Dropdown([], value=None, label="Penn-Fudan image", visible=False)
-            upload = gr.Image(type="filepath", label="Upload", sources=["upload", "clipboard"], height=220,
-                              elem_id="instances-upload")
+            upload = gr.Image(
+                type="filepath", label="Upload", sources=["upload", "clipboard"], height=220, elem_id="instances-upload"
+            )
             examples = example_images("pedestrians")
             if examples:
                 gr.Examples(examples, inputs=upload, label="Generated examples")
-            models = store.watch(gr.Dropdown(names, value=names, multiselect=True, label="Instance models"),
-                                 "instances", multiselect=True)
+            models = watch(
+                store,
+                gr.Dropdown(names, value=names, multiselect=True, label="Instance models"),
+                "instances",
+                multiselect=True,
+            )
             if not names:
-                gr.Markdown("**DWT/Mask R-CNN checkpoint not available.** "
-                            + (store.describe() or "No instance checkpoint is installed yet."))
-            tta = gr.Checkbox(value=True, label="DWT test-time augmentation (mirror and/or a 1.25x pass, as "
-                                                "tuned on val and stored in its card; off is faster)",
-                              elem_id="instances-tta")
+                gr.Markdown(
+                    "**DWT/Mask R-CNN checkpoint not available.** "
+                    + (store.describe() or "No instance checkpoint is installed yet.")
+                )
+            tta = gr.Checkbox(
+                value=True,
+                label="DWT test-time augmentation (mirror and/or a 1.25x pass, as "
+                "tuned on val and stored in its card; off is faster)",
+                elem_id="instances-tta",
+            )
             run = gr.Button("Find pedestrians", variant="primary", elem_id="instances-run")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Instances (each its own colour, contour and box)", columns=2, height=520,
-                                 object_fit="contain", elem_id="instances-gallery")
-            table = gr.Dataframe(headers=METRIC_HEADERS, interactive=False,
-                                 label="Instance metrics on this image (with ground truth; DWT: the partition "
-                                       "shown, without the ranked alternatives of eval-instances)")
+            gallery = gr.Gallery(
+                label="Instances (each its own colour, contour and box)",
+                columns=2,
+                height=520,
+                object_fit="contain",
+                elem_id="instances-gallery",
+            )
+            table = gr.Dataframe(
+                headers=METRIC_HEADERS,
+                interactive=False,
+                label="Instance metrics on this image (with ground truth; DWT: the partition "
+                "shown, without the ranked alternatives of eval-instances)",
+            )
             summary = gr.JSON(label="Details", open=False)
     upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
-    run.click(partial(instances, store), [source, sample, upload, models, tta], [gallery, table, summary],
-              api_name="instances", concurrency_id=INFERENCE_QUEUE, preprocess=False)
+    run.click(
+        partial(instances, store),
+        [source, sample, upload, models, tta],
+        [gallery, table, summary],
+        api_name="instances",
+        concurrency_id=INFERENCE_QUEUE,
+        preprocess=False,
+    )

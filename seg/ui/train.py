@@ -1,7 +1,7 @@
 """Train tab: start one training run, watch it live, stop it cleanly.
 
 The run belongs to the process, not to a browser session: a background thread drives
-the core's event generator (``seg.train_semantic.train_semantic``) and records its events
+the core's event generator (``seg.training.train``) and records its events
 in ``RUN``. The user who clicks Start streams them; everyone else sees the same run
 through a polling timer. Closing the page does not stop the run; Stop does (the engine
 stops between steps and keeps the best checkpoint so far).
@@ -14,16 +14,22 @@ import re
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
+from seg.classes import colorize
 from seg.instances import INSTANCE_ARCHITECTURES
-from seg.ui.common import (TOP_LEGEND, TRAIN_QUEUE, ModelStore, colorize, dataset_available, hstack, vstack,
-                           missing_dataset_md)
+from seg.modelstore import ModelStore
+from seg.render import hstack, vstack
+from seg.ui.messages import missing_dataset_md
+from seg.ui.queues import TRAIN_QUEUE
+from seg.ui.samples import dataset_available
+from seg.ui.style import TOP_LEGEND
 
 log = logging.getLogger("seg.ui.train")
 
@@ -66,7 +72,7 @@ class TrainingRun:
 
     def start(self, config: Any, name: str, store: ModelStore) -> None:
         """Launch the run in a background thread; ``gr.Error`` when one is already running."""
-        from seg.train_semantic import train_semantic
+        from seg.training import train
 
         with self._lock:
             if self.running:
@@ -79,7 +85,7 @@ class TrainingRun:
 
             def work() -> None:
                 try:
-                    for event in train_semantic(config, stop):
+                    for event in train(config, stop):
                         self._record(event)
                 except Exception as err:  # the run fails, the app keeps serving
                     log.error("training failed:\n%s", traceback.format_exc())
@@ -149,7 +155,7 @@ class TrainingRun:
             self._bump()
 
 
-#: The one run of this process (shared by every session, as the issue asks).
+#: The one run of this process, shared by every browser session.
 RUN = TrainingRun()
 
 
@@ -252,8 +258,8 @@ DATA_LABELS = "My labels (labeling workspace)"
 def make_config(store: ModelStore, model: str, epochs: float, lr: float, batch_size: float, crop: float,
                 flip: float, weighting: str, frozen_epochs: float, encoder_init: str, limit: float,
                 seed: float, name: str, data_source: str = DATA_SBD, workspace: str = ""):
-    """Validate the form into a ``SemanticTrainConfig`` and a checkpoint name (``gr.Error`` on bad input)."""
-    from seg.train_semantic import SemanticTrainConfig
+    """Validate the form into a ``TrainConfig`` and a checkpoint name (``gr.Error`` on bad input)."""
+    from seg.training import SemanticOptions, TrainConfig
 
     root = _training_root(data_source, workspace)
     if model not in semantic_architectures():
@@ -272,12 +278,13 @@ def make_config(store: ModelStore, model: str, epochs: float, lr: float, batch_s
     if out.with_suffix(".json").exists() or out.with_suffix(".safetensors").exists():
         raise gr.Error(f"A checkpoint named {name!r} exists already; choose another name.")
     crop = float(crop)
-    config = SemanticTrainConfig(
+    config = TrainConfig(
         model=model, data_dir=str(root), out=str(out), epochs=epochs, lr=float(lr), batch_size=batch_size,
-        crop_fraction=(crop, 1.0) if crop < 1.0 else None, flip_p=float(flip), class_weighting=weighting,
-        seed=int(seed or 0), frozen_epochs=frozen if model == "resunet" else 0,
-        encoder_init=encoder_init if model == "resunet" else "none", limit=int(limit) if limit else None,
-        command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}")
+        seed=int(seed or 0), encoder_init=encoder_init if model == "resunet" else "none",
+        limit=int(limit) if limit else None,
+        command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}",
+        semantic=SemanticOptions(crop_fraction=(crop, 1.0) if crop < 1.0 else None, flip_p=float(flip),
+                                 class_weighting=weighting, frozen_epochs=frozen if model == "resunet" else 0))
     return config, name
 
 
@@ -361,8 +368,8 @@ def build(store: ModelStore) -> None:
             with gr.Accordion("Training data", open=False):
                 data_source = gr.Radio([DATA_SBD, DATA_LABELS], value=DATA_SBD, label="Train on",
                                        elem_id="train-data-source")
-                workspace = gr.Textbox(value="", label="Labeling workspace (empty = the default workspace of the Label tab)",
-                                       placeholder="~/.local/share/seglab/labels")
+                workspace = gr.Textbox(value="", label="Labeling workspace (empty = the default workspace of "
+                                       "the Label tab)", placeholder="~/.local/share/seglab/labels")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")

@@ -1,17 +1,13 @@
 """Semantic segmentation training on the Stanford Background layout (official or course).
 
 ``SemanticTask`` plugs the data, the augmentation and the weighted cross entropy into
-the engine; ``train_semantic`` builds the model, the schedule and the card, and is what
-the CLI's ``train`` and the dashboard's Train tab call.
+the engine; ``prepare_semantic`` builds the model, the schedule and the card for
+``seg.training.train``.
 """
 
 from __future__ import annotations
 
-import shlex
-import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -22,66 +18,42 @@ from torch import nn
 
 from seg.checkpoints import continued_init, lineage, load_checkpoint, save_checkpoint
 from seg.classes import palette_for
-from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_split
-from seg.engine import Stage, distributed_context, run, seed_everything
+from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_semantic_split
+from seg.engine import Stage, distributed_context
 from seg.losses import class_weights, weighted_cross_entropy
 from seg.metrics import SegMetrics
 from seg.models import create
+from seg.training import Prepared, SemanticOptions, TrainConfig, default_command
 from seg.transforms import JointAugment
 
 
-@dataclass
-class SemanticTrainConfig:
-    model: str = "unet"
-    data_dir: str = ""
-    out: str | None = None
-    epochs: int = 30
-    lr: float = 2e-3
-    batch_size: int = 8
-    crop_fraction: tuple[float, float] | None = (0.25, 1.0)
-    flip_p: float = 0.5
-    color_jitter: float = 0.2
-    #: (width, height) of training crops; None = the full image size. Smaller is faster per step;
-    #: with a crop fraction around (0.5 * width / W)^2 the crops keep roughly the native scale.
-    train_size: tuple[int, int] | None = None
-    class_weighting: str = "inverse_sqrt"
-    weight_decay: float = 1e-4
-    seed: int = 0
-    frozen_epochs: int = 0
-    encoder_lr_ratio: float = 0.1
-    encoder_init: str = "none"
-    model_kwargs: dict = field(default_factory=dict)
-    limit: int | None = None
-    val_split: str = "val"
-    device: str | None = None
-    command: str | None = None
-    #: training-step precision: auto (fp16 AMP on CUDA, fp32 on CPU), fp32, bf16, fp16
-    precision: str = "auto"
-    #: continue from this checkpoint's weights (same architecture); its lineage goes on the card
-    init_from: str | None = None
-    ema_decay: float | None = None  # validate/save a moving average of the weights (seg.engine.run)
+#: the default batch size of semantic models (the instance models have their own)
+BATCH_SIZE = 8
 
 
 class SemanticTask:
     """Batches of augmented uint8 crops; loss is weighted CE; validation is the full metric set."""
 
-    def __init__(self, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, weight: torch.Tensor | None) -> None:
-        self.train, self.val, self.config = train, val, config
+    def __init__(self, train: SegSplit, val: SegSplit, options: SemanticOptions, weight: torch.Tensor | None,
+                 batch_size: int = BATCH_SIZE, seed: int = 0) -> None:
+        self.train, self.val, self.options = train, val, options
+        self.batch_size, self.seed = batch_size, seed
         self.num_classes = len(train.classes)
         self.weight = weight
         h, w = train.images.shape[-2:]
-        if config.train_size:
-            w, h = config.train_size
-        self.augment = JointAugment(config.crop_fraction, config.flip_p, size=(h, w), color_jitter=config.color_jitter)
+        if options.train_size:
+            w, h = options.train_size
+        self.augment = JointAugment(options.crop_fraction, options.flip_p, size=(h, w),
+                                    color_jitter=options.color_jitter)
 
     def steps_per_epoch(self, world: int = 1) -> int:
         per_rank = -(-len(self.train) // world)
-        return max(1, -(-per_rank // self.config.batch_size))
+        return max(1, -(-per_rank // self.batch_size))
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
-        g = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         order = torch.randperm(len(self.train), generator=g)[rank::world]
-        bs = self.config.batch_size
+        bs = self.batch_size
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
             pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]
@@ -134,21 +106,33 @@ class SemanticTask:
                  "truth": self.val.masks[i].numpy(), "pred": pred[k]} for k, i in enumerate(sel)]
 
 
-def build_stages(config: SemanticTrainConfig) -> list[Stage]:
+
+def frozen_epochs_of(config: TrainConfig) -> int:
+    """Encoder-frozen epochs: as set, else 3 for the ResNet-18 U-Net and 0 for models without an encoder."""
+    frozen = config.semantic.frozen_epochs
+    if frozen is None:
+        return 3 if config.model == "resunet" and config.epochs > 3 else 0
+    return frozen
+
+
+def build_stages(config: TrainConfig) -> list[Stage]:
     """One stage, or for encoder models: encoder frozen, then unfrozen at ``encoder_lr_ratio``."""
-    if config.frozen_epochs <= 0:
+    frozen = frozen_epochs_of(config)
+    if frozen <= 0:
         return [Stage("main", config.epochs, config.lr)]
-    if config.frozen_epochs >= config.epochs:
+    if frozen >= config.epochs:
         raise ValueError("frozen epochs must be fewer than the total epochs")
-    return [Stage("frozen", config.frozen_epochs, config.lr, frozen=("encoder.",)),
-            Stage("unfrozen", config.epochs - config.frozen_epochs, config.lr,
-                  lr_scale={"encoder.": config.encoder_lr_ratio})]
+    return [Stage("frozen", frozen, config.lr, frozen=("encoder.",)),
+            Stage("unfrozen", config.epochs - frozen, config.lr,
+                  lr_scale={"encoder.": config.semantic.encoder_lr_ratio})]
 
 
-def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Module, str]:
+def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     kwargs = dict(config.model_kwargs)
     if config.model == "resunet":
         kwargs["encoder_init"] = config.encoder_init
+    elif config.encoder_init != "none":
+        raise ValueError(f"{config.model} has no pretrained encoder to initialise; encoder_init is for resunet")
     model = create(config.model, num_classes=num_classes, **kwargs)
     if config.model == "prior":
         return model, "not applicable: no encoder, per-pixel class frequencies of the train split"
@@ -158,7 +142,6 @@ def _build_model(config: SemanticTrainConfig, num_classes: int) -> tuple[nn.Modu
 
 def _warm_start(model: nn.Module, path: str) -> dict:
     """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
-
     previous, card = load_checkpoint(path)
     if card.get("architecture") != getattr(model, "arch_name", None):
         raise ValueError(f"--init-from {path}: architecture {card.get('architecture')!r} differs from "
@@ -167,31 +150,32 @@ def _warm_start(model: nn.Module, path: str) -> dict:
     return dict(lineage(card), val_miou=(card.get("val_metrics") or {}).get("miou"))
 
 
-def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | None = None) -> Iterator[dict]:
-    """Load the data, build model and schedule, and run the engine; yields its events."""
-    seed_everything(config.seed)
-    rank, world = distributed_context()
+def prepare_semantic(config: TrainConfig) -> Prepared:
+    """Load the data once, build model, task, stages and card (the prior gets a ``fit`` instead)."""
+    _, world = distributed_context()
+    options = config.semantic
     root = Path(config.data_dir)
-    train = load_split(root, "train", limit=config.limit)
-    val = load_split(root, config.val_split, limit=config.limit)
+    train = load_semantic_split(root, "train", limit=config.limit)
+    val = load_semantic_split(root, options.val_split, limit=config.limit)
     num_classes = len(train.classes)
     freqs = class_frequencies(train.masks, num_classes)
-    weight = None if config.class_weighting == "none" else class_weights(freqs, config.class_weighting)
+    weight = None if options.class_weighting == "none" else class_weights(freqs, options.class_weighting)
     model, init_text = _build_model(config, num_classes)
     source = _warm_start(model, config.init_from) if config.init_from else None
     card = {
         "task": "semantic",
         "classes": train.classes,
-        "palette": [list(c) for c in palette_for(num_classes)],
+        "palette": [list(c) for c in (train.palette or palette_for(num_classes))],
         "input_size": {"width": int(train.images.shape[-1]), "height": int(train.images.shape[-2])},
         "encoder_init": init_text,
         "pretrained": config.model == "resunet" and config.encoder_init != "none",
         "data": {"root_fingerprint": fingerprint(root), "split_rule": SPLIT_RULE,
-                 "num_train": len(train), "num_val": len(val), "val_split": config.val_split,
+                 "num_train": len(train), "num_val": len(val), "val_split": options.val_split,
                  "train_class_frequencies": [round(float(f), 6) for f in freqs]},
-        "config": {k: v for k, v in asdict(config).items() if k not in ("command",)},
+        "config": config.to_dict(),
+        "precision": config.precision,
         "class_weights": weight.tolist() if weight is not None else None,
-        "command": config.command or " ".join(shlex.quote(a) for a in sys.argv),
+        "command": default_command(config),
         "seed": config.seed,
         "world_size": world,
     }
@@ -199,23 +183,17 @@ def train_semantic(config: SemanticTrainConfig, stop_event: threading.Event | No
         card["init_from"] = source
         card["encoder_init"] = continued_init(source)
         card["pretrained"] = bool(source.get("pretrained", False))
+    task = SemanticTask(train, val, options, weight, config.batch_size or BATCH_SIZE, config.seed)
     if not getattr(model, "trainable", True):
-        yield from _fit_prior(model, train, val, config, card, weight)
-        return
-    task = SemanticTask(train, val, config, weight)
-    device = torch.device(config.device) if config.device else None
-    yield from run(model, task, build_stages(config), out=config.out if rank == 0 else None, card=card,
-                   seed=config.seed, stop_event=stop_event, device=device, weight_decay=config.weight_decay,
-                   ema_decay=config.ema_decay, precision=config.precision)
+        return Prepared(model, task, [], card, fit=lambda: _fit_prior(model, task, config, card))
+    return Prepared(model, task, build_stages(config), card)
 
 
-def _fit_prior(model, train: SegSplit, val: SegSplit, config: SemanticTrainConfig, card: dict,
-               weight: torch.Tensor | None) -> Iterator[dict]:
+def _fit_prior(model: nn.Module, task: SemanticTask, config: TrainConfig, card: dict) -> Iterator[dict]:
     """The prior has no gradient steps: fit the per-pixel table, validate once, save."""
     start = time.time()
     yield {"type": "start", "epochs": 1, "stages": [], "device": "cpu", "world_size": 1, "rank": 0}
-    model.fit(train.masks)
-    task = SemanticTask(train, val, config, weight)
+    model.fit(task.train.masks)
     metrics = task.validate(model, torch.device("cpu"))
     elapsed = time.time() - start
     row = {"epoch": 1, "stage": "fit", "train_loss": None, "val_loss": metrics["val_loss"],

@@ -1,0 +1,146 @@
+"""Benchmark: box -> mask (GrabCut, alone and seeded by the shipped DWT) on Penn-Fudan pedestrians.
+
+Each pedestrian's box is the tight box of its ground-truth mask; the tool gets the image at
+its own size and every box of the image at once (``boxes_to_ids``, what ``python -m seg
+box-to-mask`` runs), and each pedestrian's mask is compared with the ground truth (IoU).
+Latency is wall time per box; seeded runs add the model's pass per image, shared by its boxes.
+
+Targets: mean IoU per pedestrian >= 0.80 and <= 300 ms per box. The recipe is tuned on the
+train split (``--tune`` prints the grid) and measured once on val:
+
+    python bench/bench_box_to_mask.py [--split val] [--model checkpoints/dwt] [--out bench/results/box_to_mask.json]
+    python bench/bench_box_to_mask.py --tune --split train --limit 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from seg.config import REPO_ROOT, dataset_dir  # noqa: E402
+from seg.instances.data import boxes_from_ids, ids_for_split, load_sample  # noqa: E402
+from seg.labeling.tools import DEFAULT_RECIPE, GrabCutRecipe, boxes_to_ids  # noqa: E402
+
+TARGET_IOU = 0.80
+TARGET_MS_PER_BOX = 300.0
+
+
+def load_images(split: str, limit: int | None) -> list:
+    root = dataset_dir("pennfudan")
+    if not (root / "PNGImages").is_dir():
+        sys.exit(f"Penn-Fudan not found at {root}: set SEG_DATA_DIR or run python -m seg download pennfudan")
+    return [load_sample(root, i) for i in ids_for_split(root, split)[:limit]]
+
+
+def foreground_maps(samples: list, checkpoint: str, flip: bool = False,
+                    whole: bool = False, work_height: int | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """The model's foreground probability around each image's boxes (``whole``: everywhere), and
+    seconds per image."""
+    import torch
+
+    from seg.labeling.seeding import ForegroundModel
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    model = ForegroundModel.from_checkpoint(checkpoint, flip=flip, work_height=work_height)
+    model.in_boxes(samples[0].image, boxes_from_ids(samples[0].instances))  # warm-up
+    maps, seconds = [], []
+    for s in samples:
+        start = time.perf_counter()
+        maps.append(model(s.image) if whole else model.in_boxes(s.image, boxes_from_ids(s.instances)))
+        seconds.append(time.perf_counter() - start)
+    return maps, seconds
+
+
+def evaluate(samples: list, recipe: GrabCutRecipe, maps: list | None = None,
+             model_seconds: list[float] | None = None) -> dict:
+    """Mean IoU per pedestrian and ms per box (model time shared by the image's boxes)."""
+    ious, per_box_ms = [], []
+    for i, s in enumerate(samples):
+        boxes = [tuple(b) for b in boxes_from_ids(s.instances)]
+        if not boxes:
+            continue
+        start = time.perf_counter()
+        ids = boxes_to_ids(s.image, boxes, None if maps is None else maps[i], recipe)
+        elapsed = time.perf_counter() - start + (model_seconds[i] if model_seconds else 0.0)
+        per_box_ms += [1000 * elapsed / len(boxes)] * len(boxes)
+        for k in range(1, len(boxes) + 1):
+            pred, truth = ids == k, s.instances == k
+            ious.append(float((pred & truth).sum() / max(1, (pred | truth).sum())))
+    return {"pedestrians": len(ious), "mean_iou": round(statistics.fmean(ious), 4),
+            "median_iou": round(statistics.median(ious), 4),
+            "share_iou_at_least_0.8": round(float(np.mean(np.asarray(ious) >= 0.8)), 3),
+            "ms_per_box_mean": round(statistics.fmean(per_box_ms), 1),
+            "ms_per_box_p95": round(float(np.percentile(per_box_ms, 95)), 1)}
+
+
+def tune(samples: list, maps: list | None) -> None:
+    """Print a small grid of recipes on these (train) images, best mean IoU first."""
+    grid = {"iterations": (2, 3, 5), "margin": (0.05, 0.15, 0.3), "max_side": (96, 128, 192, 0),
+            "core": (0.0, 0.2)}
+    rows = []
+    for values in itertools.product(*grid.values()):
+        recipe = replace(DEFAULT_RECIPE, **dict(zip(grid, values)))
+        rows.append((evaluate(samples, recipe, maps), recipe))
+        print(f"{rows[-1][0]['mean_iou']:.4f}  {rows[-1][0]['ms_per_box_mean']:7.1f} ms  {recipe}", flush=True)
+    print("best:")
+    for result, recipe in sorted(rows, key=lambda r: -r[0]["mean_iou"])[:5]:
+        print(f"{result['mean_iou']:.4f}  {result['ms_per_box_mean']:7.1f} ms  {recipe}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--limit", type=int, default=None, help="first N images of the split")
+    parser.add_argument("--model", default=str(REPO_ROOT / "checkpoints" / "dwt"),
+                        help="instance checkpoint whose foreground seeds GrabCut ('none' to skip)")
+    parser.add_argument("--tune", action="store_true", help="print a recipe grid instead of the measurement")
+    parser.add_argument("--seeded-only", action="store_true", help="with --tune: tune the seeded recipe")
+    parser.add_argument("--out", default=None, help="JSON results (default: bench/results/box_to_mask.json)")
+    args = parser.parse_args()
+
+    samples = load_images(args.split, args.limit)
+    use_model = args.model.lower() != "none"
+    if args.tune:
+        maps = foreground_maps(samples, args.model)[0] if args.seeded_only else None
+        tune(samples, maps)
+        return 0
+
+    results = {"split": args.split, "images": len(samples), "recipe": asdict(DEFAULT_RECIPE),
+               "grabcut_alone": evaluate(samples, DEFAULT_RECIPE)}
+    print("GrabCut alone:", results["grabcut_alone"], flush=True)
+    if use_model:
+        maps, seconds = foreground_maps(samples, args.model)
+        results["model"] = Path(args.model).name
+        results["model_ms_per_image"] = round(1000 * statistics.fmean(seconds), 1)
+        results["model_seeded"] = evaluate(samples, DEFAULT_RECIPE, maps, seconds)
+        print("model-seeded:", results["model_seeded"], flush=True)
+    best = max((v for k, v in results.items() if k in ("grabcut_alone", "model_seeded")),
+               key=lambda r: r["mean_iou"])
+    results["targets"] = {"mean_iou": TARGET_IOU, "ms_per_box": TARGET_MS_PER_BOX,
+                          "met_by_best": best["mean_iou"] >= TARGET_IOU and best["ms_per_box_mean"] <= TARGET_MS_PER_BOX}
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_1min": round(os.getloadavg()[0], 2)}
+    out = Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / "box_to_mask.json"
+    if args.limit is None:
+        from seg.io import atomic_write_text
+
+        atomic_write_text(out, json.dumps(results, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Model cards: the JSON file beside every checkpoint's weights, and the one place that writes them.
+
+A card says what a checkpoint is (architecture, classes, task), how its weights were
+initialised and trained (config, command, curve, lineage) and how well it does (val and
+test metrics). Training, tuning, quantisation and ensembling all write through
+``write_card``/``update_card``, so every card is written the same way: atomically, as strict
+JSON (no NaN), with tensors, paths and numpy scalars converted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from seg.io import atomic_write_text
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match its card."""
+
+
+def stem_of(path: str | Path) -> Path:
+    """``x.json`` / ``x.safetensors`` / ``x`` -> ``x``: a checkpoint is named by its stem."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+
+
+def card_path(path: str | Path) -> Path:
+    return stem_of(path).with_suffix(".json")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values from tensors, numpy scalars/arrays, paths, tuples and dataclass-like dicts.
+
+    Non-finite floats become ``None``: a card is read by other tools, and strict JSON has no NaN.
+    """
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors and numpy arrays/scalars
+        return jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):
+        return jsonable(value.item())
+    return value
+
+
+def read_card(path: str | Path) -> dict:
+    """The card of checkpoint ``path``; ``CheckpointError`` when missing or not a card."""
+    where = card_path(path)
+    if not where.is_file():
+        raise CheckpointError(f"card {where.name} is missing")
+    try:
+        card = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"card {where.name} is not valid JSON: {err}") from None
+    if not isinstance(card, dict) or "architecture" not in card:
+        raise CheckpointError(f"card {where.name} has no 'architecture'")
+    return card
+
+
+def write_card(path: str | Path, card: dict) -> Path:
+    """Write ``card`` (atomically) beside the weights of ``path``; returns the card's path."""
+    where = card_path(path)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(where, json.dumps(jsonable(card), indent=1, allow_nan=False))
+    return where
+
+
+def update_card(path: str | Path, changes: dict) -> dict:
+    """Read the card, apply ``changes`` (top-level keys), write it back; returns the new card."""
+    card = read_card(path)
+    card.update(changes)
+    write_card(path, card)
+    return card
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """A metrics or prediction record as strict JSON (atomic), for ``--json`` outputs."""
+    atomic_write_text(path, json.dumps(jsonable(data), indent=1, allow_nan=False))

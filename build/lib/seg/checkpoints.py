@@ -1,0 +1,218 @@
+"""Checkpoints: ``<name>.safetensors`` (weights, fp16 storage) + ``<name>.json`` (the card).
+
+``weights="int8"`` (``python -m seg quantize``) stores every weight of two or more dims
+as int8 with one fp32 scale per first-dim channel (``<key>.int8_scale``), the rest fp16:
+half the bytes of fp16 for a large encoder, dequantised to fp32 on load.
+
+Loading rebuilds the architecture through the model registry from the card and reads
+tensors with safetensors: nothing is ever unpickled. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+import seg
+from seg.cards import CheckpointError, jsonable, read_card, stem_of, write_card
+from seg.config import checkpoint_dir
+from seg.io import atomic_write_bytes
+from seg.models import create
+
+__all__ = ["CheckpointError", "CheckpointInfo", "read_card", "stem_of", "save_checkpoint", "load_checkpoint",
+           "list_checkpoints", "quantize_checkpoint", "lineage", "continued_init"]
+
+#: Architecture arguments that say how to *initialise* weights; on load the weights come
+#: from the checkpoint, so these are forced to "none" (no download, no local file needed).
+INIT_ARGUMENTS = ("encoder_init", "backbone_init")
+
+
+@dataclass
+class CheckpointInfo:
+    name: str
+    path: Path
+    card: dict | None
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+
+#: suffix of the per-output-channel scale stored beside an int8 weight
+INT8_SCALE_SUFFIX = ".int8_scale"
+WEIGHTS_DTYPES = {"float32": "float32", "float16": "float16",
+                  "int8": "int8 with one scale per first-dim channel (weights of 2+ dims), float16 (the rest)"}
+
+
+def _quantise_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per first-dim channel (a conv's output channel): (values, fp32 scale per channel)."""
+    flat = t.float().reshape(t.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    return torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape), scale
+
+
+def _stored_state(model: torch.nn.Module, weights: str) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        if t.is_floating_point() and weights == "int8" and t.ndim >= 2:
+            state[key], state[key + INT8_SCALE_SUFFIX] = _quantise_int8(t)
+        elif t.is_floating_point() and weights != "float32":
+            t = t.half()
+        state.setdefault(key, t)
+    return state
+
+
+def _dequantised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors -> the model's keys; int8 weights times their channel scales."""
+    out = {k: v for k, v in state.items() if not k.endswith(INT8_SCALE_SUFFIX)}
+    for key in [k for k in state if k.endswith(INT8_SCALE_SUFFIX)]:
+        weight = key[: -len(INT8_SCALE_SUFFIX)]
+        if weight not in out or out[weight].dtype != torch.int8 or len(state[key]) != out[weight].shape[0]:
+            raise ValueError(f"{key} does not match an int8 weight")
+        shape = (-1,) + (1,) * (out[weight].ndim - 1)
+        out[weight] = out[weight].float() * state[key].float().reshape(shape)
+    return out
+
+
+def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, fp16: bool = True,
+                    weights: str | None = None) -> Path:
+    """Write weights and card; returns the stem. Float tensors are stored as fp16 by default;
+    ``weights`` ("float32" | "float16" | "int8") overrides ``fp16``."""
+    weights = weights or ("float16" if fp16 else "float32")
+    if weights not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights must be one of {sorted(WEIGHTS_DTYPES)}, not {weights!r}")
+    stem = stem_of(path_stem)
+    state = _stored_state(model, weights)
+    full_card = {
+        "name": stem.name,
+        "architecture": getattr(model, "arch_name", card.get("architecture")),
+        "arch_kwargs": jsonable(getattr(model, "arch_kwargs", card.get("arch_kwargs", {}))),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "weights_dtype": WEIGHTS_DTYPES[weights],
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "software": {"seglab": seg.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    full_card.update(jsonable({k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")}))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(stem.with_suffix(".safetensors"), save(state, metadata={"format": "pt"}))
+    write_card(stem, full_card)
+    return stem
+
+
+#: card fields ``save_checkpoint`` writes itself; a re-saved card must not carry the old ones
+GENERATED_CARD_KEYS = ("name", "params", "weights_dtype", "saved_at", "software")
+
+
+def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
+    """Re-save a checkpoint with int8 weights; the card keeps everything else and says what it was.
+
+    The card's ``val_metrics`` are still the source's: re-measure them (``python -m seg quantize``
+    does for semantic checkpoints) and record the new ones.
+    """
+    model, card = load_checkpoint(source)
+    size = stem_of(source).with_suffix(".safetensors").stat().st_size
+    kept = {k: v for k, v in card.items() if k not in GENERATED_CARD_KEYS}
+    kept["quantized_from"] = {"checkpoint": stem_of(source).name, "weights_dtype": card.get("weights_dtype"),
+                              "bytes": size, "saved_at": card.get("saved_at"), "software": card.get("software")}
+    save_checkpoint(out, model, kept, weights="int8")
+    return read_card(out)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from its card and load its weights (fp32 in memory); model in eval mode."""
+    stem = stem_of(path)
+    card = read_card(stem)
+    weights = stem.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise CheckpointError(f"weights {weights.name} are missing")
+    kwargs = dict(card.get("arch_kwargs") or {})
+    for key in INIT_ARGUMENTS:
+        if key in kwargs:
+            kwargs[key] = "none"
+    num_classes = kwargs.pop("num_classes", len(card.get("classes") or []) or 9)
+    try:
+        model = create(card["architecture"], num_classes=num_classes, **kwargs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot build {card['architecture']!r} from the card: {err}") from None
+    try:
+        state = _dequantised(load_file(str(weights)))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"weights {weights.name} are corrupt: {err}") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"weights {weights.name} do not match the card's architecture "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    for key, tensor in state.items():
+        if tensor.shape != own[key].shape:
+            raise CheckpointError(f"weights {weights.name}: {key} has shape {tuple(tensor.shape)}, "
+                                  f"expected {tuple(own[key].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.eval()
+    return model.to(device), card
+
+
+def continued_init(source: dict) -> str:
+    """``encoder_init`` of a warm restart, from its ``lineage``: the weights' first start, then the restart."""
+    return f"{source['its_encoder_init']}; then continued from checkpoint {source['checkpoint']!r}"
+
+
+def lineage(card: dict) -> dict:
+    """What a new card records about the checkpoint it started from (``--init-from``).
+
+    Epochs and training time accumulate over chains of warm restarts (``total_*``).
+    """
+    earlier = card.get("init_from") or {}
+    return {
+        "checkpoint": card.get("name"),
+        "architecture": card.get("architecture"),
+        "command": card.get("command"),
+        "epochs": card.get("epochs_run"),
+        "training_time_s": card.get("training_time_s"),
+        "pretrained": bool(card.get("pretrained", False)),
+        "its_encoder_init": card.get("encoder_init"),
+        "total_epochs": (card.get("epochs_run") or 0) + (earlier.get("total_epochs") or 0),
+        "total_training_time_s": (card.get("training_time_s") or 0) + (earlier.get("total_training_time_s") or 0),
+        "earlier": earlier or None,
+    }
+
+
+def _check_weights_header(path: Path) -> None:
+    """Cheap validity check: the safetensors header parses (no tensor data is read)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError("weights file is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if not list(fh.keys()):
+                raise CheckpointError(f"weights {path.name} hold no tensors")
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"weights {path.name} are corrupt: {err}") from None
+
+
+def list_checkpoints(directory: str | Path | None = None) -> list[CheckpointInfo]:
+    """Every ``*.json`` card in the folder; unreadable ones come back with ``error`` set."""
+    folder = Path(directory) if directory else checkpoint_dir()
+    infos = []
+    if not folder.is_dir():
+        return infos
+    for card_path in sorted(folder.glob("*.json")):
+        stem = card_path.with_suffix("")
+        try:
+            card = read_card(stem)
+            _check_weights_header(stem.with_suffix(".safetensors"))
+            infos.append(CheckpointInfo(stem.name, stem, card))
+        except CheckpointError as err:
+            infos.append(CheckpointInfo(stem.name, stem, None, str(err)))
+    return infos

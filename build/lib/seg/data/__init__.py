@@ -1,0 +1,1 @@
+"""Datasets: Stanford Background (semantic) and, in seg.instances, Penn-Fudan."""

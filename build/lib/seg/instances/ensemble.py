@@ -1,0 +1,78 @@
+"""Combine trained DWT checkpoints into one ``dwt_ensemble`` checkpoint.
+
+Each member is a checkpoint trained by ``python -m seg train --model dwt``; the ensemble
+averages their foreground and energy-level probabilities (see ``DWTEnsemble``). Members
+must share the architecture and the energy levels; the card keeps every member's
+command, initialisation and validation scores, and says the post-processing must be
+re-tuned (``tune-instances``) for the averaged maps.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from seg.checkpoints import load_checkpoint, save_checkpoint
+from seg.instances.models import DWTEnsemble
+
+#: card keys copied from the first member (they describe the data and the method, not one run)
+SHARED_KEYS = ("task", "dataset", "work_height", "energy_edges", "energy_levels_note", "split_fractions",
+               "train_images", "val_images", "classes", "palette")
+
+
+def _init_summary(card: dict) -> str:
+    """One short phrase per member for the ensemble's card (each member's card has the details)."""
+    source, restarts = card.get("init_from") or {}, 0
+    while source.get("architecture") == "dwt":  # follow warm restarts back to the first start
+        source, restarts = source.get("earlier") or {}, restarts + 1
+    if source.get("architecture") is not None:
+        start = f"body from this project's {source.get('dataset')} {source.get('checkpoint')!r} checkpoint"
+    elif card.get("pretrained"):
+        start = str(card.get("encoder_init"))
+    else:
+        start = "random initialisation"
+    return start + (f", then {restarts} warm restart(s)" if restarts else "")
+
+
+def combine(paths: list[str | Path], out: str | Path) -> dict:
+    """Write the ensemble of ``paths`` to ``out`` (stem); returns its card."""
+    if len(paths) < 2:
+        raise ValueError("combine at least two DWT checkpoints")
+    models, cards = [], []
+    for path in paths:
+        model, card = load_checkpoint(path)
+        if card.get("architecture") != "dwt":
+            raise ValueError(f"{path}: a {card.get('architecture')!r} checkpoint; only dwt checkpoints combine")
+        models.append(model.float())
+        cards.append(card)
+    first = cards[0]
+    kwargs = {k: v for k, v in (first.get("arch_kwargs") or {}).items() if k != "num_classes"}
+    for path, card in zip(paths[1:], cards[1:]):
+        other = {k: v for k, v in (card.get("arch_kwargs") or {}).items() if k != "num_classes"}
+        if other != kwargs or card.get("energy_edges") != first.get("energy_edges"):
+            raise ValueError(f"{path}: architecture or energy levels differ from {paths[0]}")
+    ensemble = DWTEnsemble(models)
+    ensemble.arch_name = "dwt_ensemble"  # what the registry would have set; the card's architecture
+    inits = Counter(_init_summary(c) for c in cards)
+    members = [{"checkpoint": str(p), "command": c.get("command"), "encoder_init": c.get("encoder_init"),
+                "init_from": (c.get("init_from") or {}).get("checkpoint"), "epochs_run": c.get("epochs_run"),
+                "training_time_s": c.get("training_time_s"), "best_epoch": c.get("best_epoch"),
+                "val_mask_ap": (c.get("val_metrics") or {}).get("mask_ap")} for p, c in zip(paths, cards)]
+    card = {k: first[k] for k in SHARED_KEYS if k in first}
+    card.update({
+        "architecture": "dwt_ensemble",
+        "arch_kwargs": {"num_classes": 2, "members": len(models), **kwargs},
+        "method": (f"Deep Watershed Transform, ensemble of {len(models)} independently trained DWTs (same "
+                   "architecture): foreground and energy-level probabilities averaged, then the DWT "
+                   "post-processing (seeds cut from the expected energy, watershed over the foreground)"),
+        "encoder_init": "members: " + ", ".join(f"{n}x {init}" for init, n in inits.items())
+                        + ("" if any(c.get("pretrained") for c in cards) else "; no ImageNet or COCO weights"),
+        "pretrained": any(bool(c.get("pretrained")) for c in cards),
+        "members": members,
+        "training_time_s": sum(float(c.get("training_time_s") or 0) for c in cards),
+        "epochs_run": "+".join(str(c.get("epochs_run", "?")) for c in cards),
+        "command": "python -m seg ensemble-instances " + " ".join(str(p) for p in paths) + f" --out {out}",
+        "postprocess_note": "re-tune on val after combining: python -m seg tune-instances --checkpoint <out>",
+    })
+    save_checkpoint(out, ensemble, card)
+    return card

@@ -1,0 +1,273 @@
+"""Instance prediction for any instance checkpoint (DWT or Mask R-CNN), at the input's size.
+
+``InstancePredictor.from_checkpoint(path).predict(rgb)`` is what the CLI and the
+dashboard call. The DWT runs at the working height; its foreground probability and
+expected energy are upsampled (both are linear in the level probabilities, so this
+equals upsampling the distributions) and post-processed at the original size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from torch import nn
+
+from seg.instances import INSTANCE_ARCHITECTURES
+from seg.instances.data import WORK_HEIGHT, boxes_from_ids, relabel_sequential, work_size
+from seg.instances.models import is_detector, split_outputs
+from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
+
+DETECTION_SCORE_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5
+
+
+@dataclass
+class InstanceResult:
+    """Per-pixel instance ids (0 background) and per-instance scores / xyxy boxes, at the input size."""
+
+    instances: np.ndarray  # (H, W) int32
+    scores: np.ndarray  # (N,)
+    boxes: np.ndarray  # (N, 4) xyxy, x2/y2 exclusive
+    energy: np.ndarray | None  # (H, W) expected energy level on the predicted foreground, 0 elsewhere (DWT)
+    foreground: np.ndarray | None  # (H, W) foreground probability (DWT only)
+    latency_ms: float
+    # every candidate, overlapping allowed (Mask R-CNN; the DWT's partition + alternatives) — what COCO AP ranks
+    all_masks: np.ndarray | None = None  # (P, H, W) bool
+    all_scores: np.ndarray | None = None
+
+    @property
+    def num_instances(self) -> int:
+        return len(self.scores)
+
+    def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks, scores, boxes) for AP: every candidate when there are more than the id map's."""
+        if self.all_masks is not None:
+            return self.all_masks, self.all_scores, boxes_of_masks(self.all_masks)
+        ids = np.arange(1, self.num_instances + 1)
+        return self.instances[None] == ids[:, None, None], self.scores, self.boxes
+
+
+def boxes_of_masks(masks: np.ndarray) -> np.ndarray:
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return boxes
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+
+
+#: test-time augmentation settings by name: (flip, scales); ``tune-instances --tta auto`` tries them all
+TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
+    "none": (False, (1.0,)), "flip": (True, (1.0,)),
+    "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
+
+#: separate passes whose instances ``tune-instances`` tries ranking after the main pass's (besides none)
+ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,),)
+
+
+def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
+
+    ``flip``: the logits are of a batch followed by its mirror image (``dwt_heads``); the
+    two sets of probabilities (foreground and energy levels) are averaged.
+    """
+    fg_logits, energy_logits = split_outputs(logits.float())
+    fg, probs = fg_logits.softmax(1)[:, 1:2], energy_logits.softmax(1)
+    if flip:
+        n = logits.shape[0] // 2
+        fg, probs = (fg[:n] + fg[n:].flip(-1)) / 2, (probs[:n] + probs[n:].flip(-1)) / 2
+    levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device).view(1, -1, 1, 1)
+    return fg, (probs * levels).sum(1, keepdim=True)
+
+
+def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """The batch, followed by its horizontal mirror when ``flip`` (one forward pass for both)."""
+    return torch.cat([x, x.flip(-1)]) if flip else x
+
+
+def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False, scales: tuple[float, ...] = (1.0,),
+              at_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy level for a float batch, at ``x``'s size.
+
+    Test-time augmentation: ``flip`` averages the mirrored pass (``heads_from_logits``);
+    ``scales`` averages passes at these multiples of ``x``'s size. Scale augmentation in
+    training (0.8-1.25x) makes a slightly enlarged input in-distribution, and it finds small
+    pedestrians the working size misses. Energy levels are pixels (unit steps up to level 6,
+    where seeds are cut), so a pass at scale s has its expected level divided by s.
+    ``at_one``: the scale-1 heads if the caller already has them (validation gets them
+    from the forward that gives its loss).
+    """
+    fgs, energies = [], []
+    for s in scales:
+        if s == 1.0:
+            fg, energy = at_one or heads_from_logits(model(with_mirror(x, flip)), flip)
+        else:
+            fg, energy = dwt_pass(model, x, flip, s)
+            energy = energy / s
+        fgs.append(fg)
+        energies.append(energy)
+    if len(fgs) == 1:
+        return fgs[0], energies[0]
+    return torch.stack(fgs).mean(0), torch.stack(energies).mean(0)
+
+
+def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Heads of one pass on ``x`` resized by ``scale``, brought back to ``x``'s size.
+
+    The energy stays in that pass's pixels: ``dwt_heads`` divides it by ``scale`` to average
+    passes; an alternative pass (``dwt_alternative_maps``) is post-processed as it is.
+    """
+    h, w = x.shape[-2:]
+    if scale == 1.0:
+        return heads_from_logits(model(with_mirror(x, flip)), flip)
+    xs = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
+                       align_corners=False, antialias=scale < 1.0)
+    fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
+    maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
+    return maps[:, :1], maps[:, 1:]
+
+
+def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
+    """The image as a (1, 3, h, w) float batch at the working height, on the model's device."""
+    h, w = rgb.shape[:2]
+    x = to_tensor(rgb)[None].to(next(model.parameters()).device)
+    return F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _maps_at(fg: torch.Tensor, energy: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 1, h, w) heads -> (H, W) numpy maps at ``size`` (bilinear: both are linear in the probabilities)."""
+    maps = F.interpolate(torch.cat([fg, energy], 1), size=size, mode="bilinear", align_corners=False)[0].cpu().numpy()
+    return maps[0], maps[1]
+
+
+def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
+             work_height: int = WORK_HEIGHT, flip: bool = False,
+             scales: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
+    with torch.inference_mode():
+        return _maps_at(*dwt_heads(model, _work_batch(model, rgb, work_height), flip, scales),
+                        out_size or rgb.shape[:2])
+
+
+def dwt_alternative_maps(model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...],
+                         work_height: int = WORK_HEIGHT, flip: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fg, energy) of one separate pass per scale, at the input size: where ``ranked_candidates``
+    looks for pedestrians the main pass missed (an enlarged pass sees the small ones)."""
+    with torch.inference_mode():
+        x = _work_batch(model, rgb, work_height)
+        return [_maps_at(*dwt_pass(model, x, flip, scale), rgb.shape[:2]) for scale in scales]
+
+
+def components_from_foreground(fg_prob: np.ndarray, params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
+    """The trivial baseline: connected components of the foreground, scored by mean probability."""
+    labels, _ = ndi.label(fg_prob > params.fg_threshold)
+    labels = relabel_sequential(labels.astype(np.int32), params.min_size)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return labels, np.zeros(0, np.float32)
+    flat = labels.ravel()
+    mean = np.bincount(flat, weights=fg_prob.ravel(), minlength=n + 1)[1:] / np.bincount(flat, minlength=n + 1)[1:]
+    return labels, mean.astype(np.float32)
+
+
+def params_from_card(card: dict) -> PostprocessParams:
+    """Post-processing chosen on val (stored by the task in the card), else the defaults."""
+    source = card.get("postprocess") or (card.get("val_metrics") or {}).get("postprocess") or {}
+    defaults = PostprocessParams()
+    return PostprocessParams(float(source.get("cut_level", defaults.cut_level)),
+                             int(source.get("min_size", defaults.min_size)),
+                             float(source.get("fg_threshold", defaults.fg_threshold)),
+                             int(source.get("min_seed", defaults.min_seed)),
+                             bool(source.get("alternatives", defaults.alternatives)))
+
+
+class InstancePredictor:
+    """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'."""
+
+    def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
+                 method: str | None = None, flip: bool | None = None,
+                 scales: tuple[float, ...] | None = None) -> None:
+        self.model = model.eval()
+        self.card = card or {}
+        self.params = params or params_from_card(self.card)
+        self.detector = is_detector(model)
+        self.method = method or ("maskrcnn" if self.detector else "dwt")
+        if self.detector != (self.method == "maskrcnn"):
+            raise ValueError(f"method {self.method!r} does not fit a {'detector' if self.detector else 'DWT'} model")
+        self.work_height = int(self.card.get("work_height", WORK_HEIGHT))
+        # test-time augmentation (DWT): as the card says it was tuned, unless overridden
+        self.flip = bool(self.card.get("tta_flip", False)) if flip is None else bool(flip)
+        self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
+        # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
+        self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, method: str | None = None, flip: bool | None = None,
+                        scales: tuple[float, ...] | None = None) -> "InstancePredictor":
+        from seg.checkpoints import load_checkpoint
+
+        model, card = load_checkpoint(path)
+        if card.get("architecture") not in INSTANCE_ARCHITECTURES:
+            raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
+        return cls(model.float(), card, method=method, flip=flip, scales=scales)
+
+    def predict(self, rgb: np.ndarray, tta: bool = True, candidates: bool = False) -> InstanceResult:
+        """``tta=False`` skips the DWT's test-time augmentation for this call (a faster preview).
+
+        ``candidates=True`` (evaluation): also rank the DWT's alternatives after its partition
+        (``result.candidates()``), as the card says; they never change the id map, so a
+        caller that only shows or saves the partition leaves them off.
+        """
+        start = time.perf_counter()
+        if self.detector:
+            result = self._predict_detector(rgb)
+        else:
+            flip, scales = (self.flip, self.scales) if tta else (False, (1.0,))
+            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height, flip=flip, scales=scales)
+            area_ratio = (rgb.shape[0] / self.work_height) ** 2
+            params = self.params.scaled(area_ratio)
+            if self.method == "components":
+                labels, scores = components_from_foreground(fg, params)
+                ranked = (None, None)
+            elif candidates and (params.alternatives or self.alternative_scales):
+                extra = dwt_alternative_maps(self.model, rgb, self.alternative_scales,
+                                             self.work_height, flip)
+                labels, scores, *ranked = ranked_candidates(fg, energy, params, extra)
+            else:
+                labels, scores = instances_from_maps(fg, energy, params)
+                ranked = (None, None)
+            # the energy is only trained on pedestrians: show it where the foreground is
+            shown = np.where(fg > params.fg_threshold, energy, 0.0).astype(np.float32)
+            result = InstanceResult(labels, scores, boxes_from_ids(labels), shown, fg, 0.0, *ranked)
+        result.latency_ms = (time.perf_counter() - start) * 1000.0
+        return result
+
+    def _predict_detector(self, rgb: np.ndarray) -> InstanceResult:
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            out = self.model([to_tensor(rgb).to(device)])[0]
+        scores = out["scores"].cpu().numpy().astype(np.float32)
+        masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy() if len(scores) else \
+            np.zeros((0,) + rgb.shape[:2], bool)
+        ids = np.zeros(rgb.shape[:2], np.int32)
+        kept = [i for i in np.argsort(scores)[::-1] if scores[i] >= DETECTION_SCORE_THRESHOLD]
+        for rank, i in reversed(list(enumerate(kept, start=1))):  # paint low scores first, high ones win
+            ids[masks[i]] = rank
+        # ids whose pixels were all covered by better detections vanish; keep ids/scores aligned
+        present = np.bincount(ids.ravel(), minlength=len(kept) + 1)[1:] > 0
+        table = np.zeros(len(kept) + 1, np.int32)
+        table[1:][present] = np.arange(1, int(present.sum()) + 1)
+        ids = table[ids]
+        kept_scores = scores[kept][present] if kept else np.zeros(0, np.float32)
+        return InstanceResult(ids, kept_scores, boxes_from_ids(ids), None, None, 0.0,
+                              all_masks=masks, all_scores=scores)

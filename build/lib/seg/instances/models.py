@@ -1,0 +1,199 @@
+"""The two instance models, registered as ``dwt`` and ``maskrcnn``.
+
+``dwt``: the core's U-Net / ResUNet body with two heads (foreground, energy levels);
+its forward returns one tensor ``(N, 2 + K, H, W)`` so it fits the registry contract
+(logits at input resolution); ``split_outputs`` separates the heads.
+
+``maskrcnn``: torchvision's Mask R-CNN on a small ResNet-FPN, sized for a CPU and for the
+shared checkpoint budget. Its backbone initialisation follows the core's encoder rules
+(``none`` | ``imagenet`` | a local state-dict file), plus ``coco`` for the full
+ResNet-50 model through torchvision's weights API. A weight file that cannot be had
+raises; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import misc as ops_misc
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from seg.instances.targets import ENERGY_EDGES
+from seg.models import create, register
+from seg.models.common import conv_bn_relu
+
+
+class DeepWatershed(nn.Module):
+    """Backbone features -> foreground logits (2) and energy-level logits (K)."""
+
+    def __init__(self, backbone: nn.Module, energy_levels: int) -> None:
+        super().__init__()
+        channels = int(backbone.out_channels)
+        if hasattr(backbone, "head"):
+            backbone.head = nn.Identity()  # the semantic head is unused; drop its weights
+        self.backbone = backbone
+        self.energy_levels = energy_levels
+        self.fg_head = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1))
+        # the energy needs a wider view (how far to the boundary), hence two 3x3 layers
+        self.energy_head = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels),
+                                         nn.Conv2d(channels, energy_levels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone.forward_features(x)
+        return torch.cat([self.fg_head(features), self.energy_head(features)], dim=1)
+
+
+def split_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2+K, H, W) -> foreground logits (N, 2, H, W), energy logits (N, K, H, W)."""
+    return logits[:, :2], logits[:, 2:]
+
+
+@register("dwt", task="instances")
+def build_dwt(num_classes: int = 2, backbone: str = "unet", energy_levels: int = len(ENERGY_EDGES),
+              **backbone_kwargs) -> DeepWatershed:
+    """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it."""
+    if num_classes != 2:
+        raise ValueError("the DWT separates one class (pedestrian) from background: num_classes must be 2")
+    body = create(backbone, num_classes=2, **backbone_kwargs)
+    if not hasattr(body, "forward_features"):
+        raise ValueError(f"backbone {backbone!r} has no forward_features; use unet or resunet")
+    return DeepWatershed(body, energy_levels)
+
+
+class DWTEnsemble(nn.Module):
+    """Several DWTs whose head probabilities are averaged (foreground and energy levels).
+
+    The forward returns the *log* of the averaged probabilities, so everything that reads
+    a DWT (``split_outputs`` + softmax) reads the ensemble unchanged: softmax(log p) = p.
+    """
+
+    def __init__(self, members: list[DeepWatershed]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.energy_levels = members[0].energy_levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = [split_outputs(member(x).float()) for member in self.members]
+        fg = torch.stack([f.softmax(1) for f, _ in heads]).mean(0)
+        energy = torch.stack([e.softmax(1) for _, e in heads]).mean(0)
+        return torch.cat([fg, energy], dim=1).clamp_min(1e-12).log()
+
+
+@register("dwt_ensemble", task="instances")
+def build_dwt_ensemble(num_classes: int = 2, members: int = 2, backbone: str = "unet",
+                       energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs) -> DWTEnsemble:
+    """``members`` DWTs of one architecture (built by ``seg.instances.ensemble.combine``)."""
+    return DWTEnsemble([build_dwt(num_classes, backbone, energy_levels, **backbone_kwargs)
+                        for _ in range(int(members))])
+
+
+# --------------------------------------------------------------------------- Mask R-CNN
+
+_RESNETS = {
+    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
+    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
+}
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+def _resnet_body(name: str, encoder_init: str, norm: str) -> nn.Module:
+    """The ResNet trunk with the requested initialisation (see module docstring)."""
+    if name not in _RESNETS:
+        raise ValueError(f"unknown Mask R-CNN backbone {name!r}; choose from {sorted(_RESNETS)}")
+    if norm == "auto":
+        # pretrained statistics are kept frozen (torchvision's recipe); from scratch with
+        # batches of 2 images, batch norm is useless, so group norm (He et al. 2019)
+        norm = "frozen_bn" if encoder_init != "none" else "group"
+    norm_layer = {"frozen_bn": ops_misc.FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "group": _group_norm}[norm]
+    factory, weights_enum = _RESNETS[name]
+    body = factory(weights=None, norm_layer=norm_layer)
+    if encoder_init != "none":
+        from seg.models.encoders import load_encoder_weights  # the core's single copy of the rules
+
+        load_encoder_weights(body, encoder_init, weights_enum)
+    return body
+
+
+def _load_coco(model: MaskRCNN) -> None:
+    """COCO Mask R-CNN weights (ResNet-50 FPN only) via torchvision's weights API + hub cache.
+
+    The two class-specific predictors are left at their fresh initialisation (91 COCO
+    classes vs our 2). Raises when the weights are not in the cache and cannot be downloaded.
+    """
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    try:
+        state = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # network / cache failures surface with a clear message
+        raise RuntimeError(f"COCO Mask R-CNN weights could not be loaded ({err}); put them in the torch hub "
+                           "cache or use --encoder-init none|imagenet|<file>") from err
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+
+
+class PedestrianMaskRCNN(MaskRCNN):
+    """torchvision's MaskRCNN; a named subclass so checkpoints and the UI can tell it apart."""
+
+
+@register("maskrcnn", task="instances")
+def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_init: str = "none",
+                   norm: str = "auto", fpn_channels: int = 128, returned_layers: tuple[int, ...] = (1, 2, 3),
+                   min_size: int = 320, max_size: int = 560, representation_size: int = 256) -> MaskRCNN:
+    """A small Mask R-CNN: ResNet trunk up to ``layer{max(returned_layers)}``, FPN, tall anchors.
+
+    ResNet-18 cut after layer3 with a 128-channel FPN is ~6M parameters (12 MB in fp16),
+    which fits the shared checkpoint budget; ``backbone="resnet50", encoder_init="coco"``
+    rebuilds torchvision's standard model instead.
+    """
+    returned_layers = tuple(int(i) for i in returned_layers)
+    if encoder_init == "coco":
+        if backbone != "resnet50":
+            raise ValueError("COCO Mask R-CNN weights exist for resnet50 only")
+        from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
+                                      min_size=min_size, max_size=max_size)
+        _load_coco(model)
+        in_features = model.roi_heads.box_predictor.cls_score.in_features
+        model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
+        model.__class__ = PedestrianMaskRCNN
+        return model
+    body = _resnet_body(backbone, encoder_init, norm)
+    stage_channels = {1: 64, 2: 128, 3: 256, 4: 512}
+    if backbone == "resnet50":
+        stage_channels = {k: v * 4 for k, v in stage_channels.items()}
+    return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
+    # BackboneWithFPN keeps only the trunk up to the last returned layer
+    fpn = BackboneWithFPN(body, return_layers, [stage_channels[k] for k in returned_layers], fpn_channels,
+                          extra_blocks=LastLevelMaxPool())
+    levels = len(returned_layers) + 1
+    sizes = tuple((32 * 2**i,) for i in range(levels))
+    anchors = AnchorGenerator(sizes, ((1.0, 2.0, 3.0),) * levels)  # h/w: pedestrians are tall
+    box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
+    mask_head = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1)
+    model = PedestrianMaskRCNN(
+        fpn, num_classes=None, min_size=min_size, max_size=max_size,
+        rpn_anchor_generator=anchors, box_head=box_head,
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        mask_head=mask_head, mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
+        box_detections_per_img=50)
+    return model
+
+
+def is_detector(model: nn.Module) -> bool:
+    return isinstance(model, MaskRCNN)
+

@@ -1,0 +1,79 @@
+"""Choose a DWT checkpoint's post-processing and test-time augmentation on val, and record them on its card.
+
+The training's per-epoch search is coarse (it runs every epoch); ``tune_checkpoint`` runs the
+thorough one once, on the finished model, over every test-time setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: ``tune-instances`` pays for a dearer test-time setting only when val mask AP gains more than this
+TUNE_MIN_GAIN = 0.005
+
+
+def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None,
+                    tta: str = "auto") -> dict:
+    """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card.
+
+    ``tta``: ``auto`` searches with every test-time augmentation setting (``TTA_OPTIONS``)
+    and keeps the cheapest one within ``TUNE_MIN_GAIN`` of the best mask AP (25 val images:
+    a smaller gain is noise, and the dearer settings cost 2-5x the time); the choice goes in
+    the card too.
+    Then, with the chosen parameters, each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
+    passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
+    only if val mask AP rises by more than ``TUNE_MIN_GAIN``.
+    """
+    import torch
+
+    from seg.cards import stem_of, write_card
+    from seg.checkpoints import load_checkpoint
+    from seg.instances import DWT_ARCHITECTURES
+    from seg.instances.data import WORK_HEIGHT, load_instance_split
+    from seg.instances.inference import ALTERNATIVE_SCALE_OPTIONS, TTA_OPTIONS
+    from seg.instances.postprocess import PostprocessParams
+    from seg.instances.targets import ENERGY_EDGES
+    from seg.instances.task import DWTValidation
+    model, card = load_checkpoint(checkpoint)
+    if card.get("architecture") not in DWT_ARCHITECTURES:
+        raise ValueError("only DWT checkpoints have post-processing parameters to tune")
+    samples = load_instance_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
+    edges = tuple(card.get("energy_edges", ENERGY_EDGES))
+    options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first
+    model, cpu = model.float().eval(), torch.device("cpu")
+    results, computed = {}, {}
+    for name in options:
+        validation = DWTValidation(samples, edges, *TTA_OPTIONS[name])
+        maps, val_loss = validation.maps(model, cpu)
+        results[name], computed[name] = validation.report(maps, val_loss, thorough=True), (validation, maps)
+    best_ap = max(results[name]["mask_ap"] or 0.0 for name in options)
+    chosen = next(name for name in options if (results[name]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
+    flip, scales = TTA_OPTIONS[chosen]
+    result = results[chosen]
+    validation, maps = computed[chosen]
+    alternative_scales, alternatives_compared = (), {"none": result["mask_ap"]}
+    for extra in ALTERNATIVE_SCALE_OPTIONS:  # the chosen setting's maps plus each set of separate passes
+        metrics = validation.evaluate(validation.with_alternatives(maps, model, cpu, extra),
+                                      PostprocessParams(**result["postprocess"]))
+        alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
+        if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0) + TUNE_MIN_GAIN:
+            alternative_scales = extra
+            result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
+    card["postprocess"] = result["postprocess"]
+    card["tta_flip"], card["tta_scales"] = flip, list(scales)
+    card["alternative_scales"] = list(alternative_scales)
+    if split == "val":  # the card's val metrics describe the model as it now runs (post-processing, TTA)
+        if card.get("val_metrics") is not None:
+            card.setdefault("training_val_metrics", card["val_metrics"])
+        card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
+            "postprocess": result["postprocess"], "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
+            "alternative_scales": list(alternative_scales), "at": "working height"}
+    keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
+    card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
+                                  "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
+                                  **{k: result[k] for k in keys},
+                                  "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options},
+                                  "alternative_scales": list(alternative_scales),
+                                  "alternative_scales_compared": alternatives_compared}
+    write_card(stem_of(checkpoint), card)
+    return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}

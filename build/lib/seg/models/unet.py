@@ -1,0 +1,51 @@
+"""U-Net (Ronneberger et al. 2015) with batch norm, sized for a laptop CPU.
+
+Encoder: DoubleConv blocks with max-pool between them; decoder: bilinear upsampling,
+concatenation with the skip at the same scale, DoubleConv. ``forward_features`` returns
+the last decoder map, so other heads (e.g. the instance model) can reuse the body.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seg.models import register
+from seg.models.common import DoubleConv, Normalize
+
+
+class UNet(nn.Module):
+    def __init__(self, num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.normalize = Normalize()
+        chans = [base_channels * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([DoubleConv(3, chans[0])] +
+                                  [DoubleConv(chans[i - 1], chans[i]) for i in range(1, depth + 1)])
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
+        self.out_channels = chans[0]
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = block(x)
+            skips.append(x)
+        x = self.dropout(skips.pop())
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+@register("unet")
+def build_unet(num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1) -> UNet:
+    return UNet(num_classes, base_channels, depth, dropout)

@@ -1,0 +1,211 @@
+"""Semantic segmentation training on the Stanford Background layout (official or course).
+
+``SemanticTask`` plugs the data, the augmentation and the weighted cross entropy into
+the engine; ``prepare_semantic`` builds the model, the schedule and the card for
+``seg.training.train``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from seg.checkpoints import continued_init, lineage, load_checkpoint, save_checkpoint
+from seg.classes import palette_for
+from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_semantic_split
+from seg.engine import Stage, distributed_context
+from seg.losses import class_weights, weighted_cross_entropy
+from seg.metrics import SegMetrics
+from seg.models import create
+from seg.training import Prepared, SemanticOptions, TrainConfig, default_command
+from seg.transforms import JointAugment
+
+
+#: the default batch size of semantic models (the instance models have their own)
+BATCH_SIZE = 8
+
+
+class SemanticTask:
+    """Batches of augmented uint8 crops; loss is weighted CE; validation is the full metric set."""
+
+    def __init__(self, train: SegSplit, val: SegSplit, options: SemanticOptions, weight: torch.Tensor | None,
+                 batch_size: int = BATCH_SIZE, seed: int = 0) -> None:
+        self.train, self.val, self.options = train, val, options
+        self.batch_size, self.seed = batch_size, seed
+        self.num_classes = len(train.classes)
+        self.weight = weight
+        h, w = train.images.shape[-2:]
+        if options.train_size:
+            w, h = options.train_size
+        self.augment = JointAugment(options.crop_fraction, options.flip_p, size=(h, w),
+                                    color_jitter=options.color_jitter)
+
+    def steps_per_epoch(self, world: int = 1) -> int:
+        per_rank = -(-len(self.train) // world)
+        return max(1, -(-per_rank // self.batch_size))
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train), generator=g)[rank::world]
+        bs = self.batch_size
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]
+            yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    @staticmethod
+    def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        x = images.to(device, non_blocking=True).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
+
+    def train_step(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        images, masks = batch
+        logits = model(self._to_input(images, device))
+        weight = self.weight.to(device) if self.weight is not None else None
+        return weighted_cross_entropy(logits, masks.to(device).long(), weight)
+
+    def validate(self, model: nn.Module, device: torch.device) -> dict:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        metrics = SegMetrics(self.num_classes, class_names=self.train.classes)
+        total_loss, total_n = 0.0, 0
+        idx = list(range(len(self.val)))[rank::world]
+        for i in range(0, len(idx), 16):
+            sel = idx[i:i + 16]
+            x = self._to_input(self.val.images[sel], device)
+            target = self.val.masks[sel].long()
+            logits = model(x).float()
+            weight = self.weight.to(device) if self.weight is not None else None
+            total_loss += float(weighted_cross_entropy(logits, target.to(device), weight)) * len(sel)
+            total_n += len(sel)
+            metrics.update(logits.softmax(1).cpu(), target)
+        if world > 1:
+            for tensor in (metrics.confusion, metrics.hist_all, metrics.hist_pos):
+                dist.all_reduce(tensor)
+            t = torch.tensor([total_loss, total_n], dtype=torch.float64)
+            dist.all_reduce(t)
+            total_loss, total_n = float(t[0]), int(t[1])
+        result = metrics.compute()
+        result["val_loss"] = round(total_loss / max(total_n, 1), 5)
+        result["score"] = result["miou"] if result["miou"] is not None else float("nan")
+        result["num_images"] = len(self.val)
+        return result
+
+    def samples(self, model: nn.Module, device: torch.device, count: int = 3) -> list[dict]:
+        sel = list(range(min(count, len(self.val))))
+        if not sel:
+            return []
+        with torch.no_grad():
+            pred = model(self._to_input(self.val.images[sel], device)).argmax(1).cpu().numpy().astype(np.uint8)
+        return [{"id": self.val.ids[i], "image": self.val.images[i].permute(1, 2, 0).numpy(),
+                 "truth": self.val.masks[i].numpy(), "pred": pred[k]} for k, i in enumerate(sel)]
+
+
+
+def frozen_epochs_of(config: TrainConfig) -> int:
+    """Encoder-frozen epochs: as set, else 3 for the ResNet-18 U-Net and 0 for models without an encoder."""
+    frozen = config.semantic.frozen_epochs
+    if frozen is None:
+        return 3 if config.model == "resunet" and config.epochs > 3 else 0
+    return frozen
+
+
+def build_stages(config: TrainConfig) -> list[Stage]:
+    """One stage, or for encoder models: encoder frozen, then unfrozen at ``encoder_lr_ratio``."""
+    frozen = frozen_epochs_of(config)
+    if frozen <= 0:
+        return [Stage("main", config.epochs, config.lr)]
+    if frozen >= config.epochs:
+        raise ValueError("frozen epochs must be fewer than the total epochs")
+    return [Stage("frozen", frozen, config.lr, frozen=("encoder.",)),
+            Stage("unfrozen", config.epochs - frozen, config.lr,
+                  lr_scale={"encoder.": config.semantic.encoder_lr_ratio})]
+
+
+def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
+    kwargs = dict(config.model_kwargs)
+    if config.model == "resunet":
+        kwargs["encoder_init"] = config.encoder_init
+    elif config.encoder_init != "none":
+        raise ValueError(f"{config.model} has no pretrained encoder to initialise; encoder_init is for resunet")
+    model = create(config.model, num_classes=num_classes, **kwargs)
+    if config.model == "prior":
+        return model, "not applicable: no encoder, per-pixel class frequencies of the train split"
+    init = getattr(model, "encoder_init", None) or "random initialisation (trained from scratch, no pretrained weights)"
+    return model, init
+
+
+def _warm_start(model: nn.Module, path: str) -> dict:
+    """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
+    previous, card = load_checkpoint(path)
+    if card.get("architecture") != getattr(model, "arch_name", None):
+        raise ValueError(f"--init-from {path}: architecture {card.get('architecture')!r} differs from "
+                         f"{getattr(model, 'arch_name', None)!r}")
+    model.load_state_dict(previous.state_dict())
+    return dict(lineage(card), val_miou=(card.get("val_metrics") or {}).get("miou"))
+
+
+def prepare_semantic(config: TrainConfig) -> Prepared:
+    """Load the data once, build model, task, stages and card (the prior gets a ``fit`` instead)."""
+    _, world = distributed_context()
+    options = config.semantic
+    root = Path(config.data_dir)
+    train = load_semantic_split(root, "train", limit=config.limit)
+    val = load_semantic_split(root, options.val_split, limit=config.limit)
+    num_classes = len(train.classes)
+    freqs = class_frequencies(train.masks, num_classes)
+    weight = None if options.class_weighting == "none" else class_weights(freqs, options.class_weighting)
+    model, init_text = _build_model(config, num_classes)
+    source = _warm_start(model, config.init_from) if config.init_from else None
+    card = {
+        "task": "semantic",
+        "classes": train.classes,
+        "palette": [list(c) for c in (train.palette or palette_for(num_classes))],
+        "input_size": {"width": int(train.images.shape[-1]), "height": int(train.images.shape[-2])},
+        "encoder_init": init_text,
+        "pretrained": config.model == "resunet" and config.encoder_init != "none",
+        "data": {"root_fingerprint": fingerprint(root), "split_rule": SPLIT_RULE,
+                 "num_train": len(train), "num_val": len(val), "val_split": options.val_split,
+                 "train_class_frequencies": [round(float(f), 6) for f in freqs]},
+        "config": config.to_dict(),
+        "precision": config.precision,
+        "class_weights": weight.tolist() if weight is not None else None,
+        "command": default_command(config),
+        "seed": config.seed,
+        "world_size": world,
+    }
+    if source:
+        card["init_from"] = source
+        card["encoder_init"] = continued_init(source)
+        card["pretrained"] = bool(source.get("pretrained", False))
+    task = SemanticTask(train, val, options, weight, config.batch_size or BATCH_SIZE, config.seed)
+    if not getattr(model, "trainable", True):
+        return Prepared(model, task, [], card, fit=lambda: _fit_prior(model, task, config, card))
+    return Prepared(model, task, build_stages(config), card)
+
+
+def _fit_prior(model: nn.Module, task: SemanticTask, config: TrainConfig, card: dict) -> Iterator[dict]:
+    """The prior has no gradient steps: fit the per-pixel table, validate once, save."""
+    start = time.time()
+    yield {"type": "start", "epochs": 1, "stages": [], "device": "cpu", "world_size": 1, "rank": 0}
+    model.fit(task.train.masks)
+    metrics = task.validate(model, torch.device("cpu"))
+    elapsed = time.time() - start
+    row = {"epoch": 1, "stage": "fit", "train_loss": None, "val_loss": metrics["val_loss"],
+           "score": metrics["score"], "miou": metrics["miou"], "map": metrics["map"],
+           "pixel_accuracy": metrics["pixel_accuracy"], "elapsed": round(elapsed, 2)}
+    out = None
+    if config.out:
+        val_metrics = {k: v for k, v in metrics.items() if k != "pr_curves"}
+        out = save_checkpoint(config.out, model, dict(card, curve=[row], val_metrics=val_metrics, best_epoch=1,
+                                                      training_time_s=round(elapsed, 2), epochs_run=1))
+    yield {"type": "epoch", "epoch": 1, "epochs": 1, "stage": "fit", "train_loss": None,
+           "val_loss": metrics["val_loss"], "score": metrics["score"], "metrics": metrics, "improved": True,
+           "elapsed": elapsed, "samples": task.samples(model, torch.device("cpu")), "curve": [row]}
+    yield {"type": "done", "best_score": metrics["score"], "best_epoch": 1, "stopped": False,
+           "checkpoint": str(out) if out else None, "elapsed": elapsed, "curve": [row]}

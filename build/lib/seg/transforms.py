@@ -1,0 +1,96 @@
+"""Joint image+mask augmentation with ``torchvision.transforms.v2``.
+
+The image is a ``tv_tensors.Image`` and the mask a ``tv_tensors.Mask``, so v2 applies
+the *same* random crop and flip to both and resizes the mask with nearest neighbour.
+A crop is specified as a fraction of the image area (the assignment compares 1/4 and
+1/16); it keeps the image's aspect ratio and is resized back to the training size so
+batches stack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+CropFraction = float | tuple[float, float] | None
+
+
+def _scale_range(crop_fraction: CropFraction) -> tuple[float, float] | None:
+    if crop_fraction is None:
+        return None
+    lo, hi = (crop_fraction, crop_fraction) if isinstance(crop_fraction, (int, float)) else crop_fraction
+    if not (0 < lo <= hi <= 1):
+        raise ValueError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    return float(lo), float(hi)
+
+
+class JointAugment:
+    """Random crop (area fraction) + horizontal flip (probability p), on image and mask alike.
+
+    ``crop_fraction`` is a fraction of the area, or a (min, max) range for scale
+    jitter, or None for no crop. ``size`` is (H, W) of the output; default: input size.
+    ``color_jitter`` > 0 adds brightness/contrast/saturation jitter to the image only.
+    """
+
+    def __init__(self, crop_fraction: CropFraction = 0.25, flip_p: float = 0.5,
+                 size: tuple[int, int] | None = None, color_jitter: float = 0.0) -> None:
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
+        self.crop_fraction = crop_fraction
+        self.flip_p = flip_p
+        self.size = size
+        self.color_jitter = color_jitter
+        self._scale = _scale_range(crop_fraction)
+        self._flip = v2.RandomHorizontalFlip(p=flip_p)
+        self._jitter = (v2.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                                       saturation=color_jitter) if color_jitter > 0 else None)
+
+    def _crop(self, size: tuple[int, int]) -> v2.Transform:
+        h, w = size
+        aspect = w / h  # keep the aspect ratio: the crop is a scaled-down window of the image
+        return v2.RandomResizedCrop(size=self.size or size, scale=self._scale, ratio=(aspect, aspect),
+                                    interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image`` (3,H,W) uint8, ``mask`` (H,W) integer -> same dtypes, same size or ``self.size``."""
+        img = tv_tensors.Image(image)
+        msk = tv_tensors.Mask(mask)
+        ops: list[v2.Transform] = []
+        if self._scale is not None:
+            ops.append(self._crop(tuple(image.shape[-2:])))
+        elif self.size is not None and tuple(self.size) != tuple(image.shape[-2:]):
+            ops.append(v2.Resize(self.size, antialias=True))
+        ops.append(self._flip)
+        img, msk = v2.Compose(ops)(img, msk)
+        if self._jitter is not None:
+            img = self._jitter(img)
+        return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
+
+
+def augment_samples(image: np.ndarray, mask: np.ndarray, crop_fraction: CropFraction, flip_p: float,
+                    n: int, seed: int, size: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """N augmented (image HxWx3 uint8, mask HxW uint8) pairs of one pair, reproducible by ``seed``.
+
+    Used by the dashboard's Augment tab and by the tests that check image and mask move together.
+    """
+    if n < 1 or n > 64:
+        raise ValueError(f"number of samples must be 1..64, got {n}")
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(f"need an (H,W,3) image and an (H,W) mask of the same size, got {image.shape} and {mask.shape}")
+    augment = JointAugment(crop_fraction, flip_p, size=size)
+    img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask))
+    out = []
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        for _ in range(n):
+            a_img, a_mask = augment(img_t, mask_t)
+            out.append((a_img.permute(1, 2, 0).numpy().copy(), a_mask.numpy().astype(np.uint8)))
+    finally:
+        torch.random.set_rng_state(state)
+    return out

@@ -1,0 +1,628 @@
+"""Serving runtimes: a model exported once, served by the fastest backend that keeps its answers.
+
+Backends (``BACKENDS``): eager PyTorch fp32 (the reference, and the fallback whenever a
+package is missing or the device is a GPU), ONNX Runtime fp32 / int8 (static quantisation),
+OpenVINO fp32 / bf16 / int8 (NNCF). int8 is calibrated on a few training images; bf16 is a
+candidate only where the CPU computes bf16 natively, and then only chosen if it measures
+faster. The choice for ``runtime="auto"`` (or a family, ``onnx`` / ``openvino``) is a short
+calibration: every candidate is timed against eager fp32 in interleaved rounds on this CPU,
+and the fastest that passes the task's agreement contract (``ServingSpec.agreement``, e.g.
+val mIoU within 0.005 of eager and >= 98 % of pixels agreeing) wins. The choice is recorded
+as JSON beside the exports, so later starts only load the chosen backend.
+
+Exports live in ``seg.config.cache_dir() / "runtime" / <weights sha256>``, never beside the
+shipped checkpoints. A spec names the *parts* of a model that are plain tensor functions
+("" = the whole model; Mask R-CNN serves its backbone and box head this way and keeps its
+detection logic in PyTorch); each part is replaced by a ``RuntimePart`` module, so callers
+keep calling an ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg.config import cache_dir
+from seg.hardware import cpu_features, runtime_versions
+from seg.io import atomic_write_text
+
+log = logging.getLogger("seg.runtime")
+
+RUNTIME_ENV = "SEG_RUNTIME"
+#: What a user asks for (``--runtime``): a family, ``auto`` (every family), or ``eager``.
+RUNTIMES = ("auto", "eager", "onnx", "openvino")
+#: Concrete backends, fastest-first order irrelevant; ``<family>-<precision>``.
+BACKENDS = ("eager-fp32", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
+EAGER = "eager-fp32"
+#: A backend must be at least this much faster than eager fp32 to be worth serving.
+MIN_SPEEDUP = 1.1
+#: Without val data a backend is accepted only when it reproduces eager's outputs this closely
+#: (largest difference over the largest magnitude, on the example inputs): fp32 backends do.
+EXACT_TOLERANCE = 1e-3
+#: Training images used to calibrate int8 quantisation.
+CALIBRATION_IMAGES = 32
+_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+_RECORD_VERSION = 1
+
+
+def resolve_runtime(requested: str | None = None, default: str = "eager") -> str:
+    """``requested``, else ``$SEG_RUNTIME``, else ``default``; one of ``RUNTIMES`` or ``BACKENDS``.
+
+    Library code defaults to eager (training, evaluation and tuning measure the reference);
+    serving entry points (``predict``, the dashboard) pass ``default="auto"``.
+    """
+    value = (requested or os.environ.get(RUNTIME_ENV) or default).strip().lower()
+    if value not in RUNTIMES and value not in BACKENDS:
+        raise ValueError(f"unknown runtime {value!r}; choose from {', '.join(RUNTIMES + BACKENDS)}")
+    return value
+
+
+def package_available(family: str) -> bool:
+    """Whether the backend family's package imports (eager always does)."""
+    if family == "eager":
+        return True
+    try:
+        importlib.import_module(_PACKAGES[family])
+    except ImportError:
+        return False
+    return True
+
+
+def candidate_backends(requested: str, int8: bool = True) -> list[str]:
+    """Backends ``requested`` may choose among on this CPU, eager first; missing packages are left out."""
+    if requested in BACKENDS:
+        family = requested.split("-")[0]
+        return [EAGER] + ([requested] if requested != EAGER and package_available(family) else [])
+    families = ("onnx", "openvino") if requested == "auto" else (requested,) if requested != "eager" else ()
+    out = [EAGER]
+    for family in families:
+        if not package_available(family):
+            continue
+        for backend in BACKENDS:
+            name, precision = backend.split("-")
+            if name != family or (precision == "int8" and not int8):
+                continue
+            if precision == "bf16" and not cpu_features().native_bf16:
+                continue  # emulated bf16 is never faster
+            out.append(backend)
+    return out
+
+
+def weights_key(model: nn.Module) -> str:
+    """sha256 of the model's weights (names, dtypes, shapes and values): what exports are keyed by."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters; CPU for a module served by a runtime (it has none)."""
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@dataclass
+class Agreement:
+    """A candidate's answers against eager fp32's: the task's contract and the numbers behind it."""
+
+    passed: bool
+    metrics: dict[str, float]
+    reason: str = ""
+
+
+@dataclass
+class ServingSpec:
+    """What the runtime needs from a task to export, time and check one model.
+
+    ``parts``: submodule name ("" = the whole model) -> the input dims that vary between calls
+    (batch always; height and width where images keep their aspect). ``example_inputs``: a few
+    whole-model call argument tuples for timing and export (real images where at hand).
+    ``calibration_inputs``: training-image argument tuples for int8, or None (no int8).
+    ``agreement``: the candidate serving module -> ``Agreement`` on the val split, or None when
+    the val data is not at hand (then only exact, fp32 backends qualify).
+    ``context``: whatever else the agreement depends on (card settings), part of the record's key.
+    """
+
+    key: str
+    parts: dict[str, tuple[int, ...]]
+    example_inputs: Callable[[], list[tuple]]
+    calibration_inputs: Callable[[], list[tuple] | None] = lambda: None
+    agreement: Callable[[nn.Module], Agreement | None] = lambda module: None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeChoice:
+    """Which backend serves a model and why (what the record holds)."""
+
+    backend: str
+    requested: str
+    reason: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    record: str | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Chosen backend's speed over eager fp32, as measured by the calibration."""
+        if EAGER in self.timings_ms and self.backend in self.timings_ms and self.timings_ms[self.backend] > 0:
+            return self.timings_ms[EAGER] / self.timings_ms[self.backend]
+        return None
+
+
+# ------------------------------------------------------------------------------ tensors in and out
+
+
+def _flatten(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flatten(v)]
+    raise TypeError(f"a served part may only take and return tensors, got {type(value).__name__}")
+
+
+def _structure(value: Any) -> Any:
+    """A picklable description of an output's nesting, to rebuild it from a flat list."""
+    if isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, dict):
+        return {"dict": [[k, _structure(v)] for k, v in value.items()]}
+    return {"seq": [_structure(v) for v in value], "tuple": isinstance(value, tuple)}
+
+
+def _rebuild(structure: Any, flat: list[torch.Tensor]) -> Any:
+    it = iter(flat)
+
+    def build(s: Any) -> Any:
+        if s is None:
+            return next(it)
+        if "dict" in s:
+            return OrderedDict((k, build(v)) for k, v in s["dict"])
+        items = [build(v) for v in s["seq"]]
+        return tuple(items) if s["tuple"] else items
+
+    return build(structure)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).contiguous().numpy())
+
+
+# ------------------------------------------------------------------------------ backends
+
+
+class _OrtEngine:
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.inputs, arrays)))
+
+
+_OV_CORE = None
+_OV_LOCK = threading.Lock()
+
+
+def _ov_core():
+    global _OV_CORE
+    with _OV_LOCK:
+        if _OV_CORE is None:
+            import openvino as ov
+
+            _OV_CORE = ov.Core()
+            try:  # compiled blobs cached: a restart compiles in a fraction of the time
+                _OV_CORE.set_property({"CACHE_DIR": str(cache_dir() / "runtime" / "openvino-blobs")})
+            except RuntimeError:
+                pass
+        return _OV_CORE
+
+
+class _OpenVinoEngine:
+    """An OpenVINO model compiled for one precision; static shapes compiled per input shape when
+    the part's spatial size is fixed (a few percent faster than a dynamic compile)."""
+
+    MAX_STATIC = 4
+
+    def __init__(self, path: Path, precision: str, static: bool) -> None:
+        core = _ov_core()
+        self.model = core.read_model(str(path))
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        self.static = static
+        self.dynamic = None if static else core.compile_model(self.model, "CPU", self.config)
+        self.compiled: OrderedDict[tuple, Any] = OrderedDict()
+
+    def _for(self, shapes: tuple) -> Any:
+        if not self.static:
+            return self.dynamic
+        compiled = self.compiled.get(shapes)
+        if compiled is None:
+            model = self.model.clone()
+            model.reshape({i: list(s) for i, s in enumerate(shapes)})
+            compiled = _ov_core().compile_model(model, "CPU", self.config)
+            self.compiled[shapes] = compiled
+            while len(self.compiled) > self.MAX_STATIC:
+                self.compiled.popitem(last=False)
+        self.compiled.move_to_end(shapes)
+        return compiled
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        compiled = self._for(tuple(a.shape for a in arrays))
+        request = compiled.create_infer_request()  # outputs are owned by the request: one per call
+        result = request.infer(arrays)
+        return [np.asarray(result[out]) for out in compiled.outputs]
+
+
+class RuntimePart(nn.Module):
+    """One exported part behind an ``nn.Module`` face: tensors in, the eager part's output structure out."""
+
+    def __init__(self, engine: Callable[[list[np.ndarray]], list[np.ndarray]], structure: Any, backend: str) -> None:
+        super().__init__()
+        self.engine = engine
+        self.structure = structure
+        self.backend = backend
+        self._lock = threading.Lock()
+
+    def forward(self, *args: Any) -> Any:
+        arrays = [_to_numpy(t) for t in _flatten(list(args))]
+        with self._lock:
+            outputs = self.engine(arrays)
+        return _rebuild(self.structure, [torch.from_numpy(np.array(o, dtype=np.float32)) for o in outputs])
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def export_dir(key: str) -> Path:
+    """Where one set of weights' exports and choice records live."""
+    path = cache_dir() / "runtime" / key[:24]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _part_file(part: str) -> str:
+    return (part or "model").replace(".", "_")
+
+
+@dataclass
+class _Captured:
+    inputs: list[tuple[torch.Tensor, ...]]
+    structure: Any
+
+
+def capture_parts(model: nn.Module, parts: Sequence[str], calls: list[tuple]) -> dict[str, _Captured]:
+    """Run the eager model on ``calls`` and keep each part's flat tensor inputs and output structure."""
+    captured: dict[str, _Captured] = {p: _Captured([], None) for p in parts}
+    handles = []
+    for part in parts:
+        module = model.get_submodule(part) if part else model
+
+        def hook(mod: nn.Module, args: tuple, output: Any, part: str = part) -> None:
+            captured[part].inputs.append(tuple(t.detach().clone() for t in _flatten(list(args))))
+            captured[part].structure = _structure(output)
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for call in calls:
+                model(*call)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: tuple[int, ...], path: Path) -> None:
+    """Trace ``module`` to ONNX (opset 17) with the given input dims left dynamic."""
+    import warnings
+
+    names = [f"input{i}" for i in range(len(example))]
+    with torch.no_grad():
+        outputs = _flatten(module(*example))
+    out_names = [f"output{i}" for i in range(len(outputs))]
+    axes: dict[str, dict[int, str]] = {}
+    for name, t in zip(names, example):
+        axes[name] = {d: f"{name}_d{d}" for d in dynamic if d < t.ndim}
+    spatial = any(d >= 2 for d in dynamic)
+    for name, t in zip(out_names, outputs):
+        axes[name] = {d: f"{name}_d{d}" for d in ((0, 2, 3) if spatial and t.ndim == 4 else (0,)) if d < t.ndim}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(t.clone() for t in example), str(tmp), input_names=names,
+                          output_names=out_names, dynamic_axes=axes, opset_version=17, dynamo=False)
+    os.replace(tmp, path)
+
+
+def _quantise_openvino(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path) -> None:
+    """NNCF post-training int8 (mixed preset: asymmetric activations) on the training images."""
+    import nncf
+    import openvino as ov
+
+    model = _ov_core().read_model(str(onnx_path))
+    items = [[_to_numpy(t) for t in call] for call in calibration]
+    quantised = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
+                              preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.xml")
+    ov.save_model(quantised, str(tmp))
+    os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
+    os.replace(tmp, out)
+
+
+def _quantise_onnx(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path) -> None:
+    """ONNX Runtime static int8 (QDQ, per-channel weights) on the training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    items = [[_to_numpy(t) for t in call] for call in calibration]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(items)
+
+        def get_next(self) -> dict | None:
+            arrays = next(self.it, None)
+            return None if arrays is None else {f"input{i}": a for i, a in enumerate(arrays)}
+
+    pre = out.with_name(f".{out.stem}.{os.getpid()}.pre.onnx")
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.onnx")
+    try:
+        quant_pre_process(str(onnx_path), str(pre))
+        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        os.replace(tmp, out)
+    finally:
+        for leftover in (pre, tmp):
+            leftover.unlink(missing_ok=True)
+
+
+def _build_part(model: nn.Module, part: str, dynamic: tuple[int, ...], captured: _Captured,
+                calibration: list[tuple] | None, backend: str, folder: Path) -> RuntimePart:
+    """Export (once, cached) and load one part for one backend."""
+    family, precision = backend.split("-")
+    module = model.get_submodule(part) if part else model
+    onnx_path = folder / f"{_part_file(part)}.onnx"
+    if not onnx_path.is_file():
+        _export_onnx(module, captured.inputs[0], dynamic, onnx_path)
+    static = dynamic == (0,)
+    if precision == "int8":
+        if not calibration:
+            raise RuntimeError("int8 needs training images to calibrate on")
+        if family == "openvino":
+            path = folder / f"{_part_file(part)}-openvino-int8.xml"
+            if not path.is_file():
+                _quantise_openvino(onnx_path, calibration, path)
+        else:
+            path = folder / f"{_part_file(part)}-onnx-int8.onnx"
+            if not path.is_file():
+                _quantise_onnx(onnx_path, calibration, path)
+    else:
+        path = onnx_path
+    engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
+    return RuntimePart(engine, captured.structure, backend)
+
+
+def build_serving(model: nn.Module, spec: ServingSpec, backend: str,
+                  captured: dict[str, _Captured] | None = None,
+                  calibration: dict[str, list[tuple]] | None = None) -> nn.Module:
+    """The model served by ``backend``: the model itself for eager, else with each part replaced."""
+    if backend == EAGER:
+        return model
+    folder = export_dir(spec.key)
+    if captured is None:
+        captured = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
+    if calibration is None and backend.endswith("int8") and not _int8_files_exist(folder, spec, backend):
+        calibration = _calibration_inputs(model, spec)
+    if "" in spec.parts:
+        return _build_part(model, "", spec.parts[""], captured[""], (calibration or {}).get(""), backend, folder)
+    served = copy.deepcopy(model)
+    for part, dynamic in spec.parts.items():
+        parent_name, _, child = part.rpartition(".")
+        parent = served.get_submodule(parent_name) if parent_name else served
+        setattr(parent, child, _build_part(model, part, dynamic, captured[part], (calibration or {}).get(part),
+                                           backend, folder))
+    return served
+
+
+def _int8_files_exist(folder: Path, spec: ServingSpec, backend: str) -> bool:
+    suffix = "-openvino-int8.xml" if backend.startswith("openvino") else "-onnx-int8.onnx"
+    return all((folder / f"{_part_file(p)}{suffix}").is_file() for p in spec.parts)
+
+
+def _calibration_inputs(model: nn.Module, spec: ServingSpec) -> dict[str, list[tuple]] | None:
+    calls = spec.calibration_inputs()
+    if not calls:
+        return None
+    captured = capture_parts(model, list(spec.parts), calls)
+    return {part: c.inputs for part, c in captured.items()}
+
+
+# ------------------------------------------------------------------------------ choosing
+
+
+def _record_path(spec: ServingSpec, requested: str) -> Path:
+    features = cpu_features()
+    context = {"spec": spec.context, "parts": spec.parts, "cpu": features.model, "flags": features.flags,
+               "threads": torch.get_num_threads(), "versions": runtime_versions(), "requested": requested,
+               "record": _RECORD_VERSION}
+    digest = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return export_dir(spec.key) / f"choice-{requested}-{digest}.json"
+
+
+def read_choice(spec: ServingSpec, requested: str) -> RuntimeChoice | None:
+    """The recorded choice for these weights, settings, CPU, threads and package versions, if any."""
+    path = _record_path(spec, requested)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        choice = RuntimeChoice(**{k: v for k, v in data.items() if k in RuntimeChoice.__dataclass_fields__})
+    except (OSError, ValueError, TypeError):
+        return None
+    return choice if choice.backend in BACKENDS else None
+
+
+def _relative_difference(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
+    worst = 0.0
+    for a, b in zip(reference, candidate):
+        if a.shape != b.shape:
+            return float("inf")
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        worst = max(worst, float((a.float() - b.float()).abs().max()) / max(scale, 1e-6) if a.numel() else 0.0)
+    return worst
+
+
+def time_interleaved(functions: dict[str, Callable[[], Any]], rounds: int = 7, warmup: int = 2,
+                     budget_s: float = 30.0) -> dict[str, float]:
+    """Median milliseconds per call for each function, called in rotating order each round.
+
+    Interleaving means a neighbour's burst of load hits every function alike, so the ratios
+    hold even on a shared machine; ``budget_s`` ends the rounds early (at least three).
+    """
+    names = list(functions)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                functions[name]()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        start = time.perf_counter()
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                t0 = time.perf_counter()
+                functions[name]()
+                times[name].append(time.perf_counter() - t0)
+            if r >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return {n: statistics.median(v) * 1000.0 for n, v in times.items()}
+
+
+def calibrate(model: nn.Module, spec: ServingSpec, requested: str = "auto",
+              progress: Callable[[str], None] | None = None) -> RuntimeChoice:
+    """Export, time and check every candidate backend; record and return the choice.
+
+    Candidates at least ``MIN_SPEEDUP`` faster than eager are checked fastest first; the first
+    that passes ``spec.agreement`` wins (without val data: the first that reproduces eager's
+    outputs within ``EXACT_TOLERANCE``). Eager fp32 when none does.
+    """
+    say = progress or (lambda message: log.info(message))
+    examples = spec.example_inputs()
+    calibration = _calibration_inputs(model, spec)
+    backends = candidate_backends(requested, int8=calibration is not None)
+    captured = capture_parts(model, list(spec.parts), examples[:1])
+    served: dict[str, nn.Module] = {EAGER: model}
+    skipped: dict[str, str] = {}
+    for backend in backends[1:]:
+        say(f"exporting for {backend}")
+        try:
+            served[backend] = build_serving(model, spec, backend, captured, calibration)
+        except Exception as err:  # noqa: BLE001 - a backend that cannot export is simply not a candidate
+            log.warning("%s is not usable for this model: %s", backend, err)
+            skipped[backend] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
+    with torch.inference_mode():
+        reference = _flatten(model(*examples[0]))
+        differences = {b: _relative_difference(reference, _flatten(m(*examples[0]))) for b, m in served.items()}
+    say(f"timing {', '.join(served)}")
+    timings = time_interleaved({b: (lambda m=m: [m(*call) for call in examples]) for b, m in served.items()})
+    eager_ms = timings[EAGER]
+    agreement: dict[str, dict] = {}
+    chosen, reason = EAGER, "no backend is faster than eager fp32 by the required margin"
+    for backend in sorted(served, key=timings.__getitem__):
+        if backend == EAGER:
+            break
+        if eager_ms / timings[backend] < MIN_SPEEDUP:
+            break
+        say(f"checking {backend} against eager fp32 on val")
+        result = spec.agreement(served[backend])
+        exact = differences[backend] <= EXACT_TOLERANCE
+        if result is None:
+            agreement[backend] = {"passed": exact, "max_relative_difference": differences[backend],
+                                  "reason": "no val data: only a backend reproducing eager's outputs qualifies"}
+            passed = exact
+        else:
+            agreement[backend] = {"passed": result.passed, "reason": result.reason,
+                                  "max_relative_difference": differences[backend], **result.metrics}
+            passed = result.passed
+        if passed:
+            chosen, reason = backend, "fastest backend that passes the agreement contract"
+            break
+    else:
+        reason = "only eager fp32 is available"
+    choice = RuntimeChoice(chosen, requested, reason, {b: round(t, 3) for b, t in timings.items()},
+                           _finite(agreement), skipped)
+    path = _record_path(spec, requested)
+    choice.record = str(path)
+    atomic_write_text(path, json.dumps(asdict(choice) | {
+        "cpu": cpu_features().summary(), "threads": torch.get_num_threads(), "versions": runtime_versions(),
+        "context": spec.context, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1, default=str))
+    return choice
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def serving_module(model: nn.Module, spec: ServingSpec | Callable[[], ServingSpec], runtime: str,
+                   device: torch.device | None = None, refresh: bool = False,
+                   progress: Callable[[str], None] | None = None) -> tuple[nn.Module, RuntimeChoice]:
+    """The module to serve ``model`` with for ``runtime`` (see ``resolve_runtime``), and why.
+
+    ``spec`` may be a function (built only when a runtime other than eager is asked for).
+    Eager on a GPU and whenever the asked-for package is missing; ``auto`` and the families
+    use the recorded choice, or calibrate (``refresh`` forces a new calibration). A backend
+    named exactly (e.g. ``openvino-int8``) is served without the agreement check: for
+    benchmarks and experiments.
+    """
+    runtime = resolve_runtime(runtime)
+    if device is not None and device.type != "cpu":
+        return model, RuntimeChoice(EAGER, runtime, f"{device.type} device: eager PyTorch")
+    if runtime in ("eager", EAGER):
+        return model, RuntimeChoice(EAGER, runtime, "eager PyTorch asked for")
+    candidates = candidate_backends(runtime)
+    if len(candidates) == 1:
+        family = runtime.split("-")[0]
+        missing = [_PACKAGES[f] for f in (("onnx", "openvino") if family == "auto" else (family,))]
+        return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
+    spec = spec() if callable(spec) else spec
+    if runtime in BACKENDS:
+        return build_serving(model, spec, runtime), RuntimeChoice(runtime, runtime, "backend asked for by name")
+    choice = None if refresh else read_choice(spec, runtime)
+    if choice is None:
+        choice = calibrate(model, spec, runtime, progress)
+    try:
+        return build_serving(model, spec, choice.backend), choice
+    except Exception as err:  # noqa: BLE001 - a broken cache must not stop serving
+        log.warning("%s failed to load (%s); serving eager PyTorch", choice.backend, err)
+        return model, RuntimeChoice(EAGER, runtime, f"{choice.backend} failed to load: eager PyTorch")
