@@ -25,7 +25,7 @@ from seg.io import atomic_write_bytes
 from seg.models import create
 
 __all__ = ["CheckpointError", "CheckpointInfo", "read_card", "stem_of", "save_checkpoint", "load_checkpoint",
-           "list_checkpoints", "quantize_checkpoint", "lineage", "continued_init"]
+           "list_checkpoints", "quantize_checkpoint", "lineage", "continued_init", "warm_start"]
 
 #: Architecture arguments that say how to *initialise* weights; on load the weights come
 #: from the checkpoint, so these are forced to "none" (no download, no local file needed).
@@ -158,6 +158,42 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.eval()
     return model.to(device), card
+
+
+def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
+    """Start from an earlier checkpoint; returns what the card records about it.
+
+    A checkpoint of the same architecture is a warm restart (every weight). A model with a
+    ``backbone`` (the DWT) also takes a checkpoint of its backbone's architecture (e.g. the
+    Stanford Background ``unet``) for its body, everything but the semantic head: transfer
+    from the project's own scene-parsing model, whose "foreground object" class includes
+    people. Shapes must match exactly; nothing is skipped silently.
+    """
+    previous, card = load_checkpoint(path)
+    arch = card.get("architecture")
+    semantic = card.get("task", "semantic") == "semantic"
+    source = dict(lineage(card), dataset=card.get("dataset") or ("stanford-background" if semantic else None),
+                  its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
+                                   if isinstance(v, (int, float))})
+    if arch == getattr(model, "arch_name", None):
+        model.load_state_dict(previous.state_dict())
+        return dict(source, loaded="all weights (warm restart)")
+    body = getattr(model, "backbone", None)
+    if body is None or arch != getattr(body, "arch_name", None):
+        raise ValueError(f"--init-from {path}: architecture {arch!r} cannot initialise a "
+                         f"{getattr(model, 'arch_name', None)!r} model")
+    state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
+    own = body.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"--init-from {path}: its {arch} body does not match this model's "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
+                         "use the same --arch values")
+    body.load_state_dict(state)
+    # transfer from another task: its epochs are not this model's, so no running totals
+    return dict(source, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
+                total_epochs=None, total_training_time_s=None)
 
 
 def continued_init(source: dict) -> str:

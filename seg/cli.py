@@ -252,6 +252,9 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
     p.add_argument("--split", default="val", choices=("train", "val", "test", "all"),
                    help="'all' evaluates every labelled image in the folder")
     p.add_argument("--json", help="write the metrics to this JSON file")
+    p.add_argument("--record", action="store_true",
+                   help="also record the metrics on the checkpoint's card (<split>_metrics; the results table reads "
+                        "them); refused with --limit")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     inst = p.add_argument_group("instance checkpoints")
@@ -297,10 +300,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(text)
+    if args.record:
+        if args.limit:
+            print("error: --record measures the whole split; drop --limit", file=sys.stderr)
+            return 2
+        key = record_metrics(checkpoint, args.split, public, getattr(args, "candidates", "card"))
+        print(f"recorded {key} on {checkpoint.name}.json")
     if args.json:
         write_json(args.json, public)
         print(f"wrote {args.json}")
     return 0
+
+
+def record_metrics(checkpoint: Path, split: str, metrics: dict, candidates: str = "card") -> str:
+    """Put ``metrics`` on the card as ``<split>_metrics`` (``_partition`` for a DWT's id map alone).
+
+    The training's own ``val_metrics`` are kept; a val evaluation only adds the keys they lack
+    (e.g. the 8-class accuracies), so the card never holds two different val numbers."""
+    from seg.cards import read_card, update_card
+
+    keep = {k: v for k, v in metrics.items() if k not in ("per_image", "pr_curves", "skipped", "checkpoint")}
+    suffix = "_partition" if candidates == "partition" and _card_task(checkpoint) == "instances" else ""
+    key = f"{split}_metrics{suffix}"
+    card = read_card(checkpoint)
+    if key == "val_metrics" and card.get("val_metrics"):
+        update_card(checkpoint, {key: card["val_metrics"] | {k: v for k, v in keep.items()
+                                                             if k not in card["val_metrics"]}})
+    else:
+        update_card(checkpoint, {key: keep})
+    return key
 
 
 # -- predict --------------------------------------------------------------------------------

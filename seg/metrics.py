@@ -2,7 +2,7 @@
 
 * Confusion matrix (rows truth, columns prediction) with one ``bincount``.
 * Per-class IoU, mean IoU, pixel accuracy.
-* Per-class average precision on the soft outputs, as the course defines it: all
+* Per-class average precision on the soft outputs, as the segmentation literature defines it: all
   pixels of the split pooled and ranked by that class's probability, VOC "all points"
   interpolated AP (precision made monotone from the right, summed over recall steps).
 
@@ -76,7 +76,7 @@ def average_precision(scores, labels, interpolated: bool = True) -> float:
     """AP of one class from raw scores and binary labels (reference implementation, sorts).
 
     ``interpolated=False`` is scikit-learn's ``average_precision_score``;
-    ``interpolated=True`` is VOC all-points AP, the course's definition.
+    ``interpolated=True`` is VOC all-points AP (the default).
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(bool)
@@ -107,6 +107,10 @@ class SegMetrics:
         self.ignore_index = ignore_index
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        #: the literature's protocol on Stanford Background: 8 classes, unknown pixels ("misc") ignored,
+        #: the prediction the best of the 8 known classes; kept only when the last class is "misc"
+        self.unknown_index = num_classes - 1 if self.class_names[-1:] == ["misc"] and num_classes > 1 else None
+        self.confusion_known = torch.zeros(max(num_classes - 1, 1), max(num_classes - 1, 1), dtype=torch.int64)
         self.hist_all = torch.zeros(num_classes, FP16_BINS, dtype=torch.int64)
         self.hist_pos = torch.zeros(num_classes, FP16_BINS, dtype=torch.int64)
 
@@ -142,6 +146,10 @@ class SegMetrics:
             self.confusion += confusion_matrix(target, pred, c)
         else:
             self.confusion += confusion_matrix(target[valid], pred[valid], c)
+        if self.unknown_index is not None:
+            known = valid & (target != self.unknown_index)
+            pred_known = channels_last[..., : self.unknown_index].argmax(-1)
+            self.confusion_known += confusion_matrix(target[known], pred_known[known], self.unknown_index)
 
     def average_precisions(self, interpolated: bool = True) -> tuple[np.ndarray, dict]:
         all_h = self.hist_all.numpy()
@@ -154,6 +162,18 @@ class SegMetrics:
             aps.append(ap)
             curves[self.class_names[k]] = _thin_curve(precision, recall)
         return np.asarray(aps, dtype=np.float64), curves
+
+    def known_class_accuracies(self) -> dict:
+        """``pixel_accuracy_8`` and ``class_accuracy_8``: the published Stanford Background protocol
+        (unknown pixels ignored, 8 classes); None for class lists without a trailing ``misc``."""
+        if self.unknown_index is None:
+            return {"pixel_accuracy_8": None, "class_accuracy_8": None}
+        cm = self.confusion_known.numpy().astype(np.float64)
+        total = cm.sum()
+        rows = cm.sum(axis=1)
+        per_class = np.divide(np.diag(cm), rows, out=np.full(len(rows), np.nan), where=rows > 0)
+        return {"pixel_accuracy_8": round(float(np.trace(cm) / total), 6) if total else None,
+                "class_accuracy_8": round(float(np.nanmean(per_class)), 6) if np.isfinite(per_class).any() else None}
 
     def compute(self) -> dict:
         cm = self.confusion.numpy()
@@ -169,5 +189,6 @@ class SegMetrics:
             "per_class": {name: {"iou": nan_to_none(ious[i]), "ap": nan_to_none(aps[i])}
                           for i, name in enumerate(self.class_names)},
             "confusion_matrix": cm.tolist(),
+            **self.known_class_accuracies(),
             "pr_curves": {name: {"precision": p, "recall": r} for name, (p, r) in curves.items()},
         }

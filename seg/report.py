@@ -26,34 +26,45 @@ def _minutes(card: dict) -> str:
     return "–" if seconds is None else (f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s")
 
 
+def _pair(card: dict, key: str, digits: int = 3, suffix: str = "") -> str:
+    """'val / test' of one metric from the card's ``val_metrics`` and ``test_metrics``."""
+    val = (card.get(f"val_metrics{suffix}") or {}).get(key)
+    test = (card.get(f"test_metrics{suffix}") or {}).get(key)
+    return f"{_fmt(val, digits)} / {_fmt(test, digits)}"
+
+
 def results_markdown(directory: str | Path | None = None) -> str:
+    """Two tables (semantic, instances) with val / test from each card; '–' where a card has no figure."""
     semantic, instances, broken = [], [], []
     for info in list_checkpoints(directory):
         if info.card is None:
             broken.append(f"| {info.name} | unavailable: {info.error} |")
             continue
-        card, m = info.card, info.card.get("val_metrics") or {}
+        card = info.card
         init = card.get("encoder_init") or card.get("backbone_init") or "–"
         epochs = card.get("epochs_run", len(card.get("curve") or []))
         if (card.get("init_from") or {}).get("total_epochs"):  # warm restart: earlier epochs + this run's
             epochs = f"{card['init_from'].get('total_epochs')}+{epochs}"
+        head = f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M | {epochs} " \
+               f"| {_minutes(card)} "
         if card.get("task", "semantic") == "semantic":
-            semantic.append(f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M "
-                            f"| {epochs} | {_minutes(card)} | {_fmt(m.get('miou'))} | {_fmt(m.get('map'))} "
-                            f"| {_fmt(m.get('pixel_accuracy'))} |")
+            semantic.append(head + f"| {_pair(card, 'miou')} | {_pair(card, 'map')} | {_pair(card, 'pixel_accuracy')} "
+                                   f"| {_pair(card, 'pixel_accuracy_8')} | {_pair(card, 'class_accuracy_8')} |")
         else:
-            instances.append(f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M "
-                             f"| {epochs} | {_minutes(card)} | {_fmt(m.get('mask_ap'))} | {_fmt(m.get('mask_ap50'))} "
-                             f"| {_fmt(m.get('box_ap'))} | {_fmt(m.get('count_error'), 2)} "
-                             f"| {_fmt(m.get('mean_best_iou'))} |")
-    lines = ["Semantic segmentation, Stanford Background **val split** (9 classes incl. misc; from each card's "
-             "`val_metrics`):", "",
-             "| checkpoint | architecture | encoder init | params | epochs | train time | mIoU | mAP | pixel acc. |",
-             "|---|---|---|---|---|---|---|---|---|", *semantic]
+            partition = ("–" if card.get("architecture") == "maskrcnn"
+                         else _pair(card, "mask_ap", suffix="_partition"))
+            instances.append(head + f"| {_pair(card, 'mask_ap')} | {_pair(card, 'mask_ap50')} | {partition} "
+                                    f"| {_pair(card, 'box_ap')} | {_pair(card, 'count_error', 2)} |")
+    lines = ["Semantic segmentation, Stanford Background, **val / test** (9 classes with misc; the 8-class columns "
+             "follow the published protocol: unknown pixels ignored):", "",
+             "| checkpoint | architecture | encoder init | params | epochs | train time | mIoU | mAP | pixel acc. "
+             "| pixel acc. (8) | class acc. (8) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|", *semantic]
     if instances:
-        lines += ["", "Instance segmentation, Penn-Fudan **val split** (COCO-style, from each card):", "",
+        lines += ["", "Instance segmentation, Penn-Fudan pedestrians, **val / test** (COCO-style; the partition "
+                  "column scores the id map users see, without ranked alternatives):", "",
                   "| checkpoint | architecture | backbone init | params | epochs | train time | mask AP | mask AP50 "
-                  "| box AP | count error | mean best IoU |",
+                  "| partition mask AP | box AP | count error |",
                   "|---|---|---|---|---|---|---|---|---|---|---|", *instances]
     if broken:
         lines += ["", "| checkpoint | status |", "|---|---|", *broken]

@@ -16,14 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seg.checkpoints import continued_init, lineage, load_checkpoint, save_checkpoint
+from seg.checkpoints import continued_init, save_checkpoint, warm_start
 from seg.classes import palette_for
 from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_semantic_split
 from seg.engine import Stage, distributed_context
 from seg.losses import class_weights, weighted_cross_entropy
 from seg.metrics import SegMetrics
 from seg.models import create
-from seg.training import Prepared, SemanticOptions, TrainConfig, default_command
+from seg.train_config import Prepared, SemanticOptions, TrainConfig, default_command
 from seg.transforms import JointAugment
 
 
@@ -85,7 +85,7 @@ class SemanticTask:
             total_n += len(sel)
             metrics.update(logits.softmax(1).cpu(), target)
         if world > 1:
-            for tensor in (metrics.confusion, metrics.hist_all, metrics.hist_pos):
+            for tensor in (metrics.confusion, metrics.confusion_known, metrics.hist_all, metrics.hist_pos):
                 dist.all_reduce(tensor)
             t = torch.tensor([total_loss, total_n], dtype=torch.float64)
             dist.all_reduce(t)
@@ -140,16 +140,6 @@ def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]
     return model, init
 
 
-def _warm_start(model: nn.Module, path: str) -> dict:
-    """Load a previous checkpoint of the same architecture; returns its lineage for the card."""
-    previous, card = load_checkpoint(path)
-    if card.get("architecture") != getattr(model, "arch_name", None):
-        raise ValueError(f"--init-from {path}: architecture {card.get('architecture')!r} differs from "
-                         f"{getattr(model, 'arch_name', None)!r}")
-    model.load_state_dict(previous.state_dict())
-    return dict(lineage(card), val_miou=(card.get("val_metrics") or {}).get("miou"))
-
-
 def prepare_semantic(config: TrainConfig) -> Prepared:
     """Load the data once, build model, task, stages and card (the prior gets a ``fit`` instead)."""
     _, world = distributed_context()
@@ -161,7 +151,7 @@ def prepare_semantic(config: TrainConfig) -> Prepared:
     freqs = class_frequencies(train.masks, num_classes)
     weight = None if options.class_weighting == "none" else class_weights(freqs, options.class_weighting)
     model, init_text = _build_model(config, num_classes)
-    source = _warm_start(model, config.init_from) if config.init_from else None
+    source = warm_start(model, config.init_from) if config.init_from else None
     card = {
         "task": "semantic",
         "classes": train.classes,

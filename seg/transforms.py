@@ -2,7 +2,7 @@
 
 The image is a ``tv_tensors.Image`` and the mask a ``tv_tensors.Mask``, so v2 applies
 the *same* random crop and flip to both and resizes the mask with nearest neighbour.
-A crop is specified as a fraction of the image area (the assignment compares 1/4 and
+A crop is specified as a fraction of the image area (the augmentation experiments compare 1/4 and
 1/16); it keeps the image's aspect ratio and is resized back to the training size so
 batches stack.
 """

@@ -130,3 +130,24 @@ def test_ignored_pixels_are_left_out_of_every_metric():
     only_valid.update(probs.permute(0, 2, 3, 1)[keep].T.reshape(1, 5, -1, 1), target[keep].reshape(1, -1, 1))
     a, b = with_ignore.compute(), only_valid.compute()
     assert a["confusion_matrix"] == b["confusion_matrix"] and a["ap"] == b["ap"]
+
+
+def test_known_class_accuracies_follow_the_published_protocol():
+    """8 classes, unknown ("misc") pixels ignored, the prediction the best of the 8 known classes."""
+    from seg.classes import SBD_CLASSES
+
+    metrics = SegMetrics(9, class_names=list(SBD_CLASSES))
+    target = torch.tensor([[[0, 0, 1, 8]]])  # sky, sky, tree, unknown
+    probs = torch.zeros(1, 9, 1, 4)
+    probs[0, 0, 0, 0] = 1.0  # sky right
+    probs[0, 8, 0, 1], probs[0, 1, 0, 1] = 0.6, 0.4  # misc wins over all, tree over the known 8: wrong
+    probs[0, 1, 0, 2] = 1.0  # tree right
+    probs[0, 3, 0, 3] = 1.0  # the unknown pixel does not count
+    metrics.update(probs, target)
+    result = metrics.compute()
+    assert result["pixel_accuracy_8"] == pytest.approx(2 / 3)
+    assert result["class_accuracy_8"] == pytest.approx((0.5 + 1.0) / 2)  # sky 1/2, tree 1/1; absent classes skipped
+    assert result["pixel_accuracy"] == pytest.approx(2 / 4)  # the 9-class figure counts misc as a class
+    other = SegMetrics(3, class_names=["road", "car", "person"])
+    other.update(torch.softmax(torch.randn(1, 3, 2, 2), 1), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert other.compute()["class_accuracy_8"] is None

@@ -59,7 +59,7 @@ def test_class_shares_count_pixels_and_agree_with_predictions(scene):
     assert shares.shape == (len(SBD_CLASSES),) and shares.sum() == pytest.approx(1.0)
     for c in np.unique(label):
         assert shares[c] == pytest.approx((label == c).mean())
-    prediction = Prediction(np.zeros((len(SBD_CLASSES), 1, 1), np.float32), label.astype(np.uint8), 0.0)
+    prediction = Prediction(label=label.astype(np.uint8), latency_ms=0.0)
     assert np.allclose(prediction.class_shares(len(SBD_CLASSES)), shares)
 
 

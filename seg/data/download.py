@@ -16,7 +16,6 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,32 +69,31 @@ def _manual_hint(src: DatasetSource, root: Path) -> str:
 
 
 def _fetch(src: DatasetSource, dest: Path, timeout: float, root: Path) -> None:
-    from tqdm import tqdm
+    """torchvision's ``download_url`` (redirects, progress bar), bounded by ``timeout`` per socket wait."""
+    from torchvision.datasets.utils import download_url
 
-    part = dest.with_suffix(dest.suffix + ".part")
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
     try:
-        with urllib.request.urlopen(src.url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with open(part, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=src.archive) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    fh.write(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as err:
-        part.unlink(missing_ok=True)
+        download_url(src.url, str(dest.parent), dest.name)
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, RuntimeError) as err:
+        dest.unlink(missing_ok=True)
         raise DownloadError(f"could not download {src.url}: {err}. {_manual_hint(src, root)}") from None
-    part.replace(dest)
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _safe_extract(archive: Path, target: Path) -> None:
-    """Unpack refusing absolute paths, '..' and links that leave ``target``."""
+    """Unpack refusing absolute paths, '..' and links that leave ``target``.
+
+    Zip archives go through torchvision's ``extract_archive`` (``zipfile`` drops absolute and
+    '..' parts itself); tar archives use tarfile's ``data`` filter, which torchvision's helper
+    does not apply."""
     target.mkdir(parents=True, exist_ok=True)
     if archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                resolved = (target / name).resolve()
-                if not str(resolved).startswith(str(target.resolve())):
-                    raise DownloadError(f"unsafe path {name!r} in {archive.name}")
-            zf.extractall(target)
+        from torchvision.datasets.utils import extract_archive
+
+        extract_archive(str(archive), str(target))
     else:
         with tarfile.open(archive) as tf:
             tf.extractall(target, filter="data")

@@ -2,7 +2,7 @@
 
 Official layout (``iccv09Data/``): ``images/<id>.jpg`` and ``labels/<id>.regions.txt``
 (whitespace-separated integer matrix, -1 unknown, 0..7 classes). Other files in
-``labels/`` are ignored. Unknown (-1) becomes ``misc`` (class 8), as in the course.
+``labels/`` are ignored. Unknown (-1) becomes ``misc`` (class 8), as in the common 9-class version.
 
 Course layout: ``train/``, ``val/``, ``test/`` folders of ``<name>.jpg`` images with
 ``<name>.png`` class-id labels, plus ``classes.txt``. The folders are the split.
@@ -28,7 +28,7 @@ from seg.config import cache_dir
 from seg.data.split import split_of
 from seg.io import ImageLoadError, load_image, read_label_png
 
-#: Training/evaluation size as (width, height), as in the course version.
+#: Training/evaluation size as (width, height), as in the common 288x224 version.
 IMAGE_SIZE: tuple[int, int] = (288, 224)
 MISC = 8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

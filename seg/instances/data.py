@@ -18,7 +18,7 @@ from PIL import Image
 from seg.data.split import split_of
 from seg.io import load_image
 
-#: Penn-Fudan's split fractions (train, val, test): the issue asks for about 70/15/15.
+#: Penn-Fudan's split fractions (train, val, test), by the shared hash rule.
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 #: Working height in pixels: the median Penn-Fudan image (486x381) becomes ~288x224.
 WORK_HEIGHT = 224

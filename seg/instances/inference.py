@@ -3,11 +3,21 @@
 ``InstancePredictor.from_checkpoint(path).predict(rgb)`` is what the CLI and the
 dashboard call. The DWT runs at the working height; its foreground probability and
 expected energy are upsampled (both are linear in the level probabilities, so this
-equals upsampling the distributions) and post-processed at the original size.
+equals upsampling the distributions) and post-processed at the original size. Its
+mirrored test-time pass runs in the same batch as the plain one.
+
+``runtime`` says what runs the network (``seg.runtime``): eager PyTorch by default, ``auto``
+for the fastest backend that keeps the agreement contract on the val split (mask AP within
+``MASK_AP_TOLERANCE`` of eager fp32, instance count within ``COUNT_TOLERANCE`` on every
+image). The DWT is served whole; Mask R-CNN serves its backbone and box head through the
+backend and keeps proposals, RoI pooling and mask pasting in PyTorch.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +28,32 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import nn
 
+from seg.config import dataset_dir
 from seg.instances import INSTANCE_ARCHITECTURES
-from seg.instances.data import WORK_HEIGHT, boxes_from_ids, relabel_sequential, work_size
+from seg.instances.coco_eval import InstanceEvaluator
+from seg.instances.data import WORK_HEIGHT, boxes_from_ids, ids_for_split, load_sample, relabel_sequential, work_size
 from seg.instances.models import is_detector, split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
+from seg.io import atomic_write_text
+from seg.runtime import (
+    CALIBRATION_IMAGES,
+    Agreement,
+    RuntimeChoice,
+    ServingSpec,
+    export_dir,
+    module_device,
+    resolve_runtime,
+    serving_module,
+    weights_key,
+)
 
 DETECTION_SCORE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
+#: The agreement contract for an instance model served by a faster backend (on the val split).
+MASK_AP_TOLERANCE = 0.005
+COUNT_TOLERANCE = 1
+#: Mask R-CNN's parts served by a backend (plain tensor functions) and their varying input dims.
+DETECTOR_PARTS = {"backbone": (0, 2, 3), "roi_heads.box_head": (0,)}
 
 
 @dataclass
@@ -140,7 +169,7 @@ def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tup
 def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
     """The image as a (1, 3, h, w) float batch at the working height, on the model's device."""
     h, w = rgb.shape[:2]
-    x = to_tensor(rgb)[None].to(next(model.parameters()).device)
+    x = to_tensor(rgb)[None].to(module_device(model))
     return F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -192,11 +221,15 @@ def params_from_card(card: dict) -> PostprocessParams:
 
 
 class InstancePredictor:
-    """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'."""
+    """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'.
+
+    ``self.model`` is the eager model (the reference); ``self.serving`` is what runs, as
+    ``runtime`` chose (``self.runtime`` says which backend and why).
+    """
 
     def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
                  method: str | None = None, flip: bool | None = None,
-                 scales: tuple[float, ...] | None = None) -> None:
+                 scales: tuple[float, ...] | None = None, runtime: str | None = None) -> None:
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -210,16 +243,24 @@ class InstancePredictor:
         self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
         # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
+        self.serving, self.runtime = serving_module(self.model, self.serving_spec, resolve_runtime(runtime),
+                                                    module_device(self.model))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, method: str | None = None, flip: bool | None = None,
-                        scales: tuple[float, ...] | None = None) -> "InstancePredictor":
+                        scales: tuple[float, ...] | None = None, runtime: str | None = None) -> InstancePredictor:
+        """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         from seg.checkpoints import load_checkpoint
 
         model, card = load_checkpoint(path)
         if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
-        return cls(model.float(), card, method=method, flip=flip, scales=scales)
+        return cls(model.float(), card, method=method, flip=flip, scales=scales, runtime=runtime)
+
+    @property
+    def backend(self) -> str:
+        """What runs the network, e.g. ``eager-fp32`` or ``openvino-int8``."""
+        return self.runtime.backend
 
     def predict(self, rgb: np.ndarray, tta: bool = True, candidates: bool = False) -> InstanceResult:
         """``tta=False`` skips the DWT's test-time augmentation for this call (a faster preview).
@@ -233,14 +274,14 @@ class InstancePredictor:
             result = self._predict_detector(rgb)
         else:
             flip, scales = (self.flip, self.scales) if tta else (False, (1.0,))
-            fg, energy = dwt_maps(self.model, rgb, work_height=self.work_height, flip=flip, scales=scales)
+            fg, energy = dwt_maps(self.serving, rgb, work_height=self.work_height, flip=flip, scales=scales)
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
                 ranked = (None, None)
             elif candidates and (params.alternatives or self.alternative_scales):
-                extra = dwt_alternative_maps(self.model, rgb, self.alternative_scales,
+                extra = dwt_alternative_maps(self.serving, rgb, self.alternative_scales,
                                              self.work_height, flip)
                 labels, scores, *ranked = ranked_candidates(fg, energy, params, extra)
             else:
@@ -253,9 +294,9 @@ class InstancePredictor:
         return result
 
     def _predict_detector(self, rgb: np.ndarray) -> InstanceResult:
-        device = next(self.model.parameters()).device
+        device = module_device(self.serving)
         with torch.inference_mode():
-            out = self.model([to_tensor(rgb).to(device)])[0]
+            out = self.serving([to_tensor(rgb).to(device)])[0]
         scores = out["scores"].cpu().numpy().astype(np.float32)
         masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy() if len(scores) else \
             np.zeros((0,) + rgb.shape[:2], bool)
@@ -271,3 +312,103 @@ class InstancePredictor:
         kept_scores = scores[kept][present] if kept else np.zeros(0, np.float32)
         return InstanceResult(ids, kept_scores, boxes_from_ids(ids), None, None, 0.0,
                               all_masks=masks, all_scores=scores)
+
+    # -- serving runtime -------------------------------------------------------------------------
+
+    def _with_serving(self, serving: nn.Module) -> InstancePredictor:
+        """This predictor's settings with another module running the network (for the agreement check)."""
+        other = copy.copy(self)
+        other.serving = serving
+        return other
+
+    def _network_input(self, rgb: np.ndarray) -> tuple:
+        """The network's call arguments for one image, as ``predict`` builds them (mirror batched)."""
+        if self.detector:
+            return ([to_tensor(rgb)],)
+        return (with_mirror(_work_batch(self.model, rgb, self.work_height), self.flip),)
+
+    def serving_spec(self) -> ServingSpec:
+        """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""
+        context = {"task": "instances", "method": self.method, "work_height": self.work_height, "flip": self.flip,
+                   "scales": list(self.scales), "alternative_scales": list(self.alternative_scales),
+                   "postprocess": vars(self.params)}
+        key = weights_key(self.model)
+        images: dict[str, list[np.ndarray] | None] = {}
+
+        def split(name: str, limit: int | None = None) -> list[np.ndarray] | None:
+            if name not in images:
+                try:
+                    root = dataset_dir("pennfudan")
+                    images[name] = [load_sample(root, i).image for i in ids_for_split(root, name)[:limit]]
+                except (FileNotFoundError, OSError, ValueError):
+                    images[name] = None
+            return images[name]
+
+        def example_inputs() -> list[tuple]:
+            val = split("val")
+            if val:
+                return [self._network_input(val[0])]
+            rng = np.random.default_rng(0)
+            return [self._network_input(rng.integers(0, 256, (384, 288, 3), dtype=np.uint8))]
+
+        def calibration_inputs() -> list[tuple] | None:
+            train = split("train", CALIBRATION_IMAGES)
+            return [self._network_input(rgb) for rgb in train] if train else None
+
+        def agreement(serving: nn.Module) -> Agreement | None:
+            root = dataset_dir("pennfudan")
+            try:
+                ids = ids_for_split(root, "val")
+            except (FileNotFoundError, OSError, ValueError):
+                return None
+            if not ids:
+                return None
+            reference = self._reference_results(root, ids, key, context)
+            candidate = _val_results(self._with_serving(serving), root, ids)
+            return instance_agreement(reference, candidate)
+
+        return ServingSpec(key, DETECTOR_PARTS if self.detector else {"": (0, 2, 3)}, example_inputs,
+                           calibration_inputs, agreement, context)
+
+    def _reference_results(self, root: Path, ids: list[str], key: str, context: dict) -> dict:
+        """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
+        digest = hashlib.sha256(json.dumps([context, ids], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = export_dir(key) / f"reference-{digest}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        results = _val_results(self._with_serving(self.model), root, ids)
+        atomic_write_text(path, json.dumps(results))
+        return results
+
+
+def _val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
+    """Val mask AP (as ``eval-instances`` scores it) and the instance count of every image."""
+    evaluator = InstanceEvaluator()
+    counts = []
+    for image_id in ids:
+        sample = load_sample(root, image_id)
+        result = predictor.predict(sample.image, candidates=True)
+        evaluator.add(sample.masks(), *result.candidates())
+        counts.append(int(result.num_instances))
+    mask_ap = evaluator.compute()["mask_ap"]
+    return {"mask_ap": float(mask_ap) if np.isfinite(mask_ap) else 0.0, "counts": counts}
+
+
+def instance_agreement(reference: dict, candidate: dict) -> Agreement:
+    """The contract: val mask AP within ``MASK_AP_TOLERANCE`` of eager's, counts within ``COUNT_TOLERANCE``."""
+    differences = [abs(a - b) for a, b in zip(reference["counts"], candidate["counts"])]
+    worst = max(differences, default=0)
+    ap_gap = abs(candidate["mask_ap"] - reference["mask_ap"])
+    passed = ap_gap <= MASK_AP_TOLERANCE and worst <= COUNT_TOLERANCE
+    reason = "" if passed else (f"val mask AP {candidate['mask_ap']:.4f} vs eager {reference['mask_ap']:.4f}, "
+                                f"instance counts differ by up to {worst} (contract: within {MASK_AP_TOLERANCE}, "
+                                f"+-{COUNT_TOLERANCE})")
+    return Agreement(passed, {"mask_ap": candidate["mask_ap"], "reference_mask_ap": reference["mask_ap"],
+                              "max_count_difference": float(worst),
+                              "images_with_other_count": float(sum(d > 0 for d in differences)),
+                              "images": float(len(differences))}, reason)
+
+
+__all__ = ["InstancePredictor", "InstanceResult", "RuntimeChoice", "instance_agreement"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg.checkpoints import continued_init, lineage, load_checkpoint
+from seg.checkpoints import continued_init, warm_start
 from seg.engine import Stage
 from seg.instances.coco_eval import InstanceEvaluator
 from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_instance_split,
@@ -32,7 +32,7 @@ from seg.instances.postprocess import PostprocessParams, ranked_candidates
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 from seg.models import create
 from seg.models.encoders import describe_init
-from seg.training import Prepared, TrainConfig, default_command
+from seg.train_config import Prepared, TrainConfig, default_command
 
 ENERGY_NOTE = (
     "K=12 levels with lower edges 0,1,2,3,4,5,6,8,10,12,15,19 px (paper: K=16 up to 54 px for Cityscapes). "
@@ -344,42 +344,6 @@ def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, cr
     raise ValueError(f"no instance task for model {model_name!r}")
 
 
-def init_from_checkpoint(model: torch.nn.Module, path: str) -> dict:
-    """Start from an earlier checkpoint; returns what the card records about it.
-
-    A checkpoint of the same architecture is a warm restart (every weight). For the DWT, a
-    *semantic* checkpoint of its body's architecture (e.g. the Stanford Background ``unet``)
-    initialises the body, everything but the semantic head: transfer from the project's own
-    scene-parsing model, whose "foreground object" class includes people. Shapes must
-    match exactly; nothing is skipped silently.
-    """
-    previous, card = load_checkpoint(path)
-    arch = card.get("architecture")
-    semantic = card.get("task", "semantic") == "semantic"
-    source = dict(lineage(card), dataset=card.get("dataset") or ("stanford-background" if semantic else None),
-                  its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
-                                   if isinstance(v, (int, float))})
-    if arch == getattr(model, "arch_name", None):
-        model.load_state_dict(previous.state_dict())
-        return dict(source, loaded="all weights (warm restart)")
-    body = getattr(model, "backbone", None)
-    if body is None or arch != getattr(body, "arch_name", None):
-        raise ValueError(f"--init-from {path}: a {arch!r} checkpoint cannot initialise a "
-                         f"{getattr(model, 'arch_name', None)!r} model")
-    state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
-    own = body.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"--init-from {path}: its {arch} body does not match this model's "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
-                         "use the same --arch values")
-    body.load_state_dict(state)
-    # transfer from another task: its epochs are not this model's, so no running totals
-    return dict(source, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
-                total_epochs=None, total_training_time_s=None)
-
-
 def build_model(config: TrainConfig) -> torch.nn.Module:
     kwargs = dict(config.model_kwargs)
     if config.model == "maskrcnn" or kwargs.get("backbone") == "resunet":
@@ -395,7 +359,7 @@ def prepare_instances(config: TrainConfig) -> Prepared:
     task = make_task(config.model, Path(config.data_dir), config.batch_size, options.crop, config.seed,
                      config.limit, options.val_images or config.limit, options.work_height, options.fg_balance)
     model = build_model(config)
-    source = init_from_checkpoint(model, config.init_from) if config.init_from else None
+    source = warm_start(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
     if source and source["architecture"] == config.model:  # a warm restart keeps its weights' first start
         encoder_init = continued_init(source)

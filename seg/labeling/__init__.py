@@ -1,4 +1,4 @@
-"""Labeling workspace (issue 5): model-assisted mask labeling whose output trains directly.
+"""Labeling workspace: model-assisted mask labeling whose output trains directly.
 
 Importable without gradio; ``seg.ui.label`` is the dashboard tab on top of it.
 """

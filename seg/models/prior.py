@@ -1,4 +1,4 @@
-"""The per-pixel class prior (the assignment's simple_train / simple_predict).
+"""The per-pixel class prior (fit per-pixel class frequencies; predict them).
 
 For each pixel position, the class frequencies over the training split. Prediction
 ignores the image and returns those frequencies, resized to the input's size.

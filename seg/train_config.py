@@ -1,20 +1,10 @@
-"""One way to train every model: ``TrainConfig`` in, the engine's events out.
-
-``train(config)`` builds the model, the task (Stanford Background or a labeling workspace
-for semantic models; Penn-Fudan for ``dwt`` and ``maskrcnn``), the schedule and the card,
-then runs ``seg.engine.run``. The CLI, the dashboard and the experiment runner all call
-it, so every model stops the same way (``stop_on_signals``: Ctrl-C or SIGTERM ends the run
-between steps, keeping the best checkpoint and a final card) and resumes the same way
-(``resume=True`` continues an interrupted run from its last finished epoch, exactly).
-"""
+"""What a training run is made of: ``TrainConfig`` (shared fields once, each task's options apart)
+and ``Prepared`` (what a task hands the engine). ``seg.training.train`` runs them."""
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-import signal
 import sys
-import threading
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator
 
@@ -23,7 +13,7 @@ from seg.models import task_of
 
 @dataclass
 class SemanticOptions:
-    """Settings only semantic models have (the assignment's augmentation and loss knobs)."""
+    """Settings only semantic models have (augmentation and loss)."""
 
     crop_fraction: tuple[float, float] | None = (0.25, 1.0)
     flip_p: float = 0.5
@@ -108,70 +98,3 @@ class Prepared:
 
 def default_command(config: TrainConfig) -> str:
     return config.command or " ".join(shlex.quote(a) for a in sys.argv)
-
-
-def prepare(config: TrainConfig) -> Prepared:
-    """The model, task, stages and card for ``config`` (the task's own module builds them)."""
-    if config.task == "semantic":
-        from seg.semantic_task import prepare_semantic
-
-        return prepare_semantic(config)
-    if config.task == "instances":
-        from seg.instances.task import prepare_instances
-
-        return prepare_instances(config)
-    raise ValueError(f"model {config.model!r} has no training task")
-
-
-def train(config: TrainConfig, stop_event: threading.Event | None = None, resume: bool = False) -> Iterator[dict]:
-    """Train ``config`` and yield the engine's events (start, step, epoch, done).
-
-    ``resume``: continue the run whose state lies beside ``config.out`` (``seg.resume``).
-    A run that ends without being stopped removes its state files.
-    """
-    import torch
-
-    from seg.engine import distributed_context, run, seed_everything
-    from seg.resume import clear_state
-
-    seed_everything(config.seed)
-    rank, _ = distributed_context()
-    prepared = prepare(config)
-    if prepared.fit is not None:
-        yield from prepared.fit()
-        return
-    device = torch.device(config.device) if config.device else None
-    stopped = True
-    for event in run(prepared.model, prepared.task, prepared.stages, out=config.out if rank == 0 else None,
-                     card=prepared.card, seed=config.seed, stop_event=stop_event, device=device,
-                     weight_decay=config.weight_decay, precision=config.precision, ema_decay=config.ema_decay,
-                     resume=resume, run_config=config.to_dict() | {"command": default_command(config)}):
-        if event["type"] == "done":
-            stopped = bool(event["stopped"])
-        yield event
-    if not stopped and config.out and rank == 0:
-        clear_state(config.out)
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C / SIGTERM set the returned event: the engine stops between steps and keeps the
-    best checkpoint; a second signal aborts at once. Off the main thread (the dashboard) the
-    event is just returned: there, the Stop button sets it."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        print("\nstopping after this step (again to abort)...", file=sys.stderr)
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -1,1 +1,0 @@
-"""Datasets: Stanford Background (semantic) and, in seg.instances, Penn-Fudan."""
