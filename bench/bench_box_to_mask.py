@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from seg.config import REPO_ROOT, dataset_dir  # noqa: E402
 from seg.instances.data import boxes_from_ids, ids_for_split, load_sample  # noqa: E402
-from seg.labeling.tools import DEFAULT_RECIPE, GrabCutRecipe, boxes_to_ids  # noqa: E402
+from seg.labeling.tools import DEFAULT_RECIPE, SEEDED_RECIPE, GrabCutRecipe, boxes_to_ids  # noqa: E402
 
 TARGET_IOU = 0.80
 TARGET_MS_PER_BOX = 300.0
@@ -91,13 +91,18 @@ def evaluate(samples: list, recipe: GrabCutRecipe, maps: list | None = None,
             "cpu_ms_per_box_p95": round(float(np.percentile(per_box_cpu_ms, 95)), 1)}
 
 
+#: The recipe grids ``--tune`` searches (on train), GrabCut alone and model-seeded.
+ALONE_GRID = {"iterations": (3, 5), "margin": (0.15, 0.3, 0.5), "max_side": (192, 320, 0), "core": (0.0, 0.2)}
+SEEDED_GRID = {"iterations": (1, 3), "max_side": (128, 256), "seed_sure_fg": (0.6, 0.8, 0.9),
+               "seed_sure_bg": (0.1, 0.2, 0.4)}
+
+
 def tune(samples: list, maps: list | None) -> None:
-    """Print a small grid of recipes on these (train) images, best mean IoU first."""
-    grid = {"iterations": (2, 3, 5), "margin": (0.05, 0.15, 0.3), "max_side": (96, 128, 192, 0),
-            "core": (0.0, 0.2)}
+    """Print a grid of recipes on these (train) images, best mean IoU first."""
+    grid, base = (ALONE_GRID, DEFAULT_RECIPE) if maps is None else (SEEDED_GRID, SEEDED_RECIPE)
     rows = []
     for values in itertools.product(*grid.values()):
-        recipe = replace(DEFAULT_RECIPE, **dict(zip(grid, values)))
+        recipe = replace(base, **dict(zip(grid, values)))
         rows.append((evaluate(samples, recipe, maps), recipe))
         print(f"{rows[-1][0]['mean_iou']:.4f}  {rows[-1][0]['ms_per_box_mean']:7.1f} ms  {recipe}", flush=True)
     print("best:")

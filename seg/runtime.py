@@ -310,6 +310,9 @@ def export_dir(key: str) -> Path:
     return path
 
 
+_INT8_SUFFIX = {"openvino": "-openvino-int8.xml", "onnx": "-onnx-int8.onnx"}
+
+
 def _part_file(part: str) -> str:
     return (part or "model").replace(".", "_")
 
@@ -416,16 +419,11 @@ def _build_part(model: nn.Module, part: str, dynamic: tuple[int, ...], captured:
         _export_onnx(module, captured.inputs[0], dynamic, onnx_path)
     static = dynamic == (0,)
     if precision == "int8":
-        if not calibration:
-            raise RuntimeError("int8 needs training images to calibrate on")
-        if family == "openvino":
-            path = folder / f"{_part_file(part)}-openvino-int8.xml"
-            if not path.is_file():
-                _quantise_openvino(onnx_path, calibration, path)
-        else:
-            path = folder / f"{_part_file(part)}-onnx-int8.onnx"
-            if not path.is_file():
-                _quantise_onnx(onnx_path, calibration, path)
+        path = folder / f"{_part_file(part)}{_INT8_SUFFIX[family]}"
+        if not path.is_file():
+            if not calibration:
+                raise RuntimeError("int8 needs training images to calibrate on")
+            (_quantise_openvino if family == "openvino" else _quantise_onnx)(onnx_path, calibration, path)
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
@@ -455,7 +453,7 @@ def build_serving(model: nn.Module, spec: ServingSpec, backend: str,
 
 
 def _int8_files_exist(folder: Path, spec: ServingSpec, backend: str) -> bool:
-    suffix = "-openvino-int8.xml" if backend.startswith("openvino") else "-onnx-int8.onnx"
+    suffix = _INT8_SUFFIX[backend.split("-")[0]]
     return all((folder / f"{_part_file(p)}{suffix}").is_file() for p in spec.parts)
 
 

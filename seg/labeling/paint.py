@@ -10,12 +10,13 @@ colour guess); display opacity never reaches the mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from seg.classes import colorize
+from seg.labeling.history import History
 
 #: Stroke pixels with less alpha than this are antialiasing fringe and are ignored.
 ALPHA_THRESHOLD = 128
@@ -181,22 +182,6 @@ def render(image: np.ndarray, label: np.ndarray, palette: list[tuple[int, int, i
     return out.astype(np.uint8)
 
 
-@dataclass
-class UndoStack:
-    """Bounded history of label arrays (one per edit) for a single editing session."""
-
-    limit: int = 30
-    _states: list[np.ndarray] = field(default_factory=list)
-
-    def push(self, label: np.ndarray) -> None:
-        self._states.append(label.copy())
-        del self._states[: max(0, len(self._states) - self.limit)]
-
-    def pop(self) -> np.ndarray | None:
-        return self._states.pop() if self._states else None
-
-    def clear(self) -> None:
-        self._states.clear()
-
-    def __len__(self) -> int:
-        return len(self._states)
+#: The editor's history: one undo/redo over every tool (``seg.labeling.history.History``);
+#: ``push``/``pop`` keep the older one-way use working.
+UndoStack = History

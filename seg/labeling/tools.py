@@ -48,6 +48,7 @@ class GrabCutRecipe:
 
 
 DEFAULT_RECIPE = GrabCutRecipe()
+SEEDED_RECIPE = GrabCutRecipe(max_side=256, seed_sure_fg=0.8, seed_sure_bg=0.2)
 
 
 # -- polygon ---------------------------------------------------------------------------------

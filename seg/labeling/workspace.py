@@ -2,7 +2,7 @@
 
 Layout (readable as-is by ``seg.data.sbd`` and ``python -m seg train --data W``)::
 
-    W/classes.txt                  one class name per line
+    W/classes.txt                  one class a line: name #rrggbb (seg.labeling.classes)
     W/train/<name>.jpg + <name>.png   labelled images (palette PNG of class ids)
     W/val/<name>.jpg   + <name>.png
     W/unlabeled/<name>.jpg         imported, not saved yet (the loader never looks here)
@@ -48,6 +48,7 @@ from seg.io import (
     load_image,
     read_label_png,
 )
+from seg.labeling.classes import ClassList, ClassListError
 from seg.labeling.manifest import MANIFEST_NAME, Manifest, VersionRecord, utc_now
 from seg.labeling.names import UnsafePathError, check_workspace_name, is_safe_name, safe_join, sanitize_name
 
@@ -224,15 +225,15 @@ class Workspace:
     missing split folder.
     """
 
-    def __init__(self, root: str | Path | None = None, classes: list[str] | None = None, *,
+    def __init__(self, root: str | Path | None = None, classes: list[str] | ClassList | None = None, *,
                  adopt: bool = False, write_check: WriteCheck | None = None):
         self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
         _refuse_non_workspace(self.root, adopt=adopt)
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_check = write_check
         self.problems: list[Problem] = []
-        self.classes = self._init_classes(classes)
-        self.palette = palette_for(len(self.classes))
+        class_list = self._init_classes(classes)
+        self.classes, self.palette = list(class_list.names), list(class_list.colours)
         self.manifest = Manifest(self.root / MANIFEST_NAME)
         if self.manifest.recovered_from is not None:
             self.problems.append(Problem(MANIFEST_NAME, f"was not a readable SQLite file; moved aside to "
@@ -249,20 +250,32 @@ class Workspace:
         with self._lock, self.manifest.write():
             yield
 
-    def _init_classes(self, classes: list[str] | None) -> list[str]:
+    def _init_classes(self, classes: list[str] | ClassList | None) -> ClassList:
         path = self.root / CLASSES_FILE
+        fallback = classes if isinstance(classes, ClassList) else \
+            ClassList(tuple(classes or SBD_CLASSES), tuple(palette_for(len(classes or SBD_CLASSES))))
         if path.is_file():
             try:
-                names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-                if names and len(names) <= 255:
-                    return names
+                return ClassList.parse(path.read_text(encoding="utf-8"))
+            except ClassListError:
                 self.problems.append(Problem(CLASSES_FILE, "has no usable class names; using the defaults"))
             except (OSError, UnicodeDecodeError) as err:
                 self.problems.append(Problem(CLASSES_FILE, f"unreadable ({err}); using the defaults"))
-            return list(classes or SBD_CLASSES)
-        names = list(classes or SBD_CLASSES)
-        atomic_write_text(path, "\n".join(names) + "\n")
-        return names
+            return fallback
+        atomic_write_text(path, fallback.to_text())
+        return fallback
+
+    @property
+    def class_list(self) -> ClassList:
+        return ClassList(tuple(self.classes), tuple(self.palette))
+
+    def set_classes(self, classes: ClassList) -> None:
+        """Rename, recolour or add classes (``ClassList.renamed/recoloured/added``); never fewer classes,
+        so every saved mask keeps its meaning."""
+        classes.check_replaces(self.class_list)
+        with self.exclusive():
+            atomic_write_text(self._path(CLASSES_FILE), classes.to_text())
+            self.classes, self.palette = list(classes.names), list(classes.colours)
 
     @property
     def num_classes(self) -> int:
@@ -679,7 +692,7 @@ class LabelsRoot:
             ws = self._open[str(target)] = Workspace(target)
             return ws
 
-    def create(self, name: object, classes: list[str] | None = None) -> Workspace:
+    def create(self, name: object, classes: list[str] | ClassList | None = None) -> Workspace:
         """A new, empty workspace ``name``; ``WorkspaceError`` when that name is taken.
 
         Built in a hidden staging folder and renamed into place, so the name never shows a

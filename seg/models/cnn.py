@@ -15,14 +15,14 @@ from seg.models.common import Normalize, conv_bn_relu
 
 
 class BasicCNN(nn.Module):
-    def __init__(self, num_classes: int = 9, width: int = 32, stages: int = 4) -> None:
+    def __init__(self, num_classes: int = 9, width: int = 32, stages: int = 4, norm: str = "batch") -> None:
         super().__init__()
         self.normalize = Normalize()
         layers: list[nn.Module] = []
         cin = 3
         for i in range(stages):
             cout = width * 2**i
-            layers += [conv_bn_relu(cin, cout, stride=2), conv_bn_relu(cout, cout)]
+            layers += [conv_bn_relu(cin, cout, stride=2, norm=norm), conv_bn_relu(cout, cout, norm=norm)]
             cin = cout
         self.encoder = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(cin, num_classes, 1)
@@ -34,5 +34,5 @@ class BasicCNN(nn.Module):
 
 
 @register("cnn")
-def build_cnn(num_classes: int = 9, width: int = 32, stages: int = 4) -> BasicCNN:
-    return BasicCNN(num_classes, width, stages)
+def build_cnn(num_classes: int = 9, width: int = 32, stages: int = 4, norm: str = "batch") -> BasicCNN:
+    return BasicCNN(num_classes, width, stages, norm)

@@ -21,10 +21,17 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+#: normalisation layers ``conv_bn_relu`` can use; "none" (a biased conv) is for overfitting tests
+NORMS = ("batch", "none")
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+    """3x3 conv, batch norm, ReLU; ``norm="none"`` keeps the layer indices (an identity) and gives the conv a bias."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=norm == "none"),
+        nn.BatchNorm2d(cout) if norm == "batch" else nn.Identity(),
         nn.ReLU(inplace=True),
     )
 
@@ -32,8 +39,8 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class DoubleConv(nn.Sequential):
     """Two 3x3 conv-BN-ReLU, the U-Net's basic block."""
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
+        super().__init__(conv_bn_relu(cin, cout, norm=norm), conv_bn_relu(cout, cout, norm=norm))
 
 
 def count_parameters(model: nn.Module) -> int:
