@@ -3,6 +3,7 @@ per-image scores (for "worst images" views) and a printable per-class table."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from seg.metrics import SegMetrics, confusion_matrix, mean_iou, pixel_accuracy
 
 
 def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = "val",
-                       batch_size: int = 16, limit: int | None = None) -> dict:
+                       batch_size: int = 16, limit: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    """Metrics of ``predictor`` on ``split``; ``progress(done, total)`` is called after every batch."""
     data = load_semantic_split(Path(data_dir), split, size=predictor.input_size, limit=limit)
     if data.classes != predictor.classes:
         raise ValueError(f"the data's classes {data.classes} differ from the model's {predictor.classes}")
@@ -30,6 +33,8 @@ def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = 
             cm = confusion_matrix(target[k], pred[k], c)
             per_image.append({"id": data.ids[i + k], "pixel_accuracy": pixel_accuracy(cm),
                               "miou": mean_iou(cm)})
+        if progress is not None:
+            progress(min(i + batch_size, len(data)), len(data))
     result = metrics.compute()
     result.update({"num_images": len(data), "split": split, "checkpoint": predictor.name,
                    "per_image": sorted(per_image, key=lambda r: r["pixel_accuracy"]),

@@ -161,8 +161,13 @@ def measure_bf16_training(steps: int = 6, batch: int = 8, size: tuple[int, int] 
             elapsed = step(precision)
             if i >= 2:
                 times[precision].append(elapsed)
-    return Bf16Measurement(statistics.median(times["fp32"]), statistics.median(times["bf16"]),
-                           torch.get_num_threads(), torch.__version__, cpu_features().model)
+    return Bf16Measurement(
+        statistics.median(times["fp32"]),
+        statistics.median(times["bf16"]),
+        torch.get_num_threads(),
+        torch.__version__,
+        cpu_features().model,
+    )
 
 
 def _bf16_cache_path(threads: int, torch_version: str) -> Path:
@@ -201,7 +206,12 @@ def bf16_training_pays(measure: bool = True, refresh: bool = False) -> bool:
         return False
     result = measure_bf16_training()
     log.info("bf16 training step %.2fx fp32 on %s (%d threads)", result.speedup, result.cpu, result.threads)
-    atomic_write_text(path, json.dumps(asdict(result) | {"speedup": result.speedup, "pays": result.pays,
-                                                          "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                       indent=1))
+    atomic_write_text(
+        path,
+        json.dumps(
+            asdict(result)
+            | {"speedup": result.speedup, "pays": result.pays, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            indent=1,
+        ),
+    )
     return result.pays

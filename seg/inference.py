@@ -159,14 +159,15 @@ class Predictor:
         def split(name: str, limit: int | None = None):
             if name not in cache:
                 try:
-                    data = load_semantic_split(dataset_dir("sbd"), name, size=self.input_size, limit=limit)
+                    data = load_semantic_split(dataset_dir("sbd"), name.split("-")[0], size=self.input_size,
+                                               limit=limit)
                     cache[name] = data if data.classes == self.classes else None
                 except (FileNotFoundError, OSError, ValueError):
                     cache[name] = None
             return cache[name]
 
         def example_inputs() -> list[tuple]:
-            val = split("val")
+            val = split("val") if "val" in cache else split("val-first", limit=1)
             if val is not None:
                 return [(val.images[:1].float().div(255).contiguous(memory_format=torch.channels_last),)]
             generator = torch.Generator().manual_seed(0)

@@ -19,6 +19,7 @@ keep calling an ``nn.Module``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -29,7 +30,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,13 +175,13 @@ class RuntimeChoice:
 # ------------------------------------------------------------------------------ tensors in and out
 
 
-def _flatten(value: Any) -> list[torch.Tensor]:
+def flatten_tensors(value: Any) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _flatten(v)]
+        return [t for v in value.values() for t in flatten_tensors(v)]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flatten(v)]
+        return [t for v in value for t in flatten_tensors(v)]
     raise TypeError(f"a served part may only take and return tensors, got {type(value).__name__}")
 
 
@@ -256,8 +257,11 @@ class _OpenVinoEngine:
     def __init__(self, path: Path, precision: str, static: bool) -> None:
         core = _ov_core()
         self.model = core.read_model(str(path))
-        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                       "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+        self.config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         self.static = static
         self.dynamic = None if static else core.compile_model(self.model, "CPU", self.config)
         self.compiled: OrderedDict[tuple, Any] = OrderedDict()
@@ -294,7 +298,7 @@ class RuntimePart(nn.Module):
         self._lock = threading.Lock()
 
     def forward(self, *args: Any) -> Any:
-        arrays = [_to_numpy(t) for t in _flatten(list(args))]
+        arrays = [_to_numpy(t) for t in flatten_tensors(list(args))]
         with self._lock:
             outputs = self.engine(arrays)
         return _rebuild(self.structure, [torch.from_numpy(np.array(o, dtype=np.float32)) for o in outputs])
@@ -331,7 +335,7 @@ def capture_parts(model: nn.Module, parts: Sequence[str], calls: list[tuple]) ->
         module = model.get_submodule(part) if part else model
 
         def hook(mod: nn.Module, args: tuple, output: Any, part: str = part) -> None:
-            captured[part].inputs.append(tuple(t.detach().clone() for t in _flatten(list(args))))
+            captured[part].inputs.append(tuple(t.detach().clone() for t in flatten_tensors(list(args))))
             captured[part].structure = _structure(output)
 
         handles.append(module.register_forward_hook(hook))
@@ -351,7 +355,7 @@ def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
 
     names = [f"input{i}" for i in range(len(example))]
     with torch.no_grad():
-        outputs = _flatten(module(*example))
+        outputs = flatten_tensors(module(*example))
     out_names = [f"output{i}" for i in range(len(outputs))]
     axes: dict[str, dict[int, str]] = {}
     for name, t in zip(names, example):
@@ -362,8 +366,16 @@ def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(t.clone() for t in example), str(tmp), input_names=names,
-                          output_names=out_names, dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            tuple(t.clone() for t in example),
+            str(tmp),
+            input_names=names,
+            output_names=out_names,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     os.replace(tmp, path)
 
 
@@ -374,8 +386,13 @@ def _quantise_openvino(onnx_path: Path, calibration: list[tuple[torch.Tensor, ..
 
     model = _ov_core().read_model(str(onnx_path))
     items = [[_to_numpy(t) for t in call] for call in calibration]
-    quantised = nncf.quantize(model, nncf.Dataset(items), subset_size=len(items),
-                              preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
+    quantised = nncf.quantize(
+        model,
+        nncf.Dataset(items),
+        subset_size=len(items),
+        preset=nncf.QuantizationPreset.MIXED,
+        fast_bias_correction=True,
+    )
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.xml")
     ov.save_model(quantised, str(tmp))
     os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
@@ -401,22 +418,40 @@ def _quantise_onnx(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]],
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.onnx")
     try:
         quant_pre_process(str(onnx_path), str(pre))
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         os.replace(tmp, out)
     finally:
         for leftover in (pre, tmp):
             leftover.unlink(missing_ok=True)
 
 
-def _build_part(model: nn.Module, part: str, dynamic: tuple[int, ...], captured: _Captured,
-                calibration: list[tuple] | None, backend: str, folder: Path) -> RuntimePart:
-    """Export (once, cached) and load one part for one backend."""
+def _build_part(
+    model: nn.Module,
+    part: str,
+    dynamic: tuple[int, ...],
+    capture: Callable[[], dict[str, _Captured]],
+    calibration: list[tuple] | None,
+    backend: str,
+    folder: Path,
+) -> RuntimePart:
+    """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is missing."""
     family, precision = backend.split("-")
     module = model.get_submodule(part) if part else model
     onnx_path = folder / f"{_part_file(part)}.onnx"
-    if not onnx_path.is_file():
+    structure_path = folder / f"{_part_file(part)}.outputs.json"
+    if not onnx_path.is_file() or not structure_path.is_file():
+        captured = capture()[part]
         _export_onnx(module, captured.inputs[0], dynamic, onnx_path)
+        atomic_write_text(structure_path, json.dumps(captured.structure))
+    structure = json.loads(structure_path.read_text(encoding="utf-8"))
     static = dynamic == (0,)
     if precision == "int8":
         path = folder / f"{_part_file(part)}{_INT8_SUFFIX[family]}"
@@ -427,28 +462,41 @@ def _build_part(model: nn.Module, part: str, dynamic: tuple[int, ...], captured:
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
-    return RuntimePart(engine, captured.structure, backend)
+    return RuntimePart(engine, structure, backend)
 
 
-def build_serving(model: nn.Module, spec: ServingSpec, backend: str,
-                  captured: dict[str, _Captured] | None = None,
-                  calibration: dict[str, list[tuple]] | None = None) -> nn.Module:
-    """The model served by ``backend``: the model itself for eager, else with each part replaced."""
+def build_serving(
+    model: nn.Module,
+    spec: ServingSpec,
+    backend: str,
+    captured: dict[str, _Captured] | None = None,
+    calibration: dict[str, list[tuple]] | None = None,
+) -> nn.Module:
+    """The model served by ``backend``: the model itself for eager, else with each part replaced.
+
+    Exports already in the cache are loaded as they are: no example input is run then.
+    """
     if backend == EAGER:
         return model
     folder = export_dir(spec.key)
-    if captured is None:
-        captured = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
+    cache: dict[str, dict[str, _Captured]] = {"captured": captured} if captured is not None else {}
+
+    def capture() -> dict[str, _Captured]:
+        if "captured" not in cache:
+            cache["captured"] = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
+        return cache["captured"]
+
     if calibration is None and backend.endswith("int8") and not _int8_files_exist(folder, spec, backend):
         calibration = _calibration_inputs(model, spec)
     if "" in spec.parts:
-        return _build_part(model, "", spec.parts[""], captured[""], (calibration or {}).get(""), backend, folder)
+        return _build_part(model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder)
     served = copy.deepcopy(model)
     for part, dynamic in spec.parts.items():
         parent_name, _, child = part.rpartition(".")
         parent = served.get_submodule(parent_name) if parent_name else served
-        setattr(parent, child, _build_part(model, part, dynamic, captured[part], (calibration or {}).get(part),
-                                           backend, folder))
+        setattr(
+            parent, child, _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder)
+        )
     return served
 
 
@@ -470,9 +518,16 @@ def _calibration_inputs(model: nn.Module, spec: ServingSpec) -> dict[str, list[t
 
 def _record_path(spec: ServingSpec, requested: str) -> Path:
     features = cpu_features()
-    context = {"spec": spec.context, "parts": spec.parts, "cpu": features.model, "flags": features.flags,
-               "threads": torch.get_num_threads(), "versions": runtime_versions(), "requested": requested,
-               "record": _RECORD_VERSION}
+    context = {
+        "spec": spec.context,
+        "parts": spec.parts,
+        "cpu": features.model,
+        "flags": features.flags,
+        "threads": torch.get_num_threads(),
+        "versions": runtime_versions(),
+        "requested": requested,
+        "record": _RECORD_VERSION,
+    }
     digest = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return export_dir(spec.key) / f"choice-{requested}-{digest}.json"
 
@@ -498,8 +553,9 @@ def _relative_difference(reference: list[torch.Tensor], candidate: list[torch.Te
     return worst
 
 
-def time_interleaved(functions: dict[str, Callable[[], Any]], rounds: int = 7, warmup: int = 2,
-                     budget_s: float = 30.0) -> dict[str, float]:
+def time_interleaved(
+    functions: dict[str, Callable[[], Any]], rounds: int = 7, warmup: int = 2, budget_s: float = 30.0
+) -> dict[str, float]:
     """Median milliseconds per call for each function, called in rotating order each round.
 
     Interleaving means a neighbour's burst of load hits every function alike, so the ratios
@@ -513,7 +569,7 @@ def time_interleaved(functions: dict[str, Callable[[], Any]], rounds: int = 7, w
         times: dict[str, list[float]] = {n: [] for n in names}
         start = time.perf_counter()
         for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 t0 = time.perf_counter()
                 functions[name]()
@@ -523,8 +579,9 @@ def time_interleaved(functions: dict[str, Callable[[], Any]], rounds: int = 7, w
     return {n: statistics.median(v) * 1000.0 for n, v in times.items()}
 
 
-def calibrate(model: nn.Module, spec: ServingSpec, requested: str = "auto",
-              progress: Callable[[str], None] | None = None) -> RuntimeChoice:
+def calibrate(
+    model: nn.Module, spec: ServingSpec, requested: str = "auto", progress: Callable[[str], None] | None = None
+) -> RuntimeChoice:
     """Export, time and check every candidate backend; record and return the choice.
 
     Candidates at least ``MIN_SPEEDUP`` faster than eager are checked fastest first; the first
@@ -533,8 +590,10 @@ def calibrate(model: nn.Module, spec: ServingSpec, requested: str = "auto",
     """
     say = progress or (lambda message: log.info(message))
     examples = spec.example_inputs()
-    calibration = _calibration_inputs(model, spec)
-    backends = candidate_backends(requested, int8=calibration is not None)
+    folder = export_dir(spec.key)
+    int8_exported = [b for b in ("onnx-int8", "openvino-int8") if _int8_files_exist(folder, spec, b)]
+    calibration = None if len(int8_exported) == 2 else _calibration_inputs(model, spec)
+    backends = candidate_backends(requested, int8=calibration is not None or bool(int8_exported))
     captured = capture_parts(model, list(spec.parts), examples[:1])
     served: dict[str, nn.Module] = {EAGER: model}
     skipped: dict[str, str] = {}
@@ -546,41 +605,69 @@ def calibrate(model: nn.Module, spec: ServingSpec, requested: str = "auto",
             log.warning("%s is not usable for this model: %s", backend, err)
             skipped[backend] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
     with torch.inference_mode():
-        reference = _flatten(model(*examples[0]))
-        differences = {b: _relative_difference(reference, _flatten(m(*examples[0]))) for b, m in served.items()}
+        reference = flatten_tensors(model(*examples[0]))
+        differences = {b: _relative_difference(reference, flatten_tensors(m(*examples[0]))) for b, m in served.items()}
     say(f"timing {', '.join(served)}")
     timings = time_interleaved({b: (lambda m=m: [m(*call) for call in examples]) for b, m in served.items()})
     eager_ms = timings[EAGER]
     agreement: dict[str, dict] = {}
-    chosen, reason = EAGER, "no backend is faster than eager fp32 by the required margin"
+    chosen, reason = EAGER, ""
     for backend in sorted(served, key=timings.__getitem__):
-        if backend == EAGER:
-            break
-        if eager_ms / timings[backend] < MIN_SPEEDUP:
+        if backend == EAGER or eager_ms / timings[backend] < MIN_SPEEDUP:
             break
         say(f"checking {backend} against eager fp32 on val")
-        result = spec.agreement(served[backend])
+        try:
+            result = spec.agreement(served[backend])
+        except Exception as err:  # noqa: BLE001 - a backend that cannot be checked is not chosen
+            log.warning("%s could not be checked: %s", backend, err)
+            result = Agreement(False, {}, f"the check failed: {str(err).splitlines()[0][:200] if str(err) else err!r}")
         exact = differences[backend] <= EXACT_TOLERANCE
         if result is None:
-            agreement[backend] = {"passed": exact, "max_relative_difference": differences[backend],
-                                  "reason": "no val data: only a backend reproducing eager's outputs qualifies"}
+            agreement[backend] = {
+                "passed": exact,
+                "max_relative_difference": differences[backend],
+                "reason": "no val data: only a backend reproducing eager's outputs qualifies",
+            }
             passed = exact
         else:
-            agreement[backend] = {"passed": result.passed, "reason": result.reason,
-                                  "max_relative_difference": differences[backend], **result.metrics}
+            agreement[backend] = {
+                "passed": result.passed,
+                "reason": result.reason,
+                "max_relative_difference": differences[backend],
+                **result.metrics,
+            }
             passed = result.passed
         if passed:
             chosen, reason = backend, "fastest backend that passes the agreement contract"
             break
-    else:
-        reason = "only eager fp32 is available"
-    choice = RuntimeChoice(chosen, requested, reason, {b: round(t, 3) for b, t in timings.items()},
-                           _finite(agreement), skipped)
+    if chosen == EAGER:
+        reason = (
+            "only eager fp32 is available"
+            if len(served) == 1
+            else "no faster backend passes the agreement contract"
+            if agreement
+            else f"no backend is at least {MIN_SPEEDUP}x faster than eager fp32"
+        )
+    choice = RuntimeChoice(
+        chosen, requested, reason, {b: round(t, 3) for b, t in timings.items()}, _finite(agreement), skipped
+    )
     path = _record_path(spec, requested)
     choice.record = str(path)
-    atomic_write_text(path, json.dumps(asdict(choice) | {
-        "cpu": cpu_features().summary(), "threads": torch.get_num_threads(), "versions": runtime_versions(),
-        "context": spec.context, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1, default=str))
+    atomic_write_text(
+        path,
+        json.dumps(
+            asdict(choice)
+            | {
+                "cpu": cpu_features().summary(),
+                "threads": torch.get_num_threads(),
+                "versions": runtime_versions(),
+                "context": spec.context,
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            indent=1,
+            default=str,
+        ),
+    )
     return choice
 
 
@@ -592,9 +679,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def serving_module(model: nn.Module, spec: ServingSpec | Callable[[], ServingSpec], runtime: str,
-                   device: torch.device | None = None, refresh: bool = False,
-                   progress: Callable[[str], None] | None = None) -> tuple[nn.Module, RuntimeChoice]:
+def serving_module(
+    model: nn.Module,
+    spec: ServingSpec | Callable[[], ServingSpec],
+    runtime: str,
+    device: torch.device | None = None,
+    refresh: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, RuntimeChoice]:
     """The module to serve ``model`` with for ``runtime`` (see ``resolve_runtime``), and why.
 
     ``spec`` may be a function (built only when a runtime other than eager is asked for).
@@ -614,13 +706,30 @@ def serving_module(model: nn.Module, spec: ServingSpec | Callable[[], ServingSpe
         missing = [_PACKAGES[f] for f in (("onnx", "openvino") if family == "auto" else (family,))]
         return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
     spec = spec() if callable(spec) else spec
-    if runtime in BACKENDS:
-        return build_serving(model, spec, runtime), RuntimeChoice(runtime, runtime, "backend asked for by name")
-    choice = None if refresh else read_choice(spec, runtime)
-    if choice is None:
-        choice = calibrate(model, spec, runtime, progress)
+    with _exclusive(export_dir(spec.key) / ".lock"):  # processes sharing a cache export and calibrate once
+        if runtime in BACKENDS:
+            return build_serving(model, spec, runtime), RuntimeChoice(runtime, runtime, "backend asked for by name")
+        choice = None if refresh else read_choice(spec, runtime)
+        if choice is None:
+            choice = calibrate(model, spec, runtime, progress)
+        try:
+            return build_serving(model, spec, choice.backend), choice
+        except Exception as err:  # noqa: BLE001 - a broken cache must not stop serving
+            log.warning("%s failed to load (%s); serving eager PyTorch", choice.backend, err)
+            return model, RuntimeChoice(EAGER, runtime, f"{choice.backend} failed to load: eager PyTorch")
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (POSIX); elsewhere no lock (exports are written atomically anyway)."""
     try:
-        return build_serving(model, spec, choice.backend), choice
-    except Exception as err:  # noqa: BLE001 - a broken cache must not stop serving
-        log.warning("%s failed to load (%s); serving eager PyTorch", choice.backend, err)
-        return model, RuntimeChoice(EAGER, runtime, f"{choice.backend} failed to load: eager PyTorch")
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

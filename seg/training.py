@@ -37,11 +37,13 @@ def prepare(config: TrainConfig) -> Prepared:
     return PREPARE[config.task](config)
 
 
-def train(config: TrainConfig, stop_event: threading.Event | None = None, resume: bool = False) -> Iterator[dict]:
+def train(config: TrainConfig, stop_event: threading.Event | None = None, resume: bool = False,
+          log_every: int = 10) -> Iterator[dict]:
     """Train ``config`` and yield the engine's events (start, step, epoch, done).
 
     ``resume``: continue the run whose state lies beside ``config.out`` (``seg.resume``).
-    A run that ends without being stopped removes its state files.
+    A run that ends without being stopped removes its state files. ``log_every``: a "step" event
+    every that many steps (the dashboard asks for every step, to move its progress bar).
     """
     seed_everything(config.seed)
     rank, _ = distributed_context()
@@ -52,7 +54,7 @@ def train(config: TrainConfig, stop_event: threading.Event | None = None, resume
     device = torch.device(config.device) if config.device else None
     stopped = True
     for event in run(prepared.model, prepared.task, prepared.stages, out=config.out if rank == 0 else None,
-                     card=prepared.card, seed=config.seed, stop_event=stop_event, device=device,
+                     card=prepared.card, seed=config.seed, stop_event=stop_event, device=device, log_every=log_every,
                      weight_decay=config.weight_decay, precision=config.precision, ema_decay=config.ema_decay,
                      resume=resume, run_config=config.to_dict() | {"command": default_command(config)}):
         if event["type"] == "done":

@@ -20,7 +20,7 @@ def test_canvas_view_letterboxes_a_portrait_image_and_maps_back():
     assert np.all(canvas[:, :left] == 40)  # letterbox fill, not image
     # A layer painted on the right half of the drawn image decodes to the right half of the image.
     layer = np.zeros((480, 640, 4), np.uint8)
-    layer[:, left + w // 2: left + w] = (*SBD_PALETTE[5], 255)
+    layer[:, left + w // 2 : left + w] = (*SBD_PALETTE[5], 255)
     layer[:, :left] = (*SBD_PALETTE[1], 255)  # strokes on the letterbox margin are outside the image
     ids = paint.decode_strokes(view.from_canvas(layer), SBD_PALETTE)
     assert ids.shape == (200, 100)
@@ -29,10 +29,10 @@ def test_canvas_view_letterboxes_a_portrait_image_and_maps_back():
 
 def test_decode_uses_alpha_threshold_and_exact_colours():
     layer = np.zeros((1, 5, 4), np.uint8)
-    layer[0, 0] = (*SBD_PALETTE[3], 255)                 # exact colour
-    layer[0, 1] = (*SBD_PALETTE[3], 127)                 # faint fringe: not painted
-    layer[0, 3] = (0, 0, 0, 0)                            # erased
-    layer[0, 4] = (*SBD_PALETTE[8], 128)                  # exactly at the threshold counts
+    layer[0, 0] = (*SBD_PALETTE[3], 255)  # exact colour
+    layer[0, 1] = (*SBD_PALETTE[3], 127)  # faint fringe: not painted
+    layer[0, 3] = (0, 0, 0, 0)  # erased
+    layer[0, 4] = (*SBD_PALETTE[8], 128)  # exactly at the threshold counts
     assert paint.decode_strokes(layer, SBD_PALETTE).tolist() == [[3, -1, -1, -1, 8]]
     with pytest.raises(ValueError):
         paint.decode_strokes(np.zeros((4, 4)), SBD_PALETTE)
@@ -96,9 +96,9 @@ def test_render_is_display_only_and_outlines_changes():
     changed = paint.changed_mask(label, reference)
     assert changed.sum() == 4
     out = paint.render(image, label, SBD_PALETTE, opacity=0.3, changed=changed)
-    assert tuple(out[4, 4]) == SBD_PALETTE[2]          # changed pixels at full class colour
-    assert tuple(out[3, 4]) == (255, 0, 255)          # outlined just outside
-    assert tuple(out[0, 0]) != SBD_PALETTE[0]          # elsewhere blended at display opacity
+    assert tuple(out[4, 4]) == SBD_PALETTE[2]  # changed pixels at full class colour
+    assert tuple(out[3, 4]) == (255, 0, 255)  # outlined just outside
+    assert tuple(out[0, 0]) != SBD_PALETTE[0]  # elsewhere blended at display opacity
     assert paint.changed_mask(label, None).sum() == 0
 
 
@@ -121,8 +121,13 @@ def test_tab_decodes_editor_layers_by_palette_not_by_composite(tmp_path):
     ws = tab.open_workspace(tmp_path / "ws")
     name, _ = ws.import_image(np.full((240, 320, 3), 120, np.uint8), name="img")
     loaded = ws.load(name)
-    s = tab.LabelSession(root=str(ws.root), name=name, image=loaded.image,
-                         label=np.full((240, 320), 8, np.uint8), reference=np.full((240, 320), 8, np.uint8))
+    s = tab.LabelSession(
+        root=str(ws.root),
+        name=name,
+        image=loaded.image,
+        label=np.full((240, 320), 8, np.uint8),
+        reference=np.full((240, 320), 8, np.uint8),
+    )
     layer = np.zeros((tab.CANVAS[1], tab.CANVAS[0], 4), np.uint8)
     layer[100:120, 200:300] = (*SBD_PALETTE[1], 255)
     composite = np.full((tab.CANVAS[1], tab.CANVAS[0], 4), 255, np.uint8)  # blended junk, must be ignored

@@ -339,13 +339,14 @@ class InstancePredictor:
             if name not in images:
                 try:
                     root = dataset_dir("pennfudan")
-                    images[name] = [load_sample(root, i).image for i in ids_for_split(root, name)[:limit]]
+                    ids = ids_for_split(root, name.split("-")[0])[:limit]
+                    images[name] = [load_sample(root, i).image for i in ids]
                 except (FileNotFoundError, OSError, ValueError):
                     images[name] = None
             return images[name]
 
         def example_inputs() -> list[tuple]:
-            val = split("val")
+            val = split("val-first", 1)
             if val:
                 return [self._network_input(val[0])]
             rng = np.random.default_rng(0)
@@ -364,7 +365,7 @@ class InstancePredictor:
             if not ids:
                 return None
             reference = self._reference_results(root, ids, key, context)
-            candidate = _val_results(self._with_serving(serving), root, ids)
+            candidate = val_results(self._with_serving(serving), root, ids)
             return instance_agreement(reference, candidate)
 
         return ServingSpec(key, DETECTOR_PARTS if self.detector else {"": (0, 2, 3)}, example_inputs,
@@ -378,12 +379,12 @@ class InstancePredictor:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pass
-        results = _val_results(self._with_serving(self.model), root, ids)
+        results = val_results(self._with_serving(self.model), root, ids)
         atomic_write_text(path, json.dumps(results))
         return results
 
 
-def _val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
+def val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
     """Val mask AP (as ``eval-instances`` scores it) and the instance count of every image."""
     evaluator = InstanceEvaluator()
     counts = []

@@ -122,8 +122,9 @@ class ClassList:
     # -- changing (each returns a new list) ---------------------------------------------------------
     def index(self, name_or_id: str | int) -> int:
         """The id of a class given by name (case-insensitive) or by id."""
-        if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.strip().isdigit()
-                                           and name_or_id.strip() not in self.names):
+        if isinstance(name_or_id, int) or (
+            isinstance(name_or_id, str) and name_or_id.strip().isdigit() and name_or_id.strip() not in self.names
+        ):
             idx = int(name_or_id)
             if not 0 <= idx < len(self.names):
                 raise ClassListError(f"There is no class {idx}; ids go from 0 to {len(self.names) - 1}.")
@@ -166,8 +167,10 @@ class ClassList:
     def check_replaces(self, old: ClassList) -> None:
         """Refuse a list that would give saved masks other classes: fewer classes than before."""
         if len(self.names) < len(old.names):
-            raise ClassListError(f"Classes cannot be removed (saved masks use ids 0 to {len(old.names) - 1}); "
-                                 f"rename a class you no longer need instead.")
+            raise ClassListError(
+                f"Classes cannot be removed (saved masks use ids 0 to {len(old.names) - 1}); "
+                f"rename a class you no longer need instead."
+            )
 
     def legend(self) -> list[tuple[int, str, str]]:
         """(id, name, #rrggbb) per class: what a legend or a swatch row shows."""

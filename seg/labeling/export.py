@@ -1,67 +1,126 @@
-"""Export a workspace to CVAT's "Segmentation Mask 1.1" layout.
+"""Export a workspace to, and import it from, the formats other tools read.
 
-::
+=======  ===================================================  =============================
+format   layout                                               module
+=======  ===================================================  =============================
+cvat     CVAT Segmentation Mask 1.1 (colour PNGs + labelmap)  ``seg.labeling.cvat``
+coco     COCO instances JSON, one RLE annotation per region   ``seg.labeling.coco``
+voc      Pascal-VOC-style palette PNGs (value = class id)     ``seg.labeling.voc``
+zip      the whole workspace, history included               ``seg.labeling.archive``
+=======  ===================================================  =============================
 
-    OUT/labelmap.txt                      # label:color_rgb:parts:actions
-    OUT/ImageSets/Segmentation/default.txt  # image names, no extension
-    OUT/SegmentationClass/<name>.png      # RGB, one labelmap colour per class
-    OUT/SegmentationObject/<name>.png     # same colours (semantic labels have no instances)
-    OUT/JPEGImages/<name>.jpg             # only with include_images
-
-CVAT maps mask colours to labels through labelmap.txt, so the masks are written in
-the workspace palette with every class listed; a colour CVAT reserves for
-"background" (0,0,0) is never used by a class here.
+Exports write into a folder the caller gives (never inside the workspace; the zip goes to
+``<out>/<workspace>.zip``) and include the images, so an export imports again;
+``export_archive`` packs any format into one zip to download, and every import also takes
+such a zip (what a browser uploads). Imports
+match classes by name, add classes the workspace lacks at new ids, and save each mask as a
+new version (unless it already is the current one): export -> import into a fresh workspace
+gives the same masks, splits and classes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image
+from seg.labeling.archive import export_zip, import_zip, read_zip_classes, unpacked, zip_folder
+from seg.labeling.classes import ClassList
+from seg.labeling.coco import export_coco, import_coco, read_coco_classes
+from seg.labeling.cvat import export_cvat, import_cvat, labelmap_text, read_cvat_classes
+from seg.labeling.transfer import DatasetImportReport, ExportReport, output_folder
+from seg.labeling.voc import export_voc, import_voc, read_voc_classes
+from seg.labeling.workspace import Workspace, WorkspaceError
 
-from seg.classes import colorize
-from seg.io import atomic_write_bytes, atomic_write_text, encode_png
-from seg.labeling.workspace import Problem, Workspace, WorkspaceError
+FORMATS = ("cvat", "coco", "voc", "zip")
+
+_EXPORTERS: dict[str, Callable[..., ExportReport]] = {
+    "cvat": export_cvat,
+    "coco": export_coco,
+    "voc": export_voc,
+    "zip": lambda ws, out, include_images=True: export_zip(ws, out),
+}
+_IMPORTERS: dict[str, Callable[[Workspace, Path], DatasetImportReport]] = {
+    "cvat": import_cvat,
+    "coco": import_coco,
+    "voc": import_voc,
+    "zip": import_zip,
+}
+_CLASS_READERS: dict[str, Callable[[Path], ClassList]] = {
+    "cvat": read_cvat_classes,
+    "coco": read_coco_classes,
+    "voc": read_voc_classes,
+    "zip": read_zip_classes,
+}
 
 
-@dataclass
-class ExportReport:
-    out: Path
-    exported: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise WorkspaceError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
 
 
-def labelmap_text(classes: list[str], palette: list[tuple[int, int, int]]) -> str:
-    """CVAT's labelmap.txt; ':' in class names would break the format, so it is replaced."""
-    lines = ["# label:color_rgb:parts:actions"]
-    for name, (r, g, b) in zip(classes, palette):
-        lines.append(f"{name.replace(':', '_')}:{r},{g},{b}::")
-    return "\n".join(lines) + "\n"
+def export_workspace(workspace: Workspace, fmt: str, out: str | Path, include_images: bool = True) -> ExportReport:
+    """Write ``workspace`` in format ``fmt`` under the folder ``out``."""
+    return _EXPORTERS[_check_format(fmt)](workspace, out, include_images=include_images)
 
 
-def export_cvat(workspace: Workspace, out: str | Path, include_images: bool = False) -> ExportReport:
-    """Write every labelled, readable image of ``workspace`` to ``out`` (created if needed)."""
-    out = Path(out).expanduser().resolve()
-    if out == workspace.root or workspace.root in out.parents:
-        raise WorkspaceError("export to a folder outside the workspace (it would be read as foreign files)")
-    scan = workspace.scan()
-    report = ExportReport(out, problems=list(scan.problems))
-    names = []
-    for it in scan.items:
-        if not it.labelled:
-            continue
-        label = workspace.load(it.name).label
-        if label is None:
-            report.problems.append(Problem(it.name, "label unreadable, not exported"))
-            continue
-        png = encode_png(Image.fromarray(colorize(label, workspace.palette)))
-        atomic_write_bytes(out / "SegmentationClass" / f"{it.name}.png", png)
-        atomic_write_bytes(out / "SegmentationObject" / f"{it.name}.png", png)
-        if include_images:
-            atomic_write_bytes(out / "JPEGImages" / f"{it.name}.jpg", it.image_path.read_bytes())
-        names.append(it.name)
-    atomic_write_text(out / "labelmap.txt", labelmap_text(workspace.classes, workspace.palette))
-    atomic_write_text(out / "ImageSets" / "Segmentation" / "default.txt", "".join(f"{n}\n" for n in names))
-    report.exported = names
+def export_archive(workspace: Workspace, fmt: str, out: str | Path) -> ExportReport:
+    """One zip file to download: ``<out>/<workspace>.zip`` (fmt zip) or ``<out>/<workspace>-<fmt>.zip``
+    holding the export's folder; ``report.out`` is the zip."""
+    if _check_format(fmt) == "zip":
+        return export_zip(workspace, out)
+    out = output_folder(workspace, out)
+    with tempfile.TemporaryDirectory(prefix="seglab-export-") as tmp:
+        folder = Path(tmp) / f"{workspace.root.name}-{fmt}"
+        report = export_workspace(workspace, fmt, folder)
+        report.out = out / f"{folder.name}.zip"
+        zip_folder(folder, report.out)
     return report
+
+
+@contextmanager
+def _dataset_folder(fmt: str, source: str | Path) -> Iterator[Path]:
+    """The dataset's folder; a .zip of a cvat/coco/voc folder (what a browser uploads) is unpacked first."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise WorkspaceError(f"there is no {path.name!r} to import")
+    if fmt != "zip" and path.is_file() and path.suffix.lower() == ".zip":
+        with unpacked(path) as folder:
+            yield folder
+    else:
+        yield path
+
+
+def dataset_classes(fmt: str, source: str | Path) -> ClassList:
+    """The classes a dataset in ``fmt`` at ``source`` would bring (to create a workspace that matches it)."""
+    with _dataset_folder(_check_format(fmt), source) as folder:
+        return _CLASS_READERS[fmt](folder)
+
+
+def import_dataset(workspace: Workspace, fmt: str, source: str | Path) -> DatasetImportReport:
+    """Add a dataset in ``fmt`` to ``workspace``: a folder, or a .zip of one; a workspace zip for zip;
+    a COCO annotation .json file also works."""
+    with _dataset_folder(_check_format(fmt), source) as folder:
+        return _IMPORTERS[fmt](workspace, folder)
+
+
+__all__ = [
+    "FORMATS",
+    "DatasetImportReport",
+    "ExportReport",
+    "dataset_classes",
+    "export_archive",
+    "export_coco",
+    "export_cvat",
+    "export_voc",
+    "export_workspace",
+    "export_zip",
+    "import_coco",
+    "import_cvat",
+    "import_dataset",
+    "import_voc",
+    "import_zip",
+    "labelmap_text",
+]

@@ -51,8 +51,16 @@ class History:
             return after
         rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
         top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        self._undo.append(_Edit(int(top), int(left), before[top:bottom, left:right].copy(),
-                                after[top:bottom, left:right].copy(), before.shape, tool))
+        self._undo.append(
+            _Edit(
+                int(top),
+                int(left),
+                before[top:bottom, left:right].copy(),
+                after[top:bottom, left:right].copy(),
+                before.shape,
+                tool,
+            )
+        )
         del self._undo[: max(0, len(self._undo) - self.limit)]
         self._redo.clear()
         return after
@@ -80,7 +88,7 @@ class History:
             return edit.before.copy()
         out = np.array(current, copy=True)
         h, w = edit.before.shape[:2]
-        out[edit.top:edit.top + h, edit.left:edit.left + w] = edit.before
+        out[edit.top : edit.top + h, edit.left : edit.left + w] = edit.before
         return out
 
     def undo(self, current: np.ndarray) -> np.ndarray | None:
@@ -91,8 +99,9 @@ class History:
         """The label after the latest undone edit (None when there is none)."""
         return self._step(current, self._redo, self._undo, backwards=False)
 
-    def _step(self, current: np.ndarray, source: list[_Edit], target: list[_Edit],
-              backwards: bool) -> np.ndarray | None:
+    def _step(
+        self, current: np.ndarray, source: list[_Edit], target: list[_Edit], backwards: bool
+    ) -> np.ndarray | None:
         if not source:
             return None
         edit = source[-1]
@@ -104,7 +113,7 @@ class History:
             edit = _Edit(0, 0, edit.before, np.array(current, copy=True), edit.shape, edit.tool)
         out = np.array(current, copy=True)
         h, w = edit.before.shape[:2]
-        out[edit.top:edit.top + h, edit.left:edit.left + w] = edit.before if backwards else edit.after
+        out[edit.top : edit.top + h, edit.left : edit.left + w] = edit.before if backwards else edit.after
         target.append(edit)
         return out
 

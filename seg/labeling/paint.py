@@ -51,7 +51,7 @@ class CanvasView:
         left, top, w, h = self.box
         canvas = np.empty((self.canvas_height, self.canvas_width, 3), dtype=np.uint8)
         canvas[:] = fill
-        canvas[top:top + h, left:left + w] = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+        canvas[top : top + h, left : left + w] = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
         return canvas
 
     def from_canvas(self, layer: np.ndarray) -> np.ndarray:
@@ -71,8 +71,9 @@ def _resize_nearest(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     return arr[ys[:, None], xs[None, :]]
 
 
-def decode_strokes(layer: np.ndarray, palette: list[tuple[int, int, int]],
-                   alpha_threshold: int = ALPHA_THRESHOLD) -> np.ndarray:
+def decode_strokes(
+    layer: np.ndarray, palette: list[tuple[int, int, int]], alpha_threshold: int = ALPHA_THRESHOLD
+) -> np.ndarray:
     """RGBA stroke layer -> int16 class ids, ``NO_STROKE`` where nothing opaque was painted.
 
     Pixels within ``EXACT_TOLERANCE`` of a palette colour take that class. Blended pixels
@@ -94,7 +95,7 @@ def decode_strokes(layer: np.ndarray, palette: list[tuple[int, int, int]],
     pal = np.asarray(palette, dtype=np.int32)
     dist = ((colours[:, None, :] - pal[None, :, :]) ** 2).sum(axis=2)
     nearest = dist.argmin(axis=1).astype(np.int16)
-    exact_flat = dist.min(axis=1) <= EXACT_TOLERANCE ** 2 * 3
+    exact_flat = dist.min(axis=1) <= EXACT_TOLERANCE**2 * 3
     out[painted] = nearest
     if exact_flat.all() or not exact_flat.any():
         return out
@@ -164,8 +165,13 @@ def changed_mask(label: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
     return label != reference
 
 
-def render(image: np.ndarray, label: np.ndarray, palette: list[tuple[int, int, int]],
-           opacity: float = 0.5, changed: np.ndarray | None = None) -> np.ndarray:
+def render(
+    image: np.ndarray,
+    label: np.ndarray,
+    palette: list[tuple[int, int, int]],
+    opacity: float = 0.5,
+    changed: np.ndarray | None = None,
+) -> np.ndarray:
     """Display picture: the label blended over the image; changed regions outlined in magenta.
 
     Changed pixels are drawn at full class colour inside a magenta outline, so the new

@@ -16,7 +16,7 @@ filled, and only the largest piece kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -28,27 +28,29 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class GrabCutRecipe:
-    """How box -> mask runs GrabCut; defaults tuned on Penn-Fudan's train split (bench/bench_box_to_mask.py)."""
+    """How box -> mask runs GrabCut; the defaults were tuned on Penn-Fudan's train split
+    (``bench/bench_box_to_mask.py --tune``): GrabCut alone here, ``SEEDED_RECIPE`` with a model."""
 
-    #: GrabCut iterations (each one refits the colour models and recuts).
+    #: GrabCut iterations (each one refits the colour models and recuts); 0 keeps the start as it is.
     iterations: int = 3
     #: Context around the box, as a fraction of its size, given to GrabCut as certain background.
     margin: float = 0.15
     #: The box plus margin is downscaled so its longer side is at most this many pixels (0: never).
-    max_side: int = 128
+    max_side: int = 320
     #: Fraction of the box (centred, same aspect) marked certain foreground; 0 marks none.
-    core: float = 0.0
+    core: float = 0.2
     #: With a model: pixels above this foreground probability start as probable foreground, the rest
-    #: of the box as probable background.
+    #: of the box as probable background; a box where no pixel reaches it is cut without the model.
     seed_threshold: float = 0.5
     #: With a model: pixels above this probability are certain foreground, below ``seed_sure_bg`` certain
     #: background (the graph cut cannot flip them).
-    seed_sure_fg: float = 0.95
-    seed_sure_bg: float = 0.05
+    seed_sure_fg: float = 0.6
+    seed_sure_bg: float = 0.1
 
 
 DEFAULT_RECIPE = GrabCutRecipe()
-SEEDED_RECIPE = GrabCutRecipe(max_side=256, seed_sure_fg=0.8, seed_sure_bg=0.2)
+#: With a model's probabilities most of the box is decided: one GrabCut pass refines the rest.
+SEEDED_RECIPE = replace(DEFAULT_RECIPE, iterations=1, max_side=256, core=0.0)
 
 
 # -- polygon ---------------------------------------------------------------------------------
@@ -96,33 +98,45 @@ def clip_box(box: Box, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return ix0, iy0, ix1, iy1
 
 
-def box_mask(image: np.ndarray, box: Box, foreground: np.ndarray | None = None,
-             recipe: GrabCutRecipe = DEFAULT_RECIPE) -> np.ndarray:
+def recipe_for(foreground: np.ndarray | None, recipe: GrabCutRecipe | None = None) -> GrabCutRecipe:
+    """``recipe``, else the tuned one for GrabCut alone or seeded by a model."""
+    return recipe or (DEFAULT_RECIPE if foreground is None else SEEDED_RECIPE)
+
+
+def box_mask(
+    image: np.ndarray, box: Box, foreground: np.ndarray | None = None, recipe: GrabCutRecipe | None = None
+) -> np.ndarray:
     """(H, W) bool: the object inside ``box``, cut out with GrabCut.
 
     ``foreground``: an optional (H, W) foreground probability from a model; inside the box it
-    decides where GrabCut starts (and what it may not flip), instead of "all of the box".
+    decides where GrabCut starts (and what it may not flip), instead of "all of the box". When
+    the model sees nothing in the box (an object it was not trained on), colour alone decides.
     """
     image = _check_image(image)
     height, width = image.shape[:2]
     x0, y0, x1, y1 = clip_box(box, (height, width))
+    if foreground is not None:
+        foreground = _check_probability(foreground, (height, width))
+        if foreground[y0:y1, x0:x1].max() < (recipe or SEEDED_RECIPE).seed_threshold:
+            foreground, recipe = None, None
+    recipe = recipe_for(foreground, recipe)
     bw, bh = x1 - x0, y1 - y0
     pad_x, pad_y = max(2, round(recipe.margin * bw)), max(2, round(recipe.margin * bh))
     rx0, ry0, rx1, ry1 = max(0, x0 - pad_x), max(0, y0 - pad_y), min(width, x1 + pad_x), min(height, y1 + pad_y)
     roi = image[ry0:ry1, rx0:rx1]
     inside = np.zeros(roi.shape[:2], dtype=bool)
-    inside[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] = True
+    inside[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = True
 
     init = np.where(inside, cv2.GC_PR_FGD, cv2.GC_BGD).astype(np.uint8)
     if foreground is not None:
-        prob = _check_probability(foreground, (height, width))[ry0:ry1, rx0:rx1]
+        prob = foreground[ry0:ry1, rx0:rx1]
         init[inside & (prob < recipe.seed_threshold)] = cv2.GC_PR_BGD
         init[inside & (prob < recipe.seed_sure_bg)] = cv2.GC_BGD
         init[inside & (prob >= recipe.seed_sure_fg)] = cv2.GC_FGD
     if recipe.core > 0:
         cx, cy = (x0 + x1) / 2 - rx0, (y0 + y1) / 2 - ry0
         hw, hh = recipe.core * bw / 2, recipe.core * bh / 2
-        init[max(0, round(cy - hh)):round(cy + hh), max(0, round(cx - hw)):round(cx + hw)] = cv2.GC_FGD
+        init[max(0, round(cy - hh)) : round(cy + hh), max(0, round(cx - hw)) : round(cx + hw)] = cv2.GC_FGD
 
     roi_h, roi_w = roi.shape[:2]
     scale = min(1.0, recipe.max_side / max(roi_h, roi_w)) if recipe.max_side else 1.0
@@ -144,8 +158,9 @@ def box_mask(image: np.ndarray, box: Box, foreground: np.ndarray | None = None,
     return mask
 
 
-def boxes_to_ids(image: np.ndarray, boxes: Sequence[Box], foreground: np.ndarray | None = None,
-                 recipe: GrabCutRecipe = DEFAULT_RECIPE) -> np.ndarray:
+def boxes_to_ids(
+    image: np.ndarray, boxes: Sequence[Box], foreground: np.ndarray | None = None, recipe: GrabCutRecipe | None = None
+) -> np.ndarray:
     """(H, W) uint8: 0 background, k for the object of the k-th box (1-based; at most 255 boxes).
 
     Where two objects overlap, the pixel goes to the object whose box is larger: in a photo
@@ -162,8 +177,14 @@ def boxes_to_ids(image: np.ndarray, boxes: Sequence[Box], foreground: np.ndarray
     return ids
 
 
-def box_fill(label: np.ndarray, image: np.ndarray, box: Box, class_id: int, foreground: np.ndarray | None = None,
-             recipe: GrabCutRecipe = DEFAULT_RECIPE) -> np.ndarray:
+def box_fill(
+    label: np.ndarray,
+    image: np.ndarray,
+    box: Box,
+    class_id: int,
+    foreground: np.ndarray | None = None,
+    recipe: GrabCutRecipe | None = None,
+) -> np.ndarray:
     """A new label with the object inside ``box`` set to ``class_id``."""
     _check_same_size(label, image)
     out = label.copy()
@@ -172,14 +193,21 @@ def box_fill(label: np.ndarray, image: np.ndarray, box: Box, class_id: int, fore
 
 
 # -- scribbles -> mask -----------------------------------------------------------------------
-def scribble_mask(image: np.ndarray, foreground_strokes: np.ndarray, background_strokes: np.ndarray,
-                  iterations: int = 5, margin: float = 0.5, max_side: int = 256) -> np.ndarray:
+def scribble_mask(
+    image: np.ndarray,
+    foreground_strokes: np.ndarray,
+    background_strokes: np.ndarray,
+    iterations: int = 5,
+    margin: float = 0.5,
+    max_side: int = 256,
+) -> np.ndarray:
     """(H, W) bool: the object marked by foreground strokes and separated from background strokes.
 
     Strokes are (H, W) bool maps. Stroked pixels are certain; GrabCut decides the rest within
     the strokes' bounding box grown by ``margin`` of its size (the object is near what was
-    marked, and a small window keeps it fast). The piece(s) connected to a foreground stroke
-    are kept.
+    marked, and a small window keeps it fast). Without background strokes the window is the
+    whole image and its border the background example. The piece(s) connected to a
+    foreground stroke are kept.
     """
     image = _check_image(image)
     height, width = image.shape[:2]
@@ -191,10 +219,14 @@ def scribble_mask(image: np.ndarray, foreground_strokes: np.ndarray, background_
     if not fg.any():
         raise ValueError("draw at least one foreground stroke")
     fg = fg & ~bg  # a pixel marked both ways keeps the later meaning: background
-    ys, xs = np.nonzero(fg | bg)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    pad_x, pad_y = max(8, round(margin * (x1 - x0))), max(8, round(margin * (y1 - y0)))
-    rx0, ry0, rx1, ry1 = max(0, x0 - pad_x), max(0, y0 - pad_y), min(width, x1 + pad_x), min(height, y1 + pad_y)
+    if bg.any():
+        ys, xs = np.nonzero(fg | bg)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        pad_x, pad_y = max(8, round(margin * (x1 - x0))), max(8, round(margin * (y1 - y0)))
+        rx0, ry0 = max(0, x0 - pad_x), max(0, y0 - pad_y)
+        rx1, ry1 = min(width, x1 + pad_x), min(height, y1 + pad_y)
+    else:
+        rx0, ry0, rx1, ry1 = 0, 0, width, height
     roi = image[ry0:ry1, rx0:rx1]
     init = np.full(roi.shape[:2], cv2.GC_PR_BGD, dtype=np.uint8)
     init[fg[ry0:ry1, rx0:rx1]] = cv2.GC_FGD
@@ -223,8 +255,14 @@ def scribble_mask(image: np.ndarray, foreground_strokes: np.ndarray, background_
     return mask
 
 
-def scribble_fill(label: np.ndarray, image: np.ndarray, foreground_strokes: np.ndarray,
-                  background_strokes: np.ndarray, class_id: int, **kwargs) -> np.ndarray:
+def scribble_fill(
+    label: np.ndarray,
+    image: np.ndarray,
+    foreground_strokes: np.ndarray,
+    background_strokes: np.ndarray,
+    class_id: int,
+    **kwargs,
+) -> np.ndarray:
     """A new label with the scribbled object set to ``class_id``."""
     _check_same_size(label, image)
     out = label.copy()
@@ -243,8 +281,9 @@ def _grabcut(image: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray
     mask = init.copy()
     bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(np.ascontiguousarray(image), mask, None, bgd_model, fgd_model, int(iterations),
-                    cv2.GC_INIT_WITH_MASK)
+        cv2.grabCut(
+            np.ascontiguousarray(image), mask, None, bgd_model, fgd_model, int(iterations), cv2.GC_INIT_WITH_MASK
+        )
     except cv2.error:  # too few distinct colours for a mixture model (a flat synthetic patch)
         return start
     return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD))

@@ -1,25 +1,42 @@
-"""Assemble the dashboard from the tab modules, and launch it.
+"""Assemble the dashboard from the tab modules, and launch it (``seglab-app``, ``python app.py``).
 
 Each tab lives in its own module with ``build(store)``; a tab that fails to build is
 replaced by a message so that one broken part never stops the app from starting.
+
+How the app is deployed (``seg.deploy``) decides what the tabs are built with: in local mode the
+model store itself and a labels root of named workspaces; in public mode a per-visitor model store
+(``seg.ui.pickers.VisitorStore``) over read-only shipped checkpoints, a space per visitor that
+expires, and bounded training. Every event handler is wrapped once here (``guard_events``) so
+that whatever goes wrong reaches the person as a plain sentence (``seg.errors``) and the operator's
+log gets a traceback only for real faults.
 """
 
 from __future__ import annotations
 
+import argparse
 import html
 import importlib
 import logging
+import os
+import threading
+import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from seg.config import REPO_ROOT
-from seg.modelstore import ModelStore
-from seg.ui.pickers import dropdown_update, take_watched
+from seg.config import REPO_ROOT, checkpoint_dir
+from seg.deploy import Deployment, DeploymentError, add_arguments, describe
+from seg.errors import clean, register_expected
+from seg.modelstore import CheckpointFolder, CheckpointNameTaken, ModelStore, ModelUnavailable, ReadOnlyStore
+from seg.ui.api import build_api
+from seg.ui.messages import guard_events
+from seg.ui.pickers import Serving, VisitorStore, attach_serving, dropdown_update, take_watched
 from seg.ui.queues import inference_concurrency
 
 log = logging.getLogger("seg.ui")
+register_expected(ModelUnavailable, CheckpointNameTaken, ReadOnlyStore)
 
 #: (tab label, module under seg.ui, elem_id), in the order the tabs appear.
 TABS: list[tuple[str, str, str]] = [
@@ -33,9 +50,11 @@ TABS: list[tuple[str, str, str]] = [
 
 CSS_PATH = REPO_ROOT / "assets" / "app.css"
 TITLE = "SegLab"
+#: Largest upload accepted (Gradio refuses bigger files before any handler runs).
+MAX_FILE_SIZE = "50mb"
 
 
-def _build_tab(module_name: str, store: ModelStore) -> None:
+def _build_tab(module_name: str, store: Any) -> None:
     """Import and build one tab; on failure show why instead of crashing the app."""
     try:
         module = importlib.import_module(f"seg.ui.{module_name}")
@@ -46,44 +65,72 @@ def _build_tab(module_name: str, store: ModelStore) -> None:
         if missing:
             gr.Markdown(f"This tab is not installed yet (`seg/ui/{module_name}.py`).")
         else:
-            gr.Markdown(
-                f"This tab could not be built: `{html.escape(type(err).__name__)}: "
-                f"{html.escape(str(err))}`. The other tabs work."
-            )
+            gr.Markdown(f"This tab could not be built: {html.escape(clean(str(err)))} The other tabs work.")
+
+
+def base_store(checkpoints: str | Path | None, public: bool) -> ModelStore:
+    """The checkpoints every visitor sees: writable locally, read-only (the shipped ones) in public mode."""
+    if not public:
+        return ModelStore(checkpoints)
+    folder = CheckpointFolder(Path(checkpoints) if checkpoints else checkpoint_dir(), writable=False, label="shipped")
+    return ModelStore(folders=[folder])
 
 
 def build_app(
-    checkpoint_dir: str | Path | None = None, store: ModelStore | None = None, preload: bool = True
+    checkpoint_dir: str | Path | None = None,
+    store: ModelStore | None = None,
+    preload: bool = True,
+    deployment: Deployment | None = None,
 ) -> gr.Blocks:
     """The whole dashboard as a ``gr.Blocks`` (not launched); ``launch_kwargs()`` has its theme and CSS.
 
+    ``deployment`` defaults to the environment's (``Deployment.from_env``: public on a Space).
     ``preload`` loads every checkpoint before the UI is built, so broken ones are listed as
     unavailable (with the reason) instead of failing on first use.
     """
-    store = store or ModelStore(checkpoint_dir)
-    take_watched(store)  # a store reused for a second app starts with no dropdowns
+    deployment = deployment or Deployment.from_env()
+    serving = Serving.from_deployment(deployment)
+    base = store or base_store(checkpoint_dir, deployment.public)
+    tab_store: Any = VisitorStore(base, serving.visitors) if serving.visitors is not None else base
+    attach_serving(tab_store, serving)
+    take_watched(tab_store)  # a store reused for a second app starts with no dropdowns
     if preload:
-        store.preload()
+        base.preload()
     # delete_cache: every hour, drop Gradio's cached uploads/outputs older than two hours.
     with gr.Blocks(title=TITLE, fill_width=True, delete_cache=(3600, 7200)) as demo:
-        gr.Markdown(
-            "# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
-            "evaluate, train, inspect instances and label.",
-            elem_id="seg-header",
-        )
+        gr.Markdown(_header(deployment), elem_id="seg-header")
         tabs = []
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in view
             for label, module_name, elem_id in TABS:
                 with gr.Tab(label, id=module_name, elem_id=elem_id) as tab:
-                    _build_tab(module_name, store)
+                    _build_tab(module_name, tab_store)
                 tabs.append(tab)
-        _wire_model_lists(tabs, store)
+        _wire_model_lists(tabs, tab_store)
+        build_api(tab_store)
+    guard_events(demo)
     demo.queue(default_concurrency_limit=inference_concurrency(), max_size=64)
-    demo.seg_store = store  # type: ignore[attr-defined]  # tests and the bench reach the store
+    if isinstance(tab_store, VisitorStore):
+        start_sweeper(serving, tab_store)
+    demo.seg_store = tab_store  # type: ignore[attr-defined]  # tests and the bench reach the store
+    demo.seg_serving = serving  # type: ignore[attr-defined]
     return demo
 
 
-def _wire_model_lists(tabs: list, store: ModelStore) -> None:
+def _header(deployment: Deployment) -> str:
+    text = (
+        "# SegLab\nSemantic and instance segmentation on a CPU: segment, augment, "
+        "evaluate, train, inspect instances and label."
+    )
+    if deployment.public:
+        hours = deployment.visitor_expiry_s / 3600
+        text += (
+            f"\n\nA public demo: what you upload, label and train is yours alone, and is deleted after "
+            f"{hours:g} hours unused (the Label tab downloads it as a zip)."
+        )
+    return text
+
+
+def _wire_model_lists(tabs: list, store: Any) -> None:
     """Refresh every model dropdown on page load and tab switch (new checkpoints appear)."""
     watched = take_watched(store)
     if not watched:
@@ -100,6 +147,36 @@ def _wire_model_lists(tabs: list, store: ModelStore) -> None:
         )
 
 
+# -- visitor spaces expire -------------------------------------------------------------------------------
+def sweep_once(serving: Serving, store: VisitorStore) -> list[str]:
+    """Delete visitor spaces unused past the expiry (never one with a training run going)."""
+    if serving.visitors is None:
+        return []
+    removed = serving.visitors.sweep(keep=serving.slots.owners())
+    if removed:
+        store.forget(removed)
+        log.info("expired %d visitor space(s)", len(removed))
+    return removed
+
+
+def start_sweeper(serving: Serving, store: VisitorStore) -> threading.Thread:
+    """A daemon thread sweeping expired visitor spaces at start-up and then every quarter of the expiry."""
+    interval = min(3600.0, max(30.0, serving.deployment.visitor_expiry_s / 4))
+
+    def loop() -> None:
+        while True:
+            try:
+                sweep_once(serving, store)
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a transient file-system error
+                log.exception("sweeping visitor spaces failed")
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="seglab-visitor-sweep", daemon=True)
+    thread.start()
+    return thread
+
+
+# -- launch ---------------------------------------------------------------------------------------------
 def configure_torch_threads() -> int:
     """Intra-op threads for inference from ``SEG_UI_TORCH_THREADS`` (else torch's default); returns it.
 
@@ -107,8 +184,6 @@ def configure_torch_threads() -> int:
     thread was far better in an isolated loop but no better through the app (bench/bench_app.py,
     four alternating runs), so the default is left to torch.
     """
-    import os
-
     import torch
 
     env = os.environ.get("SEG_UI_TORCH_THREADS", "")
@@ -126,3 +201,53 @@ def launch_kwargs() -> dict:
         primary_hue="blue", font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
     return {"theme": theme, "css": css}
+
+
+def deployment_launch_kwargs(deployment: Deployment) -> dict:
+    """``launch()`` arguments that follow the deployment: the login and how much error text is shown."""
+    kwargs: dict[str, Any] = {"max_file_size": MAX_FILE_SIZE, "show_error": not deployment.public}
+    if deployment.auth_enabled:
+        kwargs["auth"] = [tuple(pair) for pair in deployment.auth]
+        kwargs["auth_message"] = "SegLab: sign in with the user name and password the operator gave you."
+    return kwargs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="seglab-app", description="SegLab dashboard (Gradio)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to bind (0.0.0.0 to serve the network)",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument(
+        "--checkpoints", default=None, help="checkpoint folder (default: $SEG_CHECKPOINT_DIR or the shipped ones)"
+    )
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``seglab-app`` / ``python app.py``: build the dashboard for this deployment and serve it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        deployment = Deployment.from_args(args)
+    except DeploymentError as err:
+        raise SystemExit(f"seglab-app: {err}") from None
+    log.info("deployment: %s", describe(deployment))
+    log.info("torch intra-op threads: %d", configure_torch_threads())
+    demo = build_app(args.checkpoints, deployment=deployment)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        **deployment_launch_kwargs(deployment),
+        **launch_kwargs(),
+    )
+
+
+if __name__ == "__main__":
+    main()

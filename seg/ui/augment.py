@@ -1,11 +1,14 @@
 """Augment tab: what the training-time crop and flip do to an image and its mask.
 
 It calls the core's ``seg.transforms.augment_samples`` (the same transform training
-uses); with an uploaded image, the mask comes from a chosen model.
+uses); with an uploaded image, the mask comes from a chosen model. The grid follows the
+controls: sliders on release, the seed as it is typed, the image and model when chosen.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from functools import partial
 from typing import Any
 
@@ -17,6 +20,7 @@ from seg.classes import SBD_CLASSES, SBD_PALETTE
 from seg.modelstore import ModelStore
 from seg.render import card_classes, hstack, overlay, thumbnail
 from seg.transforms import augment_samples
+from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md
 from seg.ui.pickers import get_predictor, watch
 from seg.ui.queues import INFERENCE_QUEUE
@@ -24,9 +28,29 @@ from seg.ui.samples import dataset_available, example_images, load_sbd_sample, s
 from seg.ui.style import legend_html
 from seg.ui.uploads import read_image
 
+log = logging.getLogger("seg.ui")
+
 SOURCES = ("dataset image", "upload")
 #: Augmentation works on a display-sized copy: the grid is for looking, not training.
 AUGMENT_MAX_SIDE = 384
+#: Seeds wrap into the range the random generator takes (0 .. 2**64 - 1), so any whole number works.
+SEED_RANGE = 2**64
+MAX_SAMPLES = 16
+
+
+def seed_value(seed: Any) -> int:
+    """Any whole number (however large or negative) -> a usable seed; the same number gives the same grid."""
+    if seed is None or (isinstance(seed, str) and not seed.strip()):
+        return 0
+    try:
+        number = int(seed) if isinstance(seed, (int, str)) else float(seed)
+    except (TypeError, ValueError):
+        raise gr.Error("The seed must be a whole number.") from None
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            raise gr.Error("The seed must be a whole number.")
+        number = int(number)
+    return number % SEED_RANGE
 
 
 def _pair_tile(image: np.ndarray, mask: np.ndarray, palette) -> np.ndarray:
@@ -43,14 +67,17 @@ def source_pair(
         predictor = get_predictor(store, model)
         try:
             mask = np.asarray(predictor.predict(image).label, dtype=np.uint8)
-        except (RuntimeError, ValueError) as err:
-            raise gr.Error(f"{model} failed on this image: {err}") from None
+        except (RuntimeError, ValueError):
+            raise gr.Error(f"{model} could not segment this image; try another image or model.") from None
         _, palette = card_classes(store.card(model))
         return image, mask, palette, f"upload, mask predicted by {model}"
     if not sample_id:
         raise gr.Error("Pick a dataset image, or switch the source to upload.")
     if dataset_available("sbd") is None:
-        raise gr.Error(missing_dataset_md("sbd", "Dataset images"))
+        raise gr.Error(
+            "Dataset images need the Stanford Background dataset, which is not installed here; "
+            "switch the source to upload."
+        )
     image, mask = load_sbd_sample(sample_id)
     if mask is None:
         raise gr.Error(f"{sample_id} has no label file.")
@@ -63,44 +90,91 @@ def source_pair(
 
 def augment(
     store: ModelStore,
-    source: str,
-    sample_id: str | None,
-    upload: Any,
-    model: str | None,
-    crop_fraction: float,
-    flip_p: float,
-    seed: float,
-    n: float,
+    source: str = SOURCES[0],
+    sample_id: str | None = None,
+    upload: Any = None,
+    model: str | None = None,
+    crop_fraction: float = 0.25,
+    flip_p: float = 0.5,
+    seed: float | int | str | None = 0,
+    n: float = 8,
 ):
-    """API endpoint ``augment``: a gallery of (image | mask) tiles and a caption."""
+    """API endpoint ``augment``: the original and ``n`` augmented (image | mask) tiles, and a caption.
+
+    ``upload`` is needed only when ``source`` is "upload" (its mask then comes from ``model``);
+    ``seed`` may be any whole number.
+    """
+    seed_used = seed_value(seed)
     image, mask, palette, what = source_pair(store, source, sample_id, upload, model)
     try:
+        count = int(n)
+    except (TypeError, ValueError):
+        raise gr.Error(f"The number of samples must be a whole number from 1 to {MAX_SAMPLES}.") from None
+    try:
         pairs = augment_samples(
-            image, mask, crop_fraction=float(crop_fraction), flip_p=float(flip_p), n=int(n), seed=int(seed)
+            image, mask, crop_fraction=float(crop_fraction), flip_p=float(flip_p), n=count, seed=seed_used
         )
     except ValueError as err:
-        raise gr.Error(f"Bad augmentation settings: {err}") from None
+        raise gr.Error(f"Bad augmentation settings: {err}.") from None
     tiles = [(_pair_tile(img, msk, palette), f"#{i + 1}") for i, (img, msk) in enumerate(pairs)]
     original = (_pair_tile(image, mask, palette), "original")
+    seed_text = str(seed_used)
+    if seed is not None and str(seed).strip() and _as_text(seed) != seed_text:
+        seed_text = f"{_as_text(seed)} (used as {seed_used})"
     caption = (
         f"{len(pairs)} samples of {what}; crop {float(crop_fraction):.2f} of the area, "
-        f"flip p={float(flip_p):.2f}, seed {int(seed)}"
+        f"flip p={float(flip_p):.2f}, seed {seed_text}"
     )
     return [original] + tiles, caption
+
+
+def _as_text(seed: Any) -> str:
+    """A seed as people typed it: 3.0 reads "3"."""
+    if isinstance(seed, float) and math.isfinite(seed) and seed.is_integer():
+        return str(int(seed))
+    return str(seed).strip()
+
+
+def augment_live(store: ModelStore, source: str, sample_id: str | None, upload: Any, model: str | None, *settings):
+    """The grid's automatic refresh: quietly waits while the chosen source has no image yet."""
+    if (source == "upload" and not upload) or (source != "upload" and not sample_id and not upload):
+        return gr.skip(), gr.skip()
+    return augment(store, source, sample_id, upload, model, *settings)
+
+
+def on_upload(store: ModelStore, sample_id: str | None, upload: Any, model: str | None, *settings):
+    """A new upload (or example) switches the source to it and refreshes the grid in one step."""
+    if not upload:
+        return gr.skip(), gr.skip(), gr.skip()
+    return (SOURCES[1], *augment(store, SOURCES[1], sample_id, upload, model, *settings))
+
+
+def _initial_grid(store: ModelStore, sample_id: str | None) -> tuple[list | None, str]:
+    """The grid for the default dataset image, so the tab opens with something to look at."""
+    if not sample_id:
+        return None, ""
+    try:
+        return augment(store, SOURCES[0], sample_id)
+    except (gr.Error, OSError, ValueError) as err:  # a missing file must not stop the app
+        log.warning("no initial augmentation grid: %s", err)
+        return None, ""
 
 
 def build(store: ModelStore) -> None:
     """Components and events of the Augment tab."""
     has_data = dataset_available("sbd") is not None
     names = store.names("semantic")
-    with gr.Row():
-        with gr.Column(scale=2):
+    default_sample = (sbd_choices(("train",), 1) or [None])[0] if has_data else None
+    first_grid, first_caption = _initial_grid(store, default_sample)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
             source = gr.Radio(list(SOURCES), value=SOURCES[0] if has_data else SOURCES[1], label="Source")
             if has_data:
                 sample = gr.Dropdown(
                     sbd_choices(("train", "val", "test")),
                     label="Dataset image",
-                    value=(sbd_choices(("train",), 1) or [None])[0],
+                    value=default_sample,
+                    elem_id="augment-sample",
                 )
             else:
                 gr.Markdown(missing_dataset_md("sbd", "Augmenting dataset images with their true masks"))
@@ -109,7 +183,7 @@ def build(store: ModelStore) -> None:
                 type="filepath",
                 label="Upload (its mask comes from the model below)",
                 sources=["upload", "clipboard"],
-                height=220,
+                height=200,
                 elem_id="augment-upload",
             )
             examples = example_images("scenes")
@@ -117,25 +191,48 @@ def build(store: ModelStore) -> None:
                 gr.Examples(examples, inputs=upload, label="Generated examples")
             model = watch(
                 store,
-                gr.Dropdown(names, value=(store.best("semantic", 1) or [None])[0], label="Model for the upload's mask"),
+                ModelChoice(names, value=(store.best("semantic", 1) or [None])[0], label="Model for the upload's mask"),
                 "semantic",
             )
-            crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (of the area)")
-            flip = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Flip probability")
-            with gr.Row():
-                seed = gr.Number(0, precision=0, label="Seed")
-                count = gr.Slider(1, 16, value=8, step=1, label="Samples")
-            run = gr.Button("Augment", variant="primary", elem_id="augment-run")
-        with gr.Column(scale=3):
-            grid = gr.Gallery(
-                label="Image | mask pairs", columns=2, height=600, object_fit="contain", elem_id="augment-gallery"
+            crop = gr.Slider(
+                0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (of the area)", elem_id="augment-crop"
             )
-            caption = gr.Markdown()
+            flip = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Flip probability", elem_id="augment-flip")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed (any whole number)", elem_id="augment-seed")
+                count = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Samples", elem_id="augment-count")
+            run = gr.Button("Augment again", variant="secondary", elem_id="augment-run")
+        with gr.Column(scale=3):
+            caption = gr.Markdown(first_caption, label="Caption", elem_id="augment-caption")
+            grid = gr.Gallery(
+                first_grid,
+                label="Image | mask pairs",
+                columns=2,
+                height="auto",
+                object_fit="contain",
+                format="jpeg",  # previews: ~20x faster to encode than webp, which live updates need
+                elem_id="augment-gallery",
+                elem_classes="seg-row-gallery",
+            )
             gr.HTML(legend_html(list(SBD_CLASSES), list(SBD_PALETTE)))
-    upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
+    settings = [crop, flip, seed, count]
+    live = {
+        "api_visibility": "private",
+        "concurrency_id": INFERENCE_QUEUE,
+        "trigger_mode": "always_last",
+        "preprocess": False,
+    }
+    gr.on(
+        [source.input, sample.input, model.input, crop.release, flip.release, count.release, seed.input],
+        partial(augment_live, store),
+        [source, sample, upload, model, *settings],
+        [grid, caption],
+        **live,
+    )
+    upload.change(partial(on_upload, store), [sample, upload, model, *settings], [source, grid, caption], **live)
     run.click(
         partial(augment, store),
-        [source, sample, upload, model, crop, flip, seed, count],
+        [source, sample, upload, model, *settings],
         [grid, caption],
         api_name="augment",
         concurrency_id=INFERENCE_QUEUE,

@@ -1,16 +1,20 @@
 """Evaluate tab: compare checkpoints by their cards, or recomputed on a dataset split.
 
 Metrics come from the cards (``val_metrics``) or from the core's
-``seg.evaluate.evaluate_checkpoint``; this module only normalises and plots them.
+``seg.evaluate.evaluate_predictor``; this module only normalises and plots them, each model in
+its app-wide colour. A recomputation reports images done / total with the time left.
 """
 
 from __future__ import annotations
 
+import html
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
@@ -20,14 +24,21 @@ from seg.classes import colorize
 from seg.evaluate import error_map, evaluate_predictor
 from seg.modelstore import ModelStore
 from seg.render import card_classes, hstack, vstack
+from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md
 from seg.ui.pickers import get_predictor, watch
-from seg.ui.samples import dataset_available, load_sbd_sample
-from seg.ui.style import TOP_LEGEND
+from seg.ui.samples import dataset_available, load_sbd_sample, sbd_samples
+from seg.ui.style import TOP_LEGEND, format_ms, model_colour, model_table, themed
 
 EVAL_QUEUE = "evaluate"
 SPLITS = ["val", "test", "train"]
 TABLE_HEADERS = ["model", "architecture", "source", "mIoU", "mAP", "pixel acc", "params (M)", "latency ms"]
+#: Confusion heatmaps from the page background (transparent) to blue: legible on light and dark themes.
+HEATMAP_SCALE = [[0.0, "rgba(33, 113, 181, 0.0)"], [1.0, "rgba(33, 113, 181, 1.0)"]]
+#: Column titles drawn above the worst-image strips.
+STRIP_TITLES = ("image", "truth", "prediction", "errors (red)")
+#: Images per batch when recomputing: small enough for frequent progress, large enough to stay fast.
+EVAL_BATCH = 8
 
 _latency_cache: dict[tuple[str, str], float] = {}
 _latency_lock = threading.Lock()
@@ -118,16 +129,15 @@ def table_rows(
 def iou_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
     fig = go.Figure()
     for name, m in results.items():
-        fig.add_bar(name=name, x=classes, y=[m["iou"].get(c) for c in classes])
+        fig.add_bar(name=name, x=classes, y=[m["iou"].get(c) for c in classes], marker_color=model_colour(name))
     fig.update_layout(
         barmode="group",
         title="Per-class IoU",
         yaxis_range=[0, 1],
-        height=360,
         margin={"l": 40, "r": 10, "t": 70, "b": 40},
         legend=TOP_LEGEND,
     )
-    return fig
+    return themed(fig, height=360)
 
 
 def confusion_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
@@ -149,31 +159,32 @@ def confusion_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
                 y=classes[: cm.shape[0]],
                 zmin=0,
                 zmax=1,
-                colorscale="Blues",
+                colorscale=HEATMAP_SCALE,
                 showscale=k == 0,
                 hovertemplate="truth %{y}<br>predicted %{x}<br>%{z:.2f}<extra>" + name + "</extra>",
             ),
             row=k // cols + 1,
             col=k % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    fig.update_xaxes(showgrid=False)
     fig.update_layout(
         title="Confusion matrices (row-normalised; rows = truth)",
-        height=360 * rows,
         margin={"l": 60, "r": 10, "t": 70, "b": 40},
     )
-    return fig
+    for annotation, (name, _) in zip(fig.layout.annotations, named):  # subplot titles in the model's colour
+        annotation.font = {"color": model_colour(name)}
+    return themed(fig, height=360 * rows)
 
 
 def pr_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
-    """Precision–recall curves, one panel per class, one line per model."""
+    """Precision–recall curves, one panel per class, one line per model (in the model's colour)."""
     if not any(m["pr"] for m in results.values()):
         return _empty("Precision–recall curves need a recomputation on a split (cards hold none).")
     cols = 3
     rows = (len(classes) + cols - 1) // cols
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=classes, vertical_spacing=0.08)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-    for j, (name, m) in enumerate(results.items()):
+    for name, m in results.items():
         for k, c in enumerate(classes):
             p, r = m["pr"].get(c, ([], []))
             if not p:
@@ -186,7 +197,7 @@ def pr_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
                     name=name,
                     legendgroup=name,
                     showlegend=k == 0,
-                    line={"color": palette[j % len(palette)], "width": 1.5},
+                    line={"color": model_colour(name), "width": 1.5},
                 ),
                 row=k // cols + 1,
                 col=k % cols + 1,
@@ -195,17 +206,17 @@ def pr_figure(results: dict[str, dict], classes: list[str]) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(
         title="Precision–recall per class (x recall, y precision)",
-        height=260 * rows,
         margin={"l": 40, "r": 10, "t": 70, "b": 30},
+        legend=TOP_LEGEND,
     )
-    return fig
+    return themed(fig, height=260 * rows)
 
 
 def _empty(message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(height=200, xaxis_visible=False, yaxis_visible=False)
-    return fig
+    fig.update_layout(xaxis_visible=False, yaxis_visible=False)
+    return themed(fig, height=200)
 
 
 def error_tile(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette) -> np.ndarray:
@@ -213,10 +224,33 @@ def error_tile(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette) 
     return hstack([image, colorize(truth, palette), colorize(pred, palette), error_map(truth, pred)])
 
 
+def _band(width: int, texts: list[tuple[int, str]], height: int = 22) -> np.ndarray:
+    """A white band with dark text at the given x offsets (labels drawn into the picture itself,
+    so the strips stay labelled when the picture is downloaded or zoomed)."""
+    band = np.full((height, width, 3), 255, np.uint8)
+    for x, text in texts:
+        cv2.putText(band, text, (x + 4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
+    return band
+
+
+def _labelled_strip(parts: list[np.ndarray], caption: str, titles: bool) -> np.ndarray:
+    """One worst-image strip with its caption above it (and the column titles when ``titles``)."""
+    strip = hstack(parts)
+    rows = [_band(strip.shape[1], [(0, caption)])]
+    if titles:
+        offsets, x = [], 0
+        for part, title in zip(parts, STRIP_TITLES):
+            offsets.append((x, title))
+            x += part.shape[1] + 4
+        rows.insert(0, _band(strip.shape[1], offsets))
+    return np.concatenate(rows + [strip], axis=0)
+
+
 def worst_images(store: ModelStore, results: dict[str, dict], k: int = 3) -> tuple[np.ndarray | None, str]:
     """The ``k`` lowest-mIoU images of each recomputed model with their error maps: one picture
-    (a strip per image: image | truth | prediction | errors) and the list saying which is which."""
-    rows, lines = [], []
+    (a captioned strip per image: image | truth | prediction | errors) and a table saying which is which."""
+    rows: list[np.ndarray] = []
+    lines = ["| # | model | image | image mIoU |", "|---:|---|---|---:|"]
     for name, m in results.items():
         worst = [w for w in m.get("worst") or [] if isinstance(w, dict) and "id" in w]
         if not worst:
@@ -232,37 +266,117 @@ def worst_images(store: ModelStore, results: dict[str, dict], k: int = 3) -> tup
             if truth is None:
                 continue
             pred = np.asarray(predictor.predict(image).label)
-            rows.append(error_tile(image, truth, pred, palette))
             score = w.get("miou", w.get("score"))
-            shown = f", image mIoU {score:.2f}" if isinstance(score, (int, float)) else ""
-            lines.append(f"{len(rows)}. **{name}**: `{w['id']}`{shown}")
-    return vstack(rows), "\n".join(lines)
+            shown = f"{score:.2f}" if isinstance(score, (int, float)) else "–"
+            number = len(rows) + 1
+            caption = f"{number}. {name} - image {w['id']} - image mIoU {shown}"
+            parts = [image, colorize(truth, palette), colorize(pred, palette), error_map(truth, pred)]
+            rows.append(_labelled_strip(parts, caption, titles=not rows))
+            lines.append(f"| {number} | {html.escape(name)} | {html.escape(str(w['id']))} | {shown} |")
+    return vstack(rows), ("\n".join(lines) if rows else "")
 
 
-def recompute(store: ModelStore, name: str, split: str, limit: int | None) -> dict:
+class EvalProgress:
+    """Images done / total over every model of one recomputation, with the time left.
+
+    The time left comes from the rate measured so far in this run (images per second),
+    not from past runs, so it is right for the chosen split and models.
+    """
+
+    def __init__(self, report: Callable[..., Any] | None, models: int, images_per_model: int | None):
+        self.report = report
+        self.models = models
+        self.per_model = images_per_model
+        self.finished = 0  # images of the models already done
+        self.start = time.perf_counter()
+
+    def model_started(self, index: int, name: str) -> None:
+        if self.report is not None:
+            self.report(self._fraction(0), desc=f"{name}: loading the images")
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        """Progress inside one model: ``done`` of its ``total`` images."""
+        self.per_model = total
+        if self.report is None:
+            return
+        all_done = self.finished + done
+        grand_total = total * self.models
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / all_done * (grand_total - all_done) if all_done else None
+        eta = f", about {format_ms(left * 1000)} left" if left is not None and all_done < grand_total else ""
+        self.report((all_done, grand_total), desc=f"{name}: {all_done}/{grand_total} images{eta}", unit="images")
+
+    def model_done(self, total: int) -> None:
+        self.finished += total
+
+    def _fraction(self, done: int) -> float:
+        if not self.per_model:
+            return 0.0
+        return min(1.0, (self.finished + done) / (self.per_model * self.models))
+
+    def stage(self, text: str) -> None:
+        if self.report is not None:
+            self.report(1.0, desc=text)
+
+
+def recompute(
+    store: ModelStore, name: str, split: str, limit: int | None, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Core evaluation of one checkpoint on a split (``seg.evaluate.evaluate_predictor``, cached model)."""
     root = dataset_available("sbd")
     if root is None:
-        raise gr.Error(missing_dataset_md("sbd", "Recomputing metrics"))
+        raise gr.Error(
+            "Recomputing metrics needs the Stanford Background dataset, which is not installed here; "
+            "card metrics work without it."
+        )
     predictor = get_predictor(store, name)
     try:
-        return evaluate_predictor(predictor, root, split, limit=int(limit) if limit else None)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise gr.Error(f"Evaluating {name} on {split} failed: {err}") from None
+        return evaluate_predictor(
+            predictor, root, split, batch_size=EVAL_BATCH, limit=int(limit) if limit else None, progress=progress
+        )
+    except FileNotFoundError:
+        raise gr.Error(f"The {split} split has no labelled images here, so {name} cannot be evaluated on it.") from None
+    except ValueError as err:
+        raise gr.Error(f"{name} cannot be evaluated on the {split} split: {err}.") from None
+    except (RuntimeError, MemoryError):
+        raise gr.Error(f"Evaluating {name} on the {split} split failed; try fewer images.") from None
 
 
-def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split: str, limit: float | None):
-    """API endpoint ``evaluate``: table, IoU bars, confusion heatmaps, PR curves, worst images (picture
-    and list), note."""
+def _split_size(split: str, limit: int | None) -> int | None:
+    """Labelled images the recomputation will see (for the progress total before loading)."""
+    count = sum(1 for s in sbd_samples().values() if s.split == split and s.label_path is not None)
+    if not count:
+        return None
+    return min(count, limit) if limit else count
+
+
+def evaluate(
+    store: ModelStore,
+    models: list[str] | str | None = None,
+    mode: str = "card",
+    split: str = "val",
+    limit: float | None = 0,
+    progress: gr.Progress = gr.Progress(),
+):
+    """API endpoint ``evaluate``: comparison table, per-class IoU bars, confusion heatmaps, PR curves,
+    worst images (picture and table) and a one-line summary.
+
+    ``mode`` "card" reads the checkpoints' validation metrics; "recompute" evaluates them on
+    ``split`` (at most ``limit`` images, 0 = all) and reports images done / total while it runs.
+    """
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("semantic")
     if not models:
         raise gr.Error("No semantic checkpoint is available to evaluate.")
+    limit_n = _limit(limit)
     results: dict[str, dict] = {}
     sources: dict[str, str] = {}
     classes = None
     notes = []
-    for name in models:
+    tracker = EvalProgress(progress if mode == "recompute" else None, len(models), None)
+    if mode == "recompute":
+        tracker.per_model = _split_size(split, limit_n)
+    for index, name in enumerate(models):
         try:
             card = store.card(name)
         except KeyError as err:
@@ -270,7 +384,9 @@ def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split
         cls, _ = card_classes(card)
         classes = classes or cls
         if mode == "recompute":
-            metrics = recompute(store, name, split, int(limit) if limit else None)
+            tracker.model_started(index, name)
+            metrics = recompute(store, name, split, limit_n, partial(tracker, name))
+            tracker.model_done(int(metrics.get("num_images") or 0))
             per_image = {k: v for k, v in metrics.items() if k in ("worst", "per_image")}
             metrics = metrics.get("metrics", metrics) | per_image
             sources[name] = f"{split} (recomputed)"
@@ -283,24 +399,37 @@ def evaluate(store: ModelStore, models: list[str] | str | None, mode: str, split
             continue
         results[name] = m
     if not results:
-        raise gr.Error("None of the chosen checkpoints has metrics. " + "; ".join(notes))
+        raise gr.Error("None of the chosen checkpoints has metrics. " + "; ".join(notes) + ".")
     classes = classes or []
+    if mode == "recompute":
+        tracker.stage("measuring latency and drawing the worst images")
     worst, worst_list = worst_images(store, results) if mode == "recompute" else (None, "")
-    note = (
-        "; ".join(notes)
-        if notes
-        else f"{len(results)} model(s), metrics from "
-        + (f"the {split} split (recomputed)" if mode == "recompute" else "their cards (validation split)")
-    )
+    count = f"{len(results)} model{'s' if len(results) != 1 else ''}"
+    if mode == "recompute":
+        seconds = time.perf_counter() - tracker.start
+        note = f"{count}, metrics from the {split} split (recomputed in {format_ms(seconds * 1000)})"
+    else:
+        note = f"{count}, metrics from their cards (validation split)"
+    if notes:
+        note += "; " + "; ".join(notes)
     return (
-        table_rows(store, results, sources),
+        model_table(table_rows(store, results, sources), TABLE_HEADERS),
         iou_figure(results, classes),
         confusion_figure(results, classes),
         pr_figure(results, classes),
         worst,
         worst_list,
-        note,
+        note + ".",
     )
+
+
+def _limit(limit: Any) -> int | None:
+    """The "max images" field: 0, empty or negative = all; otherwise a whole number."""
+    try:
+        value = int(float(limit)) if limit not in (None, "") else 0
+    except (TypeError, ValueError):
+        raise gr.Error("Max images must be a whole number (0 = all).") from None
+    return value if value > 0 else None
 
 
 def build(store: ModelStore) -> None:
@@ -309,7 +438,10 @@ def build(store: ModelStore) -> None:
     has_data = dataset_available("sbd") is not None
     with gr.Row():
         models = watch(
-            store, gr.Dropdown(names, value=names, multiselect=True, label="Checkpoints"), "semantic", multiselect=True
+            store,
+            ModelChoice(names, value=names, multiselect=True, label="Checkpoints"),
+            "semantic",
+            multiselect=True,
         )
         mode = gr.Radio(
             [("card metrics", "card"), ("recompute on a split", "recompute")],
@@ -324,21 +456,21 @@ def build(store: ModelStore) -> None:
         gr.Markdown(missing_dataset_md("sbd", "Recomputing metrics on a split"))
     if store.unavailable():
         gr.Markdown(store.describe())
-    note = gr.Markdown(elem_id="evaluate-note")
+    note = gr.Markdown(label="Summary", elem_id="evaluate-note")
     table = gr.Dataframe(headers=TABLE_HEADERS, label="Comparison", interactive=False, elem_id="evaluate-table")
-    iou = gr.Plot(label="Per-class IoU")
-    confusion = gr.Plot(label="Confusion matrices")
-    pr = gr.Plot(label="Precision–recall")
-    with gr.Row():
+    iou = gr.Plot(label="Per-class IoU", elem_id="evaluate-iou")
+    confusion = gr.Plot(label="Confusion matrices", elem_id="evaluate-confusion")
+    pr = gr.Plot(label="Precision–recall", elem_id="evaluate-pr")
+    with gr.Row(equal_height=False):
         worst = gr.Image(
-            label="Worst images, top to bottom: image | truth | prediction | errors (red)",
+            label="Worst images, each captioned: image | truth | prediction | errors (red)",
             type="numpy",
             interactive=False,
-            scale=4,
+            scale=3,
             elem_id="evaluate-worst",
         )
-        with gr.Column(scale=1, min_width=300):
-            worst_list = gr.Markdown(elem_id="evaluate-worst-list")
+        with gr.Column(scale=1, min_width=320):
+            worst_list = gr.Markdown(label="Worst images", elem_id="evaluate-worst-list")
     outputs = [table, iou, confusion, pr, worst, worst_list, note]
     run.click(
         partial(evaluate, store),

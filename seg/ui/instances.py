@@ -1,13 +1,14 @@
-"""Instances tab: pedestrians one by one, DWT and Mask R-CNN side by side.
+"""Instances tab: pedestrians one by one, ground truth, DWT and Mask R-CNN side by side in one row.
 
 Prediction is ``seg.instances.inference.InstancePredictor`` (through the model store),
 data is ``seg.instances.data`` and the metrics are ``seg.instances.coco_eval``; this
 module only draws: each instance in its own colour with its contour and box, and the
-DWT's energy (distance) map.
+DWT's energy (distance) map, and a summary in words (the raw numbers are under "Details").
 """
 
 from __future__ import annotations
 
+import html
 from functools import lru_cache, partial
 from typing import Any
 
@@ -20,16 +21,22 @@ from seg.instances.coco_eval import InstanceEvaluator, ids_to_masks
 from seg.instances.data import boxes_from_ids, list_ids, load_sample
 from seg.modelstore import ModelStore
 from seg.render import draw_instances, thumbnail
+from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md
 from seg.ui.pickers import get_predictor, watch
 from seg.ui.queues import INFERENCE_QUEUE
 from seg.ui.samples import dataset_available, example_images
+from seg.ui.style import TRUTH_COLOUR, format_ms, model_colour, model_table, plural, swatch
 from seg.ui.uploads import read_image
 
 SOURCES = ("Penn-Fudan image", "upload")
 #: Working longest side for instance inference (Penn-Fudan images are at most ~1000 px).
 INSTANCE_MAX_SIDE = 800
 METRIC_HEADERS = ["model", "instances", "latency ms", "mask AP", "mask AP50", "box AP", "count error", "mean best IoU"]
+#: Pictures in the one comparison row (ground truth, models, energy maps) on a wide window.
+ROW_TILES = 4
+#: Scores listed per model in the summary before "and N more".
+SUMMARY_SCORES = 6
 
 
 @lru_cache(maxsize=1)
@@ -62,13 +69,15 @@ def _source(source: str, sample_id: str | None, upload: Any) -> tuple[np.ndarray
         return thumbnail(read_image(upload), INSTANCE_MAX_SIDE), None, "upload"
     root = dataset_available("pennfudan")
     if root is None:
-        raise gr.Error(missing_dataset_md("pennfudan", "Penn-Fudan images"))
+        raise gr.Error(
+            "Penn-Fudan images need the Penn-Fudan dataset, which is not installed here; switch the source to upload."
+        )
     if not sample_id:
         raise gr.Error("Pick a Penn-Fudan image, or switch the source to upload.")
     try:
         sample = load_sample(root, sample_id)
-    except (OSError, ValueError) as err:
-        raise gr.Error(f"Cannot load {sample_id}: {err}") from None
+    except (OSError, ValueError):
+        raise gr.Error(f"The Penn-Fudan image {sample_id} could not be read.") from None
     image, truth = sample.image, sample.instances
     if max(image.shape[:2]) > INSTANCE_MAX_SIDE:
         image = thumbnail(image, INSTANCE_MAX_SIDE)
@@ -92,58 +101,64 @@ def _num(v: Any) -> Any:
 
 
 def instances(
-    store: ModelStore, source: str, sample_id: str | None, upload: Any, models: list[str] | str | None, tta: bool = True
+    store: ModelStore,
+    source: str = SOURCES[0],
+    sample_id: str | None = None,
+    upload: Any = None,
+    models: list[str] | str | None = None,
+    tta: bool = True,
 ):
-    """API endpoint ``instances``: gallery (truth, each model, energy maps), metric table, summary.
+    """API endpoint ``instances``: the pictures (ground truth, each model, energy maps), the metric
+    table and the details (counts, scores, boxes, latency, metrics per model).
 
-    ``tta``: the DWT's test-time augmentation as its card says (off: faster, less accurate).
+    ``upload`` is needed only when ``source`` is "upload"; ``models`` defaults to every instance
+    checkpoint. ``tta``: the DWT's test-time augmentation as its card says (off: faster, less accurate).
     """
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("instances")
     if not models:
         raise gr.Error(
-            "DWT/Mask R-CNN checkpoint not available: no instance checkpoint is installed. "
-            + (store.describe() or "Train one with `python -m seg train-instances`.")
+            "No instance checkpoint (DWT or Mask R-CNN) is available. Train one with "
+            "`python -m seg train-instances`, then switch tabs to refresh the lists."
         )
     image, truth, what = _source(source, sample_id, upload)
-    gallery: list[tuple[np.ndarray, str]] = []
+    pictures: list[tuple[np.ndarray, str]] = []
+    energies: list[tuple[np.ndarray, str]] = []
+    truth_count = int(truth.max(initial=0)) if truth is not None else None
     if truth is not None:
-        gallery.append(
-            (
-                draw_instances(image, truth, boxes_from_ids(truth)),
-                f"ground truth · {int(truth.max(initial=0))} pedestrians",
-            )
+        pictures.append(
+            (draw_instances(image, truth, boxes_from_ids(truth)), f"ground truth · {plural(truth_count, 'pedestrian')}")
         )
-    rows, summary = (
-        [],
-        {
-            "source": what,
-            "height": int(image.shape[0]),
-            "width": int(image.shape[1]),
-            "test_time_augmentation": bool(tta),
-            "models": {},
-        },
-    )
+    rows: list[list[Any]] = []
+    details: dict[str, Any] = {
+        "source": what,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "test_time_augmentation": bool(tta),
+        "ground_truth_instances": truth_count,
+        "models": {},
+    }
     for name in models:
         predictor = get_predictor(store, name)
         try:
             result = predictor.predict(image, tta=bool(tta))
-        except (RuntimeError, ValueError) as err:
-            raise gr.Error(f"{name} failed on this image: {err}") from None
-        gallery.append(
+        except (RuntimeError, ValueError):
+            raise gr.Error(f"{name} could not process this image; try another image or model.") from None
+        count = int(result.num_instances)
+        pictures.append(
             (
                 draw_instances(image, result.instances, result.boxes, result.scores),
-                f"{name} · {result.num_instances} instances · {result.latency_ms:.0f} ms",
+                f"{name} · {plural(count, 'instance')} · {format_ms(result.latency_ms)}",
             )
         )
         if getattr(result, "energy", None) is not None:
-            gallery.append((energy_image(result.energy), f"{name} · energy (distance to the boundary)"))
+            energies.append((energy_image(result.energy), f"{name} · energy (distance to the boundary)"))
         m = _metrics(truth, result)
         rows.append(
             [
                 name,
-                result.num_instances,
-                _num(result.latency_ms),
+                count,
+                round(float(result.latency_ms)),
                 _num(m.get("mask_ap")),
                 _num(m.get("mask_ap50")),
                 _num(m.get("box_ap")),
@@ -151,22 +166,57 @@ def instances(
                 _num(m.get("mean_best_iou")),
             ]
         )
-        summary["models"][name] = {
-            "instances": int(result.num_instances),
+        details["models"][name] = {
+            "instances": count,
             "scores": [round(float(s), 4) for s in result.scores],
             "boxes": np.asarray(result.boxes).round(1).tolist(),
             "latency_ms": round(float(result.latency_ms), 1),
             "metrics": {k: _num(v) for k, v in m.items()},
         }
-    return gallery, rows, summary
+    return pictures + energies, model_table(rows, METRIC_HEADERS), details
+
+
+def summary_html(details: dict | None) -> str:
+    """The details in words: what was looked at, and per model how many instances, how sure, how fast, how good."""
+    if not isinstance(details, dict) or not details.get("models"):
+        return ""
+    truth = details.get("ground_truth_instances")
+    head = html.escape(str(details.get("source", "")))
+    if isinstance(truth, int):
+        head += f" · {swatch(TRUTH_COLOUR)}ground truth: {plural(truth, 'pedestrian')}"
+    if not details.get("test_time_augmentation", True):
+        head += " · test-time augmentation off"
+    items = []
+    for name, d in details["models"].items():
+        scores = d.get("scores") or []
+        shown = ", ".join(f"{s:.2f}" for s in scores[:SUMMARY_SCORES])
+        more = f" and {len(scores) - SUMMARY_SCORES} more" if len(scores) > SUMMARY_SCORES else ""
+        confidence = f" (scores {shown}{more})" if scores else ""
+        found = plural(int(d.get("instances", 0)), "instance")
+        line = (
+            f"{swatch(model_colour(name))}<b>{html.escape(name)}</b> found {found}"
+            f"{confidence} in {format_ms(d.get('latency_ms'))}"
+        )
+        metrics = d.get("metrics") or {}
+        quality = [
+            f"{label} {metrics[key]:.2f}"
+            for key, label in (("mask_ap", "mask AP"), ("mask_ap50", "mask AP50"), ("mean_best_iou", "mean best IoU"))
+            if isinstance(metrics.get(key), (int, float))
+        ]
+        if isinstance(metrics.get("count_error"), (int, float)):
+            quality.append(f"count off by {metrics['count_error']:g}")
+        if quality:
+            line += " · " + ", ".join(quality)
+        items.append(f"<li>{line}</li>")
+    return f'<div class="seg-summary"><p>{head}</p><ul>{"".join(items)}</ul></div>'
 
 
 def build(store: ModelStore) -> None:
     """Components and events of the Instances tab."""
     ids = _pennfudan_ids()
     names = store.names("instances")
-    with gr.Row():
-        with gr.Column(scale=2):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=280):
             source = gr.Radio(list(SOURCES), value=SOURCES[0] if ids else SOURCES[1], label="Source")
             if ids:
                 sample = gr.Dropdown(ids, value=ids[0], label="Penn-Fudan image")
@@ -174,14 +224,12 @@ def build(store: ModelStore) -> None:
                 gr.Markdown(missing_dataset_md("pennfudan", "Showing Penn-Fudan images with ground truth"))
                 sample = gr.Dropdown([], value=None, label="Penn-Fudan image", visible=False)
             upload = gr.Image(
-                type="filepath", label="Upload", sources=["upload", "clipboard"], height=220, elem_id="instances-upload"
+                type="filepath", label="Upload", sources=["upload", "clipboard"], height=200, elem_id="instances-upload"
             )
-            examples = example_images("pedestrians")
-            if examples:
-                gr.Examples(examples, inputs=upload, label="Generated examples")
+        with gr.Column(scale=3, min_width=280):
             models = watch(
                 store,
-                gr.Dropdown(names, value=names, multiselect=True, label="Instance models"),
+                ModelChoice(names, value=names, multiselect=True, label="Instance models"),
                 "instances",
                 multiselect=True,
             )
@@ -197,27 +245,34 @@ def build(store: ModelStore) -> None:
                 elem_id="instances-tta",
             )
             run = gr.Button("Find pedestrians", variant="primary", elem_id="instances-run")
-        with gr.Column(scale=3):
-            gallery = gr.Gallery(
-                label="Instances (each its own colour, contour and box)",
-                columns=2,
-                height=520,
-                object_fit="contain",
-                elem_id="instances-gallery",
-            )
-            table = gr.Dataframe(
-                headers=METRIC_HEADERS,
-                interactive=False,
-                label="Instance metrics on this image (with ground truth; DWT: the partition "
-                "shown, without the ranked alternatives of eval-instances)",
-            )
-            summary = gr.JSON(label="Details", open=False)
+        with gr.Column(scale=2, min_width=240):
+            examples = example_images("pedestrians")
+            if examples:
+                gr.Examples(examples, inputs=upload, label="Generated examples")
+    gallery = gr.Gallery(
+        label="Ground truth and each model (each instance its own colour, contour and box), then energy maps",
+        columns=ROW_TILES,
+        height="auto",
+        object_fit="contain",
+        elem_id="instances-gallery",
+        elem_classes="seg-row-gallery",
+    )
+    summary = gr.HTML(label="Summary", elem_id="instances-summary")
+    table = gr.Dataframe(
+        headers=METRIC_HEADERS,
+        interactive=False,
+        label="Instance metrics on this image (with ground truth; DWT: the partition "
+        "shown, without the ranked alternatives of eval-instances)",
+        elem_id="instances-table",
+    )
+    with gr.Accordion("Details (counts, scores, boxes, metrics as JSON)", open=False):
+        details = gr.JSON(label="Details", elem_id="instances-details")
     upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
     run.click(
         partial(instances, store),
         [source, sample, upload, models, tta],
-        [gallery, table, summary],
+        [gallery, table, details],
         api_name="instances",
         concurrency_id=INFERENCE_QUEUE,
         preprocess=False,
-    )
+    ).then(summary_html, details, summary, api_visibility="private", queue=False, show_progress="hidden")

@@ -10,7 +10,14 @@ colours, blended edges from their painted neighbours: ``seg.labeling.paint.decod
 merge them into the session's class-id mask, and reset the layer. The blended picture and
 the editor's composite are never read back.
 
-Every handler is a module-level function of (inputs..., ``LabelSession``); ``build`` only
+Which workspace: nobody types a path. In local mode a workspace is picked from the labels root's
+list or created there by name (``seg.labeling.workspace.LabelsRoot``); a server folder can be
+imported only from the operator's import roots, and the control exists only when there are some.
+In public mode each visitor works in their own space (``seg.visitors``), with quotas, a zip
+download and a delete button. ``WorkspaceAccess`` holds those rules in a few functions; the
+session only remembers the folder the server resolved.
+
+Every handler is a module-level function of (access?, inputs..., ``LabelSession``); ``build`` only
 lays out the components (``_layout``) and wires the events (``_wire``).
 """
 
@@ -28,14 +35,17 @@ import gradio as gr
 import numpy as np
 
 from seg.classes import SBD_CLASSES
+from seg.deploy import MB
+from seg.errors import UserError, user_message
 from seg.io import ImageLoadError
 from seg.labeling import paint
-from seg.labeling.names import UnsafePathError
-from seg.labeling.workspace import Problem, Workspace, WorkspaceError, default_workspace, palette_for
+from seg.labeling.workspace import DEFAULT_WORKSPACE_NAME, Problem, Workspace, palette_for
 from seg.modelstore import ModelStore
-from seg.ui.pickers import get_predictor, watch
+from seg.ui.messages import guard_events
+from seg.ui.pickers import Serving, current_visitor_key, get_predictor, require_visitor_key, serving_of, watch
 from seg.ui.queues import INFERENCE_QUEUE
 from seg.ui.samples import sbd_choices, sbd_samples
+from seg.ui.scratch import scratch_path, write_scratch
 from seg.ui.style import legend_html
 
 log = logging.getLogger("seg.ui.label")
@@ -52,7 +62,10 @@ UNKNOWN_NAMES = ("misc", "unknown", "unlabeled", "unlabelled", "void", "backgrou
 @dataclass
 class LabelSession:
     """One browser session's editing state (``gr.State`` deep-copies it, so it holds the workspace's
-    folder, not the ``Workspace`` object, which is shared through ``open_workspace``)."""
+    folder, not the ``Workspace`` object, which is shared through ``open_workspace``).
+
+    ``root`` is only ever set by the server (``WorkspaceAccess``): Gradio never takes a state's
+    value from the client."""
 
     root: str | None = None  # the open workspace's folder
     name: str | None = None  # the image being edited
@@ -64,6 +77,7 @@ class LabelSession:
     undo: paint.UndoStack = field(default_factory=paint.UndoStack)
     segments: np.ndarray | None = None  # superpixels of ``image``, computed on the first superpixel fill
     dirty: bool = False  # edits not saved yet
+    workspace: str | None = None  # the open workspace's name, for people (local mode)
 
 
 # -- the workspace: opened in one place -----------------------------------------------------------
@@ -71,9 +85,12 @@ _workspaces: dict[str, Workspace] = {}
 _ws_lock = threading.Lock()
 
 
-def open_workspace(root: str | Path | None) -> Workspace:
-    """One ``Workspace`` object per folder per process, so every session shares its lock."""
-    path = Path(root).expanduser().resolve() if root else default_workspace().resolve()
+def open_workspace(root: str | Path) -> Workspace:
+    """One ``Workspace`` object per folder per process, so every session shares its lock.
+
+    ``root`` is a folder the server chose (``WorkspaceAccess`` or a test), never one a person typed.
+    """
+    path = Path(root).expanduser().resolve()
     with _ws_lock:
         ws = _workspaces.get(str(path))
         if ws is None:
@@ -81,23 +98,97 @@ def open_workspace(root: str | Path | None) -> Workspace:
         return ws
 
 
-def _ws(s: LabelSession) -> Workspace | None:
-    """The session's workspace (None before one is opened)."""
-    return open_workspace(s.root) if s.root else None
-
-
-def _require(s: LabelSession) -> Workspace:
-    ws = _ws(s)
-    if ws is None:
-        raise gr.Error("Open a workspace first.")
+def _share(ws: Workspace) -> Workspace:
+    """Make ``ws`` the object ``open_workspace`` hands out for its folder (it may check a quota)."""
+    with _ws_lock:
+        _workspaces[str(ws.root)] = ws
     return ws
 
 
-def _require_image(s: LabelSession) -> Workspace:
-    ws = _require(s)
+@dataclass
+class WorkspaceAccess:
+    """Which workspaces this app lets a person use, and how they are named (see the module docstring)."""
+
+    serving: Serving
+
+    @property
+    def public(self) -> bool:
+        return self.serving.public
+
+    # -- local mode: named workspaces under the labels root --------------------------------------
+    def names(self) -> list[str]:
+        return self.serving.labels.names() if self.serving.labels is not None else []
+
+    def open_named(self, name: object) -> Workspace:
+        if self.serving.labels is None:
+            raise UserError("Your workspace is opened for you here; there is no other to choose.")
+        return _share(self.serving.labels.open(name))
+
+    def create_named(self, name: object) -> Workspace:
+        if self.serving.labels is None:
+            raise UserError("Your workspace is made for you here; there is no other to create.")
+        return _share(self.serving.labels.create(name))
+
+    def default_name(self) -> str | None:
+        names = self.names()
+        return DEFAULT_WORKSPACE_NAME if DEFAULT_WORKSPACE_NAME in names else (names[0] if names else None)
+
+    # -- public mode: the visitor's own space ------------------------------------------------------
+    def visitor_workspace(self, create: bool) -> Workspace | None:
+        """The asking visitor's workspace (made on first use when ``create``), None when they have none."""
+        visitors = self.serving.visitors
+        if visitors is None:
+            return None
+        key = require_visitor_key()
+        space = visitors.space(key) if create else visitors.existing(key)
+        return _share(space.workspace) if space is not None else None
+
+    # -- both ---------------------------------------------------------------------------------------------
+    def workspace(self, s: LabelSession, create: bool = False) -> Workspace | None:
+        """The workspace the session works in: the visitor's own (public) or the one it opened (local)."""
+        if self.public:
+            return self.visitor_workspace(create)
+        return open_workspace(s.root) if s.root else None
+
+    def describe(self, ws: Workspace | None) -> str:
+        """The progress line: images labelled, and in public mode what the quota leaves."""
+        if ws is None:
+            if self.public:
+                return "Your workspace is empty: upload images or pick dataset images to start."
+            return "No workspace open: pick one, or create one by name."
+        labelled, total = ws.progress()
+        if not self.public:
+            return f"**{labelled} of {total} labelled** in workspace `{html.escape(ws.root.name)}`"
+        text = f"**{labelled} of {total} labelled** in your workspace"
+        visitors, key = self.serving.visitors, current_visitor_key()
+        space = visitors.existing(key) if visitors is not None and key else None
+        if space is not None:
+            used = space.usage()
+            text += (
+                f" · {used.images} of {visitors.max_images} images, {used.bytes / MB:.1f} of "
+                f"{visitors.max_bytes / MB:.0f} MB used; deleted after "
+                f"{visitors.expiry_s / 3600:g} hours unused"
+            )
+        return text
+
+
+def _require(access: WorkspaceAccess, s: LabelSession, create: bool = False) -> Workspace:
+    ws = access.workspace(s, create)
+    if ws is None:
+        raise gr.Error("Add an image first." if access.public else "Open a workspace first.")
+    return ws
+
+
+def _require_image(access: WorkspaceAccess, s: LabelSession) -> Workspace:
+    ws = _require(access, s)
     if s.image is None:
         raise gr.Error("Pick an image first.")
     return ws
+
+
+def _ws(s: LabelSession) -> Workspace | None:
+    """The session's workspace for drawing (its palette): the folder the server resolved."""
+    return open_workspace(s.root) if s.root else None
 
 
 # -- pictures and text ------------------------------------------------------------------------------
@@ -135,13 +226,6 @@ def _preview(s: LabelSession, opacity: float, show_changes: bool) -> np.ndarray 
 
 def _views(s: LabelSession, opacity: float, show_changes: bool) -> tuple:
     return _editor_value(s, opacity), _preview(s, opacity, show_changes)
-
-
-def _progress_md(ws: Workspace | None, root: Path | None = None) -> str:
-    if ws is None:
-        return f"New workspace: `{html.escape(str(root))}` is created when you add the first image."
-    labelled, total = ws.progress()
-    return f"**{labelled} of {total} labelled** in `{html.escape(str(ws.root))}`"
 
 
 def _history_update(ws: Workspace, name: str) -> dict:
@@ -209,42 +293,104 @@ def _apply_pending(s: LabelSession, editor: dict | None, tool: str) -> int:
 
 
 # -- handlers: workspace and navigation -----------------------------------------------------------------
-def do_open(path: str, s: LabelSession):
-    """Open (or start) the workspace typed in the box; the first unlabelled image gets selected."""
-    try:
-        ws = open_workspace(path.strip() or None)
-    except (WorkspaceError, UnsafePathError, OSError) as err:
-        raise gr.Error(f"Cannot open the workspace: {err}") from None
+def _opened(access: WorkspaceAccess, ws: Workspace | None, s: LabelSession | None = None):
+    """Outputs after a workspace is (re)opened: session, progress, problems, image list, brush, legend,
+    fill classes, preview. The first unlabelled image gets selected."""
+    if ws is None:
+        palette, classes = palette_for(len(SBD_CLASSES)), list(SBD_CLASSES)
+        return (
+            LabelSession(),
+            access.describe(None),
+            "",
+            gr.update(choices=[], value=None),
+            gr.update(brush=_brush(palette)),
+            legend_html(classes, palette),
+            gr.update(choices=classes, value=classes[0]),
+            None,
+        )
     report = ws.scan()
     choices = [it.name for it in report.items]
     first = next((it.name for it in report.items if not it.labelled), choices[0] if choices else None)
+    keep = s is not None and s.root == str(ws.root)
+    session = s if keep else LabelSession(root=str(ws.root), workspace=None if access.public else ws.root.name)
     return (
-        LabelSession(root=str(ws.root)),
-        _progress_md(ws),
+        session,
+        access.describe(ws),
         _problems_md(report.problems),
-        gr.update(choices=choices, value=first),
+        gr.update(choices=choices, value=s.name if keep and s.name in choices else first),
         gr.update(brush=_brush(ws.palette)),
         legend_html(ws.classes, ws.palette),
         gr.update(choices=list(ws.classes), value=ws.classes[0]),
-        None,
+        None if not keep else gr.skip(),
     )
 
 
-def do_load(name: str | None, s: LabelSession, opacity: float, show_changes: bool):
+def do_start(access: WorkspaceAccess, current: str | None, s: LabelSession):
+    """Page load: the list of workspaces (local) or the visitor's own workspace if they have one (public)."""
+    if access.public:
+        ws = access.visitor_workspace(create=False)
+        return (*_opened(access, ws, s), gr.skip())
+    names = access.names()
+    value = current if current in names else access.default_name()
+    return (*((gr.skip(),) * 8), gr.update(choices=names, value=value))
+
+
+def do_open(access: WorkspaceAccess, name: str | None, s: LabelSession):
+    """Open the workspace picked from the list (local mode)."""
+    if not name:
+        return _opened(access, None)
+    if s.root and s.workspace == name:
+        return (gr.skip(),) * 8  # already open (the list was refreshed): keep the edits
+    return _opened(access, access.open_named(name))
+
+
+def do_create(access: WorkspaceAccess, name: str | None, s: LabelSession):
+    """Create a new, empty workspace by name under the labels root and open it (local mode)."""
+    ws = access.create_named(name)
+    log.info("workspace created: %s", ws.root.name)
+    return (*_opened(access, ws), gr.update(choices=access.names(), value=ws.root.name), "")
+
+
+def do_download(access: WorkspaceAccess) -> str:
+    """The visitor's workspace and checkpoints as a zip (public mode)."""
+    visitors = access.serving.visitors
+    space = visitors.existing(require_visitor_key()) if visitors is not None else None
+    if space is None:
+        raise gr.Error("There is nothing to download yet: add and label images first.")
+    path = scratch_path("") / "seglab-work.zip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_scratch(path, space.zip_bytes())
+    return str(path)
+
+
+def do_delete(access: WorkspaceAccess, s: LabelSession):
+    """Delete the visitor's space now: images, labels and trained checkpoints (public mode)."""
+    visitors = access.serving.visitors
+    key = require_visitor_key()
+    if visitors is None:
+        raise gr.Error("There is no personal space to delete here.")
+    if access.serving.slots.claimed_by(key) is not None:
+        raise gr.Error("Stop your training run first; it is writing into your space.")
+    visitors.delete(key)
+    with _ws_lock:
+        if s.root:
+            _workspaces.pop(s.root, None)
+    return (*_opened(access, None), None, "Your images, labels and checkpoints were deleted.")
+
+
+def do_load(access: WorkspaceAccess, name: str | None, s: LabelSession, opacity: float, show_changes: bool):
     """Load the picked image with its current mask (or a fresh one); unsaved edits elsewhere are dropped."""
-    ws = _ws(s)
+    ws = access.workspace(s)
     if ws is None or not name:
         return s, None, None, "", gr.update(choices=[], value=None)
-    if name == s.name and s.image is not None:
+    if name == s.name and s.image is not None and s.root == str(ws.root):
         return (gr.skip(),) * 5  # already open: keep the edits
     discarded = s.name if s.dirty else None
-    try:
-        loaded = ws.load(name)
-    except (WorkspaceError, UnsafePathError, ImageLoadError, OSError) as err:
-        raise gr.Error(f"Cannot open {name}: {err}") from None
+    loaded = ws.load(name)
     label = loaded.label if loaded.label is not None else _start_label(ws, loaded.image)
     s = LabelSession(
         root=str(ws.root),
+        workspace=s.workspace,
         name=name,
         image=loaded.image,
         label=label,
@@ -253,7 +399,7 @@ def do_load(name: str | None, s: LabelSession, opacity: float, show_changes: boo
         version=loaded.version,
     )
     note = (
-        f"Version {loaded.version}" + (f", prefilled by `{loaded.model}`" if loaded.model else "")
+        f"Version {loaded.version}" + (f", prefilled by `{html.escape(loaded.model)}`" if loaded.model else "")
         if loaded.version
         else "Not labelled yet: prefill with a model or paint."
     )
@@ -262,9 +408,9 @@ def do_load(name: str | None, s: LabelSession, opacity: float, show_changes: boo
     return (s, *_views(s, opacity, show_changes), note, _history_update(ws, name))
 
 
-def do_step(delta: int, only_unlabelled: bool, name: str | None, s: LabelSession):
+def do_step(access: WorkspaceAccess, delta: int, only_unlabelled: bool, name: str | None, s: LabelSession):
     """Move ``delta`` images along the list (wrapping), optionally to the next unlabelled one."""
-    items = _require(s).items()
+    items = _require(access, s).items()
     if not items:
         return gr.update()
     names = [it.name for it in items]
@@ -277,17 +423,21 @@ def do_step(delta: int, only_unlabelled: bool, name: str | None, s: LabelSession
 
 
 # -- handlers: adding images ---------------------------------------------------------------------------
-def _after_import(ws: Workspace, added: list[str], problems: list, what: str):
+def _after_import(access: WorkspaceAccess, ws: Workspace, s: LabelSession, added: list[str], problems: list, what: str):
+    if s.root != str(ws.root):
+        s = LabelSession(root=str(ws.root), workspace=s.workspace)
     return (
-        _progress_md(ws),
+        s,
+        access.describe(ws),
         _problems_md(problems),
         f"{what}: added {len(added)} image(s).",
         gr.update(choices=ws.names(), value=added[0] if added else gr.skip()),
     )
 
 
-def do_upload(files: list | None, s: LabelSession):
-    ws = _require(s)
+def do_upload(access: WorkspaceAccess, files: list | None, s: LabelSession):
+    """Import uploaded files (Gradio hands over paths in its upload folder only)."""
+    ws = _require(access, s, create=True)
     added, bad = [], []
     for f in files or []:
         path = Path(f if isinstance(f, str) else getattr(f, "name", str(f)))
@@ -295,32 +445,30 @@ def do_upload(files: list | None, s: LabelSession):
             name, _ = ws.import_image(path, name=path.name, source_desc=f"upload:{path.name}")
             added.append(name)
         except ImageLoadError as err:  # the message must not show the server's temp path
-            bad.append(Problem(path.name, f"not imported: {str(err).replace(str(path), path.name)}"))
-    return _after_import(ws, added, bad, "Upload")
+            bad.append(Problem(path.name, f"not imported: {user_message(err)}"))
+    return _after_import(access, ws, s, added, bad, "Upload")
 
 
-def do_folder(path: str, s: LabelSession):
-    ws = _require(s)
-    try:
-        report = ws.import_folder(path)
-    except WorkspaceError as err:
-        raise gr.Error(str(err)) from None
-    return _after_import(ws, report.added + report.existing, report.problems, "Folder")
+def do_folder(access: WorkspaceAccess, path: str, s: LabelSession):
+    """Import a server folder, only under the operator's import roots (local mode)."""
+    ws = _require(access, s)
+    report = ws.import_folder(path, import_roots=access.serving.deployment.import_roots)
+    return _after_import(access, ws, s, report.added + report.existing, report.problems, "Folder")
 
 
-def do_dataset(sample_id: str | None, s: LabelSession):
-    ws = _require(s)
-    sample = sbd_samples().get(sample_id or "")
+def do_dataset(access: WorkspaceAccess, sample_id: str | None, s: LabelSession):
+    sample = sbd_samples().get(sample_id or "") if isinstance(sample_id, str) else None
     if sample is None:
         raise gr.Error("Pick a dataset image first.")
+    ws = _require(access, s, create=True)
     name, _ = ws.import_image(sample.image_path, name=f"sbd_{sample.id}", source_desc=f"sbd:{sample.id}")
-    return _after_import(ws, [name], [], "Dataset")
+    return _after_import(access, ws, s, [name], [], "Dataset")
 
 
 # -- handlers: editing ---------------------------------------------------------------------------------
 def do_prefill(store: ModelStore | None, model_name: str | None, s: LabelSession, opacity: float, show_changes: bool):
     """Replace the mask with the model's prediction (undoable); it becomes the "changed by hand" reference."""
-    ws = _require_image(s)
+    ws = _session_image(s)
     if store is None:
         raise gr.Error("No model store in this app.")
     predictor = get_predictor(store, model_name)
@@ -335,7 +483,7 @@ def do_prefill(store: ModelStore | None, model_name: str | None, s: LabelSession
 
 
 def do_apply(editor: dict | None, tool: str, s: LabelSession, opacity: float, show_changes: bool):
-    _require(s)
+    _session_ws(s)
     n = _apply_pending(s, editor, tool)
     return (
         s,
@@ -355,9 +503,13 @@ def do_fill(
     evt: gr.SelectData,
 ):
     """Fill the clicked region (same-class region or superpixel) with ``class_id``; pending strokes first."""
-    ws = _require_image(s)
+    ws = _session_image(s)
+    class_id = _class_index(ws, class_id)
+    try:
+        col, row = (int(v) for v in evt.index[:2])
+    except (TypeError, ValueError, AttributeError):
+        raise gr.Error("Click on the mask to fill a region.") from None
     _apply_pending(s, editor, tool)
-    col, row = (int(v) for v in evt.index[:2])
     s.undo.push(s.label)
     try:
         if mode == FILLS[1]:
@@ -375,7 +527,7 @@ def do_fill(
 
 
 def do_undo(s: LabelSession, opacity: float, show_changes: bool):
-    _require(s)
+    _session_ws(s)
     previous = s.undo.pop()
     if previous is None:
         return s, gr.skip(), gr.skip(), "Nothing to undo (unapplied strokes: use the editor's own undo)."
@@ -385,13 +537,14 @@ def do_undo(s: LabelSession, opacity: float, show_changes: bool):
 
 def do_history(version: int | None, s: LabelSession, opacity: float, show_changes: bool):
     """Load a saved version into the editor (undoable); Save makes it current."""
-    ws = _require(s)
+    ws = _session_ws(s)
     if s.image is None or version is None:
         raise gr.Error("Pick an image and one of its versions first.")
     try:
-        label = ws.read_version(s.name, int(version))
-    except (WorkspaceError, UnsafePathError, OSError, ValueError) as err:
-        raise gr.Error(str(err)) from None
+        number = int(version)
+    except (TypeError, ValueError):
+        raise gr.Error("Pick one of the saved versions.") from None
+    label = ws.read_version(s.name, number)
     if label.shape != s.label.shape:
         raise gr.Error(f"Version {version} does not fit the image.")
     s.undo.push(s.label)
@@ -410,23 +563,45 @@ def redraw_editor(s: LabelSession, opacity: float):
     return _editor_value(s, opacity) if s.image is not None else gr.skip()
 
 
-def do_save(editor: dict | None, tool: str, s: LabelSession, opacity: float, show_changes: bool, request: gr.Request):
-    """Apply pending strokes and save the mask as a new version (a concurrent save is kept in history)."""
-    ws = _require_image(s)
-    _apply_pending(s, editor, tool)
+def _session_ws(s: LabelSession) -> Workspace:
+    ws = _ws(s)
+    if ws is None:
+        raise gr.Error("Pick an image first.")
+    return ws
+
+
+def _session_image(s: LabelSession) -> Workspace:
+    ws = _session_ws(s)
+    if s.image is None:
+        raise gr.Error("Pick an image first.")
+    return ws
+
+
+def _class_index(ws: Workspace, class_id: Any) -> int:
     try:
-        result = ws.save(
-            s.name,
-            s.label,
-            model=s.model,
-            reference=s.reference,
-            base_version=s.version,
-            session=getattr(request, "session_hash", None),
-        )
-    except (WorkspaceError, UnsafePathError, OSError) as err:
-        raise gr.Error(f"Not saved: {err}") from None
+        index = int(class_id)
+    except (TypeError, ValueError):
+        index = -1
+    if not 0 <= index < ws.num_classes:
+        raise gr.Error("Pick a class to fill with from the list.")
+    return index
+
+
+def do_save(
+    access: WorkspaceAccess, editor: dict | None, tool: str, s: LabelSession, opacity: float, show_changes: bool
+):
+    """Apply pending strokes and save the mask as a new version (a concurrent save is kept in history)."""
+    ws = _require(access, s)
+    if s.image is None or s.root != str(ws.root):
+        raise gr.Error("Pick an image first.")
+    _apply_pending(s, editor, tool)
+    result = ws.save(
+        s.name, s.label, model=s.model, reference=s.reference, base_version=s.version, session=current_visitor_key()
+    )
     s.version, s.dirty = result.version, False
-    log.info("label saved: %s v%d in %s (%d px by hand)", result.name, result.version, ws.root, result.changed_pixels)
+    log.info(
+        "label saved: %s v%d in %s (%d px by hand)", result.name, result.version, ws.root.name, result.changed_pixels
+    )
     by_model = f" from the prediction of `{html.escape(s.model)}`" if s.model else ""
     msg = (
         f"Saved **{html.escape(result.name)}** as version {result.version} in `{result.split}/` "
@@ -437,22 +612,28 @@ def do_save(editor: dict | None, tool: str, s: LabelSession, opacity: float, sho
             f" Note: another session saved version {result.previous_version} meanwhile; "
             f"it is kept in the version history, yours is now current."
         )
-    return s, _preview(s, opacity, show_changes), msg, _progress_md(ws), _history_update(ws, result.name)
+    return s, _preview(s, opacity, show_changes), msg, access.describe(ws), _history_update(ws, result.name)
 
 
 # -- the tab -----------------------------------------------------------------------------------------
 @dataclass
 class LabelTab:
-    """The tab's components, as ``_layout`` made them (``ds_pick``/``ds_btn`` only with the dataset)."""
+    """The tab's components, as ``_layout`` made them. Local mode has the workspace list and, with
+    import roots, the server-folder import; public mode has the download and delete buttons instead;
+    ``ds_pick``/``ds_btn`` exist only with the dataset."""
 
     state: gr.State
-    ws_path: gr.Textbox
-    open_btn: gr.Button
+    workspace: gr.Dropdown | None
+    new_name: gr.Textbox | None
+    create_btn: gr.Button | None
+    download_btn: gr.Button | None
+    download_file: gr.File | None
+    delete_btn: gr.Button | None
     progress: gr.Markdown
     problems: gr.Markdown
     upload: gr.File
-    folder: gr.Textbox
-    folder_btn: gr.Button
+    folder: gr.Textbox | None
+    folder_btn: gr.Button | None
     ds_pick: gr.Dropdown | None
     ds_btn: gr.Button | None
     item: gr.Dropdown
@@ -478,26 +659,54 @@ class LabelTab:
     history_btn: gr.Button
 
 
-def _layout(store: ModelStore | None) -> LabelTab:
+def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
     """Create the tab's components inside the current ``gr.Tab``/``gr.Blocks``."""
-    start_root = default_workspace().resolve()
-    # Do not create the default folder just because the app started; the first action does.
-    start_ws = open_workspace(start_root) if start_root.is_dir() else None
+    start_name = None if access.public else access.default_name()
+    # Nothing is created just because the app started: the default workspace opens only if it exists.
+    start_ws = access.open_named(start_name) if start_name else None
     palette = start_ws.palette if start_ws else palette_for(len(SBD_CLASSES))
     classes = start_ws.classes if start_ws else list(SBD_CLASSES)
     start_items = start_ws.items() if start_ws else []
-    state = gr.State(LabelSession(root=str(start_root)))
+    state = gr.State(LabelSession(root=str(start_ws.root), workspace=start_name) if start_ws else LabelSession())
 
-    with gr.Row():
-        ws_path = gr.Textbox(str(start_root), label="Workspace folder", scale=4, elem_id="label-workspace")
-        open_btn = gr.Button("Open workspace", scale=1, elem_id="label-open")
-    progress = gr.Markdown(_progress_md(start_ws, start_root), elem_id="label-progress")
+    workspace = new_name = create_btn = download_btn = download_file = delete_btn = None
+    folder = folder_btn = None
+    if access.public:
+        gr.Markdown(
+            "Your own workspace: only this browser session sees it (or your Hugging Face account, when "
+            "you are logged in). Download it to keep your work.",
+            elem_id="label-public-note",
+        )
+        with gr.Row():
+            download_btn = gr.Button("Download my work (zip)", scale=1, elem_id="label-download")
+            delete_btn = gr.Button("Delete my work", variant="stop", scale=1, elem_id="label-delete")
+            download_file = gr.File(label="Your work", interactive=False, scale=2, elem_id="label-download-file")
+    else:
+        with gr.Row():
+            workspace = gr.Dropdown(
+                access.names(),
+                value=start_name,
+                label="Workspace",
+                scale=3,
+                elem_id="label-workspace",
+                allow_custom_value=False,
+            )
+            new_name = gr.Textbox(
+                label="…or a new workspace, by name",
+                placeholder="letters, digits, '.', '_' and '-'",
+                scale=2,
+                max_length=64,
+                elem_id="label-new-name",
+            )
+            create_btn = gr.Button("Create workspace", scale=1, elem_id="label-create")
+    progress = gr.Markdown(access.describe(start_ws), elem_id="label-progress")
     problems = gr.Markdown("")
-    with gr.Accordion("Add images to the workspace", open=False), gr.Row():
+    with gr.Accordion("Add images to the workspace", open=access.public), gr.Row():
         upload = gr.File(file_count="multiple", file_types=["image"], label="Upload images", elem_id="label-upload")
         with gr.Column():
-            folder = gr.Textbox(label="…or a folder of images on the server")
-            folder_btn = gr.Button("Import folder")
+            if access.serving.deployment.server_folder_import:
+                folder = gr.Textbox(label="…or a folder of images on the server (under the import folders)")
+                folder_btn = gr.Button("Import folder")
             ds_names = sbd_choices(("train", "val", "test"), limit=1000)
             ds_pick = gr.Dropdown(ds_names, label="…or a Stanford Background image", value=None) if ds_names else None
             ds_btn = gr.Button("Import dataset image") if ds_names else None
@@ -558,43 +767,65 @@ def _layout(store: ModelStore | None) -> LabelTab:
     with gr.Accordion("Saved versions of this image", open=False), gr.Row():
         history = gr.Dropdown([], label="Version", scale=3, elem_id="label-history")
         history_btn = gr.Button("Load this version into the editor (Save makes it current)", scale=2)
-    gr.Markdown(
-        "Train on these labels: the workspace is a dataset folder, e.g. "
-        "`python -m seg train --model unet --data <workspace>`. "
-        "Export for CVAT: `python -m seg label-export --workspace <workspace> --format cvat --out DIR`."
-    )
+    if access.public:
+        gr.Markdown(
+            "Train on these labels in the Train tab (*My labels*); the zip above holds them as a dataset folder."
+        )
+    else:
+        gr.Markdown(
+            "Train on these labels in the Train tab (*My labels*) or with "
+            "`python -m seg train --model unet --data <workspace folder>`. "
+            "Export for CVAT: `python -m seg label-export --workspace <workspace folder> --format cvat --out DIR`."
+        )
     made = locals()  # every component above, matched to ``LabelTab`` by name (a missing one fails at build)
     return LabelTab(**{name: made[name] for name in LabelTab.__dataclass_fields__})
 
 
-def _wire(c: LabelTab, store: ModelStore | None) -> None:
+def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
     """Connect the components to the handlers (every event is private: the tab has no public API)."""
     private: dict[str, Any] = {"api_visibility": "private"}
     views = [c.editor, c.preview]
     display = [c.state, c.opacity, c.show_changes]
+    opened = [c.state, c.progress, c.problems, c.item, c.editor, c.legend, c.fill_class, c.preview]
 
     def then_redraw(event: Any) -> None:
         """The editor is refreshed in a follow-up event: Gradio's ImageEditor stalls when one
         event both reads and writes it."""
         event.then(redraw_editor, [c.state, c.opacity], c.editor, show_progress="hidden", **private)
 
-    load = dict(fn=do_load, inputs=[c.item, *display], outputs=[c.state, *views, c.status, c.history], **private)
-    c.item.change(**load)
-    gr.on(
-        [c.open_btn.click, c.ws_path.submit],
-        do_open,
-        [c.ws_path, c.state],
-        [c.state, c.progress, c.problems, c.item, c.editor, c.legend, c.fill_class, c.preview],
+    load = dict(
+        fn=partial(do_load, access),
+        inputs=[c.item, *display],
+        outputs=[c.state, *views, c.status, c.history],
         **private,
-    ).then(**load)
+    )
+    c.item.change(**load)
+    root_block = gr.context.Context.root_block
+    if access.public:
+        if root_block is not None:
+            root_block.load(partial(do_start, access, None), [c.state], [*opened, c.status], **private)
+        c.download_btn.click(partial(do_download, access), None, c.download_file, **private)
+        c.delete_btn.click(partial(do_delete, access), [c.state], [*opened, c.download_file, c.status], **private)
+    else:
+        if root_block is not None:
+            root_block.load(partial(do_start, access), [c.workspace, c.state], [*opened, c.workspace], **private)
+        c.workspace.input(partial(do_open, access), [c.workspace, c.state], opened, **private).then(**load)
+        gr.on(
+            [c.create_btn.click, c.new_name.submit],
+            partial(do_create, access),
+            [c.new_name, c.state],
+            [*opened, c.workspace, c.new_name],
+            **private,
+        ).then(**load)
     for button, delta, only_unlabelled in ((c.prev_btn, -1, False), (c.next_btn, +1, False), (c.todo_btn, +1, True)):
-        button.click(partial(do_step, delta, only_unlabelled), [c.item, c.state], c.item, **private)
+        button.click(partial(do_step, access, delta, only_unlabelled), [c.item, c.state], c.item, **private)
 
-    imported = [c.progress, c.problems, c.status, c.item]
-    c.upload.upload(do_upload, [c.upload, c.state], imported, **private)
-    c.folder_btn.click(do_folder, [c.folder, c.state], imported, **private)
+    imported = [c.state, c.progress, c.problems, c.status, c.item]
+    c.upload.upload(partial(do_upload, access), [c.upload, c.state], imported, **private)
+    if c.folder is not None and c.folder_btn is not None:
+        c.folder_btn.click(partial(do_folder, access), [c.folder, c.state], imported, **private)
     if c.ds_pick is not None and c.ds_btn is not None:
-        c.ds_btn.click(do_dataset, [c.ds_pick, c.state], imported, **private)
+        c.ds_btn.click(partial(do_dataset, access), [c.ds_pick, c.state], imported, **private)
 
     c.prefill_btn.click(
         partial(do_prefill, store),
@@ -616,21 +847,24 @@ def _wire(c: LabelTab, store: ModelStore | None) -> None:
 
     save_inputs = [c.editor, c.tool, *display]
     save_outputs = [c.state, c.preview, c.status, c.progress, c.history]
-    then_redraw(c.save_btn.click(do_save, save_inputs, save_outputs, **private))
-    saved_next = c.save_next_btn.click(do_save, save_inputs, save_outputs, **private)
-    saved_next.success(partial(do_step, +1, False), [c.item, c.state], c.item, **private)
+    save = partial(do_save, access)
+    then_redraw(c.save_btn.click(save, save_inputs, save_outputs, **private))
+    saved_next = c.save_next_btn.click(save, save_inputs, save_outputs, **private)
+    saved_next.success(partial(do_step, access, +1, False), [c.item, c.state], c.item, **private)
     then_redraw(saved_next)
 
 
-def build(store: ModelStore | None) -> None:
+def build(store: Any) -> None:
     """Components and events of the Label tab (inside the current ``gr.Tab``)."""
-    _wire(_layout(store), store)
+    access = WorkspaceAccess(serving_of(store))
+    _wire(_layout(store, access), store, access)
 
 
 def standalone(store: ModelStore | None = None) -> gr.Blocks:
     """The Label tab alone in a Blocks (development and the browser test)."""
     with gr.Blocks(title="SegLab labeling") as demo:
         build(store)
+    guard_events(demo)
     demo.queue(default_concurrency_limit=2)
     return demo
 

@@ -1,21 +1,32 @@
-"""Train tab: start one training run, watch it live, stop it cleanly.
+"""Train tab: start a training run, watch it step by step, stop it cleanly.
 
-The run belongs to the process, not to a browser session: a background thread drives
-the core's event generator (``seg.training.train``) and records its events
-in ``RUN``. The user who clicks Start streams them; everyone else sees the same run
-through a polling timer. Closing the page does not stop the run; Stop does (the engine
-stops between steps and keeps the best checkpoint so far).
+A run belongs to the process, not to a browser tab: a background thread drives the core's event
+generator (``seg.training.train``, a "step" event after every step) and records its events in a
+``TrainingRun``. The person who clicks Start streams them; a polling timer shows the run to
+everyone allowed to see it. Closing the page does not stop the run; Stop does: the engine checks
+between steps, so it takes effect within a step, and it keeps the best checkpoint so far.
+
+Who sees and stops what (``RunBoard``): locally there is one run at a time, everyone sees it and
+anyone may stop it. In public mode each visitor sees only their own run, only they can stop it,
+runs are bounded (epochs, images, wall time: ``seg.deploy``), at most a few run at once
+(``seg.visitors.RunSlots``), and checkpoints go to the visitor's own folder. Nobody types a path:
+the data is Stanford Background or a labeling workspace picked by name (or, in public mode, the
+visitor's own).
 """
 
 from __future__ import annotations
 
+import html
 import logging
+import math
 import re
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -23,41 +34,55 @@ import numpy as np
 import plotly.graph_objects as go
 
 from seg.classes import colorize
+from seg.deploy import TrainingBounds
+from seg.errors import UserError, user_message
 from seg.instances import INSTANCE_ARCHITECTURES
-from seg.modelstore import ModelStore
+from seg.labeling.workspace import DEFAULT_WORKSPACE_NAME, Workspace, WorkspaceError
 from seg.render import hstack, vstack
-from seg.ui.messages import missing_dataset_md
+from seg.resume import clear_state
+from seg.ui.messages import missing_dataset_md, missing_dataset_text
+from seg.ui.pickers import Serving, VisitorStore, current_visitor_key, require_visitor_key, serving_of
 from seg.ui.queues import TRAIN_QUEUE
 from seg.ui.samples import dataset_available
 from seg.ui.style import TOP_LEGEND
+from seg.visitors import RunClaim, visitor_digest
 
 log = logging.getLogger("seg.ui.train")
 
 WEIGHTINGS = ["inverse_sqrt", "inverse", "none"]
+DATA_SBD = "Stanford Background"
+DATA_LABELS = "My labels (labeling workspace)"
+#: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
+STREAM_INTERVAL_S = 0.4
+FINISHED = ("done", "stopped", "failed")
 
 
 @dataclass
 class RunState:
-    """What every session can see of the current (or last) run; replaced by each new run."""
+    """What a viewer can see of a run (or of the last one); replaced by each new run."""
 
     status: str = "idle"  # idle | running | stopping | done | stopped | failed
     name: str = ""
     config: dict = field(default_factory=dict)
     started: float = 0.0
     epochs: int = 0
-    rows: list[dict] = field(default_factory=list)        # one per epoch
+    rows: list[dict] = field(default_factory=list)  # one per epoch
     steps: list[tuple[int, int, float]] = field(default_factory=list)  # (epoch, step, loss)
+    steps_per_epoch: int = 0
     samples: np.ndarray | None = None  # stacked sample predictions of the last epoch
     samples_epoch: int | None = None
     ended: float | None = None
-    events: list[dict] = field(default_factory=list)      # light copies, for the API
+    events: list[dict] = field(default_factory=list)  # light copies of the non-step events, for the API
     checkpoint: str | None = None
     error: str | None = None
+    #: Plain words on how the run was bounded or why it stopped (public limits, the time limit).
+    note: str = ""
+    stop_asked: float | None = None
     version: int = 0
 
 
 class TrainingRun:
-    """The process-wide single training run: start, stop, and a versioned snapshot to watch."""
+    """One training run: start it, stop it, and a versioned snapshot to watch."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -70,29 +95,60 @@ class TrainingRun:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, config: Any, name: str, store: ModelStore) -> None:
-        """Launch the run in a background thread; ``gr.Error`` when one is already running."""
+    def start(
+        self,
+        config: Any,
+        name: str,
+        on_end: Callable[[], None] | None = None,
+        *,
+        max_seconds: float | None = None,
+        note: str = "",
+        log_every: int = 1,
+    ) -> None:
+        """Launch the run in a background thread; ``gr.Error`` when this one is still going.
+
+        ``on_end`` runs when it ends however it ends, before the final status is shown (it lists the
+        new checkpoint). ``max_seconds`` stops it between steps once that much time has passed.
+        """
         from seg.training import train
 
         with self._lock:
             if self.running:
-                raise gr.Error(f"A training run ({self.state.name}) is already in progress; "
-                               "one run at a time. Its curves are shown below.")
+                raise gr.Error(
+                    f"A training run ({self.state.name}) is already in progress; one run at a time. "
+                    "Its curves are shown below."
+                )
             self._stop = threading.Event()
-            self.state = RunState(status="running", name=name, config=_public_config(config),
-                                  started=time.time(), epochs=int(getattr(config, "epochs", 0)))
+            self.state = RunState(
+                status="running",
+                name=name,
+                config=_public_config(config),
+                started=time.time(),
+                epochs=int(getattr(config, "epochs", 0)),
+                note=note,
+            )
             stop = self._stop
 
             def work() -> None:
+                timer = threading.Timer(max_seconds, self._time_up) if max_seconds else None
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
                 try:
-                    for event in train(config, stop):
+                    for event in train(config, stop, log_every=log_every):
                         self._record(event)
                 except Exception as err:  # the run fails, the app keeps serving
-                    log.error("training failed:\n%s", traceback.format_exc())
-                    self._finish("failed", f"{type(err).__name__}: {err}")
+                    log.error("training %s failed:\n%s", name, traceback.format_exc())
+                    self._finish("failed", user_message(err, "training"))
                     return
                 finally:
-                    store.refresh()  # the new checkpoint appears in every tab's lists
+                    if timer is not None:
+                        timer.cancel()
+                    if on_end is not None:
+                        try:
+                            on_end()
+                        except Exception:  # noqa: BLE001 - listing checkpoints must not hide the run's end
+                            log.exception("after training %s", name)
                 self._finish("stopped" if stop.is_set() else "done", None)
 
             self._thread = threading.Thread(target=work, name=f"train-{name}", daemon=True)
@@ -103,9 +159,20 @@ class TrainingRun:
             if not self.running:
                 return "No training run is in progress."
             self._stop.set()
-            self.state.status = "stopping"
+            if self.state.status == "running":
+                self.state.status = "stopping"
+                self.state.stop_asked = time.time()
             self._bump()
         return "Stopping after the current step; the best checkpoint so far is kept."
+
+    def _time_up(self) -> None:
+        with self._lock:
+            if not self.running or self._stop.is_set():
+                return
+            self.state.note = (self.state.note + " " if self.state.note else "") + (
+                "The run reached its time limit, so it stopped; the best checkpoint so far is kept."
+            )
+        self.stop()
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until the snapshot's version differs from ``version`` (or timeout); returns it."""
@@ -126,24 +193,35 @@ class TrainingRun:
         kind = event.get("type")
         with self._lock:
             s = self.state
+            if kind == "step":
+                s.steps.append((int(event.get("epoch") or 1), int(event.get("step") or 0), _float(event.get("loss"))))
+                s.steps_per_epoch = int(event.get("steps") or s.steps_per_epoch or 0)
+                self._bump()
+                return
             light = {k: v for k, v in event.items() if k not in ("samples", "metrics", "curve")}
             if kind == "epoch":
                 metrics = event.get("metrics") or {}
                 light.update({k: metrics.get(k) for k in ("miou", "map", "pixel_accuracy")})
-                s.rows.append({"epoch": event.get("epoch"), "train_loss": event.get("train_loss"),
-                               "val_loss": event.get("val_loss"), "miou": metrics.get("miou"),
-                               "map": metrics.get("map"), "pixel_accuracy": metrics.get("pixel_accuracy"),
-                               "stage": event.get("stage")})
+                s.rows.append(
+                    {
+                        "epoch": event.get("epoch"),
+                        "train_loss": event.get("train_loss"),
+                        "val_loss": event.get("val_loss"),
+                        "miou": metrics.get("miou"),
+                        "map": metrics.get("map"),
+                        "pixel_accuracy": metrics.get("pixel_accuracy"),
+                        "stage": event.get("stage"),
+                    }
+                )
                 tiles = _sample_tiles(event.get("samples") or [], event.get("epoch"))
                 if tiles is not None:
                     s.samples, s.samples_epoch = tiles, event.get("epoch")
-            elif kind == "step":
-                s.steps.append((int(event.get("epoch") or 1), int(event.get("step") or 0),
-                                float(event.get("loss", np.nan))))
             elif kind == "start":
                 s.epochs = int(event.get("epochs") or s.epochs)
             elif kind == "done":
-                s.checkpoint = event.get("checkpoint")
+                checkpoint = event.get("checkpoint")
+                s.checkpoint = Path(checkpoint).name if checkpoint else None
+                light["checkpoint"] = s.checkpoint
             s.events.append(_jsonable(light))
             self._bump()
 
@@ -155,8 +233,85 @@ class TrainingRun:
             self._bump()
 
 
-#: The one run of this process, shared by every browser session.
-RUN = TrainingRun()
+class RunBoard:
+    """Who starts, sees and stops which run (see the module docstring); one per built app."""
+
+    def __init__(self, serving: Serving):
+        self.serving = serving
+        self._lock = threading.Lock()
+        self.shared = TrainingRun()  # local mode: the one run everyone sees
+        self._runs: dict[str, TrainingRun] = {}  # public mode: each visitor's latest run, by digest
+
+    @property
+    def public(self) -> bool:
+        return self.serving.public
+
+    def run_for_viewer(self) -> TrainingRun | None:
+        """The run the asking person sees: the shared one locally, their own in public mode."""
+        if not self.public:
+            return self.shared
+        key = current_visitor_key()
+        if key is None:
+            return None
+        with self._lock:
+            return self._runs.get(visitor_digest(key))
+
+    def start(self, config: Any, name: str, store: Any, note: str = "") -> TrainingRun:
+        """Start ``config``: refused with a plain sentence when a run (or a slot) is taken."""
+        if not self.public:
+            self.shared.start(config, name, store.refresh, note=note)
+            return self.shared
+        key = require_visitor_key()
+        claim = self.serving.slots.claim(key, name)
+        run = TrainingRun()
+        try:
+            run.start(
+                config,
+                name,
+                partial(_after_public_run, store, config.out, self.serving, claim),
+                max_seconds=self.serving.deployment.public_max_train_seconds,
+                note=note,
+            )
+        except BaseException:
+            self.serving.slots.release(claim)
+            raise
+        with self._lock:
+            self._runs[claim.owner] = run
+        return run
+
+    def stop(self) -> str:
+        """Stop the asker's run (public) or the run (local)."""
+        if not self.public:
+            return self.shared.stop()
+        claim = self.serving.slots.check_stop(require_visitor_key())
+        with self._lock:
+            run = self._runs.get(claim.owner)
+        return run.stop() if run is not None else "No training run is in progress."
+
+    def busy_note(self) -> str:
+        """For a public viewer without a run: how many of the server's training slots are taken."""
+        active, limit = len(self.serving.slots.active()), self.serving.slots.limit
+        if not active:
+            return "No training run of yours yet."
+        return f"No training run of yours yet; {active} of {limit} training slot(s) on this server are in use."
+
+
+def _after_public_run(store: Any, out: str | None, serving: Serving, claim: RunClaim) -> None:
+    """A public run ended: drop its resume state (no resuming here; it would eat the quota), list the
+    checkpoint, free the slot."""
+    try:
+        if out:
+            clear_state(out)
+        store.refresh()
+    finally:
+        serving.slots.release(claim)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _jsonable(value: Any) -> Any:
@@ -165,7 +320,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        return _jsonable(value.item())
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -174,18 +329,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def _public_config(config: Any) -> dict:
-    from dataclasses import asdict, is_dataclass
-
+    """The run's settings as viewers see them: no server paths."""
     data = asdict(config) if is_dataclass(config) else dict(vars(config))
-    data.pop("data_dir", None)  # do not show server paths to every visitor
-    data["out"] = (data.get("out") or "").rsplit("/", 1)[-1]
+    data.pop("data_dir", None)
+    data.pop("init_from", None)
+    data["out"] = Path(data.get("out") or "").name
     return _jsonable(data)
 
 
 def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
-    """One picture: a row per validation sample (image | truth | prediction), rows stacked.
-
-    """
+    """One picture: a row per validation sample (image | truth | prediction), rows stacked."""
     rows = []
     for smp in samples[:4]:
         try:
@@ -198,19 +351,24 @@ def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
 
 # -- views -----------------------------------------------------------------------------------
 def loss_figure(s: RunState) -> go.Figure:
+    """Step losses at fractional epochs (step k of n in epoch e sits at e - 1 + (k + 1) / n), epoch losses at e."""
     fig = go.Figure()
-    if s.steps:  # step losses at fractional epochs: epoch e spans (e-1, e]
-        last_step: dict[int, int] = {}
-        for e, k, _ in s.steps:
-            last_step[e] = max(last_step.get(e, 0), k)
-        xs = [e - 1 + (k + 1) / (last_step[e] + 1) for e, k, _ in s.steps]
-        fig.add_scatter(x=xs, y=[y for _, _, y in s.steps], mode="lines", name="step loss",
-                        line=dict(width=1, color="#9ab"))
+    if s.steps:
+        per_epoch = max(1, s.steps_per_epoch or 1 + max(k for _, k, _ in s.steps))
+        xs = [e - 1 + (k + 1) / per_epoch for e, k, _ in s.steps]
+        ys = [y if math.isfinite(y) else None for _, _, y in s.steps]
+        fig.add_scatter(x=xs, y=ys, mode="lines", name="step loss", line={"width": 1, "color": "#9ab"})
     epochs = [r["epoch"] for r in s.rows]
     fig.add_scatter(x=epochs, y=[r["train_loss"] for r in s.rows], mode="lines+markers", name="train loss")
     fig.add_scatter(x=epochs, y=[r["val_loss"] for r in s.rows], mode="lines+markers", name="val loss")
-    fig.update_layout(title="Loss", xaxis_title="epoch", height=300, margin=dict(l=40, r=10, t=60, b=40),
-                      legend=TOP_LEGEND, xaxis_dtick=1)
+    fig.update_layout(
+        title="Loss",
+        xaxis_title="epoch",
+        height=300,
+        margin={"l": 40, "r": 10, "t": 60, "b": 40},
+        legend=TOP_LEGEND,
+        xaxis_dtick=1,
+    )
     return fig
 
 
@@ -219,89 +377,212 @@ def metric_figure(s: RunState) -> go.Figure:
     epochs = [r["epoch"] for r in s.rows]
     for key, label in (("miou", "val mIoU"), ("map", "val mAP"), ("pixel_accuracy", "val pixel acc")):
         fig.add_scatter(x=epochs, y=[r.get(key) for r in s.rows], mode="lines+markers", name=label)
-    fig.update_layout(title="Validation", xaxis_title="epoch", yaxis_range=[0, 1], height=300,
-                      margin=dict(l=40, r=10, t=60, b=40), legend=TOP_LEGEND, xaxis_dtick=1)
+    fig.update_layout(
+        title="Validation",
+        xaxis_title="epoch",
+        yaxis_range=[0, 1],
+        height=300,
+        margin={"l": 40, "r": 10, "t": 60, "b": 40},
+        legend=TOP_LEGEND,
+        xaxis_dtick=1,
+    )
     return fig
 
 
-def status_md(s: RunState) -> str:
+IDLE_TEXT = "No training run yet. One run at a time; everyone sees the current run here."
+
+
+def status_md(s: RunState, idle: str = IDLE_TEXT) -> str:
     if s.status == "idle":
-        return "No training run yet. One run at a time; everyone sees the current run here."
+        return idle
     done = len(s.rows)
     elapsed = (s.ended or time.time()) - s.started if s.started else 0
     last = s.rows[-1] if s.rows else {}
-    text = (f"**{s.name}**: {s.status}, epoch {done}/{s.epochs}, {elapsed:.0f} s"
-            + (f", last val mIoU {last['miou']:.3f}" if isinstance(last.get("miou"), (int, float)) else ""))
+    text = f"**{html.escape(s.name)}**: {s.status}, {done} of {s.epochs} epochs done, {elapsed:.0f} s"
+    if isinstance(last.get("miou"), (int, float)):
+        text += f", last val mIoU {last['miou']:.3f}"
     if s.samples_epoch is not None:
         text += f"; samples from epoch {s.samples_epoch}"
+    if s.note:
+        text += f"\n\n{html.escape(s.note)}"
     if s.checkpoint:
-        text += f"\n\nBest checkpoint: `{s.checkpoint.rsplit('/', 1)[-1]}` (now listed in the other tabs)."
+        text += f"\n\nBest checkpoint: **{html.escape(s.checkpoint)}** (now listed in the other tabs)."
+    elif s.status in ("done", "stopped"):
+        text += "\n\nNo checkpoint was saved: the run stopped before its first validation."
     if s.error:
-        text += f"\n\n**Failed:** {s.error}"
+        text += f"\n\nThe run failed: {html.escape(s.error)}"
     return text
 
 
-def snapshot(s: RunState) -> tuple:
-    return (status_md(s), loss_figure(s), metric_figure(s), s.samples, {"status": s.status, "name": s.name,
-            "events": s.events[-50:], "checkpoint": s.checkpoint, "error": s.error, "config": s.config})
+def progress_html(s: RunState) -> str:
+    """The in-epoch progress bar: epoch, step, latest loss; then validation and stopping."""
+    if s.status == "idle":
+        return ""
+    if s.status in FINISHED:
+        return f'<div class="seg-train-progress" id="train-progress-text">Run {html.escape(s.status)}.</div>'
+    epoch, step, loss = s.steps[-1] if s.steps else (1, -1, float("nan"))
+    per_epoch = max(1, s.steps_per_epoch or 1)
+    done_steps = min(per_epoch, step + 1)
+    if s.status == "stopping":
+        phase = "stopping after this step"
+    elif len(s.rows) < epoch and done_steps >= per_epoch:
+        phase = "validating"
+    elif not s.steps:
+        phase = "loading the data and the model"
+    else:
+        phase = "training"
+    loss_text = f" · loss {loss:.4f}" if math.isfinite(loss) else ""
+    return (
+        f'<div class="seg-train-progress">'
+        f'<progress value="{done_steps}" max="{per_epoch}" style="width:100%;height:14px" '
+        f'aria-label="steps of this epoch"></progress>'
+        f'<div id="train-progress-text">Epoch {epoch} of {max(s.epochs, epoch)}: step {done_steps} of {per_epoch}'
+        f"{loss_text} · {phase}</div></div>"
+    )
 
 
-# -- actions -----------------------------------------------------------------------------------
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", (text or "").strip()).strip("-.")[:60]
+def snapshot(s: RunState, idle: str | None = None) -> tuple:
+    info = {
+        "status": s.status,
+        "name": s.name,
+        "events": s.events[-50:],
+        "checkpoint": s.checkpoint,
+        "error": s.error,
+        "config": s.config,
+        "step": s.steps[-1][1] if s.steps else None,
+        "steps_per_epoch": s.steps_per_epoch,
+    }
+    status = status_md(s) if idle is None else status_md(s, idle)
+    return (status, progress_html(s), loss_figure(s), metric_figure(s), s.samples, info)
 
 
-DATA_SBD = "Stanford Background"
-DATA_LABELS = "My labels (labeling workspace)"
+# -- the form ---------------------------------------------------------------------------------
+def _safe_name(text: Any) -> str:
+    text = text if isinstance(text, str) else ""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip("-.")[:60]
 
 
-def make_config(store: ModelStore, model: str, epochs: float, lr: float, batch_size: float, crop: float,
-                flip: float, weighting: str, frozen_epochs: float, encoder_init: str, limit: float,
-                seed: float, name: str, data_source: str = DATA_SBD, workspace: str = ""):
-    """Validate the form into a ``TrainConfig`` and a checkpoint name (``gr.Error`` on bad input)."""
+def _whole(value: Any, what: str, low: int, high: int) -> int:
+    """A whole number from a form field, or a plain refusal naming the field and its range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or not low <= int(number) <= high:
+        raise gr.Error(f"{what} must be a whole number between {low} and {high}.")
+    return int(number)
+
+
+def _real(value: Any, what: str, low: float, high: float, open_low: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number > high or number < low or (open_low and number == low):
+        raise gr.Error(f"{what} must be a number {'above' if open_low else 'from'} {low:g} up to {high:g}.")
+    return number
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A validated form: the run's config, its checkpoint name, and a note when limits cut it down."""
+
+    config: Any
+    name: str
+    note: str = ""
+
+
+def make_config(*form: Any, **kwargs: Any):
+    """``plan_run`` as (config, checkpoint name)."""
+    planned = plan_run(*form, **kwargs)
+    return planned.config, planned.name
+
+
+def plan_run(
+    store: Any,
+    model: str,
+    epochs: float,
+    lr: float,
+    batch_size: float,
+    crop: float,
+    flip: float,
+    weighting: str,
+    frozen_epochs: float,
+    encoder_init: str,
+    limit: float,
+    seed: float,
+    name: str,
+    data_source: str = DATA_SBD,
+    workspace: Workspace | str | Path | None = None,
+    bounds: Callable[[int, int | None], TrainingBounds] | None = None,
+):
+    """Validate the form into a ``PlannedRun`` (``gr.Error`` with a plain sentence on bad input).
+
+    ``workspace`` is a ``Workspace`` the caller resolved, or a folder chosen by server code (never
+    text from the page); ``bounds`` cuts epochs and images to the deployment's limits.
+    """
     from seg.training import SemanticOptions, TrainConfig
 
-    root = _training_root(data_source, workspace)
     if model not in semantic_architectures():
-        raise gr.Error(f"Unknown model {model!r}.")
-    epochs, batch_size, frozen = int(epochs or 0), int(batch_size or 0), int(frozen_epochs or 0)
-    if not 1 <= epochs <= 500:
-        raise gr.Error("Epochs must be between 1 and 500.")
-    if not 1 <= batch_size <= 256:
-        raise gr.Error("Batch size must be between 1 and 256.")
-    if not (lr and 0 < float(lr) < 1):
-        raise gr.Error("Learning rate must be in (0, 1).")
+        raise gr.Error("Choose one of the listed models.")
+    epochs = _whole(epochs, "Epochs", 1, 500)
+    batch_size = _whole(batch_size, "Batch size", 1, 256)
+    frozen = _whole(frozen_epochs or 0, "Frozen epochs", 0, 500)
+    limit = _whole(limit or 0, "Max images per split", 0, 1_000_000)
+    seed = _whole(seed or 0, "Seed", 0, 2**31 - 1)
+    lr = _real(lr, "Learning rate", 0.0, 1.0, open_low=True)
+    crop = _real(crop, "Crop fraction", 0.05, 1.0)
+    flip = _real(flip, "Flip probability", 0.0, 1.0)
+    if weighting not in WEIGHTINGS:
+        raise gr.Error("Choose one of the listed class weightings.")
+    if encoder_init not in ("none", "imagenet"):
+        raise gr.Error("Choose one of the listed encoder initialisations.")
     if model == "resunet" and frozen >= epochs:
         raise gr.Error("Frozen epochs must be fewer than the total epochs.")
+    root = _training_root(data_source, workspace)
+    note = ""
+    if bounds is not None:
+        cut = bounds(epochs, limit or None)
+        epochs, limit, note = cut.epochs, cut.images or 0, cut.note
+        if model == "resunet" and frozen >= epochs:
+            frozen = max(0, epochs - 1)
     name = _safe_name(name) or f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = store.directory / name
-    if out.with_suffix(".json").exists() or out.with_suffix(".safetensors").exists():
-        raise gr.Error(f"A checkpoint named {name!r} exists already; choose another name.")
-    crop = float(crop)
+    out = store.path_for_new(name)
     config = TrainConfig(
-        model=model, data_dir=str(root), out=str(out), epochs=epochs, lr=float(lr), batch_size=batch_size,
-        seed=int(seed or 0), encoder_init=encoder_init if model == "resunet" else "none",
-        limit=int(limit) if limit else None,
+        model=model,
+        data_dir=str(root),
+        out=str(out),
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        encoder_init=encoder_init if model == "resunet" else "none",
+        limit=limit or None,
         command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}",
-        semantic=SemanticOptions(crop_fraction=(crop, 1.0) if crop < 1.0 else None, flip_p=float(flip),
-                                 class_weighting=weighting, frozen_epochs=frozen if model == "resunet" else 0))
-    return config, name
+        semantic=SemanticOptions(
+            crop_fraction=(crop, 1.0) if crop < 1.0 else None,
+            flip_p=flip,
+            class_weighting=weighting,
+            frozen_epochs=frozen if model == "resunet" else 0,
+        ),
+    )
+    return PlannedRun(config, name, note)
 
 
-def _training_root(data_source: str, workspace: str):
-    """The folder to train on: the SBD data root, or a labeling workspace (course layout)."""
+def _training_root(data_source: str, workspace: Workspace | str | Path | None) -> Path:
+    """The folder to train on: the Stanford Background root, or a labeling workspace (course layout)."""
     if data_source == DATA_LABELS:
-        from seg.labeling import Workspace, WorkspaceError
-
         try:
-            ws = Workspace((workspace or "").strip() or None)
+            ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace or None)
             ws.check_trainable()
         except WorkspaceError as err:
             raise gr.Error(str(err)) from None
         return ws.root
+    if data_source != DATA_SBD:
+        raise gr.Error("Choose what to train on from the list.")
     root = dataset_available("sbd")
     if root is None:
-        raise gr.Error(missing_dataset_md("sbd", "Training"))
+        raise gr.Error(missing_dataset_text("sbd", "Training"))
     return root
 
 
@@ -311,45 +592,89 @@ def semantic_architectures() -> list[str]:
     return [m for m in available() if m not in INSTANCE_ARCHITECTURES]
 
 
-def train_stream(store: ModelStore, *form) -> Iterator[tuple]:
+def _chosen_workspace(serving: Serving, data_source: str, name: Any) -> Workspace | None:
+    """The workspace a run trains on, resolved from a name (local) or the visitor (public); never a path."""
+    if data_source != DATA_LABELS:
+        return None
+    if serving.visitors is not None:
+        space = serving.visitors.existing(require_visitor_key())
+        if space is None:
+            raise UserError("Your workspace is empty: add and label images in the Label tab first.")
+        return space.workspace
+    return serving.labels.open(name or DEFAULT_WORKSPACE_NAME)
+
+
+def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None) -> Iterator[tuple]:
     """API endpoint ``train``: start a run and stream snapshots until it ends."""
-    config, name = make_config(store, *form)
-    RUN.start(config, name, store)
-    version = -1
+    serving = board.serving
+    data_source = form[12] if len(form) > 12 else DATA_SBD
+    ws = _chosen_workspace(serving, data_source, workspace)
+    if isinstance(store, VisitorStore):
+        store = store.for_key(require_visitor_key(), create=True)
+    bounds = serving.deployment.training_bounds if serving.public else None
+    planned = plan_run(store, *form[:12], data_source, ws, bounds=bounds)
+    name = planned.name
+    run = board.start(planned.config, name, store, planned.note)
+    version, last = -1, 0.0
     while True:
-        version = RUN.wait(version, timeout=2.0)
-        s = RUN.state
-        finished = s.status in ("done", "stopped", "failed") or s.name != name
+        version = run.wait(version, timeout=2.0)
+        s = run.state
+        finished = s.status in FINISHED or s.name != name
+        if not finished and time.monotonic() - last < STREAM_INTERVAL_S:
+            time.sleep(STREAM_INTERVAL_S - (time.monotonic() - last))
+            continue
+        last = time.monotonic()
         yield snapshot(s)  # read ``finished`` first: the run may end while this yield is consumed
         if finished:
             break
-    if RUN.state.status == "failed":
-        raise gr.Error(f"Training failed: {RUN.state.error}")
+    if run.state.status == "failed":
+        raise gr.Error(f"Training failed: {run.state.error}")
 
 
-def stop_training() -> str:
+def stop_training(board: RunBoard) -> str:
     """API endpoint ``train_stop``: the engine stops between steps and keeps the best checkpoint."""
-    return RUN.stop()
+    return board.stop()
 
 
-def watch(seen: int | None):
-    """Timer tick for every session: new snapshot only when the run changed."""
-    s = RUN.state
-    if seen == s.version:
-        return (gr.skip(),) * 5 + (seen,)
-    return snapshot(s) + (s.version,)
+def watch(board: RunBoard, seen: str | None):
+    """Timer tick for every session: a new snapshot only when the run it may see changed."""
+    run = board.run_for_viewer()
+    if run is None:
+        marker = f"idle:{board.busy_note()}"
+        if seen == marker:
+            return (gr.skip(),) * 6 + (seen,)
+        return snapshot(RunState(), idle=board.busy_note()) + (marker,)
+    marker = f"{id(run)}:{run.state.version}"
+    if seen == marker:
+        return (gr.skip(),) * 6 + (seen,)
+    return snapshot(run.state) + (marker,)
 
 
-def build(store: ModelStore) -> None:
+def build(store: Any) -> None:
     """Components and events of the Train tab."""
+    serving = serving_of(store)
+    board = RunBoard(serving)
     has_data = dataset_available("sbd") is not None
     archs = semantic_architectures()
+    public = serving.public
     if not has_data:
-        gr.Markdown(missing_dataset_md("sbd", "Training"))
+        gr.Markdown(missing_dataset_md("sbd", "Training on Stanford Background"))
+    if public:
+        d = serving.deployment
+        gr.Markdown(
+            f"Runs here are limited to {d.public_max_epochs} epochs, {d.public_max_train_images} images per split "
+            f"and {d.public_max_train_seconds / 60:g} minutes; {d.public_max_runs} may run at once. Your run and "
+            f"its checkpoint are yours alone (the Label tab downloads them)."
+        )
+    sources = [DATA_SBD, DATA_LABELS] if has_data else [DATA_LABELS]
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(archs, value="unet" if "unet" in archs else (archs or [None])[0], label="Model",
-                                elem_id="train-model")
+            model = gr.Dropdown(
+                archs,
+                value="unet" if "unet" in archs else (archs or [None])[0],
+                label="Model",
+                elem_id="train-model",
+            )
             epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs", elem_id="train-epochs")
             lr = gr.Number(2e-3, label="Learning rate")
             batch = gr.Slider(1, 64, value=8, step=1, label="Batch size")
@@ -358,46 +683,148 @@ def build(store: ModelStore) -> None:
             weighting = gr.Radio(WEIGHTINGS, value="inverse_sqrt", label="Class weights")
             with gr.Accordion("ResUNet schedule", open=False):
                 frozen = gr.Slider(0, 50, value=2, step=1, label="Epochs with the encoder frozen (then unfrozen)")
-                init = gr.Radio(["none", "imagenet"], value="none",
-                                label="Encoder initialisation (ImageNet needs the weights in the torch cache)")
+                init = gr.Radio(
+                    ["none", "imagenet"],
+                    value="none",
+                    label="Encoder initialisation (ImageNet needs the weights in the torch cache)",
+                )
             with gr.Row():
-                limit = gr.Number(0, precision=0, label="Max images per split (0 = all)",
-                                  elem_id="train-limit")
-                seed = gr.Number(0, precision=0, label="Seed")
-            name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>")
-            with gr.Accordion("Training data", open=False):
-                data_source = gr.Radio([DATA_SBD, DATA_LABELS], value=DATA_SBD, label="Train on",
-                                       elem_id="train-data-source")
-                workspace = gr.Textbox(value="", label="Labeling workspace (empty = the default workspace of "
-                                       "the Label tab)", placeholder="~/.local/share/seglab/labels")
+                limit = gr.Number(0, precision=0, label="Max images per split (0 = all)", elem_id="train-limit")
+                seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+            name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>", max_length=60)
+            with gr.Accordion("Training data", open=not has_data):
+                data_source = gr.Radio(sources, value=sources[0], label="Train on", elem_id="train-data-source")
+                workspace = None
+                if not public:
+                    names = serving.labels.names()
+                    workspace = gr.Dropdown(
+                        names,
+                        value=DEFAULT_WORKSPACE_NAME if DEFAULT_WORKSPACE_NAME in names else (names or [None])[0],
+                        label="Labeling workspace (made in the Label tab)",
+                        elem_id="train-workspace",
+                        allow_custom_value=False,
+                    )
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         with gr.Column(scale=2):
-            status = gr.Markdown(status_md(RUN.state), elem_id="train-status")
+            idle = RunState()
+            status = gr.Markdown(status_md(idle), elem_id="train-status")
+            progress = gr.HTML(progress_html(idle), elem_id="train-progress")
             with gr.Row():
                 loss_plot = gr.Plot(label="Loss")
                 metric_plot = gr.Plot(label="Validation")
-            samples = gr.Image(label="Sample predictions on validation images, last epoch: image | truth | "
-                               "prediction", type="numpy", interactive=False, elem_id="train-samples")
+            samples = gr.Image(
+                label="Sample predictions on validation images, last epoch: image | truth | prediction",
+                type="numpy",
+                interactive=False,
+                elem_id="train-samples",
+            )
             events = gr.JSON(label="Run", visible=False)
     seen = gr.State(None)
-    outputs = [status, loss_plot, metric_plot, samples, events]
-    form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name, data_source, workspace]
-    def run_training(model: str, epochs: float, lr: float, batch_size: float, crop_fraction: float,
-                     flip_p: float, class_weights: str, frozen_epochs: float, encoder_init: str,
-                     max_images: float, seed: float, name: str, data_source: str = DATA_SBD,
-                     workspace: str = ""):
-        """API endpoint ``train``: streams (status, loss plot, validation plot, samples, run dict)."""
-        yield from train_stream(store, model, epochs, lr, batch_size, crop_fraction, flip_p, class_weights,
-                                frozen_epochs, encoder_init, max_images, seed, name, data_source, workspace)
+    outputs = [status, progress, loss_plot, metric_plot, samples, events]
+    form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name, data_source]
+
+    if workspace is not None:
+
+        def run_training(
+            model: str,
+            epochs: float,
+            lr: float,
+            batch_size: float,
+            crop_fraction: float,
+            flip_p: float,
+            class_weights: str,
+            frozen_epochs: float,
+            encoder_init: str,
+            max_images: float,
+            seed: float,
+            name: str,
+            data_source: str = DATA_SBD,
+            workspace: str | None = None,
+        ):
+            """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
+            yield from train_stream(
+                board,
+                store,
+                model,
+                epochs,
+                lr,
+                batch_size,
+                crop_fraction,
+                flip_p,
+                class_weights,
+                frozen_epochs,
+                encoder_init,
+                max_images,
+                seed,
+                name,
+                data_source,
+                workspace=workspace,
+            )
+
+        inputs = [*form, workspace]
+    else:
+
+        def run_training(  # type: ignore[misc]  # public mode: no workspace argument at all
+            model: str,
+            epochs: float,
+            lr: float,
+            batch_size: float,
+            crop_fraction: float,
+            flip_p: float,
+            class_weights: str,
+            frozen_epochs: float,
+            encoder_init: str,
+            max_images: float,
+            seed: float,
+            name: str,
+            data_source: str = DATA_SBD,
+        ):
+            """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
+            yield from train_stream(
+                board,
+                store,
+                model,
+                epochs,
+                lr,
+                batch_size,
+                crop_fraction,
+                flip_p,
+                class_weights,
+                frozen_epochs,
+                encoder_init,
+                max_images,
+                seed,
+                name,
+                data_source,
+            )
+
+        inputs = form
 
     # Its own concurrency group, so following a run never takes an inference slot. The group
-    # admits a few streams: the gate for "one run at a time" is RUN, which refuses a second
-    # Start at once with a message instead of leaving the second user queued behind the first.
-    start.click(run_training, form, outputs, api_name="train",
-                concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
-    stop.click(stop_training, None, status, api_name="train_stop", queue=False)
+    # admits a few streams: the gate is the board, which refuses a second Start at once with a
+    # message instead of leaving the second person queued behind the first.
+    start.click(run_training, inputs, outputs, api_name="train", concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
+    stop.click(partial(stop_training, board), None, status, api_name="train_stop", queue=False)
     timer = gr.Timer(2.0)
-    timer.tick(watch, seen, outputs + [seen], api_visibility="private", show_progress="hidden",
-               concurrency_limit=None, queue=False)
+    timer.tick(
+        partial(watch, board),
+        seen,
+        outputs + [seen],
+        api_visibility="private",
+        show_progress="hidden",
+        concurrency_limit=None,
+        queue=False,
+    )
+    if workspace is not None:
+        root_block = gr.context.Context.root_block
+        if root_block is not None:  # new workspaces made in the Label tab appear in the list
+            root_block.load(
+                partial(_workspace_choices, serving), workspace, workspace, api_visibility="private", queue=False
+            )
+
+
+def _workspace_choices(serving: Serving, current: str | None):
+    names = serving.labels.names() if serving.labels is not None else []
+    return gr.update(choices=names, value=current if current in names else (names or [None])[0])

@@ -1,35 +1,73 @@
-"""Images from visitors (uploads, pasted images, API payloads) decoded for the tabs."""
+"""Images from visitors (uploads, pasted images, API payloads) decoded for the tabs.
+
+A file input reaches a handler as a path on the server. Gradio checks that path only when it
+comes in the shape of a file payload; an event that skips Gradio's preprocessing can receive any
+string or ``{"path": ...}`` a client sends. So ``read_image`` reads a path only where images
+legitimately come from: Gradio's upload and cache folder, the generated examples, and the datasets
+under the data root. Anything else is refused without saying whether it exists.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
+from seg.config import REPO_ROOT, data_root
+from seg.errors import user_message
 from seg.io import ImageLoadError, load_image
 
 #: Longest side of an image the dashboard works on; bigger uploads are downscaled
 #: before inference and display (CPU latency and browser payload stay bounded).
 WORK_MAX_SIDE = 1024
+#: The generated example images offered by ``gr.Examples``.
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+
+
+def upload_folder() -> Path:
+    """Gradio's folder for uploads and served outputs (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def readable_roots() -> list[Path]:
+    """Folders an image path from an event may point into."""
+    return [upload_folder(), EXAMPLES_DIR.resolve(), data_root()]
+
+
+def check_readable_path(source: str | os.PathLike) -> Path:
+    """``source`` resolved, when it lies in one of ``readable_roots``; else ``gr.Error``."""
+    text = os.fspath(source)
+    if not text or "\x00" in text or len(text) > 4096:
+        raise gr.Error("Upload the image again; that file reference is not valid.", print_exception=False)
+    try:
+        path = Path(text).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise gr.Error("Upload the image again; that file reference is not valid.", print_exception=False) from None
+    if not any(path.is_relative_to(root) for root in readable_roots()):
+        raise gr.Error("Images come from an upload or an example here; upload the image.", print_exception=False)
+    return path
 
 
 def read_image(source: Any, what: str = "image") -> np.ndarray:
     """Decode an upload (file path, bytes, array) with ``seg.io.load_image``; user errors -> ``gr.Error``.
 
-    Downscales to ``WORK_MAX_SIDE`` so a huge upload costs the same as a normal one.
+    Downscales to ``WORK_MAX_SIDE`` so a huge upload costs the same as a normal one. A path is read
+    only inside ``readable_roots`` (see the module docstring).
     """
-    if source is None or (isinstance(source, str) and not source):
-        raise gr.Error(f"Upload an {what} or pick an example first.")
     if isinstance(source, dict):  # gr.File / ImageData payloads from the API
         source = source.get("path") or source.get("name")
+    if source is None or (isinstance(source, str) and not source):
+        raise gr.Error(f"Upload an {what} or pick an example first.", print_exception=False)
+    if isinstance(source, (str, os.PathLike)):
+        source = check_readable_path(source)
+    elif not isinstance(source, (bytes, bytearray, np.ndarray)):
+        raise gr.Error(f"Upload an {what} or pick an example first.", print_exception=False)
     try:
         return load_image(source, max_side=WORK_MAX_SIDE)
-    except ImageLoadError as err:
-        message = str(err)
-        if isinstance(source, (str, Path)):  # never show server-side temp paths
-            message = message.replace(str(source), Path(source).name)
-        raise gr.Error(f"Cannot read the {what}: {message}") from None
-    except MemoryError:
-        raise gr.Error(f"The {what} is too large to process.") from None
+    except (ImageLoadError, MemoryError, OverflowError) as err:
+        raise gr.Error(f"Cannot read the {what}: {user_message(err)}", print_exception=False) from None

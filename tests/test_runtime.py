@@ -1,0 +1,249 @@
+"""Serving runtimes: the choice of runtime, the fallback to eager PyTorch when a package is
+missing, exact fp32 backends, the recorded calibration, and (slow) the agreement contract of
+every shipped model under the runtime its calibration chose, re-measured here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from seg import runtime
+from seg.config import REPO_ROOT
+from seg.inference import MIOU_TOLERANCE, PIXEL_AGREEMENT, Predictor, semantic_agreement
+from seg.runtime import EAGER, RuntimeChoice, candidate_backends, resolve_runtime, serving_module
+
+SHIPPED = REPO_ROOT / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def unet_parts():
+    from seg.checkpoints import load_checkpoint
+
+    return load_checkpoint(SHIPPED / "unet")
+
+
+def _hide(monkeypatch, *modules: str) -> None:
+    """Make ``import module`` fail as if the package were not installed."""
+    for name in modules:
+        for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            monkeypatch.delitem(sys.modules, loaded)
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_resolve_runtime_order_and_names(monkeypatch):
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    assert resolve_runtime(None) == "eager"
+    assert resolve_runtime(None, default="auto") == "auto"
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "OpenVINO")
+    assert resolve_runtime(None, default="auto") == "openvino"
+    assert resolve_runtime("onnx") == "onnx"  # an explicit request wins over the environment
+    assert resolve_runtime("openvino-int8") == "openvino-int8"
+    with pytest.raises(ValueError, match="unknown runtime"):
+        resolve_runtime("tensorrt")
+
+
+def test_missing_packages_fall_back_to_eager(monkeypatch, unet_parts):
+    model, card = unet_parts
+    _hide(monkeypatch, "openvino", "onnxruntime")
+    assert candidate_backends("auto") == [EAGER]
+    predictor = Predictor(model, card, torch.device("cpu"), runtime="auto")
+    assert predictor.backend == EAGER and "not installed" in predictor.runtime.reason
+    assert predictor.serving is predictor.model
+    assert predictor.predict(np.zeros((40, 60, 3), np.uint8)).label.shape == (40, 60)
+    onnx_only = Predictor(model, card, torch.device("cpu"), runtime="openvino-int8")
+    assert onnx_only.backend == EAGER
+
+
+def test_one_missing_family_leaves_the_other(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    _hide(monkeypatch, "openvino")
+    backends = candidate_backends("auto")
+    assert backends[0] == EAGER and backends[1:] and all(b.startswith("onnx-") for b in backends[1:])
+    assert candidate_backends("openvino") == [EAGER]
+
+
+def test_bf16_is_a_candidate_only_with_native_bf16(monkeypatch):
+    pytest.importorskip("openvino")
+    from seg import hardware
+
+    plain = hardware.CpuFeatures("test cpu", 2, ("avx2", "avx512f"))
+    monkeypatch.setattr(runtime, "cpu_features", lambda: plain)
+    assert "openvino-bf16" not in candidate_backends("openvino")
+    monkeypatch.setattr(runtime, "cpu_features", lambda: hardware.CpuFeatures("t", 2, ("avx512_bf16",)))
+    assert "openvino-bf16" in candidate_backends("openvino")
+
+
+def test_a_gpu_device_is_always_served_eager(unet_parts):
+    model, _ = unet_parts
+    served, choice = serving_module(
+        model, lambda: pytest.fail("no spec is needed on a GPU"), "auto", torch.device("meta")
+    )
+    assert served is model and choice.backend == EAGER
+
+
+@pytest.mark.parametrize("backend", ["onnx-fp32", "openvino-fp32"])
+def test_fp32_backends_reproduce_eager(sbd_root, unet_parts, backend):
+    pytest.importorskip("onnxruntime" if backend.startswith("onnx") else "openvino")
+    model, card = unet_parts
+    eager = Predictor(model, card, torch.device("cpu"), runtime="eager")
+    served = Predictor(model, card, torch.device("cpu"), runtime=backend)
+    assert served.backend == backend and served.serving is not served.model
+    from seg.data.sbd import load_semantic_split
+
+    val = load_semantic_split(sbd_root, "val", size=eager.input_size, limit=8)
+    ref, out = eager.predict_probs_batch(val.images), served.predict_probs_batch(val.images)
+    assert torch.allclose(ref, out, atol=1e-4)
+    result = semantic_agreement(ref.log(), out.log(), val.masks, len(eager.classes))
+    assert result.passed and result.metrics["pixel_agreement"] > 0.999
+    image = np.asarray(val.images[0].permute(1, 2, 0)).copy()
+    np.testing.assert_array_equal(eager.predict(image).label, served.predict(image).label)
+
+
+def test_without_val_data_only_an_exact_backend_is_chosen_and_the_choice_is_recorded(monkeypatch, tmp_path, unet_parts):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("SEG_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    model, card = unet_parts
+    predictor = Predictor(model, card, torch.device("cpu"), runtime="openvino")
+    choice = predictor.runtime
+    assert choice.backend in (EAGER, "openvino-fp32", "openvino-bf16")
+    assert "openvino-int8" not in choice.timings_ms  # no training images: nothing to calibrate int8 on
+    assert set(choice.timings_ms) >= {EAGER, "openvino-fp32"}
+    for backend, check in choice.agreement.items():
+        assert check["passed"] == (check["max_relative_difference"] <= runtime.EXACT_TOLERANCE), backend
+    record = json.loads(open(choice.record).read())
+    assert record["backend"] == choice.backend and record["cpu"]
+    # a second start reads the record instead of measuring again
+    monkeypatch.setattr(runtime, "calibrate", lambda *a, **k: pytest.fail("calibrated twice"))
+    again = Predictor(model, card, torch.device("cpu"), runtime="openvino")
+    assert again.backend == choice.backend and again.runtime.timings_ms == choice.timings_ms
+
+
+def test_a_broken_record_falls_back_to_eager(monkeypatch, tmp_path, unet_parts):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    model, card = unet_parts
+    predictor = Predictor(model, card, torch.device("cpu"), runtime="eager")
+    spec = predictor.serving_spec()
+    path = runtime._record_path(spec, "onnx")
+    path.write_text(json.dumps({"backend": "onnx-int8", "requested": "onnx", "reason": "test"}))
+    assert runtime.read_choice(spec, "onnx").backend == "onnx-int8"
+    monkeypatch.setattr(runtime, "build_serving", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("gone")))
+    served, choice = serving_module(model, spec, "onnx", torch.device("cpu"))
+    assert served is model and choice.backend == EAGER and "failed to load" in choice.reason
+
+
+def test_runtime_part_rebuilds_nested_outputs():
+    from collections import OrderedDict
+
+    from seg.runtime import RuntimePart, _structure
+
+    structure = _structure(OrderedDict(a=torch.zeros(1), b=(torch.zeros(1), torch.zeros(1))))
+    part = RuntimePart(lambda arrays: [a + 1 for a in arrays] + [arrays[0] * 0], structure, "test")
+    out = part(torch.ones(2), torch.ones(3))
+    assert list(out) == ["a", "b"] and isinstance(out["b"], tuple)
+    assert out["a"].tolist() == [2.0, 2.0] and out["b"][0].tolist() == [2.0, 2.0, 2.0]
+
+
+# ---------------------------------------------------------------------- shipped models (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "resunet", "cnn"])
+def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(sbd_root, name):
+    pytest.importorskip("openvino")
+    from seg.data.sbd import load_semantic_split
+
+    served = Predictor.from_checkpoint(SHIPPED / name, device="cpu", runtime="auto")
+    eager = Predictor(served.model, served.card, torch.device("cpu"), runtime="eager")
+    choice: RuntimeChoice = served.runtime
+    assert choice.timings_ms and EAGER in choice.timings_ms
+    if choice.backend != EAGER:
+        assert choice.agreement[choice.backend]["passed"]
+        assert choice.speedup >= runtime.MIN_SPEEDUP
+    val = load_semantic_split(sbd_root, "val", size=eager.input_size)
+    ref = torch.cat([eager.predict_logits_batch(val.images[i : i + 16].float() / 255) for i in range(0, len(val), 16)])
+    out = torch.cat([served.predict_logits_batch(val.images[i : i + 16].float() / 255) for i in range(0, len(val), 16)])
+    result = semantic_agreement(ref, out, val.masks, len(eager.classes))
+    assert abs(result.metrics["miou"] - result.metrics["reference_miou"]) <= MIOU_TOLERANCE
+    assert result.metrics["pixel_agreement"] >= PIXEL_AGREEMENT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dwt", "maskrcnn"])
+def test_shipped_instance_model_keeps_the_contract_under_the_chosen_runtime(pennfudan_root, name):
+    pytest.importorskip("openvino")
+    from seg.instances.data import ids_for_split
+    from seg.instances.inference import (
+        COUNT_TOLERANCE,
+        MASK_AP_TOLERANCE,
+        InstancePredictor,
+        instance_agreement,
+        val_results,
+    )
+
+    served = InstancePredictor.from_checkpoint(SHIPPED / name, runtime="auto")
+    choice = served.runtime
+    assert EAGER in choice.timings_ms
+    if choice.backend == EAGER:
+        return
+    assert choice.agreement[choice.backend]["passed"]
+    ids = ids_for_split(pennfudan_root, "val")
+    reference = val_results(InstancePredictor(served.model, served.card, runtime="eager"), pennfudan_root, ids)
+    result = instance_agreement(reference, val_results(served, pennfudan_root, ids))
+    assert abs(result.metrics["mask_ap"] - result.metrics["reference_mask_ap"]) <= MASK_AP_TOLERANCE
+    assert result.metrics["max_count_difference"] <= COUNT_TOLERANCE
+
+
+# ---------------------------------------------------------------------- CPU features and bf16 training
+
+
+def test_cpu_features_are_consistent():
+    from seg.hardware import RELEVANT_FLAGS, cpu_features
+
+    features = cpu_features()
+    assert set(features.flags) <= set(RELEVANT_FLAGS) and features.logical_cpus >= 1
+    assert features.native_bf16 == (features.has("avx512_bf16") or features.has("amx_bf16"))
+    assert features.amx == features.has("amx_bf16")
+    assert features.model in features.summary()
+
+
+def test_bf16_training_decision(monkeypatch, tmp_path):
+    from seg import hardware
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(hardware.BF16_TRAINING_ENV, raising=False)
+    calls = []
+
+    def fake_measure(speedup: float):
+        def measure() -> hardware.Bf16Measurement:
+            calls.append(speedup)
+            return hardware.Bf16Measurement(1.0, 1.0 / speedup, 2, torch.__version__, "test cpu")
+
+        return measure
+
+    monkeypatch.setattr(hardware, "measure_bf16_training", fake_measure(0.87))
+    monkeypatch.setattr(hardware, "cpu_features", lambda: hardware.CpuFeatures("amx cpu", 2, ("amx_bf16",)))
+    assert hardware.bf16_training_pays() and not calls  # AMX: no measurement needed
+    monkeypatch.setattr(hardware, "cpu_features", lambda: hardware.CpuFeatures("old cpu", 2, ("avx2",)))
+    assert not hardware.bf16_training_pays() and not calls  # no native bf16: emulated, never faster
+    monkeypatch.setattr(hardware, "cpu_features", lambda: hardware.CpuFeatures("zen cpu", 2, ("avx512_bf16",)))
+    assert not hardware.bf16_training_pays(measure=False) and not calls
+    assert not hardware.bf16_training_pays() and calls == [0.87]  # measured slower: fp32
+    assert not hardware.bf16_training_pays() and calls == [0.87]  # cached
+    monkeypatch.setattr(hardware, "measure_bf16_training", fake_measure(1.4))
+    assert hardware.bf16_training_pays(refresh=True) and calls == [0.87, 1.4]
+    monkeypatch.setenv(hardware.BF16_TRAINING_ENV, "0")
+    assert not hardware.bf16_training_pays()
+
+
+@pytest.mark.slow
+def test_bf16_training_measurement_runs():
+    from seg.hardware import measure_bf16_training
+
+    result = measure_bf16_training(steps=2, batch=2, size=(64, 80))
+    assert result.fp32_s > 0 and result.bf16_s > 0 and result.speedup > 0
