@@ -150,7 +150,7 @@ def browser_figures(url: str, runs: int) -> dict | None:
     changed = (
         "([sel, before, n]) => {const imgs = [...document.querySelectorAll(sel + ' img')];"
         " return imgs.length >= n && imgs.map(i => i.src).join('|') !== before"
-        " && imgs.every(i => i.complete && i.naturalWidth > 0)}"
+        " && imgs.slice(0, n).every(i => i.complete && i.naturalWidth > 0)}"
     )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
@@ -207,7 +207,7 @@ def browser_figures(url: str, runs: int) -> dict | None:
             )
         crop = page.locator("#augment-crop input[type=range]")
         augment = [
-            act_and_wait("#augment-gallery", lambda f=positions[(k + 1) % 10]: click_at(crop, f), AUGMENT_SAMPLES)
+            act_and_wait("#augment-gallery", lambda f=positions[(k + 1) % 10]: click_at(crop, f), 4)
             for k in range(runs)
         ]
         browser.close()

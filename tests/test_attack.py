@@ -70,7 +70,8 @@ class BrowserSession:
     def __init__(self, url: str, session_hash: str | None = None, timeout: float = 180.0, config: dict | None = None):
         self.url = url.rstrip("/") + "/"
         self.session_hash = session_hash or secrets.token_hex(8)
-        self.http = httpx.Client(timeout=timeout)
+        # No kept-alive connections: the server may close an idle one just as a request reuses it.
+        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
         self.timeout = timeout
         self.config = config or self.http.get(self.url + "config").json()
         self.api = self.url + self.config["api_prefix"].strip("/") + "/"
@@ -550,6 +551,17 @@ def direct_file_probes(app: RunningApp, box: Sandbox) -> dict[str, int]:
     return codes
 
 
+def app_faults(log: str) -> list[str]:
+    """The app's own ERROR lines (unexpected faults), each with the last line of its traceback."""
+    lines = log.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if " seg" in line and " ERROR " in line:
+            tail = next((t for t in lines[i + 1 : i + 80] if t and not t.startswith((" ", "Traceback"))), "")
+            out.append(f"{line[24:]} -> {tail[:200]}")
+    return out
+
+
 # -- the tests ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
@@ -614,5 +626,4 @@ def test_no_event_creates_lists_or_reads_server_files(sandbox: Sandbox, public: 
     # The events the page can call were all called, the private ones included.
     assert len(report.events) >= 40 and report.calls > 1000
     # Refusals are expected traffic: logged at INFO, never as the app's errors with a traceback.
-    faults = [line for line in app.log().splitlines() if " seg" in line and " ERROR " in line]
-    assert not faults, faults[:10]
+    assert not app_faults(app.log()), app_faults(app.log())[:8]

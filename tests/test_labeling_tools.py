@@ -68,7 +68,7 @@ def test_box_mask_with_model_probabilities_follows_the_model_where_colour_cannot
     obj = np.zeros((100, 120), bool)
     obj[20:80, 40:70] = True
     box = (30, 10, 80, 90)
-    fg = np.where(obj, 0.9, 0.1).astype(np.float32)
+    fg = np.where(obj, 0.95, 0.05).astype(np.float32)
     assert iou(tools.box_mask(image, box, fg), obj) >= 0.95
     assert iou(tools.box_mask(image, box), obj) < 0.9  # GrabCut alone cannot know
     # a model that sees nothing in the box (an object it does not know) leaves the cut to colour alone
@@ -94,6 +94,23 @@ def test_boxes_to_ids_numbers_objects_by_box_and_the_larger_box_wins_overlaps():
     assert (ids == 2).sum() > (ids == 1).sum()
     with pytest.raises(ValueError):
         tools.boxes_to_ids(image, [(300, 300, 400, 400)])
+
+
+def test_per_box_model_maps_decide_who_owns_the_overlap():
+    """Two same-coloured objects overlap; each box's map (as ForegroundModel.box_maps gives) knows its own."""
+    rng = np.random.default_rng(2)
+    image = np.clip(np.full((100, 140, 3), 120) + rng.normal(0, 10, (100, 140, 3)), 0, 255).astype(np.uint8)
+    front, back = np.zeros((100, 140), bool), np.zeros((100, 140), bool)
+    back[20:90, 30:70] = True
+    front[10:95, 60:110] = True  # in front: hides part of ``back``
+    back &= ~front
+    image[back | front] = (200, 60, 60)
+    maps = [np.where(back, 0.9, 0.02).astype(np.float32), np.where(front, 0.9, 0.02).astype(np.float32)]
+    boxes = [tight_box(back), tight_box(front)]
+    ids = tools.boxes_to_ids(image, boxes, maps)
+    assert iou(ids == 1, back) >= 0.95 and iou(ids == 2, front) >= 0.95
+    with pytest.raises(ValueError):
+        tools.boxes_to_ids(image, boxes, maps[:1])
 
 
 def test_box_fill_sets_the_class_and_clip_box_orders_corners():
@@ -197,3 +214,16 @@ def test_box_to_mask_cli_on_a_penn_fudan_image(pennfudan_root, tmp_path):
     ious = [iou(ids == k, sample.instances == k) for k in range(1, len(boxes) + 1)]
     assert np.mean(ious) >= 0.7, ious
     assert main(["box-to-mask", args[0], "--out", str(out), "--box", "5000,5000,6000,6000"]) == 2
+
+
+def test_each_box_map_leaves_out_the_instances_of_other_objects():
+    from seg.labeling.seeding import _per_box
+
+    instances = np.zeros((60, 100), np.int32)
+    instances[10:50, 10:40] = 1
+    instances[10:50, 35:70] = 2  # overlaps box 1's right edge
+    fg = (instances > 0).astype(np.float32)
+    first, second, nowhere = _per_box(instances, fg, [(10, 10, 40, 50), (35, 10, 70, 50), (80, 0, 100, 20)])
+    assert (first[instances == 2] == 0).all() and (first[instances == 1] == 1).all()
+    assert (second[instances == 1] == 0).all() and (second[instances == 2] == 1).all()
+    assert nowhere is fg  # no instance fits: the plain foreground

@@ -365,7 +365,7 @@ def _box_to_mask(args: argparse.Namespace) -> int:
             model = ForegroundModel.from_checkpoint(resolve_checkpoint(args.model))
         except (FileNotFoundError, SeedModelError) as err:
             return _refusal(err)
-        foreground = model.in_boxes(image, boxes)
+        foreground = model.box_maps(image, boxes)
     ids = boxes_to_ids(image, boxes, foreground)
     elapsed = time.perf_counter() - start
     save_label_png(args.out, ids, [(0, 0, 0), *palette_for(len(args.box))])

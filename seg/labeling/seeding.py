@@ -1,12 +1,15 @@
-"""A model's foreground probability, to seed the box tool (``seg.labeling.tools.box_mask``).
+"""A model's help for the box tool: a foreground probability per box (``seg.labeling.tools``).
 
-An instance checkpoint says where any object of interest is: the DWT's foreground head
-directly, Mask R-CNN through the union of its detected masks. The tools only ever see the
-resulting (H, W) map, so a semantic model's softmax for one class serves just as well.
+An instance checkpoint says where objects of its kind are: the DWT's foreground head
+directly, Mask R-CNN through its detected masks. A plain foreground map cannot tell two
+overlapping people apart, so ``box_maps`` also uses the DWT's instances: the instance that
+fits a box best is that box's object, and the other instances are taken out of its map
+(they are the neighbours reaching into the box). The tools only ever see (H, W) maps, so a
+semantic model's softmax for one class serves as well.
 
-Only the boxes matter, so ``in_boxes`` runs the DWT on each box with some context around
-it, at the scale the whole image would have at the model's working height (the scale it
-was trained at): the same probabilities inside the box for a fraction of the whole pass.
+The DWT runs only on the region the boxes cover (with some context), at the scale the whole
+image has at the model's working height (the scale it was trained at): the same
+probabilities there for a fraction of the whole pass.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg.instances.data import boxes_from_ids
 from seg.instances.inference import InstancePredictor, heads_from_logits, to_tensor, with_mirror
+from seg.instances.postprocess import instances_from_maps
 
-#: Context added on each side of a box for the model, as a fraction of the box's size.
+#: Context added on each side of the boxes for the model, as a fraction of a box's size.
 CONTEXT = 0.25
-#: Members of an ensemble that seed the box tool: its first alone is 3-4x faster than all four of
-#: the shipped DWT, for about 0.01 less mean IoU (bench/bench_box_to_mask.py, train split).
-SEED_MEMBERS = 1
+#: Members of an ensemble that seed the box tool (None: all): the first of the shipped DWT's four
+#: alone costs a third as much for 0.005 less mean IoU (bench/bench_box_to_mask.py).
+SEED_MEMBERS: int | None = 1
+#: A predicted instance is a box's object when their boxes overlap at least this much (IoU).
+MATCH_IOU = 0.5
 #: Crops are resized to a multiple of this, so that the body's four halvings divide them evenly.
 SIZE_MULTIPLE = 16
 
@@ -34,10 +41,9 @@ class SeedModelError(ValueError):
 
 
 class ForegroundModel:
-    """An instance checkpoint as a function image -> (H, W) foreground probability.
+    """An instance checkpoint as a function image (+ boxes) -> foreground probabilities.
 
-    ``flip``: average with the mirrored pass (the card's test-time setting when None); it
-    doubles the cost for a small gain on the foreground, so the box tool leaves it off.
+    ``flip``: also average the mirrored pass (None: as the card says); it doubles the cost.
     ``members``: how many members of an ensemble to average (None: all).
     ``work_height``: the scale the model sees the image at (default: its card's).
     """
@@ -72,47 +78,76 @@ class ForegroundModel:
             raise SeedModelError(f"{Path(path).name} cannot seed the box tool: {err}") from None
         return cls(predictor, Path(path).name, flip, members, work_height)
 
-    def _foreground(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 1, h, w) foreground probability of a float batch, averaged over the chosen members."""
-        fgs = [heads_from_logits(net(with_mirror(x, self.flip)), self.flip)[0] for net in self.nets]
-        return torch.stack(fgs).mean(0)
-
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Foreground probability over the whole image."""
-        if self.predictor.detector:
-            return (self.predictor.predict(rgb, tta=False).instances > 0).astype(np.float32)
         height, width = rgb.shape[:2]
-        return self.in_boxes(rgb, [(0, 0, width, height)], context=0.0)
+        return self._maps(rgb, (0, 0, width, height))[0]
 
-    def in_boxes(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]], context: float = CONTEXT) -> np.ndarray:
-        """Foreground probability inside (and around) each box, 0 elsewhere; one model pass per box
-        region, or one over the region covering all boxes when that is smaller."""
-        pred = self.predictor
-        if pred.detector:
-            return self(rgb)
+    def box_maps(self, rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """One (H, W) foreground probability per box: the model's foreground around the boxes, less
+        the instances that belong to other objects than the box's own."""
         height, width = rgb.shape[:2]
-        scale = self.work_height / height
-        regions = [_region(box, context, (height, width)) for box in boxes]
-        if not regions:
-            return np.zeros((height, width), np.float32)
+        if not len(boxes):
+            return []
+        if self.predictor.detector:
+            result = self.predictor.predict(rgb, tta=False)
+            return _per_box(result.instances, np.asarray(result.instances > 0, np.float32), boxes)
+        regions = [_region(box, CONTEXT, (height, width)) for box in boxes]
         union = (
             min(r[0] for r in regions),
             min(r[1] for r in regions),
             max(r[2] for r in regions),
             max(r[3] for r in regions),
         )
-        if sum(_area(r) for r in regions) > _area(union):
-            regions = [union]
-        out = np.zeros((height, width), np.float32)
-        device = next(pred.model.parameters()).device
+        fg, energy = self._maps(rgb, union)
+        params = self.predictor.params.scaled((height / self.work_height) ** 2)
+        instances, _ = instances_from_maps(fg, energy, params)
+        return _per_box(instances, fg, boxes)
+
+    def _maps(self, rgb: np.ndarray, region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Foreground probability and expected energy in ``region`` (0 outside), at the image's size."""
+        height, width = rgb.shape[:2]
+        x0, y0, x1, y1 = region
+        scale = self.work_height / height
+        device = next(self.predictor.model.parameters()).device
         with torch.inference_mode():
-            for x0, y0, x1, y1 in regions:
-                crop = to_tensor(rgb[y0:y1, x0:x1])[None].to(device)
-                h, w = _padded(round((y1 - y0) * scale)), _padded(round((x1 - x0) * scale))
-                x = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-                fg = F.interpolate(self._foreground(x), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-                out[y0:y1, x0:x1] = np.maximum(out[y0:y1, x0:x1], fg[0, 0].cpu().numpy())
-        return np.clip(out, 0.0, 1.0)
+            crop = to_tensor(rgb[y0:y1, x0:x1])[None].to(device)
+            size = (_rounded(round((y1 - y0) * scale)), _rounded(round((x1 - x0) * scale)))
+            x = F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=True)
+            heads = [heads_from_logits(net(with_mirror(x, self.flip)), self.flip) for net in self.nets]
+            fg_small = torch.stack([h[0] for h in heads]).mean(0)
+            energy_small = torch.stack([h[1] for h in heads]).mean(0)  # linear in the level probabilities
+            maps = torch.cat([fg_small, energy_small], 1)
+            maps = F.interpolate(maps, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0].cpu().numpy()
+        fg, energy = np.zeros((height, width), np.float32), np.zeros((height, width), np.float32)
+        fg[y0:y1, x0:x1] = np.clip(maps[0], 0.0, 1.0)
+        energy[y0:y1, x0:x1] = maps[1]
+        return fg, energy
+
+
+def _per_box(instances: np.ndarray, fg: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """``fg`` once per box with the other predicted instances taken out: the instance whose box
+    overlaps the box best (at least ``MATCH_IOU``) is its object. A box no instance fits gets
+    ``fg`` as it is."""
+    predicted = boxes_from_ids(instances)
+    out = []
+    for box in boxes:
+        overlaps = [_box_iou(box, p) for p in predicted]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        if best < 0 or overlaps[best] < MATCH_IOU:
+            out.append(fg)
+            continue
+        others = (instances > 0) & (instances != best + 1)
+        out.append(np.where(others, 0.0, fg).astype(np.float32))
+    return out
+
+
+def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _region(box: Sequence[float], context: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -127,10 +162,6 @@ def _region(box: Sequence[float], context: float, shape: tuple[int, int]) -> tup
     )
 
 
-def _area(region: tuple[int, int, int, int]) -> int:
-    return (region[2] - region[0]) * (region[3] - region[1])
-
-
-def _padded(size: int) -> int:
+def _rounded(size: int) -> int:
     """The size rounded to a multiple of ``SIZE_MULTIPLE`` (the body halves it four times), at least one."""
     return max(SIZE_MULTIPLE, SIZE_MULTIPLE * round(size / SIZE_MULTIPLE))

@@ -46,6 +46,9 @@ class GrabCutRecipe:
     #: background (the graph cut cannot flip them).
     seed_sure_fg: float = 0.6
     seed_sure_bg: float = 0.1
+    #: A tight box's object fills a good part of it: a cut smaller than this fraction of the box is
+    #: taken for a failure and the ellipse inscribed in the box is returned instead.
+    min_fill: float = 0.2
 
 
 DEFAULT_RECIPE = GrabCutRecipe()
@@ -151,6 +154,10 @@ def box_mask(
         cut = cv2.resize(cut.astype(np.float32), (roi_w, roi_h), interpolation=cv2.INTER_LINEAR) >= 0.5
     cut &= inside
     cut = _largest_piece(ndi.binary_fill_holes(cut))
+    if cut.sum() < recipe.min_fill * bw * bh:  # GrabCut lost the object: the box's own shape is the best guess
+        yy, xx = np.ogrid[: roi.shape[0], : roi.shape[1]]
+        cx, cy = (x0 + x1) / 2 - rx0, (y0 + y1) / 2 - ry0
+        cut = ((xx + 0.5 - cx) / (bw / 2)) ** 2 + ((yy + 0.5 - cy) / (bh / 2)) ** 2 <= 1.0
     if not cut.any():  # GrabCut gave everything to the background: the start is the best guess left
         cut = (init == cv2.GC_FGD) | (init == cv2.GC_PR_FGD)
     mask = np.zeros((height, width), dtype=bool)
@@ -159,21 +166,36 @@ def box_mask(
 
 
 def boxes_to_ids(
-    image: np.ndarray, boxes: Sequence[Box], foreground: np.ndarray | None = None, recipe: GrabCutRecipe | None = None
+    image: np.ndarray,
+    boxes: Sequence[Box],
+    foreground: np.ndarray | Sequence[np.ndarray | None] | None = None,
+    recipe: GrabCutRecipe | None = None,
 ) -> np.ndarray:
     """(H, W) uint8: 0 background, k for the object of the k-th box (1-based; at most 255 boxes).
 
-    Where two objects overlap, the pixel goes to the object whose box is larger: in a photo
-    the nearer (larger) object hides the one behind it.
+    ``foreground``: one (H, W) probability map for every box, or one map per box (what
+    ``ForegroundModel.box_maps`` gives: each box's map leaves out the other objects).
+    Where two objects overlap, the pixel goes to the box whose map is surest of it; on a tie
+    (no model) to the larger box: in a photo the nearer (larger) object hides the one behind it.
     """
     if len(boxes) > 255:
         raise ValueError("at most 255 boxes fit in one 8-bit mask")
     image = _check_image(image)
-    ids = np.zeros(image.shape[:2], dtype=np.uint8)
-    masks = [box_mask(image, box, foreground, recipe) for box in boxes]
+    if foreground is None or (isinstance(foreground, np.ndarray) and foreground.ndim == 2):
+        maps = [foreground] * len(boxes)
+    else:
+        maps = list(foreground)
+        if len(maps) != len(boxes):
+            raise ValueError(f"{len(maps)} foreground maps for {len(boxes)} boxes")
+    masks = [box_mask(image, box, prob, recipe) for box, prob in zip(boxes, maps)]
     areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in (clip_box(box, image.shape[:2]) for box in boxes)]
-    for k in sorted(range(len(boxes)), key=lambda i: areas[i]):  # smallest first, so larger boxes win
-        ids[masks[k]] = k + 1
+    ids = np.zeros(image.shape[:2], dtype=np.uint8)
+    surest = np.full(image.shape[:2], -1.0, dtype=np.float32)
+    for k in sorted(range(len(boxes)), key=lambda i: areas[i]):  # smallest first, so larger boxes win ties
+        score = np.asarray(maps[k], dtype=np.float32) if maps[k] is not None else np.zeros_like(surest)
+        take = masks[k] & (score >= surest)
+        ids[take] = k + 1
+        surest[take] = score[take]
     return ids
 
 

@@ -7,6 +7,7 @@ controls: sliders on release, the seed as it is typed, the image and model when 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from functools import partial
@@ -33,13 +34,15 @@ log = logging.getLogger("seg.ui")
 SOURCES = ("dataset image", "upload")
 #: Augmentation works on a display-sized copy: the grid is for looking, not training.
 AUGMENT_MAX_SIDE = 384
-#: Seeds wrap into the range the random generator takes (0 .. 2**64 - 1), so any whole number works.
-SEED_RANGE = 2**64
+#: Seeds the random generator tells apart: torch's CPU generator keeps the low 32 bits of a seed,
+#: so larger (or negative) seeds are hashed into this range instead of being cut (2**32 would equal 0).
+SEED_RANGE = 2**32
 MAX_SAMPLES = 16
 
 
 def seed_value(seed: Any) -> int:
-    """Any whole number (however large or negative) -> a usable seed; the same number gives the same grid."""
+    """Any whole number (however large or negative) -> a seed in ``0 .. 2**32 - 1``: the same number gives
+    the same grid, and different large numbers give different grids (they are hashed, not truncated)."""
     if seed is None or (isinstance(seed, str) and not seed.strip()):
         return 0
     try:
@@ -50,7 +53,10 @@ def seed_value(seed: Any) -> int:
         if not math.isfinite(number):
             raise gr.Error("The seed must be a whole number.")
         number = int(number)
-    return number % SEED_RANGE
+    if 0 <= number < SEED_RANGE:
+        return number
+    digest = hashlib.blake2b(str(number).encode("ascii"), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _pair_tile(image: np.ndarray, mask: np.ndarray, palette) -> np.ndarray:

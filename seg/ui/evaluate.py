@@ -461,7 +461,7 @@ def build(store: ModelStore) -> None:
     iou = gr.Plot(label="Per-class IoU", elem_id="evaluate-iou")
     confusion = gr.Plot(label="Confusion matrices", elem_id="evaluate-confusion")
     pr = gr.Plot(label="Precision–recall", elem_id="evaluate-pr")
-    with gr.Row(equal_height=False):
+    with gr.Row(equal_height=False, visible=False) as worst_row:  # shown once a recomputation has some
         worst = gr.Image(
             label="Worst images, each captioned: image | truth | prediction | errors (red)",
             type="numpy",
@@ -479,4 +479,11 @@ def build(store: ModelStore) -> None:
         api_name="evaluate",
         concurrency_id=EVAL_QUEUE,
         concurrency_limit=1,
+    ).then(
+        lambda picture: gr.Row(visible=picture is not None),
+        worst,
+        worst_row,
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
     )

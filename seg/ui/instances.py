@@ -118,8 +118,8 @@ def instances(
     models = models or store.names("instances")
     if not models:
         raise gr.Error(
-            "No instance checkpoint (DWT or Mask R-CNN) is available. Train one with "
-            "`python -m seg train-instances`, then switch tabs to refresh the lists."
+            "No instance checkpoint (DWT or Mask R-CNN) is available. Train one with the command "
+            "python -m seg train-instances, then switch tabs to refresh the lists."
         )
     image, truth, what = _source(source, sample_id, upload)
     pictures: list[tuple[np.ndarray, str]] = []

@@ -66,9 +66,9 @@ def sbd_choices(splits: tuple[str, ...] = ("val", "test"), limit: int = 300) -> 
 
 def load_sbd_sample(sample_id: str) -> tuple[np.ndarray, np.ndarray | None]:
     """A dataset image (working size) and its class mask (None when unlabelled); ``gr.Error`` if unknown."""
-    sample = sbd_samples().get(sample_id or "")
+    sample = sbd_samples().get(sample_id) if isinstance(sample_id, str) else None
     if sample is None:
-        raise gr.Error(f"No dataset image {sample_id!r}.")
+        raise gr.Error("Pick a dataset image from the list.")
     image = read_image(sample.image_path, "dataset image")
     mask = None
     if sample.label_path is not None:

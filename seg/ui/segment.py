@@ -300,7 +300,8 @@ def build(store: ModelStore) -> None:
         concurrency_limit=inference_concurrency(),
         preprocess=False,
     )
-    for trigger in (image.change, models.change):
+    # models.input, not .change: the lists' refresh on a tab switch must not re-run the models
+    for trigger in (image.change, models.input):
         trigger(
             partial(segment_live, store),
             [image, models, alpha, highlight],
