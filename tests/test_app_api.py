@@ -123,10 +123,10 @@ def _huge_png_header(path: Path, width: int = 10000, height: int = 8000) -> Path
 @pytest.mark.parametrize(
     "kind,pattern",
     [
-        ("text", "not a readable image"),
+        ("text", "not an image that can be read"),
         ("empty", "empty"),
-        ("truncated", "corrupt or truncated|not a readable"),
-        ("bomb", "limit is 64 MP"),
+        ("truncated", "corrupt or truncated|not an image that can be read"),
+        ("bomb", "the limit is 64 megapixels"),
     ],
 )
 def test_bad_uploads_get_clear_errors(client, tmp_path, kind, pattern):
@@ -274,12 +274,14 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
         "",
         api_name="/train",
     )
-    status, loss, metric, samples, run = job.result(timeout=120)
+    status, progress, loss, metric, samples, run = job.result(timeout=300)
     assert len(job.outputs()) >= 2, "the run streams more than its final state"
     assert run["status"] == "done", run
     kinds = [e["type"] for e in run["events"]]
     assert kinds[0] == "start" and "epoch" in kinds and kinds[-1] == "done"
-    assert run["checkpoint"] and run["checkpoint"].endswith("ui-test-cnn")
+    assert run["checkpoint"] == "ui-test-cnn", "the checkpoint by name, never its server folder"
+    assert run["steps_per_epoch"] >= 1 and run["step"] is not None, "steps are streamed"
+    assert "Run done" in progress
     with Image.open(samples) as tiles:  # one row per validation sample: image | truth | prediction
         assert tiles.size[0] == 3 * 288 + 2 * 4 and tiles.size[1] >= 224
     assert "ui-test-cnn" in store.names("semantic"), "a new checkpoint appears in the model lists"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -61,18 +62,25 @@ def test_store_caches_and_reloads_replaced_checkpoint(ckpt_dir):
     assert store.predictor("tiny-cnn") is not first, "a checkpoint retrained in place is reloaded"
 
 
-def test_training_run_is_single_and_stops_cleanly(monkeypatch, ckpt_dir):
-    import seg.training as ts
-    from seg.ui import train
+def _fake_train(steps_per_epoch: int = 50, epochs: int = 3, step_s: float = 0.01):
+    """A stand-in for ``seg.training.train``: steps, epochs with samples, a stop between steps."""
 
-    def fake_train(config, stop):
-        yield {"type": "start", "epochs": 3}
-        for epoch in range(1, 4):
-            for _step in range(50):
+    def fake_train(config, stop, log_every=10):
+        yield {"type": "start", "epochs": epochs}
+        for epoch in range(1, epochs + 1):
+            for step in range(steps_per_epoch):
                 if stop.is_set():
-                    yield {"type": "done", "stopped": True, "checkpoint": "kept-best"}
+                    yield {"type": "done", "stopped": True, "checkpoint": "/server/folder/kept-best"}
                     return
-                time.sleep(0.01)
+                time.sleep(step_s)
+                if step % log_every == 0:
+                    yield {
+                        "type": "step",
+                        "epoch": epoch,
+                        "step": step,
+                        "steps": steps_per_epoch,
+                        "loss": 1.0 / (step + 1),
+                    }
             yield {
                 "type": "epoch",
                 "epoch": epoch,
@@ -88,35 +96,188 @@ def test_training_run_is_single_and_stops_cleanly(monkeypatch, ckpt_dir):
                     }
                 ],
             }
-        yield {"type": "done", "stopped": False, "checkpoint": "final"}
+        yield {"type": "done", "stopped": False, "checkpoint": "/server/folder/final"}
 
-    monkeypatch.setattr(ts, "train", fake_train)
-    run = train.TrainingRun()
-    store = ModelStore(ckpt_dir)
-    run.start(ts.TrainConfig(model="cnn", epochs=3), "first", store)
-    with pytest.raises(gr.Error, match="already in progress"):
-        run.start(ts.TrainConfig(model="cnn", epochs=3), "second", store)
-    version = run.wait(-1, timeout=5)
-    deadline = time.time() + 10
-    while not run.state.rows and time.time() < deadline:
-        version = run.wait(version, timeout=1)
-    assert run.state.rows and run.state.samples is not None, "epoch rows and sample tiles recorded"
-    assert run.state.samples.shape == (8, 8 * 3 + 8, 3)  # image | truth | prediction
-    assert "already" not in run.stop()
-    run.join(10)
-    assert run.state.status == "stopped" and run.state.checkpoint == "kept-best"
-    status, loss, metric, samples, info = train.snapshot(run.state)
-    assert "stopped" in status and info["events"][0]["type"] == "start"
+    return fake_train
 
 
-def test_watch_skips_when_nothing_changed(monkeypatch):
+def _wait_for(run, condition, timeout: float = 10.0) -> None:
+    version, deadline = -1, time.time() + timeout
+    while not condition(run.state) and time.time() < deadline:
+        version = run.wait(version, timeout=0.5)
+
+
+def test_training_run_is_single_streams_steps_and_stops_within_a_step(monkeypatch, ckpt_dir):
+    import seg.training as ts
     from seg.ui import train
 
-    monkeypatch.setattr(train, "RUN", train.TrainingRun())
-    first = train.watch(None)
-    assert first[-1] == train.RUN.state.version
-    again = train.watch(first[-1])
-    assert all(isinstance(x, type(gr.skip())) for x in again[:-1])
+    monkeypatch.setattr(ts, "train", _fake_train())
+    run = train.TrainingRun()
+    store = ModelStore(ckpt_dir)
+    run.start(ts.TrainConfig(model="cnn", epochs=3), "first", store.refresh)
+    with pytest.raises(gr.Error, match="already in progress"):
+        run.start(ts.TrainConfig(model="cnn", epochs=3), "second", store.refresh)
+    _wait_for(run, lambda s: len(s.steps) >= 5)
+    epoch, step, _ = run.state.steps[-1]
+    assert run.state.steps_per_epoch == 50 and len(run.state.steps) >= 5, "every step is reported"
+    bar = train.progress_html(run.state)
+    assert 'max="50"' in bar and f"Epoch {epoch} of 3: step {step + 1} of 50" in bar
+    _wait_for(run, lambda s: bool(s.rows))
+    assert run.state.rows and run.state.samples is not None, "epoch rows and sample tiles recorded"
+    assert run.state.samples.shape == (8, 8 * 3 + 8, 3)  # image | truth | prediction
+    asked = time.monotonic()
+    assert "already" not in run.stop()
+    assert run.state.status == "stopping" and "stopping" in train.progress_html(run.state)
+    run.join(10)
+    assert time.monotonic() - asked < 2.0, "Stop takes effect between steps, not at the end of the epoch"
+    assert run.state.status == "stopped" and run.state.checkpoint == "kept-best", "no server folder is shown"
+    status, bar, loss, metric, samples, info = train.snapshot(run.state)
+    assert "stopped" in status and info["events"][0]["type"] == "start"
+    assert "/server" not in status + str(info)
+
+
+def test_watch_skips_when_nothing_changed(tmp_path):
+    from seg.deploy import Deployment
+    from seg.ui import train
+    from seg.ui.pickers import Serving
+
+    board = train.RunBoard(Serving.from_deployment(Deployment(labels_root=tmp_path)))
+    first = train.watch(board, None)
+    again = train.watch(board, first[-1])
+    assert all(isinstance(x, type(gr.skip())) for x in again[:-1]) and again[-1] == first[-1]
+
+
+def test_public_runs_are_bounded_owned_and_stopped_only_by_their_visitor(monkeypatch, tmp_path, ckpt_dir):
+    """Two visitors: A's run is cut to the public limits, lives in A's space; B can neither see nor stop it,
+    nor start another while the one slot is taken."""
+    import seg.training as ts
+    from seg.deploy import Deployment
+    from seg.ui import train
+    from seg.ui.app import base_store
+    from seg.ui.pickers import Serving, VisitorStore, acting_as
+    from seg.visitors import RunRefused
+
+    monkeypatch.setattr(ts, "train", _fake_train(steps_per_epoch=400, epochs=1, step_s=0.02))
+    monkeypatch.setattr(train, "dataset_available", lambda name: tmp_path)  # the data is never read (fake train)
+    deployment = Deployment(
+        public=True,
+        visitor_root=tmp_path / "visitors",
+        public_max_epochs=2,
+        public_max_train_images=5,
+        public_max_train_seconds=60,
+        public_max_runs=1,
+    )
+    serving = Serving.from_deployment(deployment)
+    store = VisitorStore(base_store(ckpt_dir, public=True), serving.visitors)
+    board = train.RunBoard(serving)
+    form = ("cnn", 50, 0.002, 2, 1.0, 0.5, "none", 0, "none", 100, 0, "mine", train.DATA_SBD)
+    with acting_as("session:A"):
+        stream = train.train_stream(board, store, *form)
+        status, *_ = next(stream)
+        run = board.run_for_viewer()
+        assert run.state.config["epochs"] == 2 and run.state.config["limit"] == 5, "cut to the public limits"
+        assert "limited to 2 epochs and 5 images" in run.state.note
+        out = Path(store.for_key("session:A").directory)
+        assert out.parent.parent == serving.visitors.root, "the checkpoint goes to the visitor's space"
+    with acting_as("session:B"):
+        assert board.run_for_viewer() is None, "B does not see A's run"
+        assert "1 of 1 training slot" in train.watch(board, None)[0]
+        with pytest.raises(RunRefused, match="no training run going"):
+            board.stop()
+        with pytest.raises(RunRefused, match="already going"):
+            next(train.train_stream(board, store, *form))
+    assert run.state.status == "running", "B's stop did not touch A's run"
+    with acting_as("session:A"):
+        assert "Stopping" in board.stop()
+    run.join(10)
+    assert run.state.status == "stopped" and not serving.slots.active(), "the slot is free again"
+
+
+def test_form_refusals_are_plain_sentences(tmp_path, monkeypatch):
+    from seg.ui import train
+
+    monkeypatch.setattr(train, "dataset_available", lambda name: None)
+    store = ModelStore(tmp_path / "ckpts")
+    good = ["cnn", 1, 0.002, 2, 1.0, 0.5, "none", 0, "none", 0, 0, "x"]
+    for slot, bad, words in [
+        (10, 10**30, "Seed must be a whole number"),
+        (1, float("nan"), "Epochs must be a whole number"),
+        (2, "/etc", "Learning rate must be a number"),
+        (0, "../../unet", "Choose one of the listed models"),
+    ]:
+        form = list(good)
+        form[slot] = bad
+        with pytest.raises(gr.Error, match=words):
+            train.make_config(store, *form, train.DATA_SBD)
+    with pytest.raises(gr.Error) as err:
+        train.make_config(store, *good, train.DATA_SBD)
+    assert "needs the Stanford Background dataset" in err.value.message and "**" not in err.value.message
+
+
+def test_events_refuse_in_plain_sentences_and_log_faults_once(caplog):
+    """Every handler is wrapped: a handler's gr.Error loses Markdown and paths; a bug gets a generic
+    sentence (logged with its traceback), an expected refusal is logged at INFO without one."""
+    import logging
+
+    from seg.ui.messages import guard_events
+
+    def refuse():
+        raise gr.Error("**Cannot open** `/srv/secret/labels/ws`: FileNotFoundError: gone")
+
+    def crash():
+        raise RuntimeError("boom at /srv/secret/file.py")
+
+    def stream():
+        yield "first"
+        raise ValueError("cannot convert float NaN to integer")
+
+    with gr.Blocks() as demo:
+        out = gr.Textbox()
+        for fn in (refuse, crash, stream):
+            gr.Button().click(fn, None, out)
+    guard_events(demo)
+    fns = [f.fn for f in demo.fns.values()]
+    with caplog.at_level(logging.INFO, logger="seg.ui"):
+        with pytest.raises(gr.Error) as refused:
+            fns[0]()
+        with pytest.raises(gr.Error) as crashed:
+            fns[1]()
+        generator = fns[2]()
+        assert next(generator) == "first"
+        with pytest.raises(gr.Error) as nan:
+            next(generator)
+    assert refused.value.message == "Cannot open ws: gone." and not refused.value.print_exception
+    assert "Something went wrong on the server" in crashed.value.message and "/srv" not in crashed.value.message
+    assert nan.value.message == "A number you entered is not a valid number."
+    levels = {r.levelname for r in caplog.records}
+    assert levels == {"INFO", "ERROR"} and sum(r.exc_info is not None for r in caplog.records) == 1
+
+
+def test_read_image_reads_uploads_but_no_other_server_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from seg.ui import uploads
+
+    uploaded = tmp_path / "gradio" / "abc" / "photo.png"
+    uploaded.parent.mkdir(parents=True)
+    Image.new("RGB", (12, 8), (10, 20, 30)).save(uploaded)
+    elsewhere = tmp_path / "elsewhere.png"
+    Image.new("RGB", (12, 8), (10, 20, 30)).save(elsewhere)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    assert uploads.read_image(str(uploaded)).shape == (8, 12, 3)
+    assert uploads.read_image({"path": str(uploaded)}).shape == (8, 12, 3)
+    for bad in (
+        str(elsewhere),
+        {"path": str(elsewhere)},
+        "/etc/passwd",
+        str(tmp_path / "gradio" / ".." / "elsewhere.png"),
+        "/proc/self/environ",
+        "x\x00y",
+        ["/etc/passwd"],
+    ):
+        with pytest.raises(gr.Error) as err:
+            uploads.read_image(bad)
+        assert str(tmp_path) not in err.value.message
 
 
 def test_overlay_highlight_and_shares():
@@ -177,3 +338,76 @@ def test_app_builds_with_no_checkpoints_at_all(tmp_path):
     assert "No usable semantic segmentation checkpoint" in texts
     assert "DWT/Mask R-CNN checkpoint not available" in texts
     assert "could not be built" not in texts
+
+
+def test_command_line_sets_mode_and_login(tmp_path):
+    from seg.deploy import Deployment
+    from seg.ui.app import deployment_launch_kwargs, parse_args
+
+    args = parse_args(["--public", "--auth", "ada:s3cret:x", "--port", "7861"])
+    deployment = Deployment.from_args(args, environ={"SEG_VISITOR_DIR": str(tmp_path)})
+    kwargs = deployment_launch_kwargs(deployment)
+    assert deployment.public and args.port == 7861
+    assert kwargs["auth"] == [("ada", "s3cret:x")] and kwargs["show_error"] is False
+    local = Deployment.from_args(parse_args([]), environ={"SEG_AUTH": "bob:pw"})
+    assert not local.public and deployment_launch_kwargs(local)["auth"] == [("bob", "pw")]
+    assert "auth" not in deployment_launch_kwargs(Deployment.from_args(parse_args([]), environ={}))
+
+
+def test_label_workspaces_are_chosen_by_name_never_by_path(tmp_path):
+    from seg.deploy import Deployment
+    from seg.ui import label
+    from seg.ui.pickers import Serving
+
+    root, outside = tmp_path / "labels", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "test").write_text("a file named test")
+    root.mkdir()
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    access = label.WorkspaceAccess(Serving.from_deployment(Deployment(labels_root=root)))
+    for bad in ("/tmp/x/brand/new/ws", "../outside", "~/ws", "a" * 5000, "ws\x00x", str(outside), "escape", ".."):
+        with pytest.raises((ValueError, gr.Error)) as err:
+            label.do_create(access, bad, label.LabelSession())
+        assert str(tmp_path) not in str(err.value)
+        with pytest.raises((ValueError, gr.Error)):
+            label.do_open(access, bad, label.LabelSession())
+    assert sorted(p.name for p in root.iterdir()) == ["escape"] and sorted(p.name for p in outside.iterdir()) == [
+        "test"
+    ]
+    session, progress, *_ = label.do_create(access, "mine", label.LabelSession())
+    assert session.workspace == "mine" and (root / "mine" / "classes.txt").is_file()
+    assert "workspace `mine`" in progress and str(tmp_path) not in progress
+    with pytest.raises(ValueError, match="exists already"):
+        label.do_create(access, "mine", label.LabelSession())
+    assert access.names() == ["mine"]
+    assert label.do_open(access, "mine", label.LabelSession())[0].root == str(root / "mine")
+
+
+def test_label_public_workspace_is_the_visitors_own(tmp_path):
+    import zipfile
+
+    from PIL import Image
+
+    from seg.deploy import Deployment
+    from seg.ui import label
+    from seg.ui.pickers import Serving, acting_as
+
+    serving = Serving.from_deployment(Deployment(public=True, visitor_root=tmp_path / "visitors"))
+    access = label.WorkspaceAccess(serving)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (20, 120, 40)).save(photo)
+    with acting_as("session:ada"):
+        assert access.workspace(label.LabelSession()) is None, "looking makes no folder"
+        assert not (tmp_path / "visitors").exists() or not any((tmp_path / "visitors").iterdir())
+        session, progress, *_ = label.do_upload(access, [str(photo)], label.LabelSession())
+        assert "1 of 200 images" in progress and str(tmp_path) not in progress
+        ada_root = session.root
+    with acting_as("session:bob"):
+        assert access.workspace(label.LabelSession(root=ada_root)) is None, "a session's folder is never trusted"
+        with pytest.raises(gr.Error, match="nothing to download"):
+            label.do_download(access)
+    with acting_as("session:ada"):
+        with zipfile.ZipFile(label.do_download(access)) as archive:
+            assert "workspace/unlabeled/photo.jpg" in archive.namelist()
+        *_, note = label.do_delete(access, session)
+        assert "deleted" in note and access.workspace(label.LabelSession()) is None

@@ -15,6 +15,7 @@ a second start does no text parsing.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seg.classes import SBD_CLASSES
+from seg.classes import SBD_CLASSES, palette_for
 from seg.config import cache_dir
 from seg.data.split import split_of
 from seg.io import ImageLoadError, load_image, read_label_png
@@ -62,6 +63,10 @@ class SegSplit:
         return len(self.ids)
 
 
+#: A colour in ``classes.txt``: ``#rrggbb`` as the line's last word.
+_HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
+
+
 def detect_layout(root: Path) -> str:
     root = Path(root)
     if (root / "images").is_dir() and (root / "labels").is_dir():
@@ -73,28 +78,40 @@ def detect_layout(root: Path) -> str:
         f"or train/ val/ test/ (course layout). Get the data with: python -m seg download sbd")
 
 
+def parse_class_table(text: str) -> list[tuple[str, tuple[int, int, int] | None]]:
+    """``classes.txt`` -> (name, colour or None) per non-empty line (``name`` or ``name #rrggbb``).
+
+    The one reader of the format: training (``read_class_table``, hence a model's card) and labeling
+    (``seg.labeling.classes.ClassList.parse``) both use it, so a workspace and its models agree."""
+    table: list[tuple[str, tuple[int, int, int] | None]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(None, 1)
+        match = _HEX_COLOUR.fullmatch(parts[1]) if len(parts) == 2 else None
+        if match is None:
+            table.append((line, None))
+            continue
+        digits = match.group(1)
+        table.append((parts[0], (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))))
+    return table
+
+
 def read_class_table(root: Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
-    """Names and colours from ``classes.txt`` of a course-layout folder (one class a line:
-    ``name`` or ``name #rrggbb``), else the SBD classes; colours are None unless every line has one."""
+    """Names and colours from ``classes.txt`` of a course-layout folder, else the SBD classes.
+
+    Colours are None when no line has one (the default palette applies); a line without one gets
+    the default colour of its id, exactly as a labeling workspace shows it."""
     path = Path(root) / "classes.txt"
-    names: list[str] = []
-    colours: list[tuple[int, int, int]] = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            parts = line.strip().rsplit(None, 1)
-            if not parts:
-                continue
-            if len(parts) == 2 and len(parts[1]) == 7 and parts[1].startswith("#"):
-                try:
-                    colours.append(tuple(int(parts[1][i:i + 2], 16) for i in (1, 3, 5)))  # type: ignore[misc]
-                    names.append(parts[0])
-                    continue
-                except ValueError:
-                    pass
-            names.append(line.strip())
-    if not names:
+    table = parse_class_table(path.read_text(encoding="utf-8")) if path.is_file() else []
+    if not table:
         return list(SBD_CLASSES), None
-    return names, colours if len(colours) == len(names) else None
+    names = [name for name, _ in table]
+    if all(colour is None for _, colour in table):
+        return names, None
+    defaults = palette_for(len(names))
+    return names, [colour if colour is not None else default for (_, colour), default in zip(table, defaults)]
 
 
 def read_classes(root: Path) -> list[str]:

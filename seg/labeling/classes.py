@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from seg.classes import palette_for
+from seg.data.sbd import parse_class_table
 
 Colour = tuple[int, int, int]
 
@@ -95,25 +96,11 @@ class ClassList:
 
     @classmethod
     def parse(cls, text: str) -> ClassList:
-        """The contents of a ``classes.txt`` (lenient: old files' names are kept as they are)."""
-        names: list[str] = []
-        colours: list[Colour | None] = []
-        for line in text.splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) == 2 and len(parts[1]) == 7 and parts[1].startswith("#"):
-                try:
-                    colours.append(parse_colour(parts[1]))
-                    names.append(parts[0])
-                    continue
-                except ClassListError:
-                    pass
-            names.append(line)
-            colours.append(None)
-        defaults = palette_for(len(names))
-        return cls(tuple(names), tuple(c if c is not None else d for c, d in zip(colours, defaults)))
+        """The contents of a ``classes.txt`` (lenient: old files' names are kept as they are), read by
+        the same parser as training's (``seg.data.sbd.parse_class_table``)."""
+        table = parse_class_table(text)
+        defaults = palette_for(len(table))
+        return cls(tuple(name for name, _ in table), tuple(c or d for (_, c), d in zip(table, defaults)))
 
     def to_text(self) -> str:
         """``classes.txt``: ``name #rrggbb`` per line."""

@@ -111,6 +111,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="CHECKPOINT",
         help="an instance checkpoint (name or path) whose foreground probabilities seed GrabCut",
     )
+    p.add_argument(
+        "--members",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --model: average the first N members of an ensemble (0: all; default: the tool's own choice, "
+        "the first member)",
+    )
     p.add_argument("--out", required=True, help="the mask PNG to write (palette PNG of box numbers)")
     p.set_defaults(func=_box_to_mask)
 
@@ -359,10 +367,11 @@ def _box_to_mask(args: argparse.Namespace) -> int:
     foreground = None
     if args.model:
         from seg.config import resolve_checkpoint
-        from seg.labeling.seeding import ForegroundModel, SeedModelError
+        from seg.labeling.seeding import SEED_MEMBERS, ForegroundModel, SeedModelError
 
         try:
-            model = ForegroundModel.from_checkpoint(resolve_checkpoint(args.model))
+            members = SEED_MEMBERS if args.members is None else (args.members or None)
+            model = ForegroundModel.from_checkpoint(resolve_checkpoint(args.model), members=members)
         except (FileNotFoundError, SeedModelError) as err:
             return _refusal(err)
         foreground = model.box_maps(image, boxes)

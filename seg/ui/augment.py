@@ -141,18 +141,34 @@ def _as_text(seed: Any) -> str:
     return str(seed).strip()
 
 
-def augment_live(store: ModelStore, source: str, sample_id: str | None, upload: Any, model: str | None, *settings):
-    """The grid's automatic refresh: quietly waits while the chosen source has no image yet."""
+def _request_key(*inputs: Any) -> str:
+    """What a grid depends on (an upload by its server path, which names its content)."""
+    return repr([i.get("path") or i.get("url") if isinstance(i, dict) else i for i in inputs])
+
+
+def augment_live(
+    store: ModelStore, source: str, sample_id: str | None, upload: Any, model: str | None, *settings_and_last
+):
+    """The grid's automatic refresh: quietly waits while the chosen source has no image yet, and skips a
+    request identical to the grid shown (the browser can report one change twice)."""
+    *settings, last = settings_and_last
     if (source == "upload" and not upload) or (source != "upload" and not sample_id and not upload):
-        return gr.skip(), gr.skip()
-    return augment(store, source, sample_id, upload, model, *settings)
-
-
-def on_upload(store: ModelStore, sample_id: str | None, upload: Any, model: str | None, *settings):
-    """A new upload (or example) switches the source to it and refreshes the grid in one step."""
-    if not upload:
         return gr.skip(), gr.skip(), gr.skip()
-    return (SOURCES[1], *augment(store, SOURCES[1], sample_id, upload, model, *settings))
+    key = _request_key(source, sample_id, upload, model, *settings)
+    if key == last:
+        return gr.skip(), gr.skip(), gr.skip()
+    return (*augment(store, source, sample_id, upload, model, *settings), key)
+
+
+def on_upload(store: ModelStore, sample_id: str | None, upload: Any, model: str | None, *settings_and_last):
+    """A new upload (or example) switches the source to it and refreshes the grid in one step."""
+    *settings, last = settings_and_last
+    if not upload:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    key = _request_key(SOURCES[1], sample_id, upload, model, *settings)
+    if key == last:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return (SOURCES[1], *augment(store, SOURCES[1], sample_id, upload, model, *settings), key)
 
 
 def _initial_grid(store: ModelStore, sample_id: str | None) -> tuple[list | None, str]:
@@ -222,6 +238,7 @@ def build(store: ModelStore) -> None:
             )
             gr.HTML(legend_html(list(SBD_CLASSES), list(SBD_PALETTE)))
     settings = [crop, flip, seed, count]
+    last = gr.State(None)  # what the grid shown was made from
     live = {
         "api_visibility": "private",
         "concurrency_id": INFERENCE_QUEUE,
@@ -231,11 +248,13 @@ def build(store: ModelStore) -> None:
     gr.on(
         [source.input, sample.input, model.input, crop.release, flip.release, count.release, seed.input],
         partial(augment_live, store),
-        [source, sample, upload, model, *settings],
-        [grid, caption],
+        [source, sample, upload, model, *settings, last],
+        [grid, caption, last],
         **live,
     )
-    upload.change(partial(on_upload, store), [sample, upload, model, *settings], [source, grid, caption], **live)
+    upload.change(
+        partial(on_upload, store), [sample, upload, model, *settings, last], [source, grid, caption, last], **live
+    )
     run.click(
         partial(augment, store),
         [source, sample, upload, model, *settings],

@@ -172,11 +172,29 @@ def segment_compare(
     )
 
 
-def segment_live(store: ModelStore, image: Any, models: list[str] | str | None, alpha: float, highlight: str | None):
-    """The tab's automatic run (new image, new model choice): nothing to do until both are there."""
+def _request_key(image: Any, models: list[str] | str | None) -> str:
+    """What an automatic run depends on: the uploaded file (its server path names its content) and the models."""
+    where = image.get("path") or image.get("url") if isinstance(image, dict) else image
+    return f"{where}|{models}"
+
+
+def segment_live(
+    store: ModelStore,
+    image: Any,
+    models: list[str] | str | None,
+    alpha: float,
+    highlight: str | None,
+    state: dict | None = None,
+):
+    """The tab's automatic run (new image, new model choice): nothing to do until both are there, nor
+    when the image and models are those of the overlays shown (the browser reports one upload twice)."""
     if image is None or image == "" or not models:
         return (gr.skip(),) * 6
-    return segment_compare(store, image, models, alpha, highlight)
+    key = _request_key(image, models)
+    if state and state.get("key") == key:
+        return (gr.skip(),) * 6
+    *views, new_state = segment_compare(store, image, models, alpha, highlight)
+    return (*views, {**new_state, "key": key})
 
 
 def segment_one(store: ModelStore, image: Any, model: str):
@@ -304,7 +322,7 @@ def build(store: ModelStore) -> None:
     for trigger in (image.change, models.input):
         trigger(
             partial(segment_live, store),
-            [image, models, alpha, highlight],
+            [image, models, alpha, highlight, state],
             outputs,
             api_visibility="private",
             concurrency_id=INFERENCE_QUEUE,

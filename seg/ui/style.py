@@ -75,20 +75,21 @@ def themed(fig: Any, height: int | None = None) -> Any:
     return fig
 
 
-def model_table(rows: list[list[Any]], headers: list[str], name_column: int = 0) -> Any:
-    """Rows as a pandas ``Styler`` whose model-name cells carry the model's colour (a bar on the left).
+def model_table(rows: list[list[Any]], headers: list[str], name_column: int = 0) -> dict[str, Any]:
+    """A ``gr.Dataframe`` value whose model-name cells carry the model's colour (a bar on the left).
 
-    The raw values stay what API clients receive; only the display is styled.
+    The raw values stay what API clients receive (``data``); only the display is styled, through
+    Gradio's per-cell ``display_value`` and ``styling`` metadata.
     """
-    import pandas as pd  # a gradio dependency; imported here because only the tables need it
-
-    frame = pd.DataFrame(rows, columns=headers, dtype=object)  # object: None stays None, never NaN
-    name_header = headers[name_column]
-
-    def colour_cells(column: pd.Series) -> list[str]:
-        return [f"border-left: 6px solid {model_colour(str(v))}; font-weight: 600" if v else "" for v in column]
-
-    return frame.style.apply(colour_cells, subset=[name_header]).format(_cell_text)
+    styling = [
+        [
+            f"border-left: 6px solid {model_colour(str(v))}; font-weight: 600" if k == name_column and v else ""
+            for k, v in enumerate(row)
+        ]
+        for row in rows
+    ]
+    shown = [[_cell_text(v) for v in row] for row in rows]
+    return {"headers": headers, "data": rows, "metadata": {"display_value": shown, "styling": styling}}
 
 
 def _cell_text(value: Any) -> str:
