@@ -162,7 +162,8 @@ def line_chart(series: list[tuple[str, list[float], list[float]]], title: str, x
             f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>'
             f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>'
         )
-    xt = sorted({int(x) for x in _ticks(xlo, xhi, 6) if xlo <= x <= xhi and float(x).is_integer()}) or [int(xlo)]
+    step = next(m for m in (1, 2, 5, 10, 20, 50, 100, 10**9) if (xhi - xlo) / m <= 8)
+    xt = list(range(int(math.ceil(xlo / step) * step), int(xhi) + 1, step)) or [int(xlo)]
     for t in xt:
         body.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{t}</text>')
     body.append(f'<text x="{left + pw / 2:.0f}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>')

@@ -271,7 +271,6 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
         0,
         "ui-test-cnn",
         "Stanford Background",
-        "",
         api_name="/train",
     )
     status, progress, loss, metric, samples, run = job.result(timeout=300)
@@ -302,6 +301,5 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
             0,
             "ui-test-cnn",
             "Stanford Background",
-            "",
             api_name="/train",
         )

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,20 +85,47 @@ class BrowserSession:
     def component_id(self, elem_id: str) -> int:
         return next(i for i, c in self.components.items() if c.get("props", {}).get("elem_id") == elem_id)
 
-    def find(self, api_name: str | None = None, trigger: tuple[str, str] | None = None) -> int:
-        """The fn index by API name, or by (elem_id, event name) of its trigger."""
+    def find(
+        self,
+        api_name: str | None = None,
+        trigger: tuple[str, str] | None = None,
+        reads: str | None = None,
+        writes: str | None = None,
+    ) -> int:
+        """The fn index by API name, by (elem_id, event name) of its trigger, or by a component (elem_id)
+        it reads and one it writes (events chained with ``.then`` have no trigger of their own); among
+        several events on one trigger, the one that reads the triggering component."""
+        found = []
         for fn_index, dep in self.deps.items():
-            if api_name is not None and dep.get("api_name") == api_name:
-                return fn_index
+            if api_name is not None:
+                if dep.get("api_name") == api_name:
+                    return fn_index
+                continue
             if trigger is not None:
                 target = self.component_id(trigger[0])
                 if [target, trigger[1]] in [list(t) for t in dep.get("targets", [])]:
-                    return fn_index
-        raise KeyError(api_name or trigger)
+                    found.append((target not in dep["inputs"], fn_index))
+                continue
+            if (reads is None or self.component_id(reads) in dep["inputs"]) and (
+                writes is None or self.component_id(writes) in dep["outputs"]
+            ):
+                found.append((False, fn_index))
+        if found:
+            return min(found)[1]
+        raise KeyError(api_name or trigger or (reads, writes))
 
     def defaults(self, fn_index: int) -> list:
         """The values the page would send: each input component's current value from the config."""
         return [self.components[i].get("props", {}).get("value") for i in self.deps[fn_index]["inputs"]]
+
+    def values(self, fn_index: int, **by_elem_id: Any) -> list:
+        """``defaults`` with the inputs named by their elem_id (dashes as underscores) replaced."""
+        data = self.defaults(fn_index)
+        for slot, component_id in enumerate(self.deps[fn_index]["inputs"]):
+            elem_id = str(self.components[component_id].get("props", {}).get("elem_id") or "").replace("-", "_")
+            if elem_id in by_elem_id:
+                data[slot] = by_elem_id[elem_id]
+        return data
 
     # -- calling ------------------------------------------------------------------------------------
     def upload(self, path: str | Path) -> dict:
@@ -109,7 +136,10 @@ class BrowserSession:
         r.raise_for_status()
         return {"path": r.json()[0], "orig_name": path.name, "meta": FILE_META}
 
-    def call(self, fn_index: int, data: list, event_data: Any = None) -> CallResult:
+    def call(
+        self, fn_index: int, data: list, event_data: Any = None, on_output: Callable[[list], None] | None = None
+    ) -> CallResult:
+        """Call an event as the page does; ``on_output`` sees each streamed output of a generator."""
         dep = self.deps[fn_index]
         target = (dep.get("targets") or [[None]])[0][0]
         body = {
@@ -132,9 +162,9 @@ class BrowserSession:
         if r.status_code != 200:
             return CallResult(False, None, f"HTTP {r.status_code}: {r.text[:300]}")
         event_id = r.json()["event_id"]
-        return self._follow(event_id)
+        return self._follow(event_id, on_output)
 
-    def _follow(self, event_id: str) -> CallResult:
+    def _follow(self, event_id: str, on_output: Callable[[list], None] | None = None) -> CallResult:
         messages: list[dict] = []
         last_output = None
         deadline = time.monotonic() + self.timeout
@@ -153,6 +183,8 @@ class BrowserSession:
                     kind = msg.get("msg")
                     if kind == "process_generating" and msg.get("success"):
                         last_output = msg["output"].get("data")
+                        if on_output is not None:
+                            on_output(last_output)
                     if kind == "process_completed":
                         output = msg.get("output") or {}
                         if msg.get("success"):
@@ -446,7 +478,7 @@ def base_values(session: BrowserSession, fn_index: int) -> list:
 def prime(session: BrowserSession, public: bool) -> None:
     """Make the session look like a person's mid-work: an image in the workspace, loaded."""
     upload = session.find(trigger=("label-upload", "upload"))
-    result = session.call(upload, [[session.upload(SCENE)], None])
+    result = session.call(upload, session.values(upload, label_upload=[session.upload(SCENE)]))
     assert result.ok, result.error
 
 

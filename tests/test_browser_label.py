@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-H, W = 240, 320  # the editor canvas is 640x480, so one image pixel = 2x2 canvas pixels
+H, W = 240, 320  # the editor canvas is the image: one canvas pixel = one image pixel
 WATER = 4  # a class the tiny untrained models never predict, so the stroke is a visible change
 
 
@@ -130,11 +130,11 @@ def test_prefill_paint_save_finds_mask_on_disk(browser, served):
     assert saved_label.shape == (H, W)
     prediction = Predictor.from_checkpoint(ckpts / model_name).predict(ws.load("scene").image).label
     changed = saved_label != prediction
-    # The stroke: a horizontal band of water through the image centre, ~10 px thick (brush radius 10
-    # canvas px = 5 image px), everything else exactly the model's prediction.
+    # The stroke: a horizontal band of water through the image centre, ~20 px thick (brush radius 10
+    # canvas px = 10 image px), everything else exactly the model's prediction.
     painted = saved_label == WATER
     rows = np.nonzero(painted.any(axis=1) & changed.any(axis=1))[0]
-    assert rows.size and abs(rows.mean() - H / 2) < 12 and rows.size <= 16
+    assert rows.size and abs(rows.mean() - H / 2) < 12 and 8 <= rows.size <= 26
     cols = np.nonzero(changed.any(axis=0))[0]
     assert cols.max() - cols.min() >= 60 and abs((cols.max() + cols.min()) / 2 - W / 2) < 20
     assert np.all(saved_label[changed] == WATER)

@@ -137,4 +137,5 @@ def test_tab_decodes_editor_layers_by_palette_not_by_composite(tmp_path):
     assert len(s.undo) == 1
     assert tab._apply_pending(s, {"layers": [np.zeros_like(layer)]}, tab.TOOLS[0]) == 0
     value = tab._editor_value(s, 0.5)
-    assert value["background"].shape == (tab.CANVAS[1], tab.CANVAS[0], 3) and value["layers"][0].max() == 0
+    assert value["background"].shape == (240, 320, 3) and value["layers"][0].shape == (240, 320, 4)  # image size
+    assert value["layers"][0].max() == 0

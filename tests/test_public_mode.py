@@ -48,24 +48,25 @@ class Visitor:
         self.page = BrowserSession(url)
         p = self.page
         self.upload_fn = p.find(trigger=("label-upload", "upload"))
-        self.item_fn = p.find(trigger=("label-item", "change"))
+        self.item_fn = p.find(reads="label-item", writes="label-status")
         self.save_fn = p.find(trigger=("label-save", "click"))
         self.download_fn = p.find(trigger=("label-download", "click"))
         self.train_fn = p.find(api_name="train")
         self.stop_fn = p.find(api_name="train_stop")
 
-    def upload(self, path: Path, as_name: str) -> list[str]:
+    def upload(self, path: Path, as_name: str) -> None:
         staged = Path(tempfile.mkdtemp()) / as_name
         shutil.copy(path, staged)
-        result = self.page.call(self.upload_fn, [[self.page.upload(staged)], None])
+        result = self.page.call(
+            self.upload_fn, self.page.values(self.upload_fn, label_upload=[self.page.upload(staged)])
+        )
         assert result.ok, result.error
-        return result.outputs[-1]["choices"] if isinstance(result.outputs[-1], dict) else []
 
     def open_image(self, name: str):
-        return self.page.call(self.item_fn, [name, None, 0.5, True])
+        return self.page.call(self.item_fn, self.page.values(self.item_fn, label_item=name))
 
     def save(self):
-        return self.page.call(self.save_fn, [None, "paint", None, 0.5, True])
+        return self.page.call(self.save_fn, self.page.defaults(self.save_fn))
 
     def download(self) -> zipfile.ZipFile:
         result = self.page.call(self.download_fn, [])
@@ -142,9 +143,7 @@ def test_one_visitor_cannot_stop_anothers_run(public_app):
     app, _box = public_app
     alice, bob = Visitor(app.url), Visitor(app.url)
     outcome: dict = {}
-    runner = threading.Thread(
-        target=lambda: outcome.setdefault("run", alice.train("long", limit=16, epochs=3))
-    )
+    runner = threading.Thread(target=lambda: outcome.setdefault("run", alice.train("long", limit=16, epochs=3)))
     runner.start()
     time.sleep(8)  # the run is under way (data loaded, steps going)
     refused = bob.page.call(bob.stop_fn, [])

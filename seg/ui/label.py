@@ -39,22 +39,23 @@ from seg.deploy import MB
 from seg.errors import UserError, user_message
 from seg.io import ImageLoadError
 from seg.labeling import paint
+from seg.labeling.classes import ClassList
 from seg.labeling.workspace import DEFAULT_WORKSPACE_NAME, Problem, Workspace, palette_for
 from seg.modelstore import ModelStore
+from seg.ui import label_io, label_tools
 from seg.ui.messages import guard_events
 from seg.ui.pickers import Serving, current_visitor_key, get_predictor, require_visitor_key, serving_of, watch
 from seg.ui.queues import INFERENCE_QUEUE
 from seg.ui.samples import sbd_choices, sbd_samples
 from seg.ui.scratch import scratch_path, write_scratch
-from seg.ui.style import legend_html
 
 log = logging.getLogger("seg.ui.label")
 
-#: Fixed editor canvas (width, height); images are letterboxed into it by ``CanvasView``.
+#: The empty editor's canvas (width, height); with an image the canvas is the image itself, so it opens fitted.
 CANVAS = (640, 480)
-BRUSH_RADIUS = 10
-TOOLS = ("paint", "erase to model prediction")
-FILLS = ("region of the same class", "superpixel")
+BRUSH_RADIUS = label_tools.BRUSH_SIZE
+#: Brush and eraser first, then scribbles, polygon, box and the fills (``seg.ui.label_tools``).
+TOOLS = label_tools.TOOLS
 #: Class names that mean "not labelled yet"; a fresh mask starts in the first one present.
 UNKNOWN_NAMES = ("misc", "unknown", "unlabeled", "unlabelled", "void", "background")
 
@@ -78,6 +79,10 @@ class LabelSession:
     segments: np.ndarray | None = None  # superpixels of ``image``, computed on the first superpixel fill
     dirty: bool = False  # edits not saved yet
     workspace: str | None = None  # the open workspace's name, for people (local mode)
+    current_class: int = 0  # the class swatch picked: what polygon, box, scribbles and fills draw
+    tool: str = label_tools.BRUSH  # the tool whose strokes the editor may hold
+    points: list = field(default_factory=list)  # polygon vertices or a box's first corner (x, y)
+    drafts: dict = field(default_factory=dict)  # image name -> label_tools.Draft: unsaved edits elsewhere
 
 
 # -- the workspace: opened in one place -----------------------------------------------------------
@@ -124,10 +129,10 @@ class WorkspaceAccess:
             raise UserError("Your workspace is opened for you here; there is no other to choose.")
         return _share(self.serving.labels.open(name))
 
-    def create_named(self, name: object) -> Workspace:
+    def create_named(self, name: object, classes: ClassList | None = None) -> Workspace:
         if self.serving.labels is None:
             raise UserError("Your workspace is made for you here; there is no other to create.")
-        return _share(self.serving.labels.create(name))
+        return _share(self.serving.labels.create(name, classes))
 
     def default_name(self) -> str | None:
         names = self.names()
@@ -192,36 +197,22 @@ def _ws(s: LabelSession) -> Workspace | None:
 
 
 # -- pictures and text ------------------------------------------------------------------------------
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
 def _brush(palette: list[tuple[int, int, int]]) -> gr.Brush:
     """Only the workspace's class colours can be picked: a colour is a class."""
-    return gr.Brush(
-        colors=[_hex(c) for c in palette], default_color=_hex(palette[0]), color_mode="fixed", default_size=BRUSH_RADIUS
-    )
-
-
-def _view(s: LabelSession) -> paint.CanvasView:
-    h, w = s.image.shape[:2]
-    return paint.CanvasView(h, w, CANVAS[0], CANVAS[1])
+    return label_tools.brush_for(palette)
 
 
 def _editor_value(s: LabelSession, opacity: float) -> dict | None:
     """The editor's value: the blended picture as background, one empty layer for new strokes."""
     if s.image is None:
         return None
-    background = _view(s).to_canvas(paint.render(s.image, s.label, _ws(s).palette, opacity))
-    blank = np.zeros((CANVAS[1], CANVAS[0], 4), dtype=np.uint8)
-    return {"background": background, "layers": [blank], "composite": None}
+    return label_tools.editor_value(s.image, s.label, _ws(s).palette, opacity)
 
 
 def _preview(s: LabelSession, opacity: float, show_changes: bool) -> np.ndarray | None:
     if s.image is None:
         return None
-    changed = paint.changed_mask(s.label, s.reference) if show_changes else None
-    return paint.render(s.image, s.label, _ws(s).palette, opacity, changed)
+    return label_tools.preview(s, _ws(s).palette, opacity, show_changes)
 
 
 def _views(s: LabelSession, opacity: float, show_changes: bool) -> tuple:
@@ -259,37 +250,13 @@ def _start_label(ws: Workspace, image: np.ndarray) -> np.ndarray:
     return np.full(image.shape[:2], start, dtype=np.uint8)
 
 
-def _strokes(s: LabelSession, editor: dict | None) -> np.ndarray | None:
-    """Class ids painted on the editor's layers (image resolution), or None when nothing was painted."""
-    if s.image is None or not editor:
-        return None
-    view = _view(s)
-    merged = None
-    for layer in editor.get("layers") or []:
-        if layer is None:
-            continue
-        layer = np.asarray(layer)
-        if layer.ndim != 3 or layer.shape[2] != 4:
-            continue
-        ids = paint.decode_strokes(view.from_canvas(layer), _ws(s).palette)
-        merged = ids if merged is None else np.where(ids != paint.NO_STROKE, ids, merged)
-    if merged is None or not (merged != paint.NO_STROKE).any():
-        return None
-    return merged
-
-
 def _apply_pending(s: LabelSession, editor: dict | None, tool: str) -> int:
-    """Merge unapplied strokes into the mask; returns how many pixels they covered."""
-    strokes = _strokes(s, editor)
-    if strokes is None:
-        return 0
-    s.undo.push(s.label)
-    if tool == TOOLS[1]:
-        s.label = paint.erase_strokes(s.label, strokes, s.reference)
-    else:
-        s.label = paint.apply_strokes(s.label, strokes)
-    s.dirty = True
-    return int((strokes != paint.NO_STROKE).sum())
+    """Merge unapplied strokes into the mask as one undoable edit (brush, eraser or scribbles:
+    ``label_tools.apply_pending``); returns how many pixels they covered."""
+    try:
+        return label_tools.apply_pending(s, editor, tool, _ws(s))
+    except label_tools.ToolError as err:
+        raise gr.Error(str(err)) from None
 
 
 # -- handlers: workspace and navigation -----------------------------------------------------------------
@@ -304,8 +271,8 @@ def _opened(access: WorkspaceAccess, ws: Workspace | None, s: LabelSession | Non
             "",
             gr.update(choices=[], value=None),
             gr.update(brush=_brush(palette)),
-            legend_html(classes, palette),
-            gr.update(choices=classes, value=classes[0]),
+            label_tools.legend(classes, palette),
+            label_tools.class_update(classes),
             None,
         )
     report = ws.scan()
@@ -319,8 +286,8 @@ def _opened(access: WorkspaceAccess, ws: Workspace | None, s: LabelSession | Non
         _problems_md(report.problems),
         gr.update(choices=choices, value=s.name if keep and s.name in choices else first),
         gr.update(brush=_brush(ws.palette)),
-        legend_html(ws.classes, ws.palette),
-        gr.update(choices=list(ws.classes), value=ws.classes[0]),
+        label_tools.legend(ws.classes, ws.palette),
+        label_tools.class_update(ws.classes),
         None if not keep else gr.skip(),
     )
 
@@ -344,11 +311,23 @@ def do_open(access: WorkspaceAccess, name: str | None, s: LabelSession):
     return _opened(access, access.open_named(name))
 
 
-def do_create(access: WorkspaceAccess, name: str | None, s: LabelSession):
-    """Create a new, empty workspace by name under the labels root and open it (local mode)."""
-    ws = access.create_named(name)
+def do_create(
+    access: WorkspaceAccess, name: str | None, s: LabelSession, classes: str | None = "", colours: str | None = ""
+):
+    """Create a new, empty workspace by name under the labels root, with the classes (and colours) typed
+    beside the name, and open it (local mode)."""
+    ws = access.create_named(name, label_io.class_list_from_text(classes, colours))
     log.info("workspace created: %s", ws.root.name)
     return (*_opened(access, ws), gr.update(choices=access.names(), value=ws.root.name), "")
+
+
+def do_reopen(access: WorkspaceAccess, created: str | None, s: LabelSession):
+    """After classes or an import changed the workspace: show it again (its classes, colours and images),
+    keeping the open image's edits; or open the workspace an import just created (local mode)."""
+    if created and not access.public:
+        return (*_opened(access, access.open_named(created)), gr.update(choices=access.names(), value=created))
+    opened = _opened(access, access.workspace(s), s)
+    return opened if access.public else (*opened, gr.skip())
 
 
 def do_download(access: WorkspaceAccess) -> str:
@@ -385,7 +364,8 @@ def do_load(access: WorkspaceAccess, name: str | None, s: LabelSession, opacity:
         return s, None, None, "", gr.update(choices=[], value=None)
     if name == s.name and s.image is not None and s.root == str(ws.root):
         return (gr.skip(),) * 5  # already open: keep the edits
-    discarded = s.name if s.dirty else None
+    drafts = label_tools.stash_draft(s)  # unsaved edits of the image being left are kept, not dropped
+    left = s.name if s.dirty and s.name != name else None
     loaded = ws.load(name)
     label = loaded.label if loaded.label is not None else _start_label(ws, loaded.image)
     s = LabelSession(
@@ -397,14 +377,20 @@ def do_load(access: WorkspaceAccess, name: str | None, s: LabelSession, opacity:
         reference=label.copy(),
         model=loaded.model,
         version=loaded.version,
+        drafts=drafts,
+        current_class=s.current_class,
+        tool=s.tool,
     )
     note = (
         f"Version {loaded.version}" + (f", prefilled by `{html.escape(loaded.model)}`" if loaded.model else "")
         if loaded.version
         else "Not labelled yet: prefill with a model or paint."
     )
-    if discarded:
-        gr.Warning(f"Unsaved changes to {discarded} were discarded.")
+    restored = label_tools.restore_draft(s)
+    if restored:
+        note = f"{note} {restored}"
+    if left:
+        note += f" Your unsaved changes to {html.escape(left)} are kept: open it again to save them."
     return (s, *_views(s, opacity, show_changes), note, _history_update(ws, name))
 
 
@@ -423,37 +409,48 @@ def do_step(access: WorkspaceAccess, delta: int, only_unlabelled: bool, name: st
 
 
 # -- handlers: adding images ---------------------------------------------------------------------------
-def _after_import(access: WorkspaceAccess, ws: Workspace, s: LabelSession, added: list[str], problems: list, what: str):
+def _after_import(
+    access: WorkspaceAccess,
+    ws: Workspace,
+    s: LabelSession,
+    added: list[str],
+    problems: list,
+    what: str,
+    existing: list[str] = (),  # type: ignore[assignment]
+):
+    """Outputs after an import; the first new (else already present) image gets opened."""
     if s.root != str(ws.root):
         s = LabelSession(root=str(ws.root), workspace=s.workspace)
-    return (
-        s,
-        access.describe(ws),
-        _problems_md(problems),
-        f"{what}: added {len(added)} image(s).",
-        gr.update(choices=ws.names(), value=added[0] if added else gr.skip()),
-    )
+    text = f"{what}: added {len(added)} image(s)" if added else f"{what}: no new image"
+    if existing:
+        text += f"; {len(existing)} already in the workspace"
+    if problems:
+        text += f"; {len(problems)} file(s) could not be used (listed above)"
+    first = next(iter([*added, *existing]), None)
+    names = ws.names()
+    item = gr.update(choices=names, value=first) if first in names else gr.update(choices=names)
+    return (s, access.describe(ws), _problems_md(problems), text + ".", item)
 
 
 def do_upload(access: WorkspaceAccess, files: list | None, s: LabelSession):
     """Import uploaded files (Gradio hands over paths in its upload folder only)."""
     ws = _require(access, s, create=True)
-    added, bad = [], []
+    added, existing, bad = [], [], []
     for f in files or []:
         path = Path(f if isinstance(f, str) else getattr(f, "name", str(f)))
         try:
-            name, _ = ws.import_image(path, name=path.name, source_desc=f"upload:{path.name}")
-            added.append(name)
+            name, new = ws.import_image(path, name=path.name, source_desc=f"upload:{path.name}")
+            (added if new else existing).append(name)
         except ImageLoadError as err:  # the message must not show the server's temp path
             bad.append(Problem(path.name, f"not imported: {user_message(err)}"))
-    return _after_import(access, ws, s, added, bad, "Upload")
+    return _after_import(access, ws, s, added, bad, "Upload", existing)
 
 
 def do_folder(access: WorkspaceAccess, path: str, s: LabelSession):
     """Import a server folder, only under the operator's import roots (local mode)."""
     ws = _require(access, s)
     report = ws.import_folder(path, import_roots=access.serving.deployment.import_roots)
-    return _after_import(access, ws, s, report.added + report.existing, report.problems, "Folder")
+    return _after_import(access, ws, s, report.added, report.problems, "Folder", report.existing)
 
 
 def do_dataset(access: WorkspaceAccess, sample_id: str | None, s: LabelSession):
@@ -461,8 +458,8 @@ def do_dataset(access: WorkspaceAccess, sample_id: str | None, s: LabelSession):
     if sample is None:
         raise gr.Error("Pick a dataset image first.")
     ws = _require(access, s, create=True)
-    name, _ = ws.import_image(sample.image_path, name=f"sbd_{sample.id}", source_desc=f"sbd:{sample.id}")
-    return _after_import(access, ws, s, [name], [], "Dataset")
+    name, new = ws.import_image(sample.image_path, name=f"sbd_{sample.id}", source_desc=f"sbd:{sample.id}")
+    return _after_import(access, ws, s, [name] if new else [], [], "Dataset", [] if new else [name])
 
 
 # -- handlers: editing ---------------------------------------------------------------------------------
@@ -490,49 +487,6 @@ def do_apply(editor: dict | None, tool: str, s: LabelSession, opacity: float, sh
         _preview(s, opacity, show_changes),
         (f"Applied strokes over {n} pixel(s)." if n else "No strokes to apply."),
     )
-
-
-def do_fill(
-    editor: dict | None,
-    tool: str,
-    class_id: int,
-    mode: str,
-    s: LabelSession,
-    opacity: float,
-    show_changes: bool,
-    evt: gr.SelectData,
-):
-    """Fill the clicked region (same-class region or superpixel) with ``class_id``; pending strokes first."""
-    ws = _session_image(s)
-    class_id = _class_index(ws, class_id)
-    try:
-        col, row = (int(v) for v in evt.index[:2])
-    except (TypeError, ValueError, AttributeError):
-        raise gr.Error("Click on the mask to fill a region.") from None
-    _apply_pending(s, editor, tool)
-    s.undo.push(s.label)
-    try:
-        if mode == FILLS[1]:
-            if s.segments is None:
-                s.segments = paint.superpixels(s.image)
-            s.label = paint.superpixel_fill(s.label, s.segments, row, col, int(class_id))
-        else:
-            s.label = paint.flood_fill(s.label, row, col, int(class_id))
-    except ValueError as err:
-        s.undo.pop()
-        raise gr.Error(str(err)) from None
-    s.dirty = True
-    filled = html.escape(ws.classes[int(class_id)])
-    return s, _preview(s, opacity, show_changes), f"Filled at ({col}, {row}) with {filled}."
-
-
-def do_undo(s: LabelSession, opacity: float, show_changes: bool):
-    _session_ws(s)
-    previous = s.undo.pop()
-    if previous is None:
-        return s, gr.skip(), gr.skip(), "Nothing to undo (unapplied strokes: use the editor's own undo)."
-    s.label = previous
-    return (s, *_views(s, opacity, show_changes), f"Undone; {len(s.undo)} step(s) left.")
 
 
 def do_history(version: int | None, s: LabelSession, opacity: float, show_changes: bool):
@@ -577,16 +531,6 @@ def _session_image(s: LabelSession) -> Workspace:
     return ws
 
 
-def _class_index(ws: Workspace, class_id: Any) -> int:
-    try:
-        index = int(class_id)
-    except (TypeError, ValueError):
-        index = -1
-    if not 0 <= index < ws.num_classes:
-        raise gr.Error("Pick a class to fill with from the list.")
-    return index
-
-
 def do_save(
     access: WorkspaceAccess, editor: dict | None, tool: str, s: LabelSession, opacity: float, show_changes: bool
 ):
@@ -595,6 +539,11 @@ def do_save(
     if s.image is None or s.root != str(ws.root):
         raise gr.Error("Pick an image first.")
     _apply_pending(s, editor, tool)
+    same = label_tools.unchanged_version(ws, s)
+    if same is not None:  # "Save and next" right after "Save", or edits undone: no identical version
+        s.version, s.dirty = same, False
+        msg = f"No changes since version {same} of **{html.escape(s.name)}**: nothing new to save."
+        return s, _preview(s, opacity, show_changes), msg, access.describe(ws), gr.skip()
     result = ws.save(
         s.name, s.label, model=s.model, reference=s.reference, base_version=s.version, session=current_visitor_key()
     )
@@ -648,8 +597,7 @@ class LabelTab:
     apply_btn: gr.Button
     undo_btn: gr.Button
     preview: gr.Image
-    fill_class: gr.Dropdown
-    fill_mode: gr.Radio
+    fill_class: gr.Radio
     opacity: gr.Slider
     show_changes: gr.Checkbox
     save_btn: gr.Button
@@ -657,6 +605,29 @@ class LabelTab:
     status: gr.Markdown
     history: gr.Dropdown
     history_btn: gr.Button
+    create_inputs: label_io.CreateInputs | None
+    tools: label_tools.ToolPanel
+    queue: label_tools.QueuePanel
+    io: label_io.IoPanel
+
+
+def _make_editor(brush: gr.Brush) -> gr.ImageEditor:
+    """The stroke editor. Its canvas takes each image's own size (``fixed_canvas=False``): one canvas pixel
+    is one image pixel, and the editor opens with the whole image fitted in view."""
+    return gr.ImageEditor(
+        label="Paint (strokes merge into the mask on Apply, Save, a click tool or moving on)",
+        type="numpy",
+        image_mode="RGBA",
+        format="png",
+        sources=(),
+        transforms=(),
+        layers=False,
+        canvas_size=CANVAS,
+        fixed_canvas=False,
+        elem_id="label-editor",
+        brush=brush,
+        eraser=gr.Eraser(default_size=BRUSH_RADIUS),
+    )
 
 
 def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
@@ -669,7 +640,7 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
     start_items = start_ws.items() if start_ws else []
     state = gr.State(LabelSession(root=str(start_ws.root), workspace=start_name) if start_ws else LabelSession())
 
-    workspace = new_name = create_btn = download_btn = download_file = delete_btn = None
+    workspace = new_name = create_btn = download_btn = download_file = delete_btn = create_inputs = None
     folder = folder_btn = None
     if access.public:
         gr.Markdown(
@@ -699,6 +670,7 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
                 elem_id="label-new-name",
             )
             create_btn = gr.Button("Create workspace", scale=1, elem_id="label-create")
+        create_inputs = label_io.create_inputs()
     progress = gr.Markdown(access.describe(start_ws), elem_id="label-progress")
     problems = gr.Markdown("")
     with gr.Accordion("Add images to the workspace", open=access.public), gr.Row():
@@ -722,42 +694,27 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
         prev_btn = gr.Button("◀ Previous", scale=1, elem_id="label-prev")
         next_btn = gr.Button("Next ▶", scale=1, elem_id="label-next")
         todo_btn = gr.Button("Next unlabelled", scale=1)
+    queue = label_tools.queue_layout()
     with gr.Row():
         names = store.names("semantic") if store is not None else []
-        model = gr.Dropdown(names, value=names[0] if names else None, label="Model for prefill", scale=3)
+        model = gr.Dropdown(
+            names, value=names[0] if names else None, label="Model for prefill", scale=3, elem_id="label-model"
+        )
         if store is not None:
             watch(store, model, "semantic")
         prefill_btn = gr.Button("Prefill with model", scale=1, elem_id="label-prefill")
     with gr.Row():
         with gr.Column(scale=3):
-            editor = gr.ImageEditor(
-                label="Paint (brush colour = class; Apply or Save merges strokes)",
-                type="numpy",
-                image_mode="RGBA",
-                format="png",
-                sources=(),
-                transforms=(),
-                layers=False,
-                canvas_size=CANVAS,
-                fixed_canvas=True,
-                elem_id="label-editor",
-                brush=_brush(palette),
-                eraser=gr.Eraser(default_size=BRUSH_RADIUS),
-            )
-            legend = gr.HTML(legend_html(classes, palette))
-            gr.Markdown(
-                "Pick a class colour (palette button) and paint. The editor's eraser and undo act on "
-                "strokes not applied yet; to erase applied paint, switch the brush mode to "
-                "*erase to model prediction* and paint over it."
-            )
-            with gr.Row():
-                tool = gr.Radio(list(TOOLS), value=TOOLS[0], label="Brush mode")
-                apply_btn = gr.Button("Apply strokes", elem_id="label-apply")
-                undo_btn = gr.Button("Undo", elem_id="label-undo")
+            tools = label_tools.tool_panel(list(classes), list(palette), _make_editor)
+            editor, legend, tool = tools.editor, tools.legend, tools.tool
+            apply_btn, undo_btn, fill_class = tools.apply_btn, tools.undo_btn, tools.class_pick
         with gr.Column(scale=2):
-            preview = gr.Image(label="Mask (click to fill)", interactive=False, elem_id="label-preview", format="png")
-            fill_class = gr.Dropdown(list(classes), value=classes[0], label="Fill class", type="index")
-            fill_mode = gr.Radio(list(FILLS), value=FILLS[0], label="Fill")
+            preview = gr.Image(
+                label="Mask (click here with polygon, box and the fills)",
+                interactive=False,
+                elem_id="label-preview",
+                format="png",
+            )
             opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Mask opacity (display only)")
             show_changes = gr.Checkbox(True, label="Outline pixels changed from the model's prediction")
     with gr.Row():
@@ -767,6 +724,7 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
     with gr.Accordion("Saved versions of this image", open=False), gr.Row():
         history = gr.Dropdown([], label="Version", scale=3, elem_id="label-history")
         history_btn = gr.Button("Load this version into the editor (Save makes it current)", scale=2)
+    io = label_io.io_panel(list(classes), local=not access.public)
     if access.public:
         gr.Markdown(
             "Train on these labels in the Train tab (*My labels*); the zip above holds them as a dataset folder."
@@ -775,7 +733,8 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
         gr.Markdown(
             "Train on these labels in the Train tab (*My labels*) or with "
             "`python -m seg train --model unet --data <workspace folder>`. "
-            "Export for CVAT: `python -m seg label-export --workspace <workspace folder> --format cvat --out DIR`."
+            "Export and import CVAT, COCO, VOC or a workspace zip above, or with "
+            "`python -m seg label-export --workspace <workspace folder> --format coco --out DIR`."
         )
     made = locals()  # every component above, matched to ``LabelTab`` by name (a missing one fails at build)
     return LabelTab(**{name: made[name] for name in LabelTab.__dataclass_fields__})
@@ -799,7 +758,9 @@ def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
         outputs=[c.state, *views, c.status, c.history],
         **private,
     )
-    c.item.change(**load)
+    c.item.change(  # strokes not applied yet join the image's mask (a draft until saved) before another opens
+        partial(label_tools.keep_pending, _session_ws), [c.editor, c.tool, c.state], c.state, **private
+    ).then(**load)
     root_block = gr.context.Context.root_block
     if access.public:
         if root_block is not None:
@@ -813,7 +774,7 @@ def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
         gr.on(
             [c.create_btn.click, c.new_name.submit],
             partial(do_create, access),
-            [c.new_name, c.state],
+            [c.new_name, c.state, c.create_inputs.classes, c.create_inputs.colours],
             [*opened, c.workspace, c.new_name],
             **private,
         ).then(**load)
@@ -835,12 +796,22 @@ def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
         **private,
     )
     then_redraw(c.apply_btn.click(do_apply, [c.editor, c.tool, *display], [c.state, c.preview, c.status], **private))
-    then_redraw(
-        c.preview.select(
-            do_fill, [c.editor, c.tool, c.fill_class, c.fill_mode, *display], [c.state, c.preview, c.status], **private
-        )
+    label_tools.wire(
+        c.tools,
+        _session_ws,
+        store,
+        state=c.state,
+        editor=c.editor,
+        preview_image=c.preview,
+        status=c.status,
+        model=c.model,
+        opacity=c.opacity,
+        show_changes=c.show_changes,
     )
-    c.undo_btn.click(do_undo, display, [c.state, *views, c.status], **private)
+    label_tools.wire_queue(c.queue, _session_ws, store, state=c.state, item=c.item, status=c.status, model=c.model)
+    reopened = [*opened] if access.public else [*opened, c.workspace]
+    for event in label_io.wire(c.io, partial(_require, access), access.serving.labels, state=c.state):
+        event.then(partial(do_reopen, access), [c.io.created, c.state], reopened, **private).then(**load)
     c.history_btn.click(do_history, [c.history, *display], [c.state, *views, c.status], **private)
     c.opacity.release(do_redraw, display, views, **private)
     c.show_changes.change(do_redraw, display, views, **private)

@@ -449,6 +449,7 @@ def do_click(
     store: Any,
     editor: dict | None,
     tool: str,
+    class_id: Any,
     seed: bool,
     model: str | None,
     s: Any,
@@ -456,7 +457,10 @@ def do_click(
     show_changes: bool,
     evt: gr.SelectData,
 ):
-    """A click on the mask preview: a polygon vertex, a box corner, or a fill (pending strokes first)."""
+    """A click on the mask preview: a polygon vertex, a box corner, or a fill (pending strokes first).
+
+    The class and the tool come with the click (the page's current picks), never from an earlier event
+    that may still be on its way."""
     ws = _session_ws(workspace_of, s)
     try:
         x, y = (float(v) for v in evt.index[:2])
@@ -465,7 +469,7 @@ def do_click(
     height, width = s.image.shape[:2]
     if not (0 <= x < width and 0 <= y < height):
         raise gr.Error("Click inside the image.")
-    class_id = _class_of(ws, s.current_class)
+    class_id = s.current_class = _class_of(ws, class_id)
     name = html.escape(ws.classes[class_id])
     if tool in STROKE_TOOLS:
         return s, gr.skip(), f"The {tool} paints in the editor; pick polygon, box or a fill to click here."
@@ -516,8 +520,9 @@ def _close(s: Any, ws: Workspace, opacity: float, show_changes: bool) -> tuple:
     return preview(s, ws.palette, opacity, show_changes), msg
 
 
-def do_close_polygon(workspace_of: WorkspaceOf, s: Any, opacity: float, show_changes: bool):
+def do_close_polygon(workspace_of: WorkspaceOf, class_id: Any, s: Any, opacity: float, show_changes: bool):
     ws = _session_ws(workspace_of, s)
+    s.current_class = _class_of(ws, class_id)
     return (s, *_close(s, ws, opacity, show_changes))
 
 
@@ -612,10 +617,25 @@ def wire(
     ).then(
         partial(redraw_for_tool, workspace_of), [state, panel.tool, opacity], editor, show_progress="hidden", **private
     )
+
+    def on_click(
+        editor: dict | None,
+        tool: str,
+        class_id: Any,
+        seed: bool,
+        model: str | None,
+        s: Any,
+        opacity: float,
+        show_changes: bool,
+        evt: gr.SelectData,
+    ):
+        """``do_click`` with its dependencies bound (Gradio finds the click's data only on a plain function)."""
+        return do_click(workspace_of, store, editor, tool, class_id, seed, model, s, opacity, show_changes, evt)
+
     then_redraw(
         preview_image.select(
-            partial(do_click, workspace_of, store),
-            [editor, panel.tool, panel.seed, model, *display],
+            on_click,
+            [editor, panel.tool, panel.class_pick, panel.seed, model, *display],
             edited,
             concurrency_id=INFERENCE_QUEUE,
             **private,
@@ -623,7 +643,9 @@ def wire(
     )
     then_redraw(panel.undo_btn.click(partial(do_undo, workspace_of), [editor, panel.tool, *display], edited, **private))
     then_redraw(panel.redo_btn.click(partial(do_redo, workspace_of), display, edited, **private))
-    then_redraw(panel.close_btn.click(partial(do_close_polygon, workspace_of), display, edited, **private))
+    then_redraw(
+        panel.close_btn.click(partial(do_close_polygon, workspace_of), [panel.class_pick, *display], edited, **private)
+    )
     panel.cancel_btn.click(partial(do_cancel_points, workspace_of), display, edited, **private)
     root_block = gr.context.Context.root_block
     if root_block is not None:

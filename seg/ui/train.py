@@ -823,6 +823,10 @@ def build(store: Any) -> None:
             root_block.load(
                 partial(_workspace_choices, serving), workspace, workspace, api_visibility="private", queue=False
             )
+        # ...and those made since the page loaded, when the list is opened
+        workspace.focus(
+            partial(_workspace_choices, serving), workspace, workspace, api_visibility="private", queue=False
+        )
 
 
 def _workspace_choices(serving: Serving, current: str | None):
