@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--checkpoints", default="tiny", help="tiny (generated), shipped, or a folder")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "soak.json"))
+    parser.add_argument("--no-training", action="store_true", help="the soak alone (to tell the run's memory apart)")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="seglab-soak-"))
@@ -225,6 +226,7 @@ def main() -> None:
         "SEG_PUBLIC_MAX_TRAIN_SECONDS": "900",
         "SEG_VISITOR_MAX_IMAGES": "50",
         "SEG_UI_TORCH_THREADS": os.environ.get("SEG_UI_TORCH_THREADS", "1"),
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", ""),
     }
     started = time.perf_counter()
     app = launch(box, public=True, extra_env=env)
@@ -232,13 +234,15 @@ def main() -> None:
         startup_s = time.perf_counter() - started
         rss_start = _rss_mb(app.process.pid)
         training: dict = {}
-        trainer, trainer_session = train_in_background(app.url, training)
-        time.sleep(10)  # the run is under way before the visitors arrive
+        if not args.no_training:
+            trainer, trainer_session = train_in_background(app.url, training)
+            time.sleep(10)  # the run is under way before the visitors arrive
         soak_start = time.perf_counter()
         endpoints = soak(app.url, args.clients, args.requests)
         soak_s = time.perf_counter() - soak_start
-        stop_training(app.url, trainer_session, training)
-        trainer.join(900)
+        if not args.no_training:
+            stop_training(app.url, trainer_session, training)
+            trainer.join(900)
         time.sleep(2)
         rss_end = _rss_mb(app.process.pid)
     finally:

@@ -4,6 +4,7 @@ An experiment file (TOML) names a base ``TrainConfig`` and the settings that var
 
     title = "Augmentation"
     evaluate = ["test"]                 # splits measured on the best checkpoint at the end
+    threads = 1                         # torch threads per run (default: the CPUs split between the jobs)
 
     [base]                              # TrainConfig.from_dict format
     model = "cnn"
@@ -71,7 +72,7 @@ from seg.runs import (
     runs_dir,
 )
 
-FILE_KEYS = {"name", "title", "question", "description", "evaluate", "base", "grid", "group", "notes"}
+FILE_KEYS = {"name", "title", "question", "description", "evaluate", "threads", "base", "grid", "group", "notes"}
 EVAL_KEYS = (
     "miou",
     "map",
@@ -115,6 +116,8 @@ class Experiment:
     base: dict
     runs: list[RunSpec] = field(default_factory=list)
     notes: str = ""
+    #: torch threads per run unless --threads says otherwise (a run's numbers depend on its thread count)
+    threads: int | None = None
 
     @property
     def folder(self) -> Path:
@@ -234,6 +237,9 @@ def parse_experiment(text: str, name: str, source: Path | None = None, root: str
     name = str(data.get("name") or name)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ExperimentError(f"experiment name {name!r}: use letters, digits, '.', '_' and '-'")
+    threads = data.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ExperimentError("threads is a whole number of torch threads per run, 1 or more")
     evaluate = data.get("evaluate", ["test"])
     if not isinstance(evaluate, list) or any(s not in ("train", "test") for s in evaluate):
         raise ExperimentError("evaluate is a list of splits, train and/or test (training measures val)")
@@ -296,6 +302,7 @@ def parse_experiment(text: str, name: str, source: Path | None = None, root: str
         base,
         runs,
         str(data.get("notes") or ""),
+        threads,
     )
 
 
@@ -675,7 +682,7 @@ def run_experiment(
             )
     todo = [r for r in mine if statuses[r.name] not in ("finished", "changed")]
     jobs = max(1, min(jobs, len(todo) or 1))
-    per_job = threads or default_threads(jobs)
+    per_job = threads or experiment.threads or default_threads(jobs)
     label = f"{experiment.name}" + (f" (rank {rank}/{world})" if world > 1 else "")
     bars = SweepProgress(len(mine), sum(s == "finished" for s in statuses.values()), quiet, label)
     bars.write(
@@ -768,7 +775,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="experiment file (TOML), e.g. experiments/q1_augmentation.toml")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch threads per run (default: the CPUs split between the jobs)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: the file's threads, else the CPUs split between the jobs)",
     )
     p.add_argument(
         "--only",

@@ -78,11 +78,18 @@ def served(tmp_path_factory):
 
 def _wait_text(page, selector: str, text: str, timeout_ms: int = 60_000) -> str:
     _mark(f"wait for {text!r} in {selector}")
-    page.wait_for_function(
-        "([sel, txt]) => (document.querySelector(sel)?.innerText || '').includes(txt)",
-        arg=[selector, text],
-        timeout=timeout_ms,
-    )
+    try:
+        page.wait_for_function(
+            "([sel, txt]) => (document.querySelector(sel)?.innerText || '').includes(txt)",
+            arg=[selector, text],
+            timeout=timeout_ms,
+        )
+    except Exception:
+        shown = page.evaluate("(sel) => document.querySelector(sel)?.innerText", selector)
+        print(f"{selector} shows {shown!r}; status: {page.locator('#label-status').inner_text()!r}", flush=True)
+        if os.environ.get("SEG_SCREENSHOT_DIR"):
+            page.screenshot(path=str(Path(os.environ["SEG_SCREENSHOT_DIR"]) / "label-flow-failed.png"), full_page=True)
+        raise
     return page.locator(selector).inner_text()
 
 
@@ -95,15 +102,27 @@ def _wait_editor(page) -> None:
     page.wait_for_timeout(400)
 
 
+def _idle(page) -> None:
+    """Until no event of the Label tab is pending (their progress overlays would take the next click)."""
+    page.wait_for_timeout(200)
+    page.wait_for_function(
+        "![...document.querySelectorAll('#tab-label [data-testid=\"status-tracker\"]')]"
+        ".some((e) => !e.classList.contains('hide'))",
+        timeout=60_000,
+    )
+
+
 def _key(page, key: str) -> None:
     """A keyboard shortcut, pressed with the focus on the page (not in a text field)."""
+    _idle(page)
     page.locator("#label-legend").click()
     page.keyboard.press(key)
-    page.wait_for_timeout(300)
+    _idle(page)
 
 
 def _click_pixel(page, x: float, y: float) -> None:
     """Click image pixel (x, y) of the mask preview (an <img> drawn with object-fit: contain)."""
+    _idle(page)
     rect = page.evaluate(
         """() => {
             const img = document.querySelector('#label-preview img');
@@ -136,7 +155,8 @@ def _download(page, fmt_label: str, dest: Path) -> Path:
     page.locator("#label-io-export").click()
     _wait_text(page, "#label-io-status", f"as {fmt_label}")
     page.wait_for_function(
-        "(name) => [...document.querySelectorAll('#label-io-export-file a[href]')].some(a => a.innerText.includes(name))",
+        "(name) => [...document.querySelectorAll('#label-io-export-file a[href]')]"
+        ".some((a) => a.innerText.includes(name))",
         arg=dest.stem.split("-")[-1],
         timeout=30_000,
     )
@@ -163,6 +183,7 @@ def _import(page, fmt_label: str, archive: Path, into: str) -> str:
 
 
 def test_label_train_segment_export_import_round_trip(browser, served, tmp_path):
+    from seg.labeling.classes import format_colour
     from seg.labeling.tools import polygon_mask
     from seg.labeling.workspace import LabelsRoot
 
@@ -235,6 +256,8 @@ def test_label_train_segment_export_import_round_trip(browser, served, tmp_path)
         page.mouse.move(left + (0.1 + 0.2 * i) * W * zoom, y)
     page.mouse.up()
     page.wait_for_timeout(300)
+    print("DEBUG", left, top, zoom, page.locator("#label-editor canvas").count(), page.locator("#label-editor canvas").first.bounding_box())
+    page.screenshot(path="/tmp/lx/shots/stroke.png")
     _key(page, "a")
     _wait_text(page, "#label-status", "Applied strokes over")
     page.locator("#label-save-next").click()
@@ -242,7 +265,7 @@ def test_label_train_segment_export_import_round_trip(browser, served, tmp_path)
     _wait_text(page, "#label-progress", "2 of 8 labelled")
 
     source = LabelsRoot(labels_root).open("streets")
-    assert source.classes == CLASSES and [f"#{'%02x%02x%02x' % c}" for c in source.palette] == COLOURS
+    assert source.classes == CLASSES and [format_colour(c) for c in source.palette] == COLOURS
     first = source.load("street0").label
     car = np.zeros((H, W), bool)
     car[CAR] = True

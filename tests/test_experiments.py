@@ -82,6 +82,7 @@ def test_a_single_crop_fraction_means_that_fraction_exactly(tmp_path):
         ("[base]\nmodel = 'cnn'\n[grid]\nseed = 3\n", "non-empty list"),
         ("tittle = 'x'\n", "unknown entries"),
         ("evaluate = ['val']\n", "evaluate is a list"),
+        ("threads = 0\n", "threads is a whole number"),
         ("[base\n", "not valid TOML"),
         ("[[group]]\nlabel = 'a'\n[[group]]\nlabel = 'a'\n", "two runs would be named"),
         ("[base]\nmodel = 'cnn'\n[grid]\ncrop_fraction = ['big']\n", "crop_fraction is a number"),
@@ -99,6 +100,7 @@ def test_the_shipped_experiment_files_parse(tmp_path):
     assert counts["q1_augmentation"] == 10  # 2 crops x 2 flips x 2 seeds + no augmentation x 2 seeds
     q1 = load_experiment(REPO / "experiments" / "q1_augmentation.toml", tmp_path)
     assert len({r.config["epochs"] for r in q1.runs}) == 1
+    assert q1.threads == 1  # pinned: a run's numbers depend on its thread count
     overfit = load_experiment(REPO / "experiments" / "overfit.toml", tmp_path)
     assert "train" in overfit.evaluate
     assert {r.config["model_kwargs"].get("norm") for r in overfit.runs} == {"batch", "none"}

@@ -34,6 +34,7 @@ from seg.ui.api import build_api
 from seg.ui.messages import guard_events
 from seg.ui.pickers import Serving, VisitorStore, attach_serving, dropdown_update, take_watched
 from seg.ui.queues import inference_concurrency
+from seg.ui.scratch import limit_malloc_arenas, release_memory
 
 log = logging.getLogger("seg.ui")
 register_expected(ModelUnavailable, CheckpointNameTaken, ReadOnlyStore)
@@ -167,6 +168,7 @@ def start_sweeper(serving: Serving, store: VisitorStore) -> threading.Thread:
         while True:
             try:
                 sweep_once(serving, store)
+                release_memory()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a transient file-system error
                 log.exception("sweeping visitor spaces failed")
             time.sleep(interval)
@@ -231,6 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """``seglab-app`` / ``python app.py``: build the dashboard for this deployment and serve it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
+    limit_malloc_arenas()  # before the server's worker threads exist (see seg.ui.scratch)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

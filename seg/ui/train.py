@@ -44,6 +44,7 @@ from seg.ui.messages import missing_dataset_md, missing_dataset_text
 from seg.ui.pickers import Serving, VisitorStore, current_visitor_key, require_visitor_key, serving_of
 from seg.ui.queues import TRAIN_QUEUE
 from seg.ui.samples import dataset_available
+from seg.ui.scratch import release_memory
 from seg.ui.style import TOP_LEGEND
 from seg.visitors import RunClaim, visitor_digest
 
@@ -149,6 +150,7 @@ class TrainingRun:
                             on_end()
                         except Exception:  # noqa: BLE001 - listing checkpoints must not hide the run's end
                             log.exception("after training %s", name)
+                    release_memory()  # the run's data and gradients: back to the OS, not kept by the heap
                 self._finish("stopped" if stop.is_set() else "done", None)
 
             self._thread = threading.Thread(target=work, name=f"train-{name}", daemon=True)
@@ -263,6 +265,7 @@ class RunBoard:
             return self.shared
         key = require_visitor_key()
         claim = self.serving.slots.claim(key, name)
+        self._forget_old_runs()
         run = TrainingRun()
         try:
             run.start(
@@ -278,6 +281,14 @@ class RunBoard:
         with self._lock:
             self._runs[claim.owner] = run
         return run
+
+    def _forget_old_runs(self) -> None:
+        """Drop finished runs of visitors whose space has expired by now (their curves and sample tiles)."""
+        cutoff = time.time() - self.serving.deployment.visitor_expiry_s
+        with self._lock:
+            for owner, run in list(self._runs.items()):
+                if not run.running and (run.state.ended or 0) < cutoff:
+                    del self._runs[owner]
 
     def stop(self) -> str:
         """Stop the asker's run (public) or the run (local)."""
@@ -529,7 +540,7 @@ def plan_run(
     batch_size = _whole(batch_size, "Batch size", 1, 256)
     frozen = _whole(frozen_epochs or 0, "Frozen epochs", 0, 500)
     limit = _whole(limit or 0, "Max images per split", 0, 1_000_000)
-    seed = _whole(seed or 0, "Seed", 0, 2**31 - 1)
+    seed = _whole(seed or 0, "Seed", -(10**30), 10**30) % 2**31  # any whole number; the generators take 31 bits
     lr = _real(lr, "Learning rate", 0.0, 1.0, open_low=True)
     crop = _real(crop, "Crop fraction", 0.05, 1.0)
     flip = _real(flip, "Flip probability", 0.0, 1.0)
@@ -690,7 +701,7 @@ def build(store: Any) -> None:
                 )
             with gr.Row():
                 limit = gr.Number(0, precision=0, label="Max images per split (0 = all)", elem_id="train-limit")
-                seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+                seed = gr.Number(0, precision=0, label="Seed")
             name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>", max_length=60)
             with gr.Accordion("Training data", open=not has_data):
                 data_source = gr.Radio(sources, value=sources[0], label="Train on", elem_id="train-data-source")
