@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from seg.config import dataset_dir, resolve_checkpoint
+from seg import experiments
 from seg.instances import cli as instances_cli
 from seg.labeling import cli as labeling_cli
 
@@ -512,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_download(sub)
     _add_results(sub)
     instances_cli.add_subcommands(sub)
+    experiments.add_subcommands(sub)
     labeling_cli.add_subcommands(sub)
     return parser
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from seg.cards import update_card
 from seg.checkpoints import save_checkpoint
+from seg.hardware import bf16_training_pays
 from seg.resume import load_state, restore_modules, restore_optimization, save_state
 
 
@@ -67,22 +68,15 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast speeds training up."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for training steps: ``auto`` is fp16 on CUDA and fp32 on CPU;
-    ``bf16`` is bfloat16 autocast on either (fast on CPUs with native bf16); ``fp32`` is off."""
+    """Autocast dtype for training steps; ``fp32`` is off, ``bf16``/``fp16`` are as asked.
+
+    ``auto`` is fp16 on CUDA; on a CPU it is bf16 only where that is known to pay
+    (``seg.hardware.bf16_training_pays``: AMX, or an earlier measurement on this CPU), else
+    fp32 — AVX512-BF16 alone emulates much of the work and trains slower than fp32."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if precision == "bf16":
+    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and bf16_training_pays(measure=False)):
         return torch.bfloat16
     if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         if device.type != "cuda":
@@ -163,6 +157,7 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
     memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     amp_dtype = resolve_precision(precision, device)
+    card = dict(card, training_precision=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     train_model: nn.Module = model
     ema = None

@@ -528,11 +528,13 @@ def findings(runs: list[RunRecord], groups: list[Group], splits: list[str]) -> l
         for r in multi:
             card = r.card or {}
             curve = card.get("curve") or []
+            losses = [(row["val_loss"], row["epoch"]) for row in curve if isinstance(row.get("val_loss"), (int, float))]
+            lowest = f" (lowest {fmt(min(losses)[0], 3)} at epoch {min(losses)[1]})" if losses else ""
             out.append(
                 f"`{r.name}`: best val mIoU {fmt(metric(r, 'val', 'miou'))} at epoch {card.get('best_epoch')} "
                 f"of {len(curve)}; train loss {fmt(curve[0].get('train_loss'), 3)} → "
                 f"{fmt(curve[-1].get('train_loss'), 3)}, val loss {fmt(curve[0].get('val_loss'), 3)} → "
-                f"{fmt(curve[-1].get('val_loss'), 3)}."
+                f"{fmt(curve[-1].get('val_loss'), 3)}{lowest}."
             )
     total = sum(float(info(r).get("cpu_s") or 0) for r in runs)
     wall = sum(float(info(r).get("wall_s") or 0) for r in runs)

@@ -71,6 +71,7 @@ def _wait_text(page, selector: str, text: str, timeout_ms: int = 45_000) -> str:
     return page.locator(selector).inner_text()
 
 
+@pytest.mark.slow
 def test_prefill_paint_save_finds_mask_on_disk(browser, served):
     url, ws, ckpts = served
     global T0

@@ -12,6 +12,7 @@ the labelled image is saved there as ``label-tools.png``.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -154,14 +155,10 @@ def _download(page, fmt_label: str, dest: Path) -> Path:
     page.locator("#label-io-format").get_by_text(fmt_label).click()
     page.locator("#label-io-export").click()
     _wait_text(page, "#label-io-status", f"as {fmt_label}")
-    page.wait_for_function(
-        "(name) => [...document.querySelectorAll('#label-io-export-file a[href]')]"
-        ".some((a) => a.innerText.includes(name))",
-        arg=dest.stem.split("-")[-1],
-        timeout=30_000,
-    )
+    link = page.locator(f"#label-io-export-file a[download='{dest.name}']")
+    link.wait_for(timeout=30_000)
     with page.expect_download() as info:
-        page.locator("#label-io-export-file a[href]").first.click()
+        link.click()
     info.value.save_as(dest)
     return dest
 
@@ -174,8 +171,8 @@ def _import(page, fmt_label: str, archive: Path, into: str) -> str:
     page.locator("#label-io-import-file input[type=file]").set_input_files(str(archive))
     page.wait_for_function(
         "(name) => (document.querySelector('#label-io-import-file')?.innerText || '').includes(name)",
-        arg=archive.name,
-        timeout=30_000,
+        arg=archive.stem,  # the name is shown as stem and extension apart
+        timeout=90_000,
     )
     page.locator("#label-io-import-into input, #label-io-import-into textarea").first.fill(into)
     page.locator("#label-io-import").click()
@@ -256,8 +253,6 @@ def test_label_train_segment_export_import_round_trip(browser, served, tmp_path)
         page.mouse.move(left + (0.1 + 0.2 * i) * W * zoom, y)
     page.mouse.up()
     page.wait_for_timeout(300)
-    print("DEBUG", left, top, zoom, page.locator("#label-editor canvas").count(), page.locator("#label-editor canvas").first.bounding_box())
-    page.screenshot(path="/tmp/lx/shots/stroke.png")
     _key(page, "a")
     _wait_text(page, "#label-status", "Applied strokes over")
     page.locator("#label-save-next").click()
@@ -294,6 +289,8 @@ def test_label_train_segment_export_import_round_trip(browser, served, tmp_path)
     page.locator("#train-start").click()
     status = _wait_text(page, "#train-status", "Best checkpoint: streets-cnn", 240_000)
     assert "1 of 1 epochs" in status
+    card = json.loads((root / "checkpoints" / "streets-cnn.json").read_text())
+    assert card["classes"] == CLASSES and [format_colour(c) for c in card["palette"]] == COLOURS, "the card's legend"
 
     _mark("the new model in the Segment tab, with the workspace's legend")
     page.get_by_role("tab", name="Segment").click()

@@ -215,10 +215,11 @@ def test_class_and_tool_changes_set_the_brush_and_apply_the_previous_tools_strok
     with pytest.raises(gr.Error, match="Pick a class"):
         label_tools.do_class(of, 7, "brush", s)
     stroke = _layer(((slice(0, 3), slice(0, 20)), ws.palette[1]))
-    s, _, note, help_text = label_tools.do_tool(of, stroke, "scribbles", s, 0.5, True)
-    assert "Applied the brush strokes (60 pixels)" in note and (s.label[0:3, 0:20] == 1).all()
+    s, _, note, help_text, applied = label_tools.do_tool(of, stroke, "scribbles", s, 0.5, True)
+    assert "Applied the brush strokes (60 pixels)" in note and (s.label[0:3, 0:20] == 1).all() and applied
     assert s.tool == "scribbles" and "green" in help_text
-    update = label_tools.redraw_for_tool(of, s, "scribbles", 0.5)
+    assert "value" not in label_tools.redraw_for_tool(of, s, "scribbles", 0.5, False), "nothing applied: no redraw"
+    update = label_tools.redraw_for_tool(of, s, "scribbles", 0.5, applied)
     assert update["brush"].colors == ["#39ff14", "#ff1744"] and update["value"]["background"].shape == (H, W, 3)
     assert update["value"]["layers"][0].shape == (H, W, 4), "the canvas is the image: it opens fitted"
 

@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from test_attack import SCENE, BrowserSession, launch, listing, make_sandbox, stop_app
 
 HAS_SBD = bool(os.environ.get("SEG_DATA_DIR")) and (Path(os.environ.get("SEG_DATA_DIR", "/")) / "iccv09Data").is_dir()
@@ -88,6 +87,7 @@ def _space_of(box, visitor: Visitor) -> Path:
     return box.visitors / visitor_digest(f"session:{visitor.page.session_hash}")
 
 
+@pytest.mark.slow
 def test_visitors_cannot_see_load_or_overwrite_each_others_images(public_app):
     app, box = public_app
     alice, bob = Visitor(app.url), Visitor(app.url)
@@ -114,6 +114,7 @@ def test_visitors_cannot_see_load_or_overwrite_each_others_images(public_app):
     assert not set(alice_zip) & {n for n in bob_zip if n.startswith("checkpoints/")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_SBD, reason="training needs Stanford Background (set SEG_DATA_DIR)")
 def test_visitors_cannot_use_or_overwrite_each_others_checkpoints(public_app):
     app, box = public_app
@@ -138,6 +139,7 @@ def test_visitors_cannot_use_or_overwrite_each_others_checkpoints(public_app):
     assert not shipped.ok and "exists already" in shipped.error, "a shipped name cannot be reused"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_SBD, reason="training needs Stanford Background (set SEG_DATA_DIR)")
 def test_one_visitor_cannot_stop_anothers_run(public_app):
     app, _box = public_app
@@ -184,6 +186,7 @@ def test_visitor_key_is_the_session_or_the_hugging_face_login():
         assert current_visitor_key() == "session:xyz"
 
 
+@pytest.mark.slow
 def test_public_page_has_no_path_inputs(public_app):
     """No textbox of the public page takes a folder: the Label tab has no workspace box or server import,
     the Train tab no workspace argument."""
@@ -197,4 +200,3 @@ def test_public_page_has_no_path_inputs(public_app):
     assert not [text for text in labels if "folder" in text.lower() or "path" in text.lower()], labels
     train = page.deps[page.find(api_name="train")]
     assert len(train["inputs"]) == 13
-    Image.open(SCENE).close()

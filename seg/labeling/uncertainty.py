@@ -204,6 +204,9 @@ class UncertaintyRanker:
 
     def _refreshed(self) -> None:
         with self._lock:
+            for key in [k for k, (ws, _) in self._seen.items() if not ws.root.is_dir()]:
+                del self._seen[key]  # a deleted workspace (an expired visitor's) is forgotten
+                self._rankings.pop(key, None)
             seen = list(self._seen.values())
         for ws, store in seen:
             try:

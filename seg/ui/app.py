@@ -47,6 +47,7 @@ TABS: list[tuple[str, str, str]] = [
     ("Train", "train", "tab-train"),
     ("Instances", "instances", "tab-instances"),
     ("Label", "label", "tab-label"),
+    ("Compare", "compare", "tab-compare"),
 ]
 
 CSS_PATH = REPO_ROOT / "assets" / "app.css"

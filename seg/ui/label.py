@@ -308,6 +308,7 @@ def do_open(access: WorkspaceAccess, name: str | None, s: LabelSession):
         return _opened(access, None)
     if s.root and s.workspace == name:
         return (gr.skip(),) * 8  # already open (the list was refreshed): keep the edits
+    label_tools.warn_unsaved(s)
     return _opened(access, access.open_named(name))
 
 
@@ -325,6 +326,7 @@ def do_reopen(access: WorkspaceAccess, created: str | None, s: LabelSession):
     """After classes or an import changed the workspace: show it again (its classes, colours and images),
     keeping the open image's edits; or open the workspace an import just created (local mode)."""
     if created and not access.public:
+        label_tools.warn_unsaved(s)
         return (*_opened(access, access.open_named(created)), gr.update(choices=access.names(), value=created))
     opened = _opened(access, access.workspace(s), s)
     return opened if access.public else (*opened, gr.skip())
@@ -750,7 +752,7 @@ def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
     def then_redraw(event: Any) -> None:
         """The editor is refreshed in a follow-up event: Gradio's ImageEditor stalls when one
         event both reads and writes it."""
-        event.then(redraw_editor, [c.state, c.opacity], c.editor, show_progress="hidden", **private)
+        event.then(redraw_editor, [c.state, c.opacity], c.editor, show_progress="minimal", **private)
 
     load = dict(
         fn=partial(do_load, access),

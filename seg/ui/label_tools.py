@@ -297,6 +297,14 @@ def restore_draft(s: Any) -> str | None:
     return note
 
 
+def warn_unsaved(s: Any) -> None:
+    """Say which images of the workspace being left have unsaved edits (they stay behind, unsaved)."""
+    unsaved = sorted({*(getattr(s, "drafts", None) or {}), *([s.name] if s.dirty and s.name else [])})
+    if unsaved:
+        shown = ", ".join(unsaved[:5]) + (f" and {len(unsaved) - 5} more" if len(unsaved) > 5 else "")
+        gr.Warning(f"Unsaved changes to {shown} in {s.workspace or 'the previous workspace'} were not saved.")
+
+
 def unchanged_version(ws: Workspace, s: Any) -> int | None:
     """The current saved version when it already holds exactly the session's mask (so a save is skipped)."""
     if s.name is None or s.label is None:
@@ -327,6 +335,8 @@ class ToolPanel:
     close_btn: gr.Button
     cancel_btn: gr.Button
     seed: gr.Checkbox
+    #: Whether the last tool change applied strokes (then the editor's picture must be redrawn).
+    applied: gr.State
 
 
 def tool_panel(
@@ -358,7 +368,18 @@ def tool_panel(
     with gr.Accordion("Keyboard shortcuts", open=False):
         gr.Markdown(shortcuts_md(), elem_id="label-shortcuts")
     return ToolPanel(
-        class_pick, legend_box, tool, help_md, editor, apply_btn, undo_btn, redo_btn, close_btn, cancel_btn, seed
+        class_pick,
+        legend_box,
+        tool,
+        help_md,
+        editor,
+        apply_btn,
+        undo_btn,
+        redo_btn,
+        close_btn,
+        cancel_btn,
+        seed,
+        gr.State(False),
     )
 
 
@@ -417,20 +438,25 @@ def do_tool(workspace_of: WorkspaceOf, editor: dict | None, tool: str, s: Any, o
         raise gr.Error("Pick one of the listed tools.")
     previous, s.tool, s.points = getattr(s, "tool", BRUSH), tool, []
     if s.image is None or s.root is None:
-        return s, gr.skip(), "", tool_help(tool)
+        return s, gr.skip(), "", tool_help(tool), False
     ws = workspace_of(s)
     n = _apply_or_refuse(s, editor, previous if previous in STROKE_TOOLS else BRUSH, ws)
-    note = f"Applied the {previous} strokes ({n} pixels) before switching to {tool}." if n else ""
-    return s, preview(s, ws.palette, opacity, show_changes), note, tool_help(tool)
+    if not n:
+        return s, gr.skip(), "", tool_help(tool), False
+    note = f"Applied the {previous} strokes ({n} pixels) before switching to {tool}."
+    return s, preview(s, ws.palette, opacity, show_changes), note, tool_help(tool), True
 
 
-def redraw_for_tool(workspace_of: WorkspaceOf, s: Any, tool: str, opacity: float):
-    """The editor after a tool change: the mask as it is now, and the tool's brush colours."""
+def redraw_for_tool(workspace_of: WorkspaceOf, s: Any, tool: str, opacity: float, applied: bool = True):
+    """The editor after a tool change: the tool's brush colours, and the mask's picture when strokes were
+    applied (otherwise the picture stays, so strokes begun meanwhile are not wiped)."""
     if s.root is None:
         return gr.skip()
     ws = workspace_of(s)
-    value = editor_value(s.image, s.label, ws.palette, opacity) if s.image is not None else gr.skip()
-    return gr.update(value=value, brush=brush_for(ws.palette, tool, s.current_class))
+    brush = brush_for(ws.palette, tool, s.current_class)
+    if not applied or s.image is None:
+        return gr.update(brush=brush)
+    return gr.update(value=editor_value(s.image, s.label, ws.palette, opacity), brush=brush)
 
 
 def class_probability(store: Any, model: str | None, ws: Workspace, class_id: int, image: np.ndarray):
@@ -604,7 +630,7 @@ def wire(
     edited = [state, preview_image, status]
 
     def then_redraw(event: Any) -> None:
-        event.then(partial(redraw, workspace_of), [state, opacity], editor, show_progress="hidden", **private)
+        event.then(partial(redraw, workspace_of), [state, opacity], editor, show_progress="minimal", **private)
 
     panel.class_pick.change(
         partial(do_class, workspace_of), [panel.class_pick, panel.tool, state], [state, editor], **private
@@ -612,10 +638,14 @@ def wire(
     panel.tool.change(
         partial(do_tool, workspace_of),
         [editor, panel.tool, *display],
-        [*edited, panel.help],
+        [*edited, panel.help, panel.applied],
         **private,
     ).then(
-        partial(redraw_for_tool, workspace_of), [state, panel.tool, opacity], editor, show_progress="hidden", **private
+        partial(redraw_for_tool, workspace_of),
+        [state, panel.tool, opacity, panel.applied],
+        editor,
+        show_progress="minimal",
+        **private,
     )
 
     def on_click(
@@ -760,6 +790,8 @@ def wire_queue(
     panel: QueuePanel, workspace_of: WorkspaceOf, store: Any, *, state: Any, item: Any, status: Any, model: Any
 ):
     private: dict[str, Any] = {"api_visibility": "private"}
+    if store is not None:
+        RANKER.attach(_concrete(store))  # a run's end refreshes the store: rankings follow without a page open
     panel.timer.tick(
         partial(do_queue, workspace_of, store),
         [state, panel.seen],

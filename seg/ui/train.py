@@ -484,6 +484,16 @@ def _whole(value: Any, what: str, low: int, high: int) -> int:
     return int(number)
 
 
+def _any_whole(value: Any, what: str) -> int:
+    try:
+        number = float(value or 0)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise gr.Error(f"{what} must be a whole number.")
+    return int(number)
+
+
 def _real(value: Any, what: str, low: float, high: float, open_low: bool = False) -> float:
     try:
         number = float(value)
@@ -540,7 +550,7 @@ def plan_run(
     batch_size = _whole(batch_size, "Batch size", 1, 256)
     frozen = _whole(frozen_epochs or 0, "Frozen epochs", 0, 500)
     limit = _whole(limit or 0, "Max images per split", 0, 1_000_000)
-    seed = _whole(seed or 0, "Seed", -(10**30), 10**30) % 2**31  # any whole number; the generators take 31 bits
+    seed = _any_whole(seed, "Seed") % 2**31  # any whole number is accepted; the generators take 31 bits
     lr = _real(lr, "Learning rate", 0.0, 1.0, open_low=True)
     crop = _real(crop, "Crop fraction", 0.05, 1.0)
     flip = _real(flip, "Flip probability", 0.0, 1.0)
