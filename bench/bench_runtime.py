@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-agreement", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
     threads = threads_from_env()
     features = cpu_features()
@@ -161,9 +162,10 @@ def main() -> None:
                 f"{str(row['ratio_range']):>12}  {text}",
                 flush=True,
             )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps(results, indent=1))
-    print(f"wrote {RESULTS}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(results, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
