@@ -90,10 +90,16 @@ def main() -> None:
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "app.log", "wb"))
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                 "load_average_1min_at_start": round(os.getloadavg()[0], 2)},
-                     "torch_threads": os.environ.get("SEG_UI_TORCH_THREADS") or "torch default",
-                     "image": "288x224", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        },
+        "torch_threads": os.environ.get("SEG_UI_TORCH_THREADS") or "torch default",
+        "image": "288x224",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         wait_http(url, timeout=180)
         page_s = time.perf_counter() - start
@@ -107,11 +113,17 @@ def main() -> None:
         results["latency_ms"] = {}
         for model in models:
             times, infos = _timed_calls(client, image, model, args.runs)
-            row = {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1),
-                   "model_p50": round(statistics.median(i["latency_ms"] for i in infos), 1), "runs": args.runs}
+            row = {
+                "p50": round(statistics.median(times), 1),
+                "p95": round(_percentile(times, 95), 1),
+                "model_p50": round(statistics.median(i["latency_ms"] for i in infos), 1),
+                "runs": args.runs,
+            }
             results["latency_ms"][model] = row
-            print(f"{model:>12}: end-to-end p50 {row['p50']:.0f} ms, p95 {row['p95']:.0f} ms "
-                  f"(model alone p50 {row['model_p50']:.0f} ms)")
+            print(
+                f"{model:>12}: end-to-end p50 {row['p50']:.0f} ms, p95 {row['p95']:.0f} ms "
+                f"(model alone p50 {row['model_p50']:.0f} ms)"
+            )
 
         model = args.throughput_model if args.throughput_model in models else models[0]
         variants = {
@@ -119,16 +131,17 @@ def main() -> None:
             "latency_ms_no_download": ("without downloading the PNG", connect(url, download_files=False)),
             # ...and from one left at gradio_client's defaults (a certificate-verifying SSL context
             # built per request, even over http): the reference the advice is measured by
-            "latency_ms_client_defaults": ("with gradio_client's default ssl_verify=True",
-                                           Client(url, verbose=False)),
+            "latency_ms_client_defaults": ("with gradio_client's default ssl_verify=True", Client(url, verbose=False)),
         }
         for key, (what, variant) in variants.items():
             times, _ = _timed_calls(variant, image, model, args.runs)
             p50 = statistics.median(times)
             results[key] = {model: {"p50": round(p50, 1), "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
             ratio = p50 / results["latency_ms"][model]["p50"]
-            print(f"{model:>12}: {what} p50 {p50:.0f} ms, p95 {_percentile(times, 95):.0f} ms "
-                  f"(ratio to connect(): {ratio:.2f})")
+            print(
+                f"{model:>12}: {what} p50 {p50:.0f} ms, p95 {_percentile(times, 95):.0f} ms "
+                f"(ratio to connect(): {ratio:.2f})"
+            )
 
         clients = [connect(url) for _ in range(args.clients)]
         errors: list[str] = []
@@ -148,10 +161,18 @@ def main() -> None:
             th.join()
         wall = time.perf_counter() - t
         calls = args.clients * args.calls_per_client
-        results["throughput"] = {"model": model, "clients": args.clients, "calls": calls, "errors": len(errors),
-                                 "seconds": round(wall, 2), "requests_per_s": round(calls / wall, 2)}
-        print(f"throughput ({model}, {args.clients} clients): {calls / wall:.1f} req/s over {calls} calls, "
-              f"{len(errors)} errors")
+        results["throughput"] = {
+            "model": model,
+            "clients": args.clients,
+            "calls": calls,
+            "errors": len(errors),
+            "seconds": round(wall, 2),
+            "requests_per_s": round(calls / wall, 2),
+        }
+        print(
+            f"throughput ({model}, {args.clients} clients): {calls / wall:.1f} req/s over {calls} calls, "
+            f"{len(errors)} errors"
+        )
     finally:
         proc.terminate()
         try:

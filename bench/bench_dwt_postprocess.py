@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
 from dataclasses import replace  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates  # noqa: E402
 from seg.instances.synthetic import ideal_maps, pedestrian_scene  # noqa: E402
@@ -87,27 +87,33 @@ def main() -> int:
     partition = _per_image_ms(maps, lambda fg, energy, extra: instances_from_maps(fg, energy, params), args.repeats)
     with_alts = replace(params, alternatives=True)
     ranked = _per_image_ms(maps, lambda fg, energy, extra: ranked_candidates(fg, energy, with_alts), args.repeats)
-    ranked_extra = _per_image_ms(maps, lambda fg, energy, extra: ranked_candidates(fg, energy, with_alts, extra),
-                                 args.repeats)
+    ranked_extra = _per_image_ms(
+        maps, lambda fg, energy, extra: ranked_candidates(fg, energy, with_alts, extra), args.repeats
+    )
     # best of the repeats per image is the cost on an idle core (the CPU is shared with
     # training runs, which only ever add time); the plain mean is reported too
     best = partition.min(axis=0)
-    report = {"size_wh": [SIZE[1], SIZE[0]], "images": len(maps), "repeats": args.repeats,
-              "source": args.checkpoint or "synthetic",
-              "per_image_best_mean_ms": round(float(best.mean()), 3),
-              "per_image_best_max_ms": round(float(best.max()), 3),
-              "all_calls_mean_ms": round(float(partition.mean()), 3),
-              "all_calls_median_ms": round(float(np.median(partition)), 3), "target_ms": TARGET_MS,
-              "with_alternatives_best_mean_ms": round(float(ranked.min(axis=0).mean()), 3),
-              "with_alternatives_vs_partition": round(float(ranked.min(axis=0).mean() / best.mean()), 2),
-              "with_alternatives_and_extra_pass_best_mean_ms": round(float(ranked_extra.min(axis=0).mean()), 3),
-              "with_alternatives_and_extra_pass_vs_partition":
-                  round(float(ranked_extra.min(axis=0).mean() / best.mean()), 2)}
+    report = {
+        "size_wh": [SIZE[1], SIZE[0]],
+        "images": len(maps),
+        "repeats": args.repeats,
+        "source": args.checkpoint or "synthetic",
+        "per_image_best_mean_ms": round(float(best.mean()), 3),
+        "per_image_best_max_ms": round(float(best.max()), 3),
+        "all_calls_mean_ms": round(float(partition.mean()), 3),
+        "all_calls_median_ms": round(float(np.median(partition)), 3),
+        "target_ms": TARGET_MS,
+        "with_alternatives_best_mean_ms": round(float(ranked.min(axis=0).mean()), 3),
+        "with_alternatives_vs_partition": round(float(ranked.min(axis=0).mean() / best.mean()), 2),
+        "with_alternatives_and_extra_pass_best_mean_ms": round(float(ranked_extra.min(axis=0).mean()), 3),
+        "with_alternatives_and_extra_pass_vs_partition": round(float(ranked_extra.min(axis=0).mean() / best.mean()), 2),
+    }
     # the target is the partition's (the instances); the ranked candidates are reported beside it
     report["pass"] = report["per_image_best_mean_ms"] < TARGET_MS
     report["with_alternatives_pass"] = report["with_alternatives_best_mean_ms"] < TARGET_MS
-    report["with_alternatives_and_extra_pass_pass"] = \
+    report["with_alternatives_and_extra_pass_pass"] = (
         report["with_alternatives_and_extra_pass_best_mean_ms"] < TARGET_MS
+    )
     print(json.dumps(report, indent=1))
     return 0 if report["pass"] else 1
 

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import torch
+from _common import sbd_dir_or_exit, threads_from_env
 from sklearn.metrics import average_precision_score, confusion_matrix
 
-from _common import sbd_dir_or_exit, threads_from_env
 from seg.checkpoints import list_checkpoints
 from seg.data.sbd import load_semantic_split
 from seg.inference import Predictor
@@ -27,8 +27,12 @@ def main() -> None:
     val = load_semantic_split(sbd_dir_or_exit(), "val")
     ckpt = {c.name: c for c in list_checkpoints() if c.available}.get("unet")
     if ckpt:
-        probs = torch.cat([Predictor.from_checkpoint(ckpt.path, "cpu").predict_probs_batch(val.images[i:i + 16])
-                           for i in range(0, len(val), 16)])
+        probs = torch.cat(
+            [
+                Predictor.from_checkpoint(ckpt.path, "cpu").predict_probs_batch(val.images[i : i + 16])
+                for i in range(0, len(val), 16)
+            ]
+        )
         source = "unet checkpoint"
     else:
         probs = torch.randn(len(val), 9, 224, 288).softmax(1)
@@ -40,7 +44,7 @@ def main() -> None:
     start = time.perf_counter()
     metrics = SegMetrics(c)
     for i in range(0, len(val), 16):
-        metrics.update(probs[i:i + 16], target[i:i + 16])
+        metrics.update(probs[i : i + 16], target[i : i + 16])
     ours_cm = metrics.confusion.numpy()
     ours_ap, _ = metrics.average_precisions(interpolated=False)
     ours_s = time.perf_counter() - start

@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from _common import sbd_dir_or_exit, threads_from_env, time_calls
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from _common import sbd_dir_or_exit, threads_from_env, time_calls
 from seg.classes import SBD_PALETTE, colorize
 from seg.config import dataset_dir
 from seg.data.sbd import list_samples, read_label

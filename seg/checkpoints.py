@@ -24,8 +24,19 @@ from seg.config import checkpoint_dir
 from seg.io import atomic_write_bytes
 from seg.models import create
 
-__all__ = ["CheckpointError", "CheckpointInfo", "read_card", "stem_of", "save_checkpoint", "load_checkpoint",
-           "list_checkpoints", "quantize_checkpoint", "lineage", "continued_init", "warm_start"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "read_card",
+    "stem_of",
+    "save_checkpoint",
+    "load_checkpoint",
+    "list_checkpoints",
+    "quantize_checkpoint",
+    "lineage",
+    "continued_init",
+    "warm_start",
+]
 
 #: Architecture arguments that say how to *initialise* weights; on load the weights come
 #: from the checkpoint, so these are forced to "none" (no download, no local file needed).
@@ -46,8 +57,11 @@ class CheckpointInfo:
 
 #: suffix of the per-output-channel scale stored beside an int8 weight
 INT8_SCALE_SUFFIX = ".int8_scale"
-WEIGHTS_DTYPES = {"float32": "float32", "float16": "float16",
-                  "int8": "int8 with one scale per first-dim channel (weights of 2+ dims), float16 (the rest)"}
+WEIGHTS_DTYPES = {
+    "float32": "float32",
+    "float16": "float16",
+    "int8": "int8 with one scale per first-dim channel (weights of 2+ dims), float16 (the rest)",
+}
 
 
 def _quantise_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +95,9 @@ def _dequantised(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(path_stem: str | Path, model: torch.nn.Module, card: dict, fp16: bool = True,
-                    weights: str | None = None) -> Path:
+def save_checkpoint(
+    path_stem: str | Path, model: torch.nn.Module, card: dict, fp16: bool = True, weights: str | None = None
+) -> Path:
     """Write weights and card; returns the stem. Float tensors are stored as fp16 by default;
     ``weights`` ("float32" | "float16" | "int8") overrides ``fp16``."""
     weights = weights or ("float16" if fp16 else "float32")
@@ -119,8 +134,13 @@ def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
     model, card = load_checkpoint(source)
     size = stem_of(source).with_suffix(".safetensors").stat().st_size
     kept = {k: v for k, v in card.items() if k not in GENERATED_CARD_KEYS}
-    kept["quantized_from"] = {"checkpoint": stem_of(source).name, "weights_dtype": card.get("weights_dtype"),
-                              "bytes": size, "saved_at": card.get("saved_at"), "software": card.get("software")}
+    kept["quantized_from"] = {
+        "checkpoint": stem_of(source).name,
+        "weights_dtype": card.get("weights_dtype"),
+        "bytes": size,
+        "saved_at": card.get("saved_at"),
+        "software": card.get("software"),
+    }
     save_checkpoint(out, model, kept, weights="int8")
     return read_card(out)
 
@@ -149,12 +169,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise CheckpointError(f"weights {weights.name} do not match the card's architecture "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise CheckpointError(
+            f"weights {weights.name} do not match the card's architecture "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     for key, tensor in state.items():
         if tensor.shape != own[key].shape:
-            raise CheckpointError(f"weights {weights.name}: {key} has shape {tuple(tensor.shape)}, "
-                                  f"expected {tuple(own[key].shape)}")
+            raise CheckpointError(
+                f"weights {weights.name}: {key} has shape {tuple(tensor.shape)}, expected {tuple(own[key].shape)}"
+            )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.eval()
     return model.to(device), card
@@ -172,28 +195,37 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     previous, card = load_checkpoint(path)
     arch = card.get("architecture")
     semantic = card.get("task", "semantic") == "semantic"
-    source = dict(lineage(card), dataset=card.get("dataset") or ("stanford-background" if semantic else None),
-                  its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items()
-                                   if isinstance(v, (int, float))})
+    source = dict(
+        lineage(card),
+        dataset=card.get("dataset") or ("stanford-background" if semantic else None),
+        its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items() if isinstance(v, (int, float))},
+    )
     if arch == getattr(model, "arch_name", None):
         model.load_state_dict(previous.state_dict())
         return dict(source, loaded="all weights (warm restart)")
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
-        raise ValueError(f"--init-from {path}: architecture {arch!r} cannot initialise a "
-                         f"{getattr(model, 'arch_name', None)!r} model")
+        raise ValueError(
+            f"--init-from {path}: architecture {arch!r} cannot initialise a {getattr(model, 'arch_name', None)!r} model"
+        )
     state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
     own = body.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(f"--init-from {path}: its {arch} body does not match this model's "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
-                         "use the same --arch values")
+        raise ValueError(
+            f"--init-from {path}: its {arch} body does not match this model's "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped tensors); "
+            "use the same --arch values"
+        )
     body.load_state_dict(state)
     # transfer from another task: its epochs are not this model's, so no running totals
-    return dict(source, loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
-                total_epochs=None, total_training_time_s=None)
+    return dict(
+        source,
+        loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
+        total_epochs=None,
+        total_training_time_s=None,
+    )
 
 
 def continued_init(source: dict) -> str:

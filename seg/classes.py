@@ -5,19 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 SBD_CLASSES: list[str] = [
-    "sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc",
+    "sky",
+    "tree",
+    "road",
+    "grass",
+    "water",
+    "building",
+    "mountain",
+    "foreground",
+    "misc",
 ]
 
 #: Distinct, colour-blind-friendlier colours; index = class id.
 SBD_PALETTE: list[tuple[int, int, int]] = [
-    (70, 130, 230),   # sky
-    (34, 139, 34),    # tree
-    (128, 64, 128),   # road
-    (152, 230, 80),   # grass
-    (0, 200, 210),    # water
-    (220, 90, 50),    # building
-    (140, 110, 80),   # mountain
-    (250, 200, 30),   # foreground
+    (70, 130, 230),  # sky
+    (34, 139, 34),  # tree
+    (128, 64, 128),  # road
+    (152, 230, 80),  # grass
+    (0, 200, 210),  # water
+    (220, 90, 50),  # building
+    (140, 110, 80),  # mountain
+    (250, 200, 30),  # foreground
     (110, 110, 110),  # misc
 ]
 

@@ -15,23 +15,44 @@ import shlex
 import sys
 from pathlib import Path
 
-from seg.config import dataset_dir, resolve_checkpoint
 from seg import experiments
+from seg.config import dataset_dir, resolve_checkpoint
 from seg.instances import cli as instances_cli
 from seg.labeling import cli as labeling_cli
 
 PROG = "seglab"
 
 #: train flags that only one task has -> (the task, the other task's counterpart or None)
-SEMANTIC_ONLY = {"crop_fraction": "--inst-crop", "flip_p": None, "color_jitter": None, "train_size": None,
-                 "class_weighting": None, "frozen_epochs": None, "encoder_lr_ratio": None, "val_split": None}
-INSTANCE_ONLY = {"crop": "--crop-fraction", "work_height": "--train-size", "fg_balance": "--class-weights",
-                 "val_images": "--limit"}
-FLAG_NAMES = {"crop_fraction": "--crop-fraction", "flip_p": "--flip-p", "color_jitter": "--color-jitter",
-              "train_size": "--train-size", "class_weighting": "--class-weights", "frozen_epochs": "--frozen-epochs",
-              "encoder_lr_ratio": "--encoder-lr-ratio", "val_split": "--val-split", "crop": "--inst-crop",
-              "work_height": "--inst-work-height", "fg_balance": "--inst-fg-balance",
-              "val_images": "--inst-val-images"}
+SEMANTIC_ONLY = {
+    "crop_fraction": "--inst-crop",
+    "flip_p": None,
+    "color_jitter": None,
+    "train_size": None,
+    "class_weighting": None,
+    "frozen_epochs": None,
+    "encoder_lr_ratio": None,
+    "val_split": None,
+}
+INSTANCE_ONLY = {
+    "crop": "--crop-fraction",
+    "work_height": "--train-size",
+    "fg_balance": "--class-weights",
+    "val_images": "--limit",
+}
+FLAG_NAMES = {
+    "crop_fraction": "--crop-fraction",
+    "flip_p": "--flip-p",
+    "color_jitter": "--color-jitter",
+    "train_size": "--train-size",
+    "class_weighting": "--class-weights",
+    "frozen_epochs": "--frozen-epochs",
+    "encoder_lr_ratio": "--encoder-lr-ratio",
+    "val_split": "--val-split",
+    "crop": "--inst-crop",
+    "work_height": "--inst-work-height",
+    "fg_balance": "--inst-fg-balance",
+    "val_images": "--inst-val-images",
+}
 
 
 def _crop_fraction(text: str) -> tuple[float, float] | None:
@@ -83,65 +104,144 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train any model; writes <out>.safetensors + <out>.json (its card)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", help="a registered model: prior, cnn, unet, resunet (semantic); dwt, maskrcnn "
-                                   "(instances)")
+    p = sub.add_parser(
+        "train",
+        help="train any model; writes <out>.safetensors + <out>.json (its card)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model", help="a registered model: prior, cnn, unet, resunet (semantic); dwt, maskrcnn (instances)"
+    )
     p.add_argument("--out", help="checkpoint path stem, e.g. checkpoints/unet")
-    p.add_argument("--resume", metavar="RUN", default=None,
-                   help="continue the interrupted run whose checkpoint stem is RUN, exactly where its last finished "
-                        "epoch left it (model, optimizer, schedule, epoch, random state); other flags are ignored")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue the interrupted run whose checkpoint stem is RUN, exactly where its last finished "
+        "epoch left it (model, optimizer, schedule, epoch, random state); other flags are ignored",
+    )
     p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR), or a labeling workspace")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-size", "--inst-batch-size", dest="batch_size", type=int, default=None,
-                   help="images per step (default: semantic 8, dwt 4, maskrcnn 2)")
+    p.add_argument(
+        "--batch-size",
+        "--inst-batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help="images per step (default: semantic 8, dwt 4, maskrcnn 2)",
+    )
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--encoder-init", default="none",
-                   help="resunet/maskrcnn encoder: 'imagenet' (torchvision weights API / hub cache), a local weights "
-                        "file, or 'none'")
-    p.add_argument("--arch", type=_arch_kwarg, action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture argument, e.g. --arch base_channels=16")
-    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                   help="start from a checkpoint of the same architecture (warm restart); for dwt also a semantic "
-                        "checkpoint of its body (e.g. checkpoints/unet); recorded on the card")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                   help="validate and save an exponential moving average of the weights (e.g. 0.995)")
-    p.add_argument("--limit", "--inst-max-images", dest="limit", type=int, default=None,
-                   help="use only the first N images of each split (smoke tests)")
+    p.add_argument(
+        "--encoder-init",
+        default="none",
+        help="resunet/maskrcnn encoder: 'imagenet' (torchvision weights API / hub cache), a local weights "
+        "file, or 'none'",
+    )
+    p.add_argument(
+        "--arch",
+        type=_arch_kwarg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, e.g. --arch base_channels=16",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from a checkpoint of the same architecture (warm restart); for dwt also a semantic "
+        "checkpoint of its body (e.g. checkpoints/unet); recorded on the card",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="validate and save an exponential moving average of the weights (e.g. 0.995)",
+    )
+    p.add_argument(
+        "--limit",
+        "--inst-max-images",
+        dest="limit",
+        type=int,
+        default=None,
+        help="use only the first N images of each split (smoke tests)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="training-step precision: auto = fp16 mixed precision on CUDA; on a CPU bf16 where it "
-                        "measurably pays (AMX), else fp32")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="training-step precision: auto = fp16 mixed precision on CUDA; on a CPU bf16 where it "
+        "measurably pays (AMX), else fp32",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sem = p.add_argument_group("semantic models (prior, cnn, unet, resunet)")
-    sem.add_argument("--crop-fraction", dest="crop_fraction", type=_crop_fraction, default=None,
-                     help="crop area as a fraction of the image: one value (e.g. 0.25) or a range 'min,max'; "
-                          "'none' (default 0.25,1)")
+    sem.add_argument(
+        "--crop-fraction",
+        dest="crop_fraction",
+        type=_crop_fraction,
+        default=None,
+        help="crop area as a fraction of the image: one value (e.g. 0.25) or a range 'min,max'; "
+        "'none' (default 0.25,1)",
+    )
     sem.add_argument("--flip-p", dest="flip_p", type=float, default=None, help="horizontal flip probability (0.5)")
     sem.add_argument("--color-jitter", dest="color_jitter", type=float, default=None, help="(0.2)")
-    sem.add_argument("--train-size", dest="train_size", type=_size, default=None, metavar="WxH",
-                     help="size the crops are resized to for training, e.g. 144x112 (default: the full 288x224)")
-    sem.add_argument("--class-weights", dest="class_weighting", default=None,
-                     choices=("none", "inverse_sqrt", "inverse"),
-                     help="cross-entropy class weights from training-set frequencies (inverse_sqrt)")
-    sem.add_argument("--frozen-epochs", dest="frozen_epochs", type=int, default=None,
-                     help="epochs with the encoder frozen before unfreezing (default 3 for resunet, else 0)")
-    sem.add_argument("--encoder-lr-ratio", dest="encoder_lr_ratio", type=float, default=None,
-                     help="encoder learning rate as a fraction of --lr once unfrozen (0.1)")
+    sem.add_argument(
+        "--train-size",
+        dest="train_size",
+        type=_size,
+        default=None,
+        metavar="WxH",
+        help="size the crops are resized to for training, e.g. 144x112 (default: the full 288x224)",
+    )
+    sem.add_argument(
+        "--class-weights",
+        dest="class_weighting",
+        default=None,
+        choices=("none", "inverse_sqrt", "inverse"),
+        help="cross-entropy class weights from training-set frequencies (inverse_sqrt)",
+    )
+    sem.add_argument(
+        "--frozen-epochs",
+        dest="frozen_epochs",
+        type=int,
+        default=None,
+        help="epochs with the encoder frozen before unfreezing (default 3 for resunet, else 0)",
+    )
+    sem.add_argument(
+        "--encoder-lr-ratio",
+        dest="encoder_lr_ratio",
+        type=float,
+        default=None,
+        help="encoder learning rate as a fraction of --lr once unfrozen (0.1)",
+    )
     sem.add_argument("--val-split", dest="val_split", default=None, choices=("val", "test"))
     inst = p.add_argument_group("instance models (dwt, maskrcnn)")
-    inst.add_argument("--inst-crop", dest="crop", type=int, default=None,
-                      help="training crop side in px (dwt 224, maskrcnn 320)")
-    inst.add_argument("--inst-work-height", dest="work_height", type=int, default=None,
-                      help="dwt: image height to train and run at (default 224; inference uses the card's)")
-    inst.add_argument("--inst-fg-balance", dest="fg_balance", type=float, default=None,
-                      help="dwt: weight of an extra foreground term over pedestrian pixels weighted 1/sqrt(instance "
-                           "area), so small pedestrians count (default 0: plain cross entropy)")
-    inst.add_argument("--inst-val-images", dest="val_images", type=int, default=None,
-                      help="validate on the first N val images")
+    inst.add_argument(
+        "--inst-crop", dest="crop", type=int, default=None, help="training crop side in px (dwt 224, maskrcnn 320)"
+    )
+    inst.add_argument(
+        "--inst-work-height",
+        dest="work_height",
+        type=int,
+        default=None,
+        help="dwt: image height to train and run at (default 224; inference uses the card's)",
+    )
+    inst.add_argument(
+        "--inst-fg-balance",
+        dest="fg_balance",
+        type=float,
+        default=None,
+        help="dwt: weight of an extra foreground term over pedestrian pixels weighted 1/sqrt(instance "
+        "area), so small pedestrians count (default 0: plain cross entropy)",
+    )
+    inst.add_argument(
+        "--inst-val-images", dest="val_images", type=int, default=None, help="validate on the first N val images"
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -161,19 +261,33 @@ def config_from_args(args: argparse.Namespace):
     for key, counterpart in foreign.items():
         if getattr(args, key, None) is not None:
             hint = f"; for {args.model} use {counterpart}" if counterpart else f"; {args.model} has no such setting"
-            raise ValueError(f"{FLAG_NAMES[key]} applies to {'instance' if task == 'semantic' else 'semantic'} "
-                             f"models only{hint}")
+            raise ValueError(
+                f"{FLAG_NAMES[key]} applies to {'instance' if task == 'semantic' else 'semantic'} models only{hint}"
+            )
     options_type = SemanticOptions if task == "semantic" else InstanceOptions
-    options = options_type(**{f.name: getattr(args, f.name) for f in fields(options_type)
-                              if getattr(args, f.name, None) is not None})
+    options = options_type(
+        **{f.name: getattr(args, f.name) for f in fields(options_type) if getattr(args, f.name, None) is not None}
+    )
     data = args.data or dataset_dir("sbd" if task == "semantic" else "pennfudan")
     return TrainConfig(
-        model=args.model, data_dir=str(data), out=args.out, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, weight_decay=args.weight_decay, seed=args.seed, encoder_init=args.encoder_init,
-        model_kwargs=dict(args.arch), limit=args.limit, device=args.device, precision=args.precision,
-        ema_decay=args.ema, init_from=args.init_from,
+        model=args.model,
+        data_dir=str(data),
+        out=args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        encoder_init=args.encoder_init,
+        model_kwargs=dict(args.arch),
+        limit=args.limit,
+        device=args.device,
+        precision=args.precision,
+        ema_decay=args.ema,
+        init_from=args.init_from,
         command=f"{PROG} " + " ".join(shlex.quote(a) for a in args.argv),
-        **{task: options})
+        **{task: options},
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -216,8 +330,11 @@ def report_events(events, quiet: bool) -> int:
         kind = event["type"]
         if kind == "start":
             resumed = f", resumed after epoch {event['resumed_from_epoch']}" if event.get("resumed_from_epoch") else ""
-            print(f"training on {event['device']} ({event.get('precision', 'float32')}, world size "
-                  f"{event['world_size']}), {event['epochs']} epochs{resumed}", flush=True)
+            print(
+                f"training on {event['device']} ({event.get('precision', 'float32')}, world size "
+                f"{event['world_size']}), {event['epochs']} epochs{resumed}",
+                flush=True,
+            )
         elif kind == "step" and not quiet:
             if bar is None:
                 bar = tqdm(desc=f"epoch {event['epoch']}", total=event.get("steps"), unit="step", leave=False)
@@ -228,17 +345,26 @@ def report_events(events, quiet: bool) -> int:
                 bar.close()
                 bar = None
             m = event["metrics"]
-            extras = "  ".join(f"{k} {m[k]:.4f}" for k in ("miou", "map", "pixel_accuracy", "mask_ap", "mask_ap50")
-                               if isinstance(m.get(k), (int, float)))
+            extras = "  ".join(
+                f"{k} {m[k]:.4f}"
+                for k in ("miou", "map", "pixel_accuracy", "mask_ap", "mask_ap50")
+                if isinstance(m.get(k), (int, float))
+            )
             tl = event["train_loss"]
-            print(f"epoch {event['epoch']}/{event['epochs']} [{event['stage']}] "
-                  f"train_loss {tl if tl is None else round(tl, 4)} val_loss {event['val_loss']} {extras} "
-                  f"{'*' if event['improved'] else ''} ({event['elapsed']:.0f}s)", flush=True)
+            print(
+                f"epoch {event['epoch']}/{event['epochs']} [{event['stage']}] "
+                f"train_loss {tl if tl is None else round(tl, 4)} val_loss {event['val_loss']} {extras} "
+                f"{'*' if event['improved'] else ''} ({event['elapsed']:.0f}s)",
+                flush=True,
+            )
         elif kind == "done":
             if bar is not None:
                 bar.close()
-            print(f"done: best score {event['best_score']} at epoch {event['best_epoch']}; "
-                  f"checkpoint {event['checkpoint']}" + (" (stopped early)" if event["stopped"] else ""), flush=True)
+            print(
+                f"done: best score {event['best_score']} at epoch {event['best_epoch']}; "
+                f"checkpoint {event['checkpoint']}" + (" (stopped early)" if event["stopped"] else ""),
+                flush=True,
+            )
     return 0
 
 
@@ -250,22 +376,41 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
     p = sub.add_parser(name, help=what)
     p.add_argument("--checkpoint", required=True, help="a name (see --checkpoint-dir) or a path stem")
     p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
-    p.add_argument("--split", default="val", choices=("train", "val", "test", "all"),
-                   help="'all' evaluates every labelled image in the folder")
+    p.add_argument(
+        "--split",
+        default="val",
+        choices=("train", "val", "test", "all"),
+        help="'all' evaluates every labelled image in the folder",
+    )
     p.add_argument("--json", help="write the metrics to this JSON file")
-    p.add_argument("--record", action="store_true",
-                   help="also record the metrics on the checkpoint's card (<split>_metrics; the results table reads "
-                        "them); refused with --limit")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="also record the metrics on the checkpoint's card (<split>_metrics; the results table reads "
+        "them); refused with --limit",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     inst = p.add_argument_group("instance checkpoints")
-    inst.add_argument("--method", default=None, choices=("dwt", "components"),
-                      help="DWT: watershed post-processing (default) or the connected-components baseline")
-    inst.add_argument("--tta", default="card", choices=("card", "none", "flip", "scales", "flip+scales"),
-                      help="DWT test-time augmentation: as tuned on the card (default), or a fixed one")
-    inst.add_argument("--candidates", default="card", choices=("card", "partition"),
-                      help="DWT: rank the alternatives after the partition as the card says (default), or "
-                           "evaluate the partition (the id map users see) alone")
+    inst.add_argument(
+        "--method",
+        default=None,
+        choices=("dwt", "components"),
+        help="DWT: watershed post-processing (default) or the connected-components baseline",
+    )
+    inst.add_argument(
+        "--tta",
+        default="card",
+        choices=("card", "none", "flip", "scales", "flip+scales"),
+        help="DWT test-time augmentation: as tuned on the card (default), or a fixed one",
+    )
+    inst.add_argument(
+        "--candidates",
+        default="card",
+        choices=("card", "partition"),
+        help="DWT: rank the alternatives after the partition as the card says (default), or "
+        "evaluate the partition (the id map users see) alone",
+    )
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_eval)
 
@@ -285,8 +430,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if _card_task(checkpoint) == "instances":
             from seg.instances.evaluate import evaluate_instance_checkpoint
 
-            result = evaluate_instance_checkpoint(checkpoint, dataset_dir("pennfudan", args.data), args.split,
-                                                  args.method, args.limit, args.tta, args.candidates)
+            result = evaluate_instance_checkpoint(
+                checkpoint,
+                dataset_dir("pennfudan", args.data),
+                args.split,
+                args.method,
+                args.limit,
+                args.tta,
+                args.candidates,
+            )
             public = result
             text = json.dumps(jsonable(result), indent=1)
         else:
@@ -294,9 +446,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             result = evaluate_semantic_checkpoint(checkpoint, dataset_dir("sbd", args.data), args.split, args.limit)
             text = format_table(result)
-            public = {k: result[k] for k in ("miou", "map", "pixel_accuracy", "pixel_accuracy_8", "class_accuracy_8",
-                                             "per_class", "confusion_matrix", "num_images", "split", "checkpoint")
-                      if k in result}
+            public = {
+                k: result[k]
+                for k in (
+                    "miou",
+                    "map",
+                    "pixel_accuracy",
+                    "pixel_accuracy_8",
+                    "class_accuracy_8",
+                    "per_class",
+                    "confusion_matrix",
+                    "num_images",
+                    "split",
+                    "checkpoint",
+                )
+                if k in result
+            }
     except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -325,8 +490,9 @@ def record_metrics(checkpoint: Path, split: str, metrics: dict, candidates: str 
     key = f"{split}_metrics{suffix}"
     card = read_card(checkpoint)
     if key == "val_metrics" and card.get("val_metrics"):
-        update_card(checkpoint, {key: card["val_metrics"] | {k: v for k, v in keep.items()
-                                                             if k not in card["val_metrics"]}})
+        update_card(
+            checkpoint, {key: card["val_metrics"] | {k: v for k, v in keep.items() if k not in card["val_metrics"]}}
+        )
     else:
         update_card(checkpoint, {key: keep})
     return key
@@ -336,14 +502,18 @@ def record_metrics(checkpoint: Path, split: str, metrics: dict, candidates: str 
 
 
 def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_of: str | None = None) -> None:
-    what = (f"alias of {alias_of}" if alias_of else
-            "segment images: class-id palette PNGs (semantic) or instance-id PNGs + JSON (instances)")
+    what = (
+        f"alias of {alias_of}"
+        if alias_of
+        else "segment images: class-id palette PNGs (semantic) or instance-id PNGs + JSON (instances)"
+    )
     p = sub.add_parser(name, help=what)
     p.add_argument("--checkpoint", required=True, help="a name (see --checkpoint-dir) or a path stem")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--probs", action="store_true",
-                   help="semantic: also save per-class probabilities (float16 .npy, C x H x W)")
+    p.add_argument(
+        "--probs", action="store_true", help="semantic: also save per-class probabilities (float16 .npy, C x H x W)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_predict)
@@ -361,7 +531,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return _predict_instances(checkpoint, args, out) if task == "instances" else _predict_semantic(checkpoint, args, out)
+    return (
+        _predict_instances(checkpoint, args, out) if task == "instances" else _predict_semantic(checkpoint, args, out)
+    )
 
 
 def _predict_semantic(checkpoint: Path, args: argparse.Namespace, out: Path) -> int:
@@ -400,13 +572,26 @@ def _predict_instances(checkpoint: Path, args: argparse.Namespace, out: Path) ->
         result = predictor.predict(rgb)
         stem = Path(name).stem
         save_instance_png(out / f"{stem}_instances.png", result.instances)
-        write_json(out / f"{stem}_instances.json", {
-            "image": str(name), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
-            "checkpoint": checkpoint.name, "method": predictor.method,
-            "instances": [{"id": i + 1, "score": round(float(s), 5), "box_xyxy": [round(float(v), 1) for v in b],
-                           "area": int((result.instances == i + 1).sum())}
-                          for i, (s, b) in enumerate(zip(result.scores, result.boxes))],
-            "latency_ms": round(result.latency_ms, 1)})
+        write_json(
+            out / f"{stem}_instances.json",
+            {
+                "image": str(name),
+                "width": int(rgb.shape[1]),
+                "height": int(rgb.shape[0]),
+                "checkpoint": checkpoint.name,
+                "method": predictor.method,
+                "instances": [
+                    {
+                        "id": i + 1,
+                        "score": round(float(s), 5),
+                        "box_xyxy": [round(float(v), 1) for v in b],
+                        "area": int((result.instances == i + 1).sum()),
+                    }
+                    for i, (s, b) in enumerate(zip(result.scores, result.boxes))
+                ],
+                "latency_ms": round(result.latency_ms, 1),
+            },
+        )
         done += 1
         count = result.num_instances
         print(f"{name}: {count} instance{'s' if count != 1 else ''} ({result.latency_ms:.0f} ms)")
@@ -417,8 +602,11 @@ def _predict_instances(checkpoint: Path, args: argparse.Namespace, out: Path) ->
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="re-save a checkpoint with int8 weights (half of fp16); semantic "
-                                        "checkpoints are re-measured on val and the card updated")
+    p = sub.add_parser(
+        "quantize",
+        help="re-save a checkpoint with int8 weights (half of fp16); semantic "
+        "checkpoints are re-measured on val and the card updated",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", help="output stem (default: replace the checkpoint)")
     p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
@@ -447,11 +635,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         old = card["val_metrics"]
         # the loss is not re-measured: it stays in the "before" record only, never beside new numbers
         kept = {k: v for k, v in old.items() if k != "val_loss"}
-        update_card(out, {"val_metrics_before_quantization": old,
-                          "val_metrics": kept | {k: result[k] for k in (
-                              "miou", "map", "pixel_accuracy", "pixel_accuracy_8", "class_accuracy_8", "iou", "ap",
-                              "per_class", "confusion_matrix", "num_images") if k in result}
-                          | {"score": result["miou"]}})
+        update_card(
+            out,
+            {
+                "val_metrics_before_quantization": old,
+                "val_metrics": kept
+                | {
+                    k: result[k]
+                    for k in (
+                        "miou",
+                        "map",
+                        "pixel_accuracy",
+                        "pixel_accuracy_8",
+                        "class_accuracy_8",
+                        "iou",
+                        "ap",
+                        "per_class",
+                        "confusion_matrix",
+                        "num_images",
+                    )
+                    if k in result
+                }
+                | {"score": result["miou"]},
+            },
+        )
         print(f"val mIoU {old['miou']:.4f} -> {result['miou']:.4f}, mAP {old['map']:.4f} -> {result['map']:.4f}")
     else:
         print("val_metrics are the source's: re-measure them (eval / tune-instances)")
@@ -463,8 +670,11 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=("sbd", "pennfudan"))
     p.add_argument("--root", help="data root to unpack into (default: $SEG_DATA_DIR or the user cache)")
     p.add_argument("--timeout", type=float, default=15.0)
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (pins it; the unpacked "
-                                                    "content is always checked against sentinel files)")
+    p.add_argument(
+        "--sha256",
+        default=None,
+        help="expected SHA-256 of the archive (pins it; the unpacked content is always checked against sentinel files)",
+    )
     p.set_defaults(func=cmd_download)
 
 
@@ -500,9 +710,11 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="SegLab: semantic and instance segmentation workbench")
-    parser.add_argument("--checkpoint-dir", default=None,
-                        help="where checkpoint names are looked up first (then $SEG_CHECKPOINT_DIR, then the "
-                             "shipped checkpoints)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="where checkpoint names are looked up first (then $SEG_CHECKPOINT_DIR, then the shipped checkpoints)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)

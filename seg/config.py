@@ -80,8 +80,13 @@ def resolve_checkpoint(name: str | Path, directory: str | Path | None = None) ->
     place that was searched.
     """
     text = str(name)
-    stem = Path(text[: -len(".json")] if text.endswith(".json") else
-                text[: -len(".safetensors")] if text.endswith(".safetensors") else text).expanduser()
+    stem = Path(
+        text[: -len(".json")]
+        if text.endswith(".json")
+        else text[: -len(".safetensors")]
+        if text.endswith(".safetensors")
+        else text
+    ).expanduser()
     if Path(f"{stem}.json").is_file():
         return stem
     searched: list[Path] = []
@@ -97,11 +102,13 @@ def resolve_checkpoint(name: str | Path, directory: str | Path | None = None) ->
             if (folder / f"{text}.json").is_file():
                 return folder / text
     places = ", ".join(str(p) for p in searched) or "no checkpoint folder"
-    raise FileNotFoundError(f"checkpoint {text!r} not found (looked for {text}.json as a path and in: {places}; "
-                            f"set --checkpoint-dir or ${CHECKPOINT_ENV})")
+    raise FileNotFoundError(
+        f"checkpoint {text!r} not found (looked for {text}.json as a path and in: {places}; "
+        f"set --checkpoint-dir or ${CHECKPOINT_ENV})"
+    )
 
 
-def get_device(prefer: str | None = None) -> "torch.device":
+def get_device(prefer: str | None = None) -> torch.device:
     """CUDA when present (or asked for), else CPU."""
     import torch  # lazy: keeps `python -m seg --help` and download fast
 

@@ -14,9 +14,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -134,10 +135,23 @@ def _reduce_mean(value: float, world: int, device: torch.device) -> float:
     return float(t.item() / world)
 
 
-def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | None, card: dict,
-        seed: int = 0, stop_event: threading.Event | None = None, device: torch.device | None = None,
-        weight_decay: float = 1e-4, log_every: int = 10, precision: str = "auto",
-        ema_decay: float | None = None, resume: bool = False, run_config: dict | None = None) -> Iterator[dict]:
+def run(
+    model: nn.Module,
+    task: Task,
+    stages: list[Stage],
+    *,
+    out: str | Path | None,
+    card: dict,
+    seed: int = 0,
+    stop_event: threading.Event | None = None,
+    device: torch.device | None = None,
+    weight_decay: float = 1e-4,
+    log_every: int = 10,
+    precision: str = "auto",
+    ema_decay: float | None = None,
+    resume: bool = False,
+    run_config: dict | None = None,
+) -> Iterator[dict]:
     """Train through ``stages``; yields start/step/epoch/done events (see module docstring).
 
     ``ema_decay``: keep an exponential moving average of the weights (and batch-norm
@@ -153,7 +167,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
     seed_everything(seed)
     rank, world = distributed_context()
     if device is None:
-        device = torch.device(f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu")
+        device = torch.device(
+            f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
+        )
     memory_format = torch.channels_last if device.type == "cpu" else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     amp_dtype = resolve_precision(precision, device)
@@ -185,9 +201,16 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
         best_score, best_epoch = float(state.meta["best_score"]), int(state.meta["best_epoch"])
         best_metrics = state.meta.get("best_metrics")
         start -= float(state.meta.get("elapsed", 0.0))
-    yield {"type": "start", "epochs": total_epochs, "stages": [asdict(s) for s in stages],
-           "device": str(device), "world_size": world, "rank": rank, "resumed_from_epoch": len(curve) or None,
-           "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32"}
+    yield {
+        "type": "start",
+        "epochs": total_epochs,
+        "stages": [asdict(s) for s in stages],
+        "device": str(device),
+        "world_size": world,
+        "rank": rank,
+        "resumed_from_epoch": len(curve) or None,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+    }
 
     for stage_index, stage in enumerate(stages):
         if stopped:
@@ -198,8 +221,10 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
         _set_frozen(model, stage.frozen)
         if world > 1:
             train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=bool(stage.frozen))
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(stage.frozen),
+            )
         optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
         steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: 1)(world) or 1
         scheduler = _schedule(optimizer, steps_per_epoch * stage.epochs)
@@ -218,8 +243,9 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                 if stop_event.is_set():
                     stopped = True
                     break
-                with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
+                with torch.autocast(
+                    device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
                     loss = task.train_step(train_model, batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -230,9 +256,15 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
                     ema.update_parameters(model)
                 losses.append(loss.detach())
                 if step % log_every == 0:  # the only host sync of a step: when it is reported
-                    yield {"type": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch,
-                           "loss": float(losses[-1]), "lr": optimizer.param_groups[0]["lr"],
-                           "elapsed": time.time() - start}
+                    yield {
+                        "type": "step",
+                        "epoch": epoch,
+                        "step": step,
+                        "steps": steps_per_epoch,
+                        "loss": float(losses[-1]),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "elapsed": time.time() - start,
+                    }
             if stopped and (not losses or best_epoch > 0):
                 break  # an unfinished epoch is validated only when no earlier one was
             mean_loss = float(torch.stack(losses).float().mean()) if losses else float("nan")
@@ -242,44 +274,87 @@ def run(model: nn.Module, task: Task, stages: list[Stage], *, out: str | Path | 
             with torch.no_grad():
                 metrics = task.validate(eval_model, device)
             score = float(metrics.get("score", float("nan")))
-            row = {"epoch": epoch, "stage": stage.name, "lr": stage.lr, "train_loss": round(train_loss, 5),
-                   "val_loss": metrics.get("val_loss"), "score": round(score, 5),
-                   "elapsed": round(time.time() - start, 1)}
+            row = {
+                "epoch": epoch,
+                "stage": stage.name,
+                "lr": stage.lr,
+                "train_loss": round(train_loss, 5),
+                "val_loss": metrics.get("val_loss"),
+                "score": round(score, 5),
+                "elapsed": round(time.time() - start, 1),
+            }
             row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in row})
             curve.append(row)
             improved = score > best_score
             if improved:
                 best_score, best_epoch, best_metrics = score, epoch, metrics
                 if is_main and out is not None:
-                    saved = save_checkpoint(out, eval_model,
-                                            _card(card, curve, best_metrics, best_epoch, start, stopped))
+                    saved = save_checkpoint(
+                        out, eval_model, _card(card, curve, best_metrics, best_epoch, start, stopped)
+                    )
             samples = task.samples(eval_model, device) if is_main else []
             if is_main and out is not None and not stopped:
-                save_state(out, model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                           meta={"curve": curve, "best_score": best_score, "best_epoch": best_epoch,
-                                 "best_metrics": {k: v for k, v in (best_metrics or {}).items()
-                                                  if k != "pr_curves"},
-                                 "elapsed": time.time() - start, "stage_index": stage_index,
-                                 "config": run_config or {}, "finished": epoch == total_epochs})
-            yield {"type": "epoch", "epoch": epoch, "epochs": total_epochs, "stage": stage.name,
-                   "train_loss": train_loss, "val_loss": metrics.get("val_loss"), "score": score,
-                   "metrics": metrics, "improved": improved, "elapsed": time.time() - start,
-                   "samples": samples, "curve": list(curve)}
+                save_state(
+                    out,
+                    model=model,
+                    ema=ema,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    meta={
+                        "curve": curve,
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "best_metrics": {k: v for k, v in (best_metrics or {}).items() if k != "pr_curves"},
+                        "elapsed": time.time() - start,
+                        "stage_index": stage_index,
+                        "config": run_config or {},
+                        "finished": epoch == total_epochs,
+                    },
+                )
+            yield {
+                "type": "epoch",
+                "epoch": epoch,
+                "epochs": total_epochs,
+                "stage": stage.name,
+                "train_loss": train_loss,
+                "val_loss": metrics.get("val_loss"),
+                "score": score,
+                "metrics": metrics,
+                "improved": improved,
+                "elapsed": time.time() - start,
+                "samples": samples,
+                "curve": list(curve),
+            }
             if stopped:
                 break
     if is_main and out is not None and best_metrics is not None and saved is not None:
         # the whole curve on the card; the weights stay those of the best epoch
         final = _card(card, curve, best_metrics, best_epoch, start, stopped)
-        update_card(out, {k: v for k, v in final.items()
-                          if k in ("curve", "training_time_s", "stopped_early", "epochs_run")})
+        update_card(
+            out, {k: v for k, v in final.items() if k in ("curve", "training_time_s", "stopped_early", "epochs_run")}
+        )
     if world > 1:
         dist.barrier()
-    yield {"type": "done", "best_score": best_score if best_epoch > 0 else None, "best_epoch": best_epoch,
-           "stopped": stopped, "checkpoint": str(saved) if saved else None, "elapsed": time.time() - start,
-           "curve": curve}
+    yield {
+        "type": "done",
+        "best_score": best_score if best_epoch > 0 else None,
+        "best_epoch": best_epoch,
+        "stopped": stopped,
+        "checkpoint": str(saved) if saved else None,
+        "elapsed": time.time() - start,
+        "curve": curve,
+    }
 
 
 def _card(card: dict, curve: list[dict], metrics: dict, best_epoch: int, start: float, stopped: bool) -> dict:
     val = {k: v for k, v in metrics.items() if k not in ("pr_curves",)}
-    return dict(card, curve=list(curve), val_metrics=val, best_epoch=best_epoch,
-                training_time_s=round(time.time() - start, 1), stopped_early=stopped, epochs_run=len(curve))
+    return dict(
+        card,
+        curve=list(curve),
+        val_metrics=val,
+        best_epoch=best_epoch,
+        training_time_s=round(time.time() - start, 1),
+        stopped_early=stopped,
+        epochs_run=len(curve),
+    )

@@ -14,9 +14,14 @@ from seg.inference import Predictor
 from seg.metrics import SegMetrics, confusion_matrix, mean_iou, pixel_accuracy
 
 
-def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = "val",
-                       batch_size: int = 16, limit: int | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_predictor(
+    predictor: Predictor,
+    data_dir: str | Path,
+    split: str = "val",
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Metrics of ``predictor`` on ``split``; ``progress(done, total)`` is called after every batch."""
     data = load_semantic_split(Path(data_dir), split, size=predictor.input_size, limit=limit)
     if data.classes != predictor.classes:
@@ -25,25 +30,31 @@ def evaluate_predictor(predictor: Predictor, data_dir: str | Path, split: str = 
     metrics = SegMetrics(c, class_names=predictor.classes)
     per_image = []
     for i in range(0, len(data), batch_size):
-        probs = predictor.predict_probs_batch(data.images[i:i + batch_size]).cpu()
-        target = data.masks[i:i + batch_size].long()
+        probs = predictor.predict_probs_batch(data.images[i : i + batch_size]).cpu()
+        target = data.masks[i : i + batch_size].long()
         metrics.update(probs, target)
         pred = probs.argmax(1)
         for k in range(len(target)):
             cm = confusion_matrix(target[k], pred[k], c)
-            per_image.append({"id": data.ids[i + k], "pixel_accuracy": pixel_accuracy(cm),
-                              "miou": mean_iou(cm)})
+            per_image.append({"id": data.ids[i + k], "pixel_accuracy": pixel_accuracy(cm), "miou": mean_iou(cm)})
         if progress is not None:
             progress(min(i + batch_size, len(data)), len(data))
     result = metrics.compute()
-    result.update({"num_images": len(data), "split": split, "checkpoint": predictor.name,
-                   "per_image": sorted(per_image, key=lambda r: r["pixel_accuracy"]),
-                   "skipped": data.skipped})
+    result.update(
+        {
+            "num_images": len(data),
+            "split": split,
+            "checkpoint": predictor.name,
+            "per_image": sorted(per_image, key=lambda r: r["pixel_accuracy"]),
+            "skipped": data.skipped,
+        }
+    )
     return result
 
 
-def evaluate_semantic_checkpoint(path: str | Path, data_dir: str | Path, split: str = "val",
-                                 limit: int | None = None) -> dict:
+def evaluate_semantic_checkpoint(
+    path: str | Path, data_dir: str | Path, split: str = "val", limit: int | None = None
+) -> dict:
     """Every labelled image of ``split`` through the checkpoint's ``Predictor``."""
     return evaluate_predictor(Predictor.from_checkpoint(path), data_dir, split, limit=limit)
 
@@ -54,8 +65,9 @@ def format_table(result: dict) -> str:
     for name, row in result["per_class"].items():
         lines.append(f"{name:<12} {fmt(row['iou'])} {fmt(row['ap'])}")
     lines.append(f"{'mean':<12} {fmt(result['miou'])} {fmt(result['map'])}")
-    lines.append(f"pixel accuracy {fmt(result['pixel_accuracy']).strip()}  on {result['num_images']} "
-                 f"images ({result['split']})")
+    lines.append(
+        f"pixel accuracy {fmt(result['pixel_accuracy']).strip()}  on {result['num_images']} images ({result['split']})"
+    )
     return "\n".join(lines)
 
 

@@ -12,8 +12,8 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -78,7 +78,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         if mode == "F":
             arr = _array_to_uint8(arr)
         else:
-            arr = (arr.astype(np.float64) / max(65535 if arr.max(initial=0) > 255 else 255, 1) * 255)
+            arr = arr.astype(np.float64) / max(65535 if arr.max(initial=0) > 255 else 255, 1) * 255
             arr = arr.round().clip(0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
@@ -102,8 +102,7 @@ def load_image(source, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
             img = _open(source)
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise ImageLoadError(
-                    f"image is {w}x{h} ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP")
+                raise ImageLoadError(f"image is {w}x{h} ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP")
             if w < 1 or h < 1:
                 raise ImageLoadError("image has no pixels")
             if getattr(img, "n_frames", 1) > 1:

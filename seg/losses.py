@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                           ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """-w[y] * log softmax(logits)[y], averaged with the weights as ``F.cross_entropy`` does.
 
     ``logits`` (N,C,...) and ``target`` (N,...). The mean divides by the sum of the

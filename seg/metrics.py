@@ -22,8 +22,9 @@ import torch
 FP16_BINS = 0x3C00 + 1
 
 
-def confusion_matrix(target: torch.Tensor, pred: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = None) -> torch.Tensor:
+def confusion_matrix(
+    target: torch.Tensor, pred: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
     """(C, C) int64 counts, rows = truth, columns = prediction; labels fixed to 0..C-1."""
     t = torch.as_tensor(target).reshape(-1).long()
     p = torch.as_tensor(pred).reshape(-1).long()
@@ -54,7 +55,9 @@ def pixel_accuracy(cm: torch.Tensor | np.ndarray) -> float:
     return float(np.trace(cm) / total) if total > 0 else float("nan")
 
 
-def _ap_from_ranked(tp_counts: np.ndarray, fp_counts: np.ndarray, interpolated: bool) -> tuple[float, np.ndarray, np.ndarray]:
+def _ap_from_ranked(
+    tp_counts: np.ndarray, fp_counts: np.ndarray, interpolated: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
     """AP from per-threshold positive/negative counts, thresholds sorted by descending score."""
     keep = (tp_counts + fp_counts) > 0
     tp = np.cumsum(tp_counts[keep], dtype=np.float64)
@@ -101,8 +104,7 @@ def _thin_curve(precision: np.ndarray, recall: np.ndarray, points: int = 200) ->
 class SegMetrics:
     """Accumulates a split batch by batch; ``compute()`` gives every metric at once."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None,
-                 class_names: list[str] | None = None) -> None:
+    def __init__(self, num_classes: int, ignore_index: int | None = None, class_names: list[str] | None = None) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = class_names or [str(i) for i in range(num_classes)]
@@ -136,8 +138,9 @@ class SegMetrics:
         safe_target = target if all_valid else torch.where(valid, target, torch.zeros_like(target))
         pos_bits = probs.gather(1, safe_target.unsqueeze(1)).squeeze(1).half().clamp_(0.0, 1.0).view(torch.int16)
         index = safe_target * FP16_BINS + pos_bits
-        self.hist_pos += torch.bincount((index if all_valid else index[valid]).reshape(-1),
-                                        minlength=c * FP16_BINS).reshape(c, FP16_BINS)
+        self.hist_pos += torch.bincount(
+            (index if all_valid else index[valid]).reshape(-1), minlength=c * FP16_BINS
+        ).reshape(c, FP16_BINS)
         channels_last = probs.permute(0, 2, 3, 1)
         if not channels_last.is_contiguous():  # a reduction over a contiguous last dim is far faster
             channels_last = channels_last.contiguous()
@@ -172,8 +175,10 @@ class SegMetrics:
         total = cm.sum()
         rows = cm.sum(axis=1)
         per_class = np.divide(np.diag(cm), rows, out=np.full(len(rows), np.nan), where=rows > 0)
-        return {"pixel_accuracy_8": round(float(np.trace(cm) / total), 6) if total else None,
-                "class_accuracy_8": round(float(np.nanmean(per_class)), 6) if np.isfinite(per_class).any() else None}
+        return {
+            "pixel_accuracy_8": round(float(np.trace(cm) / total), 6) if total else None,
+            "class_accuracy_8": round(float(np.nanmean(per_class)), 6) if np.isfinite(per_class).any() else None,
+        }
 
     def compute(self) -> dict:
         cm = self.confusion.numpy()
@@ -186,8 +191,10 @@ class SegMetrics:
             "pixel_accuracy": nan_to_none(pixel_accuracy(cm)),
             "iou": [nan_to_none(v) for v in ious],
             "ap": [nan_to_none(v) for v in aps],
-            "per_class": {name: {"iou": nan_to_none(ious[i]), "ap": nan_to_none(aps[i])}
-                          for i, name in enumerate(self.class_names)},
+            "per_class": {
+                name: {"iou": nan_to_none(ious[i]), "ap": nan_to_none(aps[i])}
+                for i, name in enumerate(self.class_names)
+            },
             "confusion_matrix": cm.tolist(),
             **self.known_class_accuracies(),
             "pr_curves": {name: {"precision": p, "recall": r} for name, (p, r) in curves.items()},

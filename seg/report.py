@@ -45,27 +45,41 @@ def results_markdown(directory: str | Path | None = None) -> str:
         epochs = card.get("epochs_run", len(card.get("curve") or []))
         if (card.get("init_from") or {}).get("total_epochs"):  # warm restart: earlier epochs + this run's
             epochs = f"{card['init_from'].get('total_epochs')}+{epochs}"
-        head = f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M | {epochs} " \
-               f"| {_minutes(card)} "
+        head = (
+            f"| {info.name} | {card['architecture']} | {init} | {card.get('params', 0) / 1e6:.2f} M | {epochs} "
+            f"| {_minutes(card)} "
+        )
         if card.get("task", "semantic") == "semantic":
-            semantic.append(head + f"| {_pair(card, 'miou')} | {_pair(card, 'map')} | {_pair(card, 'pixel_accuracy')} "
-                                   f"| {_pair(card, 'pixel_accuracy_8')} | {_pair(card, 'class_accuracy_8')} |")
+            semantic.append(
+                head + f"| {_pair(card, 'miou')} | {_pair(card, 'map')} | {_pair(card, 'pixel_accuracy')} "
+                f"| {_pair(card, 'pixel_accuracy_8')} | {_pair(card, 'class_accuracy_8')} |"
+            )
         else:
-            partition = ("–" if card.get("architecture") == "maskrcnn"
-                         else _pair(card, "mask_ap", suffix="_partition"))
-            instances.append(head + f"| {_pair(card, 'mask_ap')} | {_pair(card, 'mask_ap50')} | {partition} "
-                                    f"| {_pair(card, 'box_ap')} | {_pair(card, 'count_error', 2)} |")
-    lines = ["Semantic segmentation, Stanford Background, **val / test** (9 classes with misc; the 8-class columns "
-             "follow the published protocol: unknown pixels ignored):", "",
-             "| checkpoint | architecture | encoder init | params | epochs | train time | mIoU | mAP | pixel acc. "
-             "| pixel acc. (8) | class acc. (8) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|", *semantic]
+            partition = "–" if card.get("architecture") == "maskrcnn" else _pair(card, "mask_ap", suffix="_partition")
+            instances.append(
+                head + f"| {_pair(card, 'mask_ap')} | {_pair(card, 'mask_ap50')} | {partition} "
+                f"| {_pair(card, 'box_ap')} | {_pair(card, 'count_error', 2)} |"
+            )
+    lines = [
+        "Semantic segmentation, Stanford Background, **val / test** (9 classes with misc; the 8-class columns "
+        "follow the published protocol: unknown pixels ignored):",
+        "",
+        "| checkpoint | architecture | encoder init | params | epochs | train time | mIoU | mAP | pixel acc. "
+        "| pixel acc. (8) | class acc. (8) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *semantic,
+    ]
     if instances:
-        lines += ["", "Instance segmentation, Penn-Fudan pedestrians, **val / test** (COCO-style; the partition "
-                  "column scores the id map users see, without ranked alternatives):", "",
-                  "| checkpoint | architecture | backbone init | params | epochs | train time | mask AP | mask AP50 "
-                  "| partition mask AP | box AP | count error |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|", *instances]
+        lines += [
+            "",
+            "Instance segmentation, Penn-Fudan pedestrians, **val / test** (COCO-style; the partition "
+            "column scores the id map users see, without ranked alternatives):",
+            "",
+            "| checkpoint | architecture | backbone init | params | epochs | train time | mask AP | mask AP50 "
+            "| partition mask AP | box AP | count error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *instances,
+        ]
     if broken:
         lines += ["", "| checkpoint | status |", "|---|---|", *broken]
     return "\n".join(lines)
@@ -86,4 +100,4 @@ def update_readme(readme: str | Path, directory: str | Path | None = None) -> bo
 
 def readme_block(readme: str | Path) -> str:
     text = Path(readme).read_text(encoding="utf-8")
-    return text[text.index(START) + len(START):text.index(END)].strip()
+    return text[text.index(START) + len(START) : text.index(END)].strip()

@@ -58,8 +58,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": saved["param_groups"], "scalars": scalars}
 
 
-def save_state(out: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module | None,
-               optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, meta: dict) -> None:
+def save_state(
+    out: str | Path,
+    *,
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    meta: dict,
+) -> None:
     """Write the run's state (weights, optimizer, schedule, random generators) atomically."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
@@ -69,10 +77,16 @@ def save_state(out: str | Path, *, model: torch.nn.Module, ema: torch.nn.Module 
     tensors["rng.torch"] = torch.get_rng_state()
     np_state = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
-    meta = dict(meta, optimizer=optim_meta, scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-                rng={"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                     "python": random.getstate()})
+    meta = dict(
+        meta,
+        optimizer=optim_meta,
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        rng={
+            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": random.getstate(),
+        },
+    )
     if torch.cuda.is_available():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = cuda_state
@@ -93,9 +107,9 @@ def load_state(out: str | Path, device: torch.device | str = "cpu") -> RunState:
 
 def restore_modules(state: RunState, model: torch.nn.Module, ema: torch.nn.Module | None) -> None:
     """Weights, their average and every random generator, as they were after the last finished epoch."""
-    model.load_state_dict({k[len("model."):]: v for k, v in state.tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.tensors.items() if k.startswith("model.")})
     if ema is not None:
-        ema.load_state_dict({k[len("ema."):]: v for k, v in state.tensors.items() if k.startswith("ema.")})
+        ema.load_state_dict({k[len("ema.") :]: v for k, v in state.tensors.items() if k.startswith("ema.")})
     torch.set_rng_state(state.tensors["rng.torch"].cpu())
     name, pos, has_gauss, cached = state.meta["rng"]["numpy"]
     np.random.set_state((name, state.tensors["rng.numpy"].cpu().numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -8,8 +8,8 @@ the engine; ``prepare_semantic`` builds the model, the schedule and the card for
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from seg.models import create
 from seg.train_config import Prepared, SemanticOptions, TrainConfig, default_command
 from seg.transforms import JointAugment
 
-
 #: the default batch size of semantic models (the instance models have their own)
 BATCH_SIZE = 8
 
@@ -34,8 +33,15 @@ BATCH_SIZE = 8
 class SemanticTask:
     """Batches of augmented uint8 crops; loss is weighted CE; validation is the full metric set."""
 
-    def __init__(self, train: SegSplit, val: SegSplit, options: SemanticOptions, weight: torch.Tensor | None,
-                 batch_size: int = BATCH_SIZE, seed: int = 0) -> None:
+    def __init__(
+        self,
+        train: SegSplit,
+        val: SegSplit,
+        options: SemanticOptions,
+        weight: torch.Tensor | None,
+        batch_size: int = BATCH_SIZE,
+        seed: int = 0,
+    ) -> None:
         self.train, self.val, self.options = train, val, options
         self.batch_size, self.seed = batch_size, seed
         self.num_classes = len(train.classes)
@@ -43,8 +49,9 @@ class SemanticTask:
         h, w = train.images.shape[-2:]
         if options.train_size:
             w, h = options.train_size
-        self.augment = JointAugment(options.crop_fraction, options.flip_p, size=(h, w),
-                                    color_jitter=options.color_jitter)
+        self.augment = JointAugment(
+            options.crop_fraction, options.flip_p, size=(h, w), color_jitter=options.color_jitter
+        )
 
     def steps_per_epoch(self, world: int = 1) -> int:
         per_rank = -(-len(self.train) // world)
@@ -55,7 +62,7 @@ class SemanticTask:
         order = torch.randperm(len(self.train), generator=g)[rank::world]
         bs = self.batch_size
         for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]
             yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
@@ -76,7 +83,7 @@ class SemanticTask:
         total_loss, total_n = 0.0, 0
         idx = list(range(len(self.val)))[rank::world]
         for i in range(0, len(idx), 16):
-            sel = idx[i:i + 16]
+            sel = idx[i : i + 16]
             x = self._to_input(self.val.images[sel], device)
             target = self.val.masks[sel].long()
             logits = model(x).float()
@@ -102,9 +109,15 @@ class SemanticTask:
             return []
         with torch.no_grad():
             pred = model(self._to_input(self.val.images[sel], device)).argmax(1).cpu().numpy().astype(np.uint8)
-        return [{"id": self.val.ids[i], "image": self.val.images[i].permute(1, 2, 0).numpy(),
-                 "truth": self.val.masks[i].numpy(), "pred": pred[k]} for k, i in enumerate(sel)]
-
+        return [
+            {
+                "id": self.val.ids[i],
+                "image": self.val.images[i].permute(1, 2, 0).numpy(),
+                "truth": self.val.masks[i].numpy(),
+                "pred": pred[k],
+            }
+            for k, i in enumerate(sel)
+        ]
 
 
 def frozen_epochs_of(config: TrainConfig) -> int:
@@ -122,9 +135,10 @@ def build_stages(config: TrainConfig) -> list[Stage]:
         return [Stage("main", config.epochs, config.lr)]
     if frozen >= config.epochs:
         raise ValueError("frozen epochs must be fewer than the total epochs")
-    return [Stage("frozen", frozen, config.lr, frozen=("encoder.",)),
-            Stage("unfrozen", config.epochs - frozen, config.lr,
-                  lr_scale={"encoder.": config.semantic.encoder_lr_ratio})]
+    return [
+        Stage("frozen", frozen, config.lr, frozen=("encoder.",)),
+        Stage("unfrozen", config.epochs - frozen, config.lr, lr_scale={"encoder.": config.semantic.encoder_lr_ratio}),
+    ]
 
 
 def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
@@ -159,9 +173,14 @@ def prepare_semantic(config: TrainConfig) -> Prepared:
         "input_size": {"width": int(train.images.shape[-1]), "height": int(train.images.shape[-2])},
         "encoder_init": init_text,
         "pretrained": config.model == "resunet" and config.encoder_init != "none",
-        "data": {"root_fingerprint": fingerprint(root), "split_rule": SPLIT_RULE,
-                 "num_train": len(train), "num_val": len(val), "val_split": options.val_split,
-                 "train_class_frequencies": [round(float(f), 6) for f in freqs]},
+        "data": {
+            "root_fingerprint": fingerprint(root),
+            "split_rule": SPLIT_RULE,
+            "num_train": len(train),
+            "num_val": len(val),
+            "val_split": options.val_split,
+            "train_class_frequencies": [round(float(f), 6) for f in freqs],
+        },
         "config": config.to_dict(),
         "precision": config.precision,
         "class_weights": weight.tolist() if weight is not None else None,
@@ -186,16 +205,52 @@ def _fit_prior(model: nn.Module, task: SemanticTask, config: TrainConfig, card: 
     model.fit(task.train.masks)
     metrics = task.validate(model, torch.device("cpu"))
     elapsed = time.time() - start
-    row = {"epoch": 1, "stage": "fit", "train_loss": None, "val_loss": metrics["val_loss"],
-           "score": metrics["score"], "miou": metrics["miou"], "map": metrics["map"],
-           "pixel_accuracy": metrics["pixel_accuracy"], "elapsed": round(elapsed, 2)}
+    row = {
+        "epoch": 1,
+        "stage": "fit",
+        "train_loss": None,
+        "val_loss": metrics["val_loss"],
+        "score": metrics["score"],
+        "miou": metrics["miou"],
+        "map": metrics["map"],
+        "pixel_accuracy": metrics["pixel_accuracy"],
+        "elapsed": round(elapsed, 2),
+    }
     out = None
     if config.out:
         val_metrics = {k: v for k, v in metrics.items() if k != "pr_curves"}
-        out = save_checkpoint(config.out, model, dict(card, curve=[row], val_metrics=val_metrics, best_epoch=1,
-                                                      training_time_s=round(elapsed, 2), epochs_run=1))
-    yield {"type": "epoch", "epoch": 1, "epochs": 1, "stage": "fit", "train_loss": None,
-           "val_loss": metrics["val_loss"], "score": metrics["score"], "metrics": metrics, "improved": True,
-           "elapsed": elapsed, "samples": task.samples(model, torch.device("cpu")), "curve": [row]}
-    yield {"type": "done", "best_score": metrics["score"], "best_epoch": 1, "stopped": False,
-           "checkpoint": str(out) if out else None, "elapsed": elapsed, "curve": [row]}
+        out = save_checkpoint(
+            config.out,
+            model,
+            dict(
+                card,
+                curve=[row],
+                val_metrics=val_metrics,
+                best_epoch=1,
+                training_time_s=round(elapsed, 2),
+                epochs_run=1,
+            ),
+        )
+    yield {
+        "type": "epoch",
+        "epoch": 1,
+        "epochs": 1,
+        "stage": "fit",
+        "train_loss": None,
+        "val_loss": metrics["val_loss"],
+        "score": metrics["score"],
+        "metrics": metrics,
+        "improved": True,
+        "elapsed": elapsed,
+        "samples": task.samples(model, torch.device("cpu")),
+        "curve": [row],
+    }
+    yield {
+        "type": "done",
+        "best_score": metrics["score"],
+        "best_epoch": 1,
+        "stopped": False,
+        "checkpoint": str(out) if out else None,
+        "elapsed": elapsed,
+        "curve": [row],
+    }

@@ -14,7 +14,8 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -37,8 +38,9 @@ def prepare(config: TrainConfig) -> Prepared:
     return PREPARE[config.task](config)
 
 
-def train(config: TrainConfig, stop_event: threading.Event | None = None, resume: bool = False,
-          log_every: int = 10) -> Iterator[dict]:
+def train(
+    config: TrainConfig, stop_event: threading.Event | None = None, resume: bool = False, log_every: int = 10
+) -> Iterator[dict]:
     """Train ``config`` and yield the engine's events (start, step, epoch, done).
 
     ``resume``: continue the run whose state lies beside ``config.out`` (``seg.resume``).
@@ -53,10 +55,22 @@ def train(config: TrainConfig, stop_event: threading.Event | None = None, resume
         return
     device = torch.device(config.device) if config.device else None
     stopped = True
-    for event in run(prepared.model, prepared.task, prepared.stages, out=config.out if rank == 0 else None,
-                     card=prepared.card, seed=config.seed, stop_event=stop_event, device=device, log_every=log_every,
-                     weight_decay=config.weight_decay, precision=config.precision, ema_decay=config.ema_decay,
-                     resume=resume, run_config=config.to_dict() | {"command": default_command(config)}):
+    for event in run(
+        prepared.model,
+        prepared.task,
+        prepared.stages,
+        out=config.out if rank == 0 else None,
+        card=prepared.card,
+        seed=config.seed,
+        stop_event=stop_event,
+        device=device,
+        log_every=log_every,
+        weight_decay=config.weight_decay,
+        precision=config.precision,
+        ema_decay=config.ema_decay,
+        resume=resume,
+        run_config=config.to_dict() | {"command": default_command(config)},
+    ):
         if event["type"] == "done":
             stopped = bool(event["stopped"])
         yield event

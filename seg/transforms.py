@@ -34,8 +34,13 @@ class JointAugment:
     ``color_jitter`` > 0 adds brightness/contrast/saturation jitter to the image only.
     """
 
-    def __init__(self, crop_fraction: CropFraction = 0.25, flip_p: float = 0.5,
-                 size: tuple[int, int] | None = None, color_jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        crop_fraction: CropFraction = 0.25,
+        flip_p: float = 0.5,
+        size: tuple[int, int] | None = None,
+        color_jitter: float = 0.0,
+    ) -> None:
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
         self.crop_fraction = crop_fraction
@@ -44,14 +49,22 @@ class JointAugment:
         self.color_jitter = color_jitter
         self._scale = _scale_range(crop_fraction)
         self._flip = v2.RandomHorizontalFlip(p=flip_p)
-        self._jitter = (v2.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                       saturation=color_jitter) if color_jitter > 0 else None)
+        self._jitter = (
+            v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter)
+            if color_jitter > 0
+            else None
+        )
 
     def _crop(self, size: tuple[int, int]) -> v2.Transform:
         h, w = size
         aspect = w / h  # keep the aspect ratio: the crop is a scaled-down window of the image
-        return v2.RandomResizedCrop(size=self.size or size, scale=self._scale, ratio=(aspect, aspect),
-                                    interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        return v2.RandomResizedCrop(
+            size=self.size or size,
+            scale=self._scale,
+            ratio=(aspect, aspect),
+            interpolation=v2.InterpolationMode.BILINEAR,
+            antialias=True,
+        )
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image`` (3,H,W) uint8, ``mask`` (H,W) integer -> same dtypes, same size or ``self.size``."""
@@ -69,8 +82,15 @@ class JointAugment:
         return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)
 
 
-def augment_samples(image: np.ndarray, mask: np.ndarray, crop_fraction: CropFraction, flip_p: float,
-                    n: int, seed: int, size: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def augment_samples(
+    image: np.ndarray,
+    mask: np.ndarray,
+    crop_fraction: CropFraction,
+    flip_p: float,
+    n: int,
+    seed: int,
+    size: tuple[int, int] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """N augmented (image HxWx3 uint8, mask HxW uint8) pairs of one pair, reproducible by ``seed``.
 
     Used by the dashboard's Augment tab and by the tests that check image and mask move together.
@@ -80,7 +100,9 @@ def augment_samples(image: np.ndarray, mask: np.ndarray, crop_fraction: CropFrac
     image = np.asarray(image)
     mask = np.asarray(mask)
     if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
-        raise ValueError(f"need an (H,W,3) image and an (H,W) mask of the same size, got {image.shape} and {mask.shape}")
+        raise ValueError(
+            f"need an (H,W,3) image and an (H,W) mask of the same size, got {image.shape} and {mask.shape}"
+        )
     augment = JointAugment(crop_fraction, flip_p, size=size)
     img_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     mask_t = torch.from_numpy(np.ascontiguousarray(mask))

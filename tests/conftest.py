@@ -16,8 +16,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 def _dataset_or_skip(name: str, probe: str) -> Path:
     if not os.environ.get("SEG_DATA_DIR"):
-        pytest.skip(f"SEG_DATA_DIR is not set; integration tests need the {name} dataset "
-                    f"(python -m seg download {name})")
+        pytest.skip(
+            f"SEG_DATA_DIR is not set; integration tests need the {name} dataset (python -m seg download {name})"
+        )
     root = dataset_dir(name)
     if not (root / probe).is_dir():
         pytest.skip(f"{name} not found at {root} (expected a {probe}/ folder)")
@@ -41,14 +42,26 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 # -- headless Chromium for the browser tests (Debian's chromium, driven by Playwright by path) --
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM_PATH"), shutil.which("chromium"), shutil.which("chromium-browser"),
-                      "/usr/bin/chromium"):
+    for candidate in (
+        os.environ.get("CHROMIUM_PATH"),
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        "/usr/bin/chromium",
+    ):
         if candidate and Path(candidate).is_file():
             return candidate
     return None

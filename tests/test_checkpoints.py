@@ -66,8 +66,9 @@ def test_a_pickle_is_never_loaded(tmp_path):
 
 
 def test_int8_storage_halves_the_bytes_and_stays_close(tmp_path):
-    from seg.checkpoints import INT8_SCALE_SUFFIX
     from safetensors.torch import load_file
+
+    from seg.checkpoints import INT8_SCALE_SUFFIX
 
     model = create("unet", num_classes=9, base_channels=8).eval()
     save_checkpoint(tmp_path / "h", model, {"classes": ["a"] * 9})

@@ -22,8 +22,12 @@ def test_every_subcommand_has_help(command, capsys):
 
 def test_download_offline_fails_fast_and_says_what_to_do(tmp_path):
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "seg", "download", "sbd", "--root", str(tmp_path), "--timeout", "5"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg", "download", "sbd", "--root", str(tmp_path), "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode == 0:
         pytest.skip("the network is reachable: the archive downloaded")
     assert "iccv09Data.tar.gz" in proc.stderr  # names the URL
@@ -48,9 +52,15 @@ def test_results_table_is_generated_from_cards(tmp_path):
     from seg.checkpoints import save_checkpoint
     from seg.models import create
 
-    save_checkpoint(tmp_path / "m", create("cnn", width=4),
-                    {"task": "semantic", "encoder_init": "random", "val_metrics": {"miou": 0.5, "map": 0.25,
-                                                                                 "pixel_accuracy": 0.75}})
+    save_checkpoint(
+        tmp_path / "m",
+        create("cnn", width=4),
+        {
+            "task": "semantic",
+            "encoder_init": "random",
+            "val_metrics": {"miou": 0.5, "map": 0.25, "pixel_accuracy": 0.75},
+        },
+    )
     table = results_markdown(tmp_path)
     assert "| m | cnn | random |" in table and "| 0.500 | 0.250 | 0.750 |" in table
     readme = tmp_path / "README.md"
@@ -79,10 +89,15 @@ def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
     from seg.models import create
 
     before = {"miou": 0.5, "map": 0.25, "pixel_accuracy": 0.75, "val_loss": 1.0, "score": 0.5}
-    save_checkpoint(tmp_path / "m", create("cnn", width=8), {"task": "semantic", "encoder_init": "random",
-                                                              "val_metrics": before, "command": "train it"})
-    assert main(["quantize", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "q"),
-                 "--data", str(sbd_root)]) == 0
+    save_checkpoint(
+        tmp_path / "m",
+        create("cnn", width=8),
+        {"task": "semantic", "encoder_init": "random", "val_metrics": before, "command": "train it"},
+    )
+    assert (
+        main(["quantize", "--checkpoint", str(tmp_path / "m"), "--out", str(tmp_path / "q"), "--data", str(sbd_root)])
+        == 0
+    )
     card = json.loads((tmp_path / "q.json").read_text())
     assert card["weights_dtype"].startswith("int8") and card["name"] == "q" and card["command"] == "train it"
     assert card["quantized_from"]["weights_dtype"] == "float16"

@@ -8,8 +8,15 @@ import torch
 from PIL import Image
 
 from seg.classes import SBD_PALETTE
-from seg.data.sbd import (IMAGE_SIZE, class_frequencies, list_samples, load_semantic_split, parse_regions,
-                          read_label, regions_to_classes)
+from seg.data.sbd import (
+    IMAGE_SIZE,
+    class_frequencies,
+    list_samples,
+    load_semantic_split,
+    parse_regions,
+    read_label,
+    regions_to_classes,
+)
 from seg.data.split import hash_fraction, split_of
 from seg.io import save_label_png
 
@@ -38,10 +45,13 @@ def _write_course_layout(root, n=3, size=(40, 30)):
     for split in ("train", "val"):
         (root / split).mkdir(parents=True)
         for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(root / split / f"im{i}.jpg")
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+                root / split / f"im{i}.jpg"
+            )
             save_label_png(root / split / f"im{i}.png", np.full((size[1], size[0]), i, np.uint8), SBD_PALETTE)
-    (root / "classes.txt").write_text("\n".join(["sky", "tree", "road", "grass", "water", "building", "mountain",
-                                                 "foreground", "misc"]))
+    (root / "classes.txt").write_text(
+        "\n".join(["sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc"])
+    )
 
 
 def test_course_layout(tmp_path):

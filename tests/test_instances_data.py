@@ -7,15 +7,25 @@ import re
 import numpy as np
 import pytest
 
-from seg.instances.data import (InstanceAugment, boxes_from_ids, ids_for_split, list_ids, load_sample, load_instance_split,
-                                relabel_sequential, resize_sample)
+from seg.instances.data import (
+    InstanceAugment,
+    boxes_from_ids,
+    ids_for_split,
+    list_ids,
+    load_instance_split,
+    load_sample,
+    relabel_sequential,
+    resize_sample,
+)
 from seg.instances.targets import ENERGY_EDGES, cached_distance, instance_distance, quantise
 
 
 def _annotated_boxes(root, image_id: str) -> list[tuple[int, int, int, int]]:
     text = (root / "Annotation" / f"{image_id}.txt").read_text(encoding="latin-1")
-    return [tuple(int(v) for v in m) for m in
-            re.findall(r"\(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)", text)]
+    return [
+        tuple(int(v) for v in m)
+        for m in re.findall(r"\(Xmin, Ymin\) - \(Xmax, Ymax\) : \((\d+), (\d+)\) - \((\d+), (\d+)\)", text)
+    ]
 
 
 def test_split_is_a_stable_partition(pennfudan_root):

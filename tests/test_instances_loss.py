@@ -48,16 +48,16 @@ def test_a_mistake_on_a_small_pedestrian_costs_more_per_pixel():
     one_big[0, 10, 10] = True
     one_small = torch.zeros_like(ids, dtype=torch.bool)
     one_small[0, 6, 23] = True
-    assert _loss_with_wrong_pixels(ids, one_small, 4) == pytest.approx(4 * _loss_with_wrong_pixels(ids, one_big, 4),
-                                                                       rel=1e-3)
+    assert _loss_with_wrong_pixels(ids, one_small, 4) == pytest.approx(
+        4 * _loss_with_wrong_pixels(ids, one_big, 4), rel=1e-3
+    )
 
 
 def test_low_level_mistakes_cost_double():
     ids = _scene()
     wrong = torch.zeros_like(ids, dtype=torch.bool)
     wrong[0, 10, 10] = True
-    assert _loss_with_wrong_pixels(ids, wrong, 1) == pytest.approx(2 * _loss_with_wrong_pixels(ids, wrong, 4),
-                                                                   rel=1e-3)
+    assert _loss_with_wrong_pixels(ids, wrong, 1) == pytest.approx(2 * _loss_with_wrong_pixels(ids, wrong, 4), rel=1e-3)
 
 
 def test_background_is_left_to_the_foreground_head():

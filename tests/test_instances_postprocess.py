@@ -19,8 +19,9 @@ def _best_iou(truth: np.ndarray, pred: np.ndarray) -> list[float]:
     out = []
     for t in range(1, truth.max() + 1):
         a = truth == t
-        out.append(max(((a & (pred == p)).sum() / (a | (pred == p)).sum() for p in range(1, pred.max() + 1)),
-                       default=0.0))
+        out.append(
+            max(((a & (pred == p)).sum() / (a | (pred == p)).sum() for p in range(1, pred.max() + 1)), default=0.0)
+        )
     return out
 
 
@@ -172,16 +173,18 @@ def test_tuning_keeps_alternatives_only_when_they_help():
     from seg.instances.task import DWTValidation
 
     clean = [pedestrian_scene(count=3, seed=s) for s in range(2)]
-    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t)
-                                for i, t in enumerate(clean)])
+    validation = DWTValidation(
+        [InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(clean)]
+    )
     params, metrics = validation.tune([ideal_maps(t) for t in clean])
     assert not params.alternatives and metrics["mask_ap"] > 0.9  # nothing to add: the partition is right
     # a tiny pedestrian in each scene that no size floor on the grid lets through
     with_small = [t.copy() for t in clean]
     for t in with_small:
         t[disc_scene(t.shape, [(5, 5)], radius=3) > 0] = t.max() + 1  # ~29 px, under every floor
-    validation = DWTValidation([InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t)
-                                for i, t in enumerate(with_small)])
+    validation = DWTValidation(
+        [InstanceSample(str(i), np.zeros((*t.shape, 3), np.uint8), t) for i, t in enumerate(with_small)]
+    )
     params, metrics = validation.tune([ideal_maps(t) for t in with_small])
     assert params.alternatives and metrics["mask_ap50"] == pytest.approx(1.0)
 
@@ -196,7 +199,9 @@ def test_ranked_partition_is_exactly_the_plain_partition():
         ranked_labels, ranked_scores, masks, candidate_scores = ranked_candidates(fg, energy, params)
         np.testing.assert_array_equal(ranked_labels, labels)
         np.testing.assert_array_equal(ranked_scores, scores)
-        np.testing.assert_array_equal(masks[:len(scores)], labels[None] == np.arange(1, len(scores) + 1)[:, None, None])
+        np.testing.assert_array_equal(
+            masks[: len(scores)], labels[None] == np.arange(1, len(scores) + 1)[:, None, None]
+        )
         assert len(candidate_scores) == len(masks) > len(scores)  # noise leaves alternatives to rank
 
 

@@ -11,24 +11,40 @@ from PIL import Image
 
 from seg.checkpoints import load_checkpoint
 from seg.cli import main
-from seg.instances.tune import TUNE_MIN_GAIN
-from seg.io import save_instance_png
 from seg.instances.data import ids_for_split, load_sample
 from seg.instances.inference import TTA_OPTIONS, InstancePredictor, params_from_card
 from seg.instances.task import make_task
+from seg.instances.tune import TUNE_MIN_GAIN
+from seg.io import save_instance_png
 from seg.models import create
 from seg.models.encoders import EncoderWeightsError
 
-REPORT_KEYS = {"mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "count_error", "mean_best_iou",
-               "num_images"}
+REPORT_KEYS = {"mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "count_error", "mean_best_iou", "num_images"}
 
 
 @pytest.fixture(scope="module")
 def dwt_checkpoint(pennfudan_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "dwt"
-    code = main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(out), "--epochs", "1",
-                 "--inst-max-images", "6", "--inst-val-images", "3", "--arch", "base_channels=8",
-                 "--quiet"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dwt",
+            "--data",
+            str(pennfudan_root),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--inst-max-images",
+            "6",
+            "--inst-val-images",
+            "3",
+            "--arch",
+            "base_channels=8",
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
 
@@ -38,8 +54,13 @@ def test_dwt_one_epoch_writes_a_usable_checkpoint(dwt_checkpoint):
     assert card["architecture"] == "dwt" and card["task"] == "instances"
     assert card["energy_edges"][:3] == [0, 1, 2] and card["work_height"] == 224
     assert card["encoder_init"].startswith("random") and card["pretrained"] is False
-    assert set(card["val_metrics"]["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed",
-                                                       "alternatives"}
+    assert set(card["val_metrics"]["postprocess"]) == {
+        "cut_level",
+        "min_size",
+        "fg_threshold",
+        "min_seed",
+        "alternatives",
+    }
     assert card["curve"][0]["epoch"] == 1 and np.isfinite(card["curve"][0]["train_loss"])
     assert dwt_checkpoint.with_suffix(".safetensors").stat().st_size < 2_000_000  # fp16, tiny model
 
@@ -57,14 +78,32 @@ def test_predictor_works_at_the_original_size(dwt_checkpoint, pennfudan_root):
 
 def test_eval_and_predict_commands(dwt_checkpoint, pennfudan_root, tmp_path, capsys):
     out_json = tmp_path / "metrics.json"
-    assert main(["eval-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
-                 "--split", "test", "--limit", "4", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "eval-instances",
+                "--checkpoint",
+                str(dwt_checkpoint),
+                "--data",
+                str(pennfudan_root),
+                "--split",
+                "test",
+                "--limit",
+                "4",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out_json.read_text())
     assert REPORT_KEYS <= set(metrics) and metrics["num_images"] == 4
     image_id = ids_for_split(pennfudan_root, "test")[0]
     image = pennfudan_root / "PNGImages" / f"{image_id}.png"
-    assert main(["predict-instances", "--checkpoint", str(dwt_checkpoint), str(image), "--out",
-                 str(tmp_path / "pred")]) == 0
+    assert (
+        main(["predict-instances", "--checkpoint", str(dwt_checkpoint), str(image), "--out", str(tmp_path / "pred")])
+        == 0
+    )
     with Image.open(tmp_path / "pred" / f"{image_id}_instances.png") as png:
         assert png.size == Image.open(image).size and png.mode == "L"
         ids = np.asarray(png)
@@ -73,10 +112,25 @@ def test_eval_and_predict_commands(dwt_checkpoint, pennfudan_root, tmp_path, cap
     assert all(0 <= i["score"] <= 1 and len(i["box_xyxy"]) == 4 for i in record["instances"])
     # the shared commands read the card's task: predict and eval serve instance checkpoints as well
     assert main(["predict", "--checkpoint", str(dwt_checkpoint), str(image), "--out", str(tmp_path / "p2")]) == 0
-    assert json.loads((tmp_path / "p2" / f"{image_id}_instances.json").read_text())["instances"] == \
-        record["instances"]
-    assert main(["eval", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root), "--split", "test",
-                 "--limit", "4", "--json", str(tmp_path / "m2.json")]) == 0
+    assert json.loads((tmp_path / "p2" / f"{image_id}_instances.json").read_text())["instances"] == record["instances"]
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(dwt_checkpoint),
+                "--data",
+                str(pennfudan_root),
+                "--split",
+                "test",
+                "--limit",
+                "4",
+                "--json",
+                str(tmp_path / "m2.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m2.json").read_text())["mask_ap"] == metrics["mask_ap"]
 
 
@@ -138,7 +192,8 @@ def test_dwt_fg_balance_reaches_the_training_loss_and_the_card(pennfudan_root):
     # same batch, same weights: the balanced loss adds a positive term, the plain one is unchanged
     with torch.no_grad():
         assert float(balanced.train_step(model, batch, torch.device("cpu"))) > float(
-            plain.train_step(model, batch, torch.device("cpu")))
+            plain.train_step(model, batch, torch.device("cpu"))
+        )
     with pytest.raises(ValueError, match="DWT loss setting"):
         make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, fg_balance=1.0)
 
@@ -164,8 +219,10 @@ def test_coco_init_refuses_other_backbones():
 
 
 def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
-    assert main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root),
-                 "--limit", "3"]) == 0
+    assert (
+        main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root), "--limit", "3"])
+        == 0
+    )
     card = json.loads(dwt_checkpoint.with_suffix(".json").read_text())
     assert set(card["postprocess"]) == {"cut_level", "min_size", "fg_threshold", "min_seed", "alternatives"}
     assert card["postprocess_tuning"]["num_images"] == 3
@@ -182,7 +239,8 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert set(tuning["alternative_scales_compared"]) == {"none", "1.5x"}
     assert card["alternative_scales"] == tuning["alternative_scales"] and card["alternative_scales"] in ([], [1.5])
     assert (card["alternative_scales"] == [1.5]) == (
-        tuning["alternative_scales_compared"]["1.5x"] > tuning["alternative_scales_compared"]["none"] + TUNE_MIN_GAIN)
+        tuning["alternative_scales_compared"]["1.5x"] > tuning["alternative_scales_compared"]["none"] + TUNE_MIN_GAIN
+    )
     assert predictor.alternative_scales == tuple(card["alternative_scales"])
     best = card["postprocess_tuning"]["tta"]
     assert TTA_OPTIONS[best] == (card["tta_flip"], tuple(card["tta_scales"]))
@@ -190,7 +248,7 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     best_ap = max(c["mask_ap"] for c in compared.values())
     order = list(TTA_OPTIONS)
     assert compared[best]["mask_ap"] >= best_ap - TUNE_MIN_GAIN
-    assert all(compared[name]["mask_ap"] < best_ap - TUNE_MIN_GAIN for name in order[:order.index(best)])
+    assert all(compared[name]["mask_ap"] < best_ap - TUNE_MIN_GAIN for name in order[: order.index(best)])
     assert predictor.flip is card["tta_flip"] and predictor.scales == tuple(card["tta_scales"])
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, flip=not card["tta_flip"]).flip is not card["tta_flip"]
     assert InstancePredictor.from_checkpoint(dwt_checkpoint, scales=(1.0, 1.5)).scales == (1.0, 1.5)
@@ -213,8 +271,9 @@ def test_scale_tta_averages_an_enlarged_pass_in_working_pixels():
         plain_fg, plain_energy = dwt_heads(model, x)
         big = torch.nn.functional.interpolate(x, size=(48, 72), mode="bilinear", align_corners=False)
         big_fg, big_energy = dwt_heads(model, big)
-        back = torch.nn.functional.interpolate(torch.cat([big_fg, big_energy / 1.5], 1), size=(32, 48),
-                                               mode="bilinear", align_corners=False)
+        back = torch.nn.functional.interpolate(
+            torch.cat([big_fg, big_energy / 1.5], 1), size=(32, 48), mode="bilinear", align_corners=False
+        )
     assert fg.shape == energy.shape == (1, 1, 32, 48)
     torch.testing.assert_close(fg, (plain_fg + back[:, :1]) / 2)
     torch.testing.assert_close(energy, (plain_energy + back[:, 1:]) / 2)  # levels are px: 1.5x deeper -> / 1.5
@@ -246,9 +305,35 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     semantic = create("unet", num_classes=9, base_channels=8, depth=2)
     save_checkpoint(tmp_path / "sbd-unet", semantic, {"task": "semantic", "encoder_init": "random initialisation"})
     out = tmp_path / "dwt"
-    assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(out), "--epochs", "1",
-                 "--inst-max-images", "2", "--inst-val-images", "1", "--arch", "base_channels=8",
-                 "--arch", "depth=2", "--init-from", str(tmp_path / "sbd-unet"), "--lr", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "dwt",
+                "--data",
+                str(pennfudan_root),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--inst-max-images",
+                "2",
+                "--inst-val-images",
+                "1",
+                "--arch",
+                "base_channels=8",
+                "--arch",
+                "depth=2",
+                "--init-from",
+                str(tmp_path / "sbd-unet"),
+                "--lr",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model, card = load_checkpoint(out)
     assert card["init_from"]["checkpoint"] == "sbd-unet" and card["init_from"]["architecture"] == "unet"
     assert "body" in card["init_from"]["loaded"] and card["pretrained"] is False
@@ -262,9 +347,33 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
             torch.testing.assert_close(body[key], value, atol=2e-3, rtol=0)  # lr 0: weights kept
     # a warm restart of that DWT carries the epoch count on (the results table shows earlier+new)
     again = tmp_path / "dwt2"
-    assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(again), "--epochs", "1",
-                 "--inst-max-images", "2", "--inst-val-images", "1", "--arch", "base_channels=8",
-                 "--arch", "depth=2", "--init-from", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "dwt",
+                "--data",
+                str(pennfudan_root),
+                "--out",
+                str(again),
+                "--epochs",
+                "1",
+                "--inst-max-images",
+                "2",
+                "--inst-val-images",
+                "1",
+                "--arch",
+                "base_channels=8",
+                "--arch",
+                "depth=2",
+                "--init-from",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     restarted = load_checkpoint(again)[1]
     lineage = restarted["init_from"]
     assert lineage["loaded"].startswith("all weights") and lineage["total_epochs"] == 1
@@ -273,12 +382,34 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     assert "'sbd-unet' checkpoint" in restarted["encoder_init"] and "no ImageNet or COCO" in restarted["encoder_init"]
     from seg.instances.ensemble import _init_summary
 
-    assert _init_summary(restarted) == "body from this project's stanford-background 'sbd-unet' checkpoint, " \
-                                       "then 1 warm restart(s)"
+    assert (
+        _init_summary(restarted) == "body from this project's stanford-background 'sbd-unet' checkpoint, "
+        "then 1 warm restart(s)"
+    )
     # a body of another width does not fit: refused with the reason, nothing loaded silently
-    assert main(["train", "--model", "dwt", "--data", str(pennfudan_root), "--out", str(tmp_path / "x"),
-                 "--epochs", "1", "--inst-max-images", "2", "--arch", "base_channels=16",
-                 "--init-from", str(tmp_path / "sbd-unet"), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "dwt",
+                "--data",
+                str(pennfudan_root),
+                "--out",
+                str(tmp_path / "x"),
+                "--epochs",
+                "1",
+                "--inst-max-images",
+                "2",
+                "--arch",
+                "base_channels=16",
+                "--init-from",
+                str(tmp_path / "sbd-unet"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
 
 
 def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root):
@@ -308,8 +439,22 @@ def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root)
     sample = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0])
     result = InstancePredictor.from_checkpoint(tmp_path / "ens").predict(sample.image)
     assert result.instances.shape == sample.instances.shape
-    assert main(["tune-instances", "--checkpoint", str(tmp_path / "ens"), "--data", str(pennfudan_root),
-                 "--limit", "2", "--tta", "none"]) == 0
+    assert (
+        main(
+            [
+                "tune-instances",
+                "--checkpoint",
+                str(tmp_path / "ens"),
+                "--data",
+                str(pennfudan_root),
+                "--limit",
+                "2",
+                "--tta",
+                "none",
+            ]
+        )
+        == 0
+    )
     # members of different widths, or a semantic checkpoint, are refused with the reason
     torch.manual_seed(2)
     save_checkpoint(tmp_path / "wide", create("dwt", num_classes=2, base_channels=16, depth=2), card)
@@ -356,18 +501,39 @@ def test_eval_ranks_alternatives_as_the_card_says_or_the_partition_alone(dwt_che
         stem = tmp_path / f"dwt-{alternatives}"
         shutil.copy(dwt_checkpoint.with_suffix(".safetensors"), stem.with_suffix(".safetensors"))
         post = {"cut_level": 2, "min_size": 100, "fg_threshold": 0.2, "min_seed": 0, "alternatives": alternatives}
-        stem.with_suffix(".json").write_text(json.dumps(card | {"postprocess": post, "alternative_scales": [],
-                                                                "tta_flip": False, "tta_scales": [1.0]}))
+        stem.with_suffix(".json").write_text(
+            json.dumps(card | {"postprocess": post, "alternative_scales": [], "tta_flip": False, "tta_scales": [1.0]})
+        )
         stems[alternatives] = stem
 
     def evaluate(stem, *extra):
         out = tmp_path / f"{stem.name}{'-'.join(extra)}.json"
-        assert main(["eval-instances", "--checkpoint", str(stem), "--data", str(pennfudan_root), "--split", "val",
-                     "--limit", "3", "--json", str(out), *extra]) == 0
+        assert (
+            main(
+                [
+                    "eval-instances",
+                    "--checkpoint",
+                    str(stem),
+                    "--data",
+                    str(pennfudan_root),
+                    "--split",
+                    "val",
+                    "--limit",
+                    "3",
+                    "--json",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return json.loads(out.read_text())
 
-    plain, partition, ranked = evaluate(stems[False]), evaluate(stems[True], "--candidates", "partition"), \
-        evaluate(stems[True])
+    plain, partition, ranked = (
+        evaluate(stems[False]),
+        evaluate(stems[True], "--candidates", "partition"),
+        evaluate(stems[True]),
+    )
     assert partition["candidates"] == "partition" and ranked["candidates"] == "card"
     assert partition["postprocess"]["alternatives"] is True
     for key in REPORT_KEYS - {"checkpoint"}:  # the partition alone is the card without alternatives

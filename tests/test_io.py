@@ -41,9 +41,14 @@ def test_large_images_are_downscaled():
     assert max(load_image(_png_bytes(big), max_side=1000).shape[:2]) == 1000
 
 
-@pytest.mark.parametrize("payload,match", [(b"", "corrupt|readable|no image|empty"),
-                                           (b"hello, not an image", "not a readable image"),
-                                           (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "corrupt|readable")])
+@pytest.mark.parametrize(
+    "payload,match",
+    [
+        (b"", "corrupt|readable|no image|empty"),
+        (b"hello, not an image", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "corrupt|readable"),
+    ],
+)
 def test_garbage_is_a_clear_error(payload, match):
     with pytest.raises(ImageLoadError, match=match):
         load_image(payload)

@@ -35,9 +35,30 @@ def test_one_epoch_on_a_six_image_workspace_then_prefill(tmp_path: Path, capsys)
     assert ws.progress() == (6, 7)
 
     out = tmp_path / "ckpt" / "unet-labels"
-    code = main(["train", "--model", "unet", "--data", str(ws.root), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "2", "--arch", "base_channels=8", "--crop-fraction", "none",
-                 "--train-size", "144x112", "--threads", "2", "--quiet"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "unet",
+            "--data",
+            str(ws.root),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--arch",
+            "base_channels=8",
+            "--crop-fraction",
+            "none",
+            "--train-size",
+            "144x112",
+            "--threads",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "epoch 1/1" in printed

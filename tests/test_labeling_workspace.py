@@ -36,7 +36,7 @@ def scene(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w, 3), np.uint8)
     img[: h // 2] = (90, 140, 230)
-    img[h // 2:] = (50, 130, 40)
+    img[h // 2 :] = (50, 130, 40)
     return np.clip(img.astype(int) + rng.integers(0, 40, img.shape), 0, 255).astype(np.uint8)
 
 
@@ -131,11 +131,12 @@ def test_concurrent_saves_from_two_sessions_both_keep_their_work(tmp_path: Path)
     def worker(tag: str, ws: Workspace, class_id: int) -> None:
         barrier.wait()
         for _ in range(per_session):
-            results[tag].append(ws.save(name, np.full((H, W), class_id, np.uint8), base_version=0,
-                                        session=tag))
+            results[tag].append(ws.save(name, np.full((H, W), class_id, np.uint8), base_version=0, session=tag))
 
-    threads = [threading.Thread(target=worker, args=("A", sessions[0], 1)),
-               threading.Thread(target=worker, args=("B", sessions[1], 5))]
+    threads = [
+        threading.Thread(target=worker, args=("A", sessions[0], 1)),
+        threading.Thread(target=worker, args=("B", sessions[1], 5)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -152,18 +153,21 @@ def test_concurrent_saves_from_two_sessions_both_keep_their_work(tmp_path: Path)
     assert any(r.conflict for rs in results.values() for r in rs)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("../../etc/passwd", "passwd"),
-    ("..\\..\\windows\\system32\\evil.jpg", "evil"),
-    ("/abs/path/photo.png", "photo"),
-    ("..", "image"),
-    ("", "image"),
-    (".hidden.jpg", "hidden"),
-    ("a\x00b/../c d.jpeg", "c_d"),
-    ("Ünïcödé phötö (1).JPG", "Unicode_photo_1"),
-    ("con", "image_con"),
-    ("x" * 300, "x" * 100),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\system32\\evil.jpg", "evil"),
+        ("/abs/path/photo.png", "photo"),
+        ("..", "image"),
+        ("", "image"),
+        (".hidden.jpg", "hidden"),
+        ("a\x00b/../c d.jpeg", "c_d"),
+        ("Ünïcödé phötö (1).JPG", "Unicode_photo_1"),
+        ("con", "image_con"),
+        ("x" * 300, "x" * 100),
+    ],
+)
 def test_sanitize_name(raw: str, expected: str):
     assert sanitize_name(raw) == expected
 
@@ -359,10 +363,12 @@ def test_is_workspace_is_strict(tmp_path: Path):
     assert not is_workspace(foreign_folder(tmp_path))
     assert not is_workspace("/usr/bin") and not is_workspace("/proc/self") and not is_workspace(tmp_path / "nope")
     # Each required part swapped for a symlink (which could lead anywhere) or the wrong kind of entry.
-    for part, make in [("classes.txt", lambda p: os.symlink("/etc/hostname", p)),
-                       (MANIFEST_NAME, lambda p: p.mkdir()),
-                       ("train", lambda p: os.symlink(tmp_path, p)),
-                       ("val", lambda p: p.write_text("x"))]:
+    for part, make in [
+        ("classes.txt", lambda p: os.symlink("/etc/hostname", p)),
+        (MANIFEST_NAME, lambda p: p.mkdir()),
+        ("train", lambda p: os.symlink(tmp_path, p)),
+        ("val", lambda p: p.write_text("x")),
+    ]:
         copy = tmp_path / f"copy-{part}"
         shutil.copytree(real, copy)
         target = copy / part
@@ -421,9 +427,34 @@ def test_workspace_without_split_folders_is_listed_and_completed(tmp_path: Path)
     assert labels.open("old").classes == ["a", "b"] and is_workspace(old)
 
 
-HOSTILE_NAMES = ["..", "../escape", "a/../../b", "~", "~/ws", "~root", "/proc/self", "/etc", "x\x00y", "ws\x00",
-                 "x" * 5000, "x" * 65, "", "   ", ".hidden", ".", "a..b", "con", "nul.txt", "na me", "Ümlaut",
-                 "a\\b", "ws\nx", None, 42, ["ws"]]
+HOSTILE_NAMES = [
+    "..",
+    "../escape",
+    "a/../../b",
+    "~",
+    "~/ws",
+    "~root",
+    "/proc/self",
+    "/etc",
+    "x\x00y",
+    "ws\x00",
+    "x" * 5000,
+    "x" * 65,
+    "",
+    "   ",
+    ".hidden",
+    ".",
+    "a..b",
+    "con",
+    "nul.txt",
+    "na me",
+    "Ümlaut",
+    "a\\b",
+    "ws\nx",
+    None,
+    42,
+    ["ws"],
+]
 
 
 def test_labels_root_refuses_hostile_names_and_creates_nothing_outside(tmp_path: Path):
@@ -485,9 +516,23 @@ def test_import_folder_reads_only_under_the_import_roots(tmp_path: Path):
     os.symlink(secret, allowed / "escape")  # a folder leading out
     ws = Workspace(tmp_path / "ws")
     before = tree(tmp_path)
-    hostile = ["/etc", "/proc/self", "/proc/self/root/etc", str(secret), str(allowed / "escape"),
-               f"{allowed}/../secret", "~", "~/photos", "photos", "", "x\x00y", "/" + "a" * 5000,
-               str(allowed / "missing"), None, 7]
+    hostile = [
+        "/etc",
+        "/proc/self",
+        "/proc/self/root/etc",
+        str(secret),
+        str(allowed / "escape"),
+        f"{allowed}/../secret",
+        "~",
+        "~/photos",
+        "photos",
+        "",
+        "x\x00y",
+        "/" + "a" * 5000,
+        str(allowed / "missing"),
+        None,
+        7,
+    ]
     for bad in hostile:
         with pytest.raises(WorkspaceError) as info:
             ws.import_folder(bad, import_roots=[allowed])

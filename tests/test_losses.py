@@ -21,9 +21,11 @@ def test_equals_torch_cross_entropy(use_weight, ignore_index):
     theirs = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
     for red in ("sum", "none"):
-        assert torch.allclose(weighted_cross_entropy(logits, target, weight, ignore_index, red),
-                              F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
-                                              reduction=red), atol=1e-5)
+        assert torch.allclose(
+            weighted_cross_entropy(logits, target, weight, ignore_index, red),
+            F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction=red),
+            atol=1e-5,
+        )
 
 
 def test_gradients_match():

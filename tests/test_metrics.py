@@ -8,8 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from seg.metrics import (SegMetrics, average_precision, confusion_matrix, iou_per_class, mean_iou,
-                         pixel_accuracy)
+from seg.metrics import SegMetrics, average_precision, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 
 
 def _random_case(seed: int, c: int = 5, n: int = 3, h: int = 17, w: int = 23):
@@ -69,10 +68,11 @@ def test_iou_and_accuracy_against_loops():
 def test_average_precision_reference_and_sklearn(seed):
     rng = np.random.default_rng(seed)
     scores = rng.random(4000)
-    labels = (rng.random(4000) < 0.2 + 0.6 * scores) .astype(int)
+    labels = (rng.random(4000) < 0.2 + 0.6 * scores).astype(int)
     scores = np.round(scores, 2)  # ties
     assert average_precision(scores, labels, interpolated=False) == pytest.approx(
-        average_precision_score(labels, scores), abs=1e-12)
+        average_precision_score(labels, scores), abs=1e-12
+    )
     assert average_precision(scores, labels) == pytest.approx(_voc_ap_reference(scores, labels), abs=1e-12)
     # the monotone envelope can only raise precision
     assert average_precision(scores, labels) >= average_precision(scores, labels, interpolated=False)

@@ -17,8 +17,9 @@ def test_registry_lists_semantic_models_and_rejects_unknown():
         create("nope")
 
 
-@pytest.mark.parametrize("name,kwargs", [("cnn", {"width": 8}), ("unet", {"base_channels": 8}),
-                                         ("resunet", {}), ("prior", {})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("cnn", {"width": 8}), ("unet", {"base_channels": 8}), ("resunet", {}), ("prior", {})]
+)
 def test_output_shape_matches_input(name, kwargs):
     model = create(name, num_classes=9, **kwargs).eval()
     with torch.no_grad():

@@ -67,9 +67,13 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
         assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
     val = load_instance_split(pennfudan_root, "val", card["work_height"])
-    validation = DWTValidation(val, tuple(card["energy_edges"]), flip=card.get("tta_flip", False),
-                               scales=tuple(card.get("tta_scales", (1.0,))),
-                               alternative_scales=tuple(card.get("alternative_scales", ())))
+    validation = DWTValidation(
+        val,
+        tuple(card["energy_edges"]),
+        flip=card.get("tta_flip", False),
+        scales=tuple(card.get("tta_scales", (1.0,))),
+        alternative_scales=tuple(card.get("alternative_scales", ())),
+    )
     maps, _ = validation.maps(model.float(), torch.device("cpu"))
     recomputed = validation.evaluate(maps, params_from_card(card))
     for key in ("mask_ap", "mask_ap50", "count_error"):

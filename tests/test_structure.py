@@ -7,10 +7,10 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "seg"
@@ -62,7 +62,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = 2
@@ -96,11 +96,13 @@ def test_only_the_ui_imports_gradio_and_nothing_below_imports_the_ui():
 
 def test_core_imports_without_gradio():
     core = sorted(n for n in import_graph() if not n.startswith("seg.ui"))
-    code = ("import sys, importlib\n"
-            "sys.modules['gradio'] = None  # any attempt to import it fails\n"
-            f"for name in {core!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print('ok', len(" + repr(core) + "))")
+    code = (
+        "import sys, importlib\n"
+        "sys.modules['gradio'] = None  # any attempt to import it fails\n"
+        f"for name in {core!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print('ok', len(" + repr(core) + "))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
 
@@ -127,8 +129,9 @@ def test_every_package_is_installed():
     assert config["package-dir"]["seglab_checkpoints"] == "checkpoints"
 
 
-HISTORY = re.compile(r"\b(session [1-9]|issue [1-9]\d*|as the issue asks|this machine|the machines that built)\b",
-                     re.IGNORECASE)
+HISTORY = re.compile(
+    r"\b(session [1-9]|issue [1-9]\d*|as the issue asks|this machine|the machines that built)\b", re.IGNORECASE
+)
 
 
 @pytest.mark.parametrize("suffix", [".py", ".md", ".toml", ".json", ".css", ".sh", ".txt", ".cfg", ".yaml"])

@@ -21,14 +21,44 @@ from seg.engine import Stage, run
 from seg.semantic_task import SemanticTask, build_stages
 from seg.training import SemanticOptions, TrainConfig, train
 
-CARD_KEYS = {"architecture", "arch_kwargs", "classes", "palette", "encoder_init", "data", "command", "seed",
-             "training_time_s", "curve", "val_metrics"}
+CARD_KEYS = {
+    "architecture",
+    "arch_kwargs",
+    "classes",
+    "palette",
+    "encoder_init",
+    "data",
+    "command",
+    "seed",
+    "training_time_s",
+    "curve",
+    "val_metrics",
+}
 
 
 def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     out = tmp_path / "tiny"
-    assert main(["train", "--model", "unet", "--arch", "base_channels=4", "--epochs", "1", "--limit", "6",
-                 "--batch-size", "3", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "unet",
+                "--arch",
+                "base_channels=4",
+                "--epochs",
+                "1",
+                "--limit",
+                "6",
+                "--batch-size",
+                "3",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     card = json.loads(out.with_suffix(".json").read_text())
     assert CARD_KEYS <= set(card)
     assert card["data"]["num_train"] == 6 and "SHA-1" in card["data"]["split_rule"]
@@ -38,12 +68,50 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
 
     # warm restart from that checkpoint: lineage on the card; another architecture is refused
     again = tmp_path / "again"
-    assert main(["train", "--model", "unet", "--arch", "base_channels=4", "--epochs", "1", "--limit", "6",
-                 "--batch-size", "3", "--out", str(again), "--init-from", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "unet",
+                "--arch",
+                "base_channels=4",
+                "--epochs",
+                "1",
+                "--limit",
+                "6",
+                "--batch-size",
+                "3",
+                "--out",
+                str(again),
+                "--init-from",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     lineage = json.loads(again.with_suffix(".json").read_text())["init_from"]
     assert lineage["checkpoint"] == "tiny" and lineage["total_epochs"] == 1 and "--out" in lineage["command"]
-    assert main(["train", "--model", "cnn", "--epochs", "1", "--limit", "6", "--out", str(tmp_path / "x"),
-                 "--init-from", str(out), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--epochs",
+                "1",
+                "--limit",
+                "6",
+                "--out",
+                str(tmp_path / "x"),
+                "--init-from",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "architecture" in capsys.readouterr().err
 
     report = tmp_path / "eval.json"
@@ -61,13 +129,22 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     assert label.mode == "P" and label.size == Image.open(image).size
     probs = np.load(preds / f"{image.stem}.probs.npy")
     assert probs.dtype == np.float16 and probs.shape == (9, label.size[1], label.size[0])
-    assert np.array_equal(np.asarray(label), probs.astype(np.float32).argmax(0)) or \
-        (np.asarray(label) == probs.astype(np.float32).argmax(0)).mean() > 0.99  # fp16 ties
+    assert (
+        np.array_equal(np.asarray(label), probs.astype(np.float32).argmax(0))
+        or (np.asarray(label) == probs.astype(np.float32).argmax(0)).mean() > 0.99
+    )  # fp16 ties
 
 
 def test_stop_event_ends_between_steps_and_keeps_best(sbd_root, tmp_path):
-    config = TrainConfig(model="cnn", data_dir=str(sbd_root), out=str(tmp_path / "c"), epochs=3,
-                         limit=16, batch_size=2, model_kwargs={"width": 4})
+    config = TrainConfig(
+        model="cnn",
+        data_dir=str(sbd_root),
+        out=str(tmp_path / "c"),
+        epochs=3,
+        limit=16,
+        batch_size=2,
+        model_kwargs={"width": 4},
+    )
     stop = threading.Event()
     events = []
     for event in train(config, stop_event=stop):
@@ -84,15 +161,27 @@ def test_stop_event_ends_between_steps_and_keeps_best(sbd_root, tmp_path):
 
 
 def test_frozen_stage_leaves_encoder_untouched(sbd_root):
-    config = TrainConfig(model="resunet", data_dir=str(sbd_root), epochs=2, limit=4, batch_size=2,
-                         semantic=SemanticOptions(frozen_epochs=1, train_size=(96, 64)))
+    config = TrainConfig(
+        model="resunet",
+        data_dir=str(sbd_root),
+        epochs=2,
+        limit=4,
+        batch_size=2,
+        semantic=SemanticOptions(frozen_epochs=1, train_size=(96, 64)),
+    )
     stages = build_stages(config)
     assert [s.name for s in stages] == ["frozen", "unfrozen"] and stages[0].frozen == ("encoder.",)
     from seg.models import create
+
     model = create("resunet")
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    task = SemanticTask(load_semantic_split(sbd_root, "train", limit=4), load_semantic_split(sbd_root, "val", limit=2),
-                        config.semantic, None, batch_size=2)
+    task = SemanticTask(
+        load_semantic_split(sbd_root, "train", limit=4),
+        load_semantic_split(sbd_root, "val", limit=2),
+        config.semantic,
+        None,
+        batch_size=2,
+    )
     list(run(model, task, stages[:1], out=None, card={}))
     after = model.encoder.state_dict()
     assert all(torch.equal(before[k], after[k].cpu()) for k in before)  # weights and BN statistics
@@ -107,9 +196,29 @@ def _free_port() -> int:
 def test_torchrun_two_processes(sbd_root, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "seg", "train", "--model", "unet", "--arch", "base_channels=4", "--epochs", "1", "--limit", "8",
-           "--batch-size", "2", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "seg",
+        "train",
+        "--model",
+        "unet",
+        "--arch",
+        "base_channels=4",
+        "--epochs",
+        "1",
+        "--limit",
+        "8",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(out.with_suffix(".json").read_text())
@@ -120,7 +229,6 @@ def test_torchrun_two_processes(sbd_root, tmp_path):
 
 def test_bf16_precision_trains_and_is_recorded(sbd_root):
     from seg.engine import resolve_precision
-
     from seg.hardware import bf16_training_pays
 
     auto = resolve_precision("auto", torch.device("cpu"))  # bf16 only where it is known to pay (AMX)
@@ -128,8 +236,16 @@ def test_bf16_precision_trains_and_is_recorded(sbd_root):
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_precision("fp16", torch.device("cpu"))
-    config = TrainConfig(model="cnn", data_dir=str(sbd_root), epochs=2, limit=8, batch_size=4,
-                         model_kwargs={"width": 4}, precision="bf16", semantic=SemanticOptions(train_size=(96, 64)))
+    config = TrainConfig(
+        model="cnn",
+        data_dir=str(sbd_root),
+        epochs=2,
+        limit=8,
+        batch_size=4,
+        model_kwargs={"width": 4},
+        precision="bf16",
+        semantic=SemanticOptions(train_size=(96, 64)),
+    )
     events = list(train(config))
     assert events[0]["precision"] == "bfloat16"
     epochs = [e for e in events if e["type"] == "epoch"]
@@ -141,8 +257,13 @@ def test_ema_validates_and_saves_the_moving_average(sbd_root, tmp_path):
     from seg.models import create
 
     options = SemanticOptions(train_size=(96, 64))
-    task = SemanticTask(load_semantic_split(sbd_root, "train", limit=8), load_semantic_split(sbd_root, "val", limit=2),
-                        options, None, batch_size=2)
+    task = SemanticTask(
+        load_semantic_split(sbd_root, "train", limit=8),
+        load_semantic_split(sbd_root, "val", limit=2),
+        options,
+        None,
+        batch_size=2,
+    )
     torch.manual_seed(0)
     model = create("cnn", width=4)
     after_steps: list[dict] = []
@@ -170,8 +291,11 @@ def test_ema_validates_and_saves_the_moving_average(sbd_root, tmp_path):
         if v.is_floating_point():
             torch.testing.assert_close(v, expected[k], atol=2e-3, rtol=2e-3)  # fp16 checkpoint
     last = after_steps[-1]
-    assert any(not torch.allclose(saved.state_dict()[k], last[k].float(), atol=1e-2)
-               for k in last if last[k].is_floating_point())  # not simply the last weights
+    assert any(
+        not torch.allclose(saved.state_dict()[k], last[k].float(), atol=1e-2)
+        for k in last
+        if last[k].is_floating_point()
+    )  # not simply the last weights
 
 
 def test_resume_continues_an_interrupted_run_exactly(sbd_root, tmp_path):
@@ -179,8 +303,16 @@ def test_resume_continues_an_interrupted_run_exactly(sbd_root, tmp_path):
     from seg.resume import has_state
 
     def config(out: Path) -> TrainConfig:
-        return TrainConfig(model="cnn", data_dir=str(sbd_root), out=str(out), epochs=3, limit=8, batch_size=4,
-                           model_kwargs={"width": 4}, semantic=SemanticOptions(train_size=(96, 64)))
+        return TrainConfig(
+            model="cnn",
+            data_dir=str(sbd_root),
+            out=str(out),
+            epochs=3,
+            limit=8,
+            batch_size=4,
+            model_kwargs={"width": 4},
+            semantic=SemanticOptions(train_size=(96, 64)),
+        )
 
     whole = [e for e in train(config(tmp_path / "whole")) if e["type"] == "epoch"]
     assert not has_state(tmp_path / "whole")  # a finished run leaves no state behind
@@ -212,8 +344,9 @@ def _train_until_first_epoch_then_signal(cmd: list[str], sig: int) -> tuple[int,
     import signal as _signal  # noqa: F401 - the caller passes its members
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parent.parent
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -228,19 +361,43 @@ def test_ctrl_c_and_sigterm_stop_cleanly_for_every_task(model, sbd_root, pennfud
     import signal
 
     out = tmp_path / model
-    extra = (["--arch", "base_channels=4", "--train-size", "96x64"] if model == "unet" else
-             ["--arch", "base_channels=4", "--inst-work-height", "96", "--inst-crop", "96", "--inst-val-images", "2"])
-    cmd = [sys.executable, "-m", "seg", "train", "--model", model, "--epochs", "3", "--limit", "4",
-           "--batch-size", "2", "--out", str(out), "--quiet", *extra]
+    extra = (
+        ["--arch", "base_channels=4", "--train-size", "96x64"]
+        if model == "unet"
+        else ["--arch", "base_channels=4", "--inst-work-height", "96", "--inst-crop", "96", "--inst-val-images", "2"]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "seg",
+        "train",
+        "--model",
+        model,
+        "--epochs",
+        "3",
+        "--limit",
+        "4",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     sig = signal.SIGINT if model == "unet" else signal.SIGTERM
     code, output = _train_until_first_epoch_then_signal(cmd, sig)
     assert code == 0, output[-2000:]
     assert "Traceback" not in output and "stopped early" in output
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["stopped_early"] is True and card["epochs_run"] == 1 and len(card["curve"]) == 1
-    proc = subprocess.run([sys.executable, "-m", "seg", "train", "--resume", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg", "train", "--resume", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["epochs_run"] == 3 and card["stopped_early"] is False

@@ -40,16 +40,25 @@ class DatasetSource:
 
 SOURCES = {
     "sbd": DatasetSource(
-        "sbd", "http://dags.stanford.edu/data/iccv09Data.tar.gz", "iccv09Data.tar.gz", DATASET_FOLDERS["sbd"],
-        {"images/0000051.jpg": "5d1704ca99c5f44e901e912c8a09071e2ecc13fae31cf1b5759c6bd75f386f4a",
-         "labels/0000051.regions.txt": "da5c9c165c4c732b45f6b13f20fd3259041d6ad12871f6090c116060d834af33"},
+        "sbd",
+        "http://dags.stanford.edu/data/iccv09Data.tar.gz",
+        "iccv09Data.tar.gz",
+        DATASET_FOLDERS["sbd"],
+        {
+            "images/0000051.jpg": "5d1704ca99c5f44e901e912c8a09071e2ecc13fae31cf1b5759c6bd75f386f4a",
+            "labels/0000051.regions.txt": "da5c9c165c4c732b45f6b13f20fd3259041d6ad12871f6090c116060d834af33",
+        },
         (("images/*.jpg", 715), ("labels/*.regions.txt", 715)),
     ),
     "pennfudan": DatasetSource(
-        "pennfudan", "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip", "PennFudanPed.zip",
+        "pennfudan",
+        "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip",
+        "PennFudanPed.zip",
         DATASET_FOLDERS["pennfudan"],
-        {"PNGImages/FudanPed00001.png": "130e9f9121b88ab69105f1685ce17625e97d0ef590adb9b9f076f62fc08b3343",
-         "PedMasks/FudanPed00001_mask.png": "21ce5211d6745a43c0d1a31d2574810bb592971e1207b0b4a0b22e350daa6671"},
+        {
+            "PNGImages/FudanPed00001.png": "130e9f9121b88ab69105f1685ce17625e97d0ef590adb9b9f076f62fc08b3343",
+            "PedMasks/FudanPed00001_mask.png": "21ce5211d6745a43c0d1a31d2574810bb592971e1207b0b4a0b22e350daa6671",
+        },
         (("PNGImages/*.png", 170), ("PedMasks/*_mask.png", 170)),
     ),
 }
@@ -64,8 +73,10 @@ def sha256_file(path: Path) -> str:
 
 
 def _manual_hint(src: DatasetSource, root: Path) -> str:
-    return (f"Download {src.url} by hand and unpack it so that {root / src.folder} exists "
-            f"(or set SEG_DATA_DIR to the folder that holds {src.folder}/).")
+    return (
+        f"Download {src.url} by hand and unpack it so that {root / src.folder} exists "
+        f"(or set SEG_DATA_DIR to the folder that holds {src.folder}/)."
+    )
 
 
 def _fetch(src: DatasetSource, dest: Path, timeout: float, root: Path) -> None:

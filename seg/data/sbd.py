@@ -34,8 +34,10 @@ IMAGE_SIZE: tuple[int, int] = (288, 224)
 MISC = 8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-SPLIT_RULE = ("split_of(id): SHA-1 of the image id, first 8 bytes as a fraction h in [0,1); "
-              "train if h < 0.8, val if h < 0.9, else test (course layout: the folder is the split)")
+SPLIT_RULE = (
+    "split_of(id): SHA-1 of the image id, first 8 bytes as a fraction h in [0,1); "
+    "train if h < 0.8, val if h < 0.9, else test (course layout: the folder is the split)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def detect_layout(root: Path) -> str:
         return "course"
     raise FileNotFoundError(
         f"{root} is not a Stanford Background folder: expected images/ + labels/ (official) "
-        f"or train/ val/ test/ (course layout). Get the data with: python -m seg download sbd")
+        f"or train/ val/ test/ (course layout). Get the data with: python -m seg download sbd"
+    )
 
 
 def parse_class_table(text: str) -> list[tuple[str, tuple[int, int, int] | None]]:
@@ -128,8 +131,15 @@ def list_samples(root: Path) -> list[Sample]:
         for image_path in sorted((root / "images").glob("*.jpg")):
             image_id = image_path.stem
             label = root / "labels" / f"{image_id}.regions.txt"
-            samples.append(Sample(image_id, image_path, label if label.is_file() else None,
-                                  split_of(image_id, SPLIT_FRACTIONS), layout))
+            samples.append(
+                Sample(
+                    image_id,
+                    image_path,
+                    label if label.is_file() else None,
+                    split_of(image_id, SPLIT_FRACTIONS),
+                    layout,
+                )
+            )
     else:
         for split in ("train", "val", "test"):
             folder = root / split
@@ -139,8 +149,7 @@ def list_samples(root: Path) -> list[Sample]:
                 if image_path.suffix.lower() not in (".jpg", ".jpeg") or image_path.name.startswith("."):
                     continue
                 label = image_path.with_suffix(".png")
-                samples.append(Sample(image_path.stem, image_path, label if label.is_file() else None,
-                                      split, layout))
+                samples.append(Sample(image_path.stem, image_path, label if label.is_file() else None, split, layout))
     return samples
 
 
@@ -191,8 +200,9 @@ def read_label(sample: Sample) -> np.ndarray:
     return read_label_png(sample.label_path)
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] = IMAGE_SIZE
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+def resize_pair(
+    image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int] = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize to ``size`` (W,H): bilinear for the image, nearest for the mask."""
     img = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     if mask is None:
@@ -200,8 +210,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int
     return img, np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
 
 
-def load_semantic_split(root: Path, split: str = "train", size: tuple[int, int] = IMAGE_SIZE,
-                        limit: int | None = None) -> SegSplit:
+def load_semantic_split(
+    root: Path, split: str = "train", size: tuple[int, int] = IMAGE_SIZE, limit: int | None = None
+) -> SegSplit:
     """Decode and resize every labelled image of ``split`` ("all" = every one) once."""
     if split not in ("train", "val", "test", "all"):
         raise ValueError(f"split must be train, val, test or all, got {split!r}")
@@ -228,8 +239,7 @@ def load_semantic_split(root: Path, split: str = "train", size: tuple[int, int] 
         masks.append(torch.from_numpy(np.array(mask)))
         ids.append(sample.id)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable sample(s) in {root}: " + "; ".join(skipped[:5]),
-                      stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} unreadable sample(s) in {root}: " + "; ".join(skipped[:5]), stacklevel=2)
     if not ids:
         raise FileNotFoundError(f"no labelled images for split {split!r} in {root}")
     return SegSplit(

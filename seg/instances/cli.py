@@ -12,19 +12,25 @@ import sys
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tune-instances",
-                              help="choose a DWT checkpoint's post-processing on val and store it in its card")
+    p = subparsers.add_parser(
+        "tune-instances", help="choose a DWT checkpoint's post-processing on val and store it in its card"
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="never tune on test")
-    p.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "scales", "flip+scales"),
-                   help="test-time augmentation: auto tries every setting and keeps the best mask AP on the split")
+    p.add_argument(
+        "--tta",
+        default="auto",
+        choices=("auto", "none", "flip", "scales", "flip+scales"),
+        help="test-time augmentation: auto tries every setting and keeps the best mask AP on the split",
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
 
-    p = subparsers.add_parser("ensemble-instances",
-                              help="combine DWT checkpoints into one ensemble checkpoint (then tune-instances)")
+    p = subparsers.add_parser(
+        "ensemble-instances", help="combine DWT checkpoints into one ensemble checkpoint (then tune-instances)"
+    )
     p.add_argument("members", nargs="+", help="two or more dwt checkpoints of the same architecture")
     p.add_argument("--out", required=True, help="output checkpoint stem")
     p.set_defaults(func=cmd_ensemble_instances)
@@ -57,6 +63,8 @@ def cmd_ensemble_instances(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} ({card['arch_kwargs']['members']} members); "
-          f"now: python -m seg tune-instances --checkpoint {args.out}")
+    print(
+        f"wrote {args.out} ({card['arch_kwargs']['members']} members); "
+        f"now: python -m seg tune-instances --checkpoint {args.out}"
+    )
     return 0

@@ -58,8 +58,14 @@ class InstanceEvaluator:
     _count_errors: list[int] = field(default_factory=list)
     _best_ious: list[float] = field(default_factory=list)
 
-    def add(self, gt_masks: np.ndarray, pred_masks: np.ndarray, scores: np.ndarray,
-            pred_boxes: np.ndarray | None = None, gt_boxes: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        gt_masks: np.ndarray,
+        pred_masks: np.ndarray,
+        scores: np.ndarray,
+        pred_boxes: np.ndarray | None = None,
+        gt_boxes: np.ndarray | None = None,
+    ) -> None:
         """One image: gt (G,H,W) bool, predictions (P,H,W) bool with (P,) scores, optional xyxy boxes.
 
         Boxes default to the masks' tight boxes (so the DWT's box AP is its masks' box AP).
@@ -71,14 +77,30 @@ class InstanceEvaluator:
         for i, m in enumerate(gt_masks):
             rle = _rle(m)
             box = gt_boxes[i] if gt_boxes is not None else None
-            self._gts.append({"id": len(self._gts) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                              "segmentation": rle, "area": float(mask_utils.area(rle)),
-                              "bbox": _coco_box(box) if box is not None else list(map(float, mask_utils.toBbox(rle)))})
+            self._gts.append(
+                {
+                    "id": len(self._gts) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": _coco_box(box) if box is not None else list(map(float, mask_utils.toBbox(rle))),
+                }
+            )
         for i, m in enumerate(pred_masks):
             rle = _rle(m)
             box = _coco_box(pred_boxes[i]) if pred_boxes is not None else list(map(float, mask_utils.toBbox(rle)))
-            self._dets.append({"image_id": image_id, "category_id": 1, "segmentation": rle, "bbox": box,
-                               "score": float(scores[i]), "area": float(mask_utils.area(rle))})
+            self._dets.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": rle,
+                    "bbox": box,
+                    "score": float(scores[i]),
+                    "area": float(mask_utils.area(rle)),
+                }
+            )
         kept = pred_masks[scores >= self.score_threshold] if len(pred_masks) else pred_masks
         self._count_errors.append(abs(len(kept) - len(gt_masks)))
         if len(gt_masks):
@@ -93,8 +115,7 @@ class InstanceEvaluator:
         if not self._dets:
             return np.zeros(12)
         gt = COCO()
-        gt.dataset = {"images": self._images, "annotations": self._gts,
-                      "categories": [{"id": 1, "name": "pedestrian"}]}
+        gt.dataset = {"images": self._images, "annotations": self._gts, "categories": [{"id": 1, "name": "pedestrian"}]}
         with contextlib.redirect_stdout(io.StringIO()):
             gt.createIndex()
             dt = gt.loadRes([dict(d) for d in self._dets])
@@ -108,8 +129,11 @@ class InstanceEvaluator:
         segm = self._coco_stats("segm")
         bbox = self._coco_stats("bbox")
         return {
-            "mask_ap": float(segm[0]), "mask_ap50": float(segm[1]), "mask_ap75": float(segm[2]),
-            "box_ap": float(bbox[0]), "box_ap50": float(bbox[1]),
+            "mask_ap": float(segm[0]),
+            "mask_ap50": float(segm[1]),
+            "mask_ap75": float(segm[2]),
+            "box_ap": float(bbox[0]),
+            "box_ap50": float(bbox[1]),
             "count_error": float(np.mean(self._count_errors)) if self._count_errors else float("nan"),
             "mean_best_iou": float(np.mean(self._best_ious)) if self._best_ious else float("nan"),
             "num_images": len(self._images),

@@ -61,9 +61,14 @@ def boxes_from_ids(instances: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(instances)
     ids = instances[ys, xs] - 1
     big = np.iinfo(np.int64).max
-    x1 = np.full(n, big); y1 = np.full(n, big); x2 = np.full(n, -1); y2 = np.full(n, -1)
-    np.minimum.at(x1, ids, xs); np.minimum.at(y1, ids, ys)
-    np.maximum.at(x2, ids, xs); np.maximum.at(y2, ids, ys)
+    x1 = np.full(n, big)
+    y1 = np.full(n, big)
+    x2 = np.full(n, -1)
+    y2 = np.full(n, -1)
+    np.minimum.at(x1, ids, xs)
+    np.minimum.at(y1, ids, ys)
+    np.maximum.at(x2, ids, xs)
+    np.maximum.at(y2, ids, ys)
     present = x2 >= 0
     boxes[present] = np.stack([x1, y1, x2 + 1, y2 + 1], axis=1)[present]
     return boxes
@@ -86,7 +91,8 @@ def list_ids(root: Path) -> list[str]:
     if not image_dir.is_dir() or not (root / MASK_DIR).is_dir():
         raise FileNotFoundError(
             f"{root} is not a Penn-Fudan folder (expected {IMAGE_DIR}/ and {MASK_DIR}/); "
-            "set SEG_DATA_DIR or pass --data")
+            "set SEG_DATA_DIR or pass --data"
+        )
     return sorted(p.stem for p in image_dir.glob("*.png") if (root / MASK_DIR / f"{p.stem}_mask.png").is_file())
 
 
@@ -136,8 +142,9 @@ def resize_sample(sample: InstanceSample, size: tuple[int, int]) -> InstanceSamp
     return InstanceSample(sample.id, image, relabel_sequential(instances), distance)
 
 
-def load_instance_split(root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT,
-               limit: int | None = None) -> list[InstanceSample]:
+def load_instance_split(
+    root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT, limit: int | None = None
+) -> list[InstanceSample]:
     """Samples of one split (the first ``limit`` ids), resized to the working height (None: original sizes)."""
     samples = []
     for image_id in ids_for_split(root, split)[:limit]:

@@ -16,8 +16,18 @@ from seg.checkpoints import load_checkpoint, save_checkpoint
 from seg.instances.models import DWTEnsemble
 
 #: card keys copied from the first member (they describe the data and the method, not one run)
-SHARED_KEYS = ("task", "dataset", "work_height", "energy_edges", "energy_levels_note", "split_fractions",
-               "train_images", "val_images", "classes", "palette")
+SHARED_KEYS = (
+    "task",
+    "dataset",
+    "work_height",
+    "energy_edges",
+    "energy_levels_note",
+    "split_fractions",
+    "train_images",
+    "val_images",
+    "classes",
+    "palette",
+)
 
 
 def _init_summary(card: dict) -> str:
@@ -54,25 +64,39 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     ensemble = DWTEnsemble(models)
     ensemble.arch_name = "dwt_ensemble"  # what the registry would have set; the card's architecture
     inits = Counter(_init_summary(c) for c in cards)
-    members = [{"checkpoint": str(p), "command": c.get("command"), "encoder_init": c.get("encoder_init"),
-                "init_from": (c.get("init_from") or {}).get("checkpoint"), "epochs_run": c.get("epochs_run"),
-                "training_time_s": c.get("training_time_s"), "best_epoch": c.get("best_epoch"),
-                "val_mask_ap": (c.get("val_metrics") or {}).get("mask_ap")} for p, c in zip(paths, cards)]
+    members = [
+        {
+            "checkpoint": str(p),
+            "command": c.get("command"),
+            "encoder_init": c.get("encoder_init"),
+            "init_from": (c.get("init_from") or {}).get("checkpoint"),
+            "epochs_run": c.get("epochs_run"),
+            "training_time_s": c.get("training_time_s"),
+            "best_epoch": c.get("best_epoch"),
+            "val_mask_ap": (c.get("val_metrics") or {}).get("mask_ap"),
+        }
+        for p, c in zip(paths, cards)
+    ]
     card = {k: first[k] for k in SHARED_KEYS if k in first}
-    card.update({
-        "architecture": "dwt_ensemble",
-        "arch_kwargs": {"num_classes": 2, "members": len(models), **kwargs},
-        "method": (f"Deep Watershed Transform, ensemble of {len(models)} independently trained DWTs (same "
-                   "architecture): foreground and energy-level probabilities averaged, then the DWT "
-                   "post-processing (seeds cut from the expected energy, watershed over the foreground)"),
-        "encoder_init": "members: " + ", ".join(f"{n}x {init}" for init, n in inits.items())
-                        + ("" if any(c.get("pretrained") for c in cards) else "; no ImageNet or COCO weights"),
-        "pretrained": any(bool(c.get("pretrained")) for c in cards),
-        "members": members,
-        "training_time_s": sum(float(c.get("training_time_s") or 0) for c in cards),
-        "epochs_run": "+".join(str(c.get("epochs_run", "?")) for c in cards),
-        "command": "python -m seg ensemble-instances " + " ".join(str(p) for p in paths) + f" --out {out}",
-        "postprocess_note": "re-tune on val after combining: python -m seg tune-instances --checkpoint <out>",
-    })
+    card.update(
+        {
+            "architecture": "dwt_ensemble",
+            "arch_kwargs": {"num_classes": 2, "members": len(models), **kwargs},
+            "method": (
+                f"Deep Watershed Transform, ensemble of {len(models)} independently trained DWTs (same "
+                "architecture): foreground and energy-level probabilities averaged, then the DWT "
+                "post-processing (seeds cut from the expected energy, watershed over the foreground)"
+            ),
+            "encoder_init": "members: "
+            + ", ".join(f"{n}x {init}" for init, n in inits.items())
+            + ("" if any(c.get("pretrained") for c in cards) else "; no ImageNet or COCO weights"),
+            "pretrained": any(bool(c.get("pretrained")) for c in cards),
+            "members": members,
+            "training_time_s": sum(float(c.get("training_time_s") or 0) for c in cards),
+            "epochs_run": "+".join(str(c.get("epochs_run", "?")) for c in cards),
+            "command": "python -m seg ensemble-instances " + " ".join(str(p) for p in paths) + f" --out {out}",
+            "postprocess_note": "re-tune on val after combining: python -m seg tune-instances --checkpoint <out>",
+        }
+    )
     save_checkpoint(out, ensemble, card)
     return card

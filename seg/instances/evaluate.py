@@ -11,8 +11,15 @@ from pathlib import Path
 import numpy as np
 
 
-def evaluate_instance_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", method: str | None = None,
-                        limit: int | None = None, tta: str = "card", candidates: str = "card") -> dict:
+def evaluate_instance_checkpoint(
+    checkpoint: str | Path,
+    data_dir: Path,
+    split: str = "val",
+    method: str | None = None,
+    limit: int | None = None,
+    tta: str = "card",
+    candidates: str = "card",
+) -> dict:
     """Every image of ``split`` at its original size through ``InstancePredictor``; the report's keys.
 
     ``candidates``: ``card`` ranks the DWT's alternatives after its partition as tuned,
@@ -32,11 +39,17 @@ def evaluate_instance_checkpoint(checkpoint: str | Path, data_dir: Path, split: 
         masks, scores, boxes = result.candidates()
         evaluator.add(sample.masks(), masks, scores, boxes)
     metrics = evaluator.compute()
-    metrics.update({"split": split, "method": predictor.method, "checkpoint": str(checkpoint),
-                    "tta_flip": predictor.flip if not predictor.detector else None,
-                    "tta_scales": list(predictor.scales) if not predictor.detector else None,
-                    "candidates": candidates if not predictor.detector else None,
-                    "alternative_scales": list(predictor.alternative_scales) if not predictor.detector else None,
-                    "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
-                    "postprocess": vars(predictor.params) if not predictor.detector else None})
+    metrics.update(
+        {
+            "split": split,
+            "method": predictor.method,
+            "checkpoint": str(checkpoint),
+            "tta_flip": predictor.flip if not predictor.detector else None,
+            "tta_scales": list(predictor.scales) if not predictor.detector else None,
+            "candidates": candidates if not predictor.detector else None,
+            "alternative_scales": list(predictor.alternative_scales) if not predictor.detector else None,
+            "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
+            "postprocess": vars(predictor.params) if not predictor.detector else None,
+        }
+    )
     return metrics

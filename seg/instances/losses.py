@@ -34,9 +34,15 @@ def instance_pixel_weights(instances: torch.Tensor) -> torch.Tensor:
     return weights
 
 
-def dwt_loss(fg_logits: torch.Tensor, energy_logits: torch.Tensor, instances: torch.Tensor,
-             energy_target: torch.Tensor, level_weight: torch.Tensor | None = None,
-             energy_factor: float = 1.0, fg_balance: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def dwt_loss(
+    fg_logits: torch.Tensor,
+    energy_logits: torch.Tensor,
+    instances: torch.Tensor,
+    energy_target: torch.Tensor,
+    level_weight: torch.Tensor | None = None,
+    energy_factor: float = 1.0,
+    fg_balance: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts.
 
     ``fg_logits`` (N,2,H,W); ``energy_logits`` (N,K,H,W); ``instances`` (N,H,W) ids;

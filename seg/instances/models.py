@@ -41,8 +41,9 @@ class DeepWatershed(nn.Module):
         self.energy_levels = energy_levels
         self.fg_head = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1))
         # the energy needs a wider view (how far to the boundary), hence two 3x3 layers
-        self.energy_head = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels),
-                                         nn.Conv2d(channels, energy_levels, 1))
+        self.energy_head = nn.Sequential(
+            conv_bn_relu(channels, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, energy_levels, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(x)
@@ -55,8 +56,9 @@ def split_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register("dwt", task="instances")
-def build_dwt(num_classes: int = 2, backbone: str = "unet", energy_levels: int = len(ENERGY_EDGES),
-              **backbone_kwargs) -> DeepWatershed:
+def build_dwt(
+    num_classes: int = 2, backbone: str = "unet", energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs
+) -> DeepWatershed:
     """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it."""
     if num_classes != 2:
         raise ValueError("the DWT separates one class (pedestrian) from background: num_classes must be 2")
@@ -88,11 +90,17 @@ class DWTEnsemble(nn.Module):
 
 
 @register("dwt_ensemble", task="instances")
-def build_dwt_ensemble(num_classes: int = 2, members: int = 2, backbone: str = "unet",
-                       energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs) -> DWTEnsemble:
+def build_dwt_ensemble(
+    num_classes: int = 2,
+    members: int = 2,
+    backbone: str = "unet",
+    energy_levels: int = len(ENERGY_EDGES),
+    **backbone_kwargs,
+) -> DWTEnsemble:
     """``members`` DWTs of one architecture (built by ``seg.instances.ensemble.combine``)."""
-    return DWTEnsemble([build_dwt(num_classes, backbone, energy_levels, **backbone_kwargs)
-                        for _ in range(int(members))])
+    return DWTEnsemble(
+        [build_dwt(num_classes, backbone, energy_levels, **backbone_kwargs) for _ in range(int(members))]
+    )
 
 
 # --------------------------------------------------------------------------- Mask R-CNN
@@ -137,8 +145,10 @@ def _load_coco(model: MaskRCNN) -> None:
     try:
         state = MaskRCNN_ResNet50_FPN_Weights.COCO_V1.get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # network / cache failures surface with a clear message
-        raise RuntimeError(f"COCO Mask R-CNN weights could not be loaded ({err}); put them in the torch hub "
-                           "cache or use --encoder-init none|imagenet|<file>") from err
+        raise RuntimeError(
+            f"COCO Mask R-CNN weights could not be loaded ({err}); put them in the torch hub "
+            "cache or use --encoder-init none|imagenet|<file>"
+        ) from err
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)
@@ -149,9 +159,17 @@ class PedestrianMaskRCNN(MaskRCNN):
 
 
 @register("maskrcnn", task="instances")
-def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_init: str = "none",
-                   norm: str = "auto", fpn_channels: int = 128, returned_layers: tuple[int, ...] = (1, 2, 3),
-                   min_size: int = 320, max_size: int = 560, representation_size: int = 256) -> MaskRCNN:
+def build_maskrcnn(
+    num_classes: int = 2,
+    backbone: str = "resnet18",
+    encoder_init: str = "none",
+    norm: str = "auto",
+    fpn_channels: int = 128,
+    returned_layers: tuple[int, ...] = (1, 2, 3),
+    min_size: int = 320,
+    max_size: int = 560,
+    representation_size: int = 256,
+) -> MaskRCNN:
     """A small Mask R-CNN: ResNet trunk up to ``layer{max(returned_layers)}``, FPN, tall anchors.
 
     ResNet-18 cut after layer3 with a 128-channel FPN is ~6M parameters (12 MB in fp16),
@@ -164,8 +182,9 @@ def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_ini
             raise ValueError("COCO Mask R-CNN weights exist for resnet50 only")
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-        model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
-                                      min_size=min_size, max_size=max_size)
+        model = maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=91, min_size=min_size, max_size=max_size
+        )
         _load_coco(model)
         in_features = model.roi_heads.box_predictor.cls_score.in_features
         model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
@@ -178,22 +197,28 @@ def build_maskrcnn(num_classes: int = 2, backbone: str = "resnet18", encoder_ini
         stage_channels = {k: v * 4 for k, v in stage_channels.items()}
     return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
     # BackboneWithFPN keeps only the trunk up to the last returned layer
-    fpn = BackboneWithFPN(body, return_layers, [stage_channels[k] for k in returned_layers], fpn_channels,
-                          extra_blocks=LastLevelMaxPool())
+    fpn = BackboneWithFPN(
+        body, return_layers, [stage_channels[k] for k in returned_layers], fpn_channels, extra_blocks=LastLevelMaxPool()
+    )
     levels = len(returned_layers) + 1
     sizes = tuple((32 * 2**i,) for i in range(levels))
     anchors = AnchorGenerator(sizes, ((1.0, 2.0, 3.0),) * levels)  # h/w: pedestrians are tall
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     mask_head = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1)
     model = PedestrianMaskRCNN(
-        fpn, num_classes=None, min_size=min_size, max_size=max_size,
-        rpn_anchor_generator=anchors, box_head=box_head,
+        fpn,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(representation_size, num_classes),
-        mask_head=mask_head, mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
-        box_detections_per_img=50)
+        mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
+        box_detections_per_img=50,
+    )
     return model
 
 
 def is_detector(model: nn.Module) -> bool:
     return isinstance(model, MaskRCNN)
-

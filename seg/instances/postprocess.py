@@ -25,7 +25,6 @@ from skimage.segmentation import watershed
 
 from seg.instances.data import relabel_sequential
 
-
 DEFAULT_CUT_LEVEL = 2  # the three defaults below were chosen on val for checkpoints/dwt (tune-instances)
 DEFAULT_MIN_SIZE = 600  # pixels at the working height (224 px)
 DEFAULT_FG_THRESHOLD = 0.5
@@ -46,20 +45,23 @@ class PostprocessParams:
     #: also rank the alternatives below the partition (``ranked_candidates``); chosen on val
     alternatives: bool = False
 
-    def scaled(self, area_ratio: float) -> "PostprocessParams":
+    def scaled(self, area_ratio: float) -> PostprocessParams:
         """Same parameters for a map ``area_ratio`` times as many pixels as the working size."""
-        return replace(self, min_size=max(1, round(self.min_size * area_ratio)),
-                       min_seed=round(self.min_seed * area_ratio))
+        return replace(
+            self, min_size=max(1, round(self.min_size * area_ratio)), min_seed=round(self.min_seed * area_ratio)
+        )
 
-    def alternative_settings(self) -> list["PostprocessParams"]:
+    def alternative_settings(self) -> list[PostprocessParams]:
         """The partitions mined for alternatives: the same one without its size floor, a cut two
         levels shallower (merges over-split people) and two deeper (splits merged ones), and a
         foreground threshold 0.15 lower (grows faint, partly hidden people)."""
         small = dict(min_size=max(1, self.min_size // 8), alternatives=False)
-        return [replace(self, **small),
-                replace(self, cut_level=max(self.cut_level - 2, 0.5), **small),
-                replace(self, cut_level=self.cut_level + 2, **small),
-                replace(self, fg_threshold=max(self.fg_threshold - 0.15, 0.05), **small)]
+        return [
+            replace(self, **small),
+            replace(self, cut_level=max(self.cut_level - 2, 0.5), **small),
+            replace(self, cut_level=self.cut_level + 2, **small),
+            replace(self, fg_threshold=max(self.fg_threshold - 0.15, 0.05), **small),
+        ]
 
 
 def expected_energy(energy_probs: np.ndarray) -> np.ndarray:
@@ -68,8 +70,9 @@ def expected_energy(energy_probs: np.ndarray) -> np.ndarray:
     return np.tensordot(levels, energy_probs.astype(np.float32, copy=False), axes=1)
 
 
-def instances_from_maps(fg_prob: np.ndarray, energy: np.ndarray,
-                        params: PostprocessParams = PostprocessParams()) -> tuple[np.ndarray, np.ndarray]:
+def instances_from_maps(
+    fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams = PostprocessParams()
+) -> tuple[np.ndarray, np.ndarray]:
     """Instance ids (H, W) int32 and one score per id 1..N.
 
     ``fg_prob``: (H, W) foreground probability. ``energy``: (H, W) expected energy level.
@@ -172,9 +175,12 @@ def _candidate_maps(fg_prob: np.ndarray, energy: np.ndarray, params: Postprocess
     return sources
 
 
-def ranked_candidates(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams,
-                      extra_maps: Sequence[tuple[np.ndarray, np.ndarray]] = ()
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def ranked_candidates(
+    fg_prob: np.ndarray,
+    energy: np.ndarray,
+    params: PostprocessParams,
+    extra_maps: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The partition (ids, scores) and every candidate for COCO AP: (P, H, W) bool masks, (P,) scores.
 
     The candidates are the partition's instances, then (with ``params.alternatives``) the new

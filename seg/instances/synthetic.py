@@ -43,8 +43,9 @@ def _smooth_noise(shape: tuple[int, int], std: float, seed: int, sigma: float = 
     return field * (std / max(field.std(), 1e-8))
 
 
-def ideal_maps(instances: np.ndarray, edges: tuple[float, ...] = ENERGY_EDGES, noise: float = 0.0,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def ideal_maps(
+    instances: np.ndarray, edges: tuple[float, ...] = ENERGY_EDGES, noise: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(foreground probability, expected energy level) a perfect network would give, plus optional noise."""
     fg = (instances > 0).astype(np.float32)
     energy = quantise(instance_distance(instances), edges).astype(np.float32)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +23,23 @@ from torch import nn
 from seg.checkpoints import continued_init, warm_start
 from seg.engine import Stage
 from seg.instances.coco_eval import InstanceEvaluator
-from seg.instances.data import (SPLIT_FRACTIONS, WORK_HEIGHT, InstanceAugment, InstanceSample, load_instance_split,
-                                boxes_from_ids)
-from seg.instances.inference import (DETECTION_SCORE_THRESHOLD, InstancePredictor, components_from_foreground,
-                                     dwt_heads, dwt_pass, heads_from_logits, with_mirror)
+from seg.instances.data import (
+    SPLIT_FRACTIONS,
+    WORK_HEIGHT,
+    InstanceAugment,
+    InstanceSample,
+    boxes_from_ids,
+    load_instance_split,
+)
+from seg.instances.inference import (
+    DETECTION_SCORE_THRESHOLD,
+    InstancePredictor,
+    components_from_foreground,
+    dwt_heads,
+    dwt_pass,
+    heads_from_logits,
+    with_mirror,
+)
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams, ranked_candidates
@@ -39,11 +53,13 @@ ENERGY_NOTE = (
     "At the default 224 px working height a pedestrian's deepest pixel lies 8-34 px from its "
     "boundary (median 18): the paper's levels above ~24 px would be nearly empty, so the top level is 19+ "
     "and unit steps are kept below 6 px, where the seeds are cut. The edges stay in pixels at other working "
-    "heights (scale augmentation already shows the model people 0.8-1.25x their working size).")
+    "heights (scale augmentation already shows the model people 0.8-1.25x their working size)."
+)
 DWT_METHOD = (
     "Deep Watershed Transform (Bai & Urtasun, CVPR 2017) without the direction network: foreground and "
     "energy heads on one U-Net body (its initialisation: encoder_init); seeds cut from the expected energy, grown back "
-    "over the foreground by watershed (scikit-image); cut level, seed size and minimum size chosen on val")
+    "over the foreground by watershed (scikit-image); cut level, seed size and minimum size chosen on val"
+)
 #: Grid searched on val every epoch (post-processing is ms per image, so this is cheap).
 CUT_LEVELS = (2, 3, 4, 5, 6)
 MIN_SEEDS = (0, 100, 300, 600)
@@ -54,40 +70,62 @@ FINE_CUT_LEVELS = (2, 2.5, 3, 3.5, 4, 5, 6)
 FINE_MIN_SEEDS = (0, 100, 200, 300, 450, 600)
 FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800)
 FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
-FG_BALANCE_NOTE = ("foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
-                   "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy")
+FG_BALANCE_NOTE = (
+    "foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
+    "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy"
+)
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
 
 
-def _batches(samples: list[InstanceSample], augment: InstanceAugment, batch_size: int, epoch: int, seed: int,
-             rank: int, world: int) -> Iterator[list[InstanceSample]]:
+def _batches(
+    samples: list[InstanceSample],
+    augment: InstanceAugment,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world: int,
+) -> Iterator[list[InstanceSample]]:
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(samples))[rank::world]
     aug_rng = np.random.default_rng([seed, epoch, rank, 1])
     for start in range(0, len(order), batch_size):
-        yield [augment(samples[i], aug_rng) for i in order[start:start + batch_size]]
+        yield [augment(samples[i], aug_rng) for i in order[start : start + batch_size]]
 
 
 def _steps(num_samples: int, batch_size: int, world: int) -> int:
-    return max(1, -(-(-(-num_samples // world)) // batch_size))
+    per_rank = -(-num_samples // world)  # ceiling divisions
+    return max(1, -(-per_rank // batch_size))
 
 
 def _stack_images(samples: list[InstanceSample]) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
 
 
-def dwt_batch_loss(model: nn.Module, images: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
-                   level_weight: torch.Tensor, fg_balance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def dwt_batch_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    instances: torch.Tensor,
+    levels: torch.Tensor,
+    level_weight: torch.Tensor,
+    fg_balance: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of uint8 images (N,3,H,W) against ids and energy levels."""
     logits = model(images.float() / 255.0)
     return dwt_logits_loss(logits, instances, levels, level_weight, fg_balance), logits
 
 
-def dwt_logits_loss(logits: torch.Tensor, instances: torch.Tensor, levels: torch.Tensor,
-                    level_weight: torch.Tensor, fg_balance: float = 0.0) -> torch.Tensor:
+def dwt_logits_loss(
+    logits: torch.Tensor,
+    instances: torch.Tensor,
+    levels: torch.Tensor,
+    level_weight: torch.Tensor,
+    fg_balance: float = 0.0,
+) -> torch.Tensor:
     fg_logits, energy_logits = split_outputs(logits)
-    loss, _ = dwt_loss(fg_logits, energy_logits, instances, levels, level_weight.to(logits.device),
-                       fg_balance=fg_balance)
+    loss, _ = dwt_loss(
+        fg_logits, energy_logits, instances, levels, level_weight.to(logits.device), fg_balance=fg_balance
+    )
     return loss
 
 
@@ -102,9 +140,14 @@ class DWTValidation:
     training data (``python -m seg tune-instances``).
     """
 
-    def __init__(self, samples: list[InstanceSample], energy_edges: tuple[float, ...] = ENERGY_EDGES,
-                 flip: bool = False, scales: tuple[float, ...] = (1.0,),
-                 alternative_scales: tuple[float, ...] = ()) -> None:
+    def __init__(
+        self,
+        samples: list[InstanceSample],
+        energy_edges: tuple[float, ...] = ENERGY_EDGES,
+        flip: bool = False,
+        scales: tuple[float, ...] = (1.0,),
+        alternative_scales: tuple[float, ...] = (),
+    ) -> None:
         self.samples = samples
         self.energy_edges = tuple(energy_edges)
         self.level_weight = level_weights(len(self.energy_edges))
@@ -128,23 +171,24 @@ class DWTValidation:
                 # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
                 logits = model(with_mirror(images, self.flip))
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
-                fg, energy = dwt_heads(model, images, self.flip, self.scales,
-                                       at_one=heads_from_logits(logits, self.flip))
+                fg, energy = dwt_heads(
+                    model, images, self.flip, self.scales, at_one=heads_from_logits(logits, self.flip)
+                )
                 maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
         if self.alternative_scales:
             maps = self.with_alternatives(maps, model, device, self.alternative_scales)
         return maps, float(np.mean(losses)) if losses else float("nan")
 
-    def with_alternatives(self, maps: list, model: nn.Module, device: torch.device,
-                          scales: tuple[float, ...]) -> list:
+    def with_alternatives(self, maps: list, model: nn.Module, device: torch.device, scales: tuple[float, ...]) -> list:
         """``maps`` with each image's separate passes at ``scales`` added (their new instances rank
         last); the main maps are reused, not recomputed."""
         out = []
         with torch.inference_mode():
             for s, (fg, energy, *_) in zip(self.samples, maps):
                 images = _image_batch(s, device)
-                extra = [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale))
-                         for scale in scales]
+                extra = [
+                    tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale)) for scale in scales
+                ]
                 out.append((fg, energy, extra))
         return out
 
@@ -167,6 +211,7 @@ class DWTValidation:
         joint grid, then the minimum size. Ties in AP (spurious low-ranked fragments barely
         move it) go to the smaller counting error.
         """
+
         def ap(p: PostprocessParams) -> tuple[float, float]:
             r = self.evaluate(maps, p)
             return (-1.0 if math.isnan(r["mask_ap"]) else round(r["mask_ap"], 4)), -r["count_error"]
@@ -176,8 +221,13 @@ class DWTValidation:
 
         best = PostprocessParams().scaled(self.area_scale)
         if thorough:
-            best = max((replace(best, cut_level=c, min_seed=m, fg_threshold=t) for c, m, t in
-                        itertools.product(FINE_CUT_LEVELS, px(FINE_MIN_SEEDS), FG_THRESHOLDS)), key=ap)
+            best = max(
+                (
+                    replace(best, cut_level=c, min_seed=m, fg_threshold=t)
+                    for c, m, t in itertools.product(FINE_CUT_LEVELS, px(FINE_MIN_SEEDS), FG_THRESHOLDS)
+                ),
+                key=ap,
+            )
             best = max((replace(best, min_size=m) for m in px(FINE_MIN_SIZES)), key=ap)
         else:
             best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
@@ -202,18 +252,31 @@ class DWTValidation:
         params, metrics = self.tune(maps, thorough)
         baseline = self.evaluate(maps, params, components=True)
         metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-        return {"score": metrics["mask_ap"] or 0.0, "val_loss": val_loss, **metrics,
-                "postprocess": asdict(params),
-                "components_mask_ap": baseline["mask_ap"], "components_mask_ap50": baseline["mask_ap50"]}
+        return {
+            "score": metrics["mask_ap"] or 0.0,
+            "val_loss": val_loss,
+            **metrics,
+            "postprocess": asdict(params),
+            "components_mask_ap": baseline["mask_ap"],
+            "components_mask_ap50": baseline["mask_ap50"],
+        }
 
 
 class DWTTask:
     """Deep Watershed Transform: foreground + quantised distance-to-boundary, from scratch."""
 
-    def __init__(self, data_dir: Path, batch_size: int = 4, crop: int = 224, seed: int = 0,
-                 max_images: int | None = None, val_images: int | None = None,
-                 energy_edges: tuple[float, ...] = ENERGY_EDGES, work_height: int = WORK_HEIGHT,
-                 fg_balance: float = 0.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        batch_size: int = 4,
+        crop: int = 224,
+        seed: int = 0,
+        max_images: int | None = None,
+        val_images: int | None = None,
+        energy_edges: tuple[float, ...] = ENERGY_EDGES,
+        work_height: int = WORK_HEIGHT,
+        fg_balance: float = 0.0,
+    ) -> None:
         self.data_dir = Path(data_dir)
         # training loss only: the val loss stays the plain (paper's) loss, comparable across checkpoints
         self.fg_balance = float(fg_balance)
@@ -228,11 +291,18 @@ class DWTTask:
         self.level_weight = level_weights(len(self.energy_edges))
 
     def card_info(self) -> dict:
-        return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
-                "energy_edges": list(self.energy_edges), "energy_levels_note": ENERGY_NOTE,
-                "method": DWT_METHOD, "split_fractions": list(SPLIT_FRACTIONS),
-                "train_images": len(self.train), "val_images": len(self.val),
-                "loss": {"fg_balance": self.fg_balance, "note": FG_BALANCE_NOTE}}
+        return {
+            "task": "instances",
+            "dataset": "pennfudan",
+            "work_height": self.work_height,
+            "energy_edges": list(self.energy_edges),
+            "energy_levels_note": ENERGY_NOTE,
+            "method": DWT_METHOD,
+            "split_fractions": list(SPLIT_FRACTIONS),
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            "loss": {"fg_balance": self.fg_balance, "note": FG_BALANCE_NOTE},
+        }
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return _steps(len(self.train), self.batch_size, world)
@@ -244,8 +314,14 @@ class DWTTask:
             yield {"images": _stack_images(group), "instances": ids, "levels": levels}
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-        loss, _ = dwt_batch_loss(model, batch["images"].to(device), batch["instances"].to(device),
-                                 batch["levels"].to(device), self.level_weight, self.fg_balance)
+        loss, _ = dwt_batch_loss(
+            model,
+            batch["images"].to(device),
+            batch["instances"].to(device),
+            batch["levels"].to(device),
+            self.level_weight,
+            self.fg_balance,
+        )
         return loss
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
@@ -259,8 +335,16 @@ class DWTTask:
         try:
             for s in self.val[:2]:
                 result = predictor.predict(s.image)
-                out.append({"id": s.id, "image": s.image, "truth": s.instances, "pred": result.instances,
-                            "num_pred": result.num_instances, "num_true": s.num_instances})
+                out.append(
+                    {
+                        "id": s.id,
+                        "image": s.image,
+                        "truth": s.instances,
+                        "pred": result.instances,
+                        "num_pred": result.num_instances,
+                        "num_true": s.num_instances,
+                    }
+                )
         finally:
             model.train(was_training)
         return out
@@ -269,9 +353,16 @@ class DWTTask:
 class MaskRCNNTask:
     """torchvision Mask R-CNN trained on augmented crops at Mask R-CNN's own input height."""
 
-    def __init__(self, data_dir: Path, batch_size: int = 2, crop: int = MASKRCNN_HEIGHT, seed: int = 0,
-                 max_images: int | None = None, val_images: int | None = None,
-                 work_height: int = MASKRCNN_HEIGHT) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        batch_size: int = 2,
+        crop: int = MASKRCNN_HEIGHT,
+        seed: int = 0,
+        max_images: int | None = None,
+        val_images: int | None = None,
+        work_height: int = MASKRCNN_HEIGHT,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
@@ -280,15 +371,21 @@ class MaskRCNNTask:
         self.augment = InstanceAugment(size=(crop, round(crop * 1.4)), scale=(0.85, 1.2), min_area=100)
 
     def card_info(self) -> dict:
-        return {"task": "instances", "dataset": "pennfudan", "work_height": self.work_height,
-                "method": "torchvision Mask R-CNN, 2 classes; small ResNet-FPN sized for a CPU and the "
-                          "checkpoint budget (see arch_kwargs); images fed at min_size px",
-                "backbone_note": "ResNet trunk up to layer3 (ResNet-18's layer4 alone is 8.4M parameters), "
-                                 "128-channel FPN, 256-d box head, tall anchors (h/w 1, 2, 3); group norm "
-                                 "when trained from scratch (batch norm is useless at 2 images per batch), "
-                                 "frozen batch norm with pretrained weights (torchvision's recipe)",
-                "split_fractions": list(SPLIT_FRACTIONS), "train_images": len(self.train),
-                "val_images": len(self.val), "score_threshold": DETECTION_SCORE_THRESHOLD}
+        return {
+            "task": "instances",
+            "dataset": "pennfudan",
+            "work_height": self.work_height,
+            "method": "torchvision Mask R-CNN, 2 classes; small ResNet-FPN sized for a CPU and the "
+            "checkpoint budget (see arch_kwargs); images fed at min_size px",
+            "backbone_note": "ResNet trunk up to layer3 (ResNet-18's layer4 alone is 8.4M parameters), "
+            "128-channel FPN, 256-d box head, tall anchors (h/w 1, 2, 3); group norm "
+            "when trained from scratch (batch norm is useless at 2 images per batch), "
+            "frozen batch norm with pretrained weights (torchvision's recipe)",
+            "split_fractions": list(SPLIT_FRACTIONS),
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            "score_threshold": DETECTION_SCORE_THRESHOLD,
+        }
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return _steps(len(self.train), self.batch_size, world)
@@ -299,8 +396,13 @@ class MaskRCNNTask:
             for s in group:
                 images.append(torch.from_numpy(s.image).permute(2, 0, 1).contiguous())
                 masks = torch.from_numpy(s.masks()).to(torch.uint8)
-                targets.append({"boxes": torch.from_numpy(boxes_from_ids(s.instances)),
-                                "labels": torch.ones(len(masks), dtype=torch.int64), "masks": masks})
+                targets.append(
+                    {
+                        "boxes": torch.from_numpy(boxes_from_ids(s.instances)),
+                        "labels": torch.ones(len(masks), dtype=torch.int64),
+                        "masks": masks,
+                    }
+                )
             yield {"images": images, "targets": targets}
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -327,14 +429,28 @@ class MaskRCNNTask:
         return []
 
 
-def make_task(model_name: str, data_dir: Path, batch_size: int | None = None, crop: int | None = None,
-              seed: int = 0, max_images: int | None = None, val_images: int | None = None,
-              work_height: int | None = None, fg_balance: float | None = None) -> DWTTask | MaskRCNNTask:
+def make_task(
+    model_name: str,
+    data_dir: Path,
+    batch_size: int | None = None,
+    crop: int | None = None,
+    seed: int = 0,
+    max_images: int | None = None,
+    val_images: int | None = None,
+    work_height: int | None = None,
+    fg_balance: float | None = None,
+) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
     common = {"seed": seed, "max_images": max_images, "val_images": val_images}
     if model_name == "dwt":
-        return DWTTask(Path(data_dir), batch_size=batch_size or 4, crop=crop or 224,
-                       work_height=work_height or WORK_HEIGHT, fg_balance=fg_balance or 0.0, **common)
+        return DWTTask(
+            Path(data_dir),
+            batch_size=batch_size or 4,
+            crop=crop or 224,
+            work_height=work_height or WORK_HEIGHT,
+            fg_balance=fg_balance or 0.0,
+            **common,
+        )
     if work_height:
         raise ValueError("--inst-work-height is a DWT setting (Mask R-CNN resizes inside the model: min_size)")
     if fg_balance:
@@ -356,17 +472,28 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
 def prepare_instances(config: TrainConfig) -> Prepared:
     """Task, model and card for ``train`` of ``dwt`` or ``maskrcnn`` (one stage, cosine schedule)."""
     options = config.instances
-    task = make_task(config.model, Path(config.data_dir), config.batch_size, options.crop, config.seed,
-                     config.limit, options.val_images or config.limit, options.work_height, options.fg_balance)
+    task = make_task(
+        config.model,
+        Path(config.data_dir),
+        config.batch_size,
+        options.crop,
+        config.seed,
+        config.limit,
+        options.val_images or config.limit,
+        options.work_height,
+        options.fg_balance,
+    )
     model = build_model(config)
     source = warm_start(model, config.init_from) if config.init_from else None
     encoder_init = describe_init(config.encoder_init)
     if source and source["architecture"] == config.model:  # a warm restart keeps its weights' first start
         encoder_init = continued_init(source)
     elif source:
-        encoder_init = (f"body initialised from this project's {source['checkpoint']!r} checkpoint "
-                        f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
-                        "no ImageNet or COCO weights")
+        encoder_init = (
+            f"body initialised from this project's {source['checkpoint']!r} checkpoint "
+            f"({source['dataset']}; its own encoder: {source['its_encoder_init']}); "
+            "no ImageNet or COCO weights"
+        )
     card = {
         **task.card_info(),
         "encoder_init": encoder_init,

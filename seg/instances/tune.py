@@ -12,8 +12,9 @@ from pathlib import Path
 TUNE_MIN_GAIN = 0.005
 
 
-def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None,
-                    tta: str = "auto") -> dict:
+def tune_checkpoint(
+    checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None, tta: str = "auto"
+) -> dict:
     """Re-run the training's post-processing search on ``split``; writes ``postprocess`` into the card.
 
     ``tta``: ``auto`` searches with every test-time augmentation setting (``TTA_OPTIONS``)
@@ -34,6 +35,7 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     from seg.instances.postprocess import PostprocessParams
     from seg.instances.targets import ENERGY_EDGES
     from seg.instances.task import DWTValidation
+
     model, card = load_checkpoint(checkpoint)
     if card.get("architecture") not in DWT_ARCHITECTURES:
         raise ValueError("only DWT checkpoints have post-processing parameters to tune")
@@ -53,8 +55,9 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
     validation, maps = computed[chosen]
     alternative_scales, alternatives_compared = (), {"none": result["mask_ap"]}
     for extra in ALTERNATIVE_SCALE_OPTIONS:  # the chosen setting's maps plus each set of separate passes
-        metrics = validation.evaluate(validation.with_alternatives(maps, model, cpu, extra),
-                                      PostprocessParams(**result["postprocess"]))
+        metrics = validation.evaluate(
+            validation.with_alternatives(maps, model, cpu, extra), PostprocessParams(**result["postprocess"])
+        )
         alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
         if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0) + TUNE_MIN_GAIN:
             alternative_scales = extra
@@ -66,14 +69,25 @@ def tune_checkpoint(checkpoint: str | Path, data_dir: Path, split: str = "val", 
         if card.get("val_metrics") is not None:
             card.setdefault("training_val_metrics", card["val_metrics"])
         card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
-            "postprocess": result["postprocess"], "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
-            "alternative_scales": list(alternative_scales), "at": "working height"}
+            "postprocess": result["postprocess"],
+            "tta": chosen,
+            "tta_flip": flip,
+            "tta_scales": list(scales),
+            "alternative_scales": list(alternative_scales),
+            "at": "working height",
+        }
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
-    card["postprocess_tuning"] = {"split": split, "num_images": len(samples), "at": "working height",
-                                  "tta": chosen, "tta_flip": flip, "tta_scales": list(scales),
-                                  **{k: result[k] for k in keys},
-                                  "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options},
-                                  "alternative_scales": list(alternative_scales),
-                                  "alternative_scales_compared": alternatives_compared}
+    card["postprocess_tuning"] = {
+        "split": split,
+        "num_images": len(samples),
+        "at": "working height",
+        "tta": chosen,
+        "tta_flip": flip,
+        "tta_scales": list(scales),
+        **{k: result[k] for k in keys},
+        "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options},
+        "alternative_scales": list(alternative_scales),
+        "alternative_scales_compared": alternatives_compared,
+    }
     write_card(stem_of(checkpoint), card)
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}

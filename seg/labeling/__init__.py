@@ -16,6 +16,15 @@ from seg.labeling.workspace import (
 )
 
 __all__ = [
-    "Item", "LoadedItem", "Problem", "SaveResult", "ScanReport", "UnsafePathError", "Workspace",
-    "WorkspaceError", "default_workspace", "safe_join", "sanitize_name",
+    "Item",
+    "LoadedItem",
+    "Problem",
+    "SaveResult",
+    "ScanReport",
+    "UnsafePathError",
+    "Workspace",
+    "WorkspaceError",
+    "default_workspace",
+    "safe_join",
+    "sanitize_name",
 ]

@@ -90,7 +90,7 @@ class Manifest:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = %d" % int(LOCK_TIMEOUT_S * 1000))
+        conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
         return conn
 
     @contextmanager
@@ -117,15 +117,14 @@ class Manifest:
 
     # -- images ---------------------------------------------------------------------
     @staticmethod
-    def add_image(conn: sqlite3.Connection, name: str, source: str, digest: str,
-                  width: int, height: int) -> None:
-        conn.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)",
-                     (name, source, digest, width, height, utc_now()))
+    def add_image(conn: sqlite3.Connection, name: str, source: str, digest: str, width: int, height: int) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?)", (name, source, digest, width, height, utc_now())
+        )
 
     @staticmethod
     def name_for_digest(conn: sqlite3.Connection, digest: str) -> str | None:
-        row = conn.execute("SELECT name FROM images WHERE digest = ? ORDER BY added_at LIMIT 1",
-                           (digest,)).fetchone()
+        row = conn.execute("SELECT name FROM images WHERE digest = ? ORDER BY added_at LIMIT 1", (digest,)).fetchone()
         return row[0] if row else None
 
     def image_source(self, name: str) -> str | None:
@@ -140,9 +139,20 @@ class Manifest:
 
     @staticmethod
     def add_version(conn: sqlite3.Connection, record: VersionRecord) -> None:
-        conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (record.name, record.version, record.split, record.saved_at, record.model,
-                      record.changed_pixels, record.total_pixels, record.session, record.sha256))
+        conn.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.name,
+                record.version,
+                record.split,
+                record.saved_at,
+                record.model,
+                record.changed_pixels,
+                record.total_pixels,
+                record.session,
+                record.sha256,
+            ),
+        )
 
     def versions(self, name: str | None = None) -> list[VersionRecord]:
         """Saved versions, oldest first (of one image, or of all)."""

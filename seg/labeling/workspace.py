@@ -117,8 +117,12 @@ def is_workspace(path: str | Path) -> bool:
     is not a workspace, so nothing gets written into it.
     """
     path = Path(path)
-    return (path.is_dir() and _is_regular_file(path / CLASSES_FILE) and _is_regular_file(path / MANIFEST_NAME)
-            and all(_is_real_dir(path / split) for split in REQUIRED_SPLITS))
+    return (
+        path.is_dir()
+        and _is_regular_file(path / CLASSES_FILE)
+        and _is_regular_file(path / MANIFEST_NAME)
+        and all(_is_real_dir(path / split) for split in REQUIRED_SPLITS)
+    )
 
 
 def _is_incomplete_workspace(path: Path) -> bool:
@@ -225,8 +229,14 @@ class Workspace:
     missing split folder.
     """
 
-    def __init__(self, root: str | Path | None = None, classes: list[str] | ClassList | None = None, *,
-                 adopt: bool = False, write_check: WriteCheck | None = None):
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        classes: list[str] | ClassList | None = None,
+        *,
+        adopt: bool = False,
+        write_check: WriteCheck | None = None,
+    ):
         self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
         _refuse_non_workspace(self.root, adopt=adopt)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -236,8 +246,12 @@ class Workspace:
         self.classes, self.palette = list(class_list.names), list(class_list.colours)
         self.manifest = Manifest(self.root / MANIFEST_NAME)
         if self.manifest.recovered_from is not None:
-            self.problems.append(Problem(MANIFEST_NAME, f"was not a readable SQLite file; moved aside to "
-                                                        f"{self.manifest.recovered_from.name} and restarted"))
+            self.problems.append(
+                Problem(
+                    MANIFEST_NAME,
+                    f"was not a readable SQLite file; moved aside to {self.manifest.recovered_from.name} and restarted",
+                )
+            )
         for split in REQUIRED_SPLITS:  # last: a half-made workspace never passes ``is_workspace``
             (self.root / split).mkdir(exist_ok=True)
         self._lock = threading.Lock()  # in-process guard on top of SQLite's cross-process one
@@ -252,8 +266,11 @@ class Workspace:
 
     def _init_classes(self, classes: list[str] | ClassList | None) -> ClassList:
         path = self.root / CLASSES_FILE
-        fallback = classes if isinstance(classes, ClassList) else \
-            ClassList(tuple(classes or SBD_CLASSES), tuple(palette_for(len(classes or SBD_CLASSES))))
+        fallback = (
+            classes
+            if isinstance(classes, ClassList)
+            else ClassList(tuple(classes or SBD_CLASSES), tuple(palette_for(len(classes or SBD_CLASSES))))
+        )
         if path.is_file():
             try:
                 return ClassList.parse(path.read_text(encoding="utf-8"))
@@ -357,12 +374,14 @@ class Workspace:
             if self.write_check is not None:
                 self.write_check(len(data), 1)
             atomic_write_bytes(self._path(UNLABELED_DIR, f"{candidate}.jpg"), data)
-            Manifest.add_image(conn, candidate, str(source_desc or name)[:500], digest,
-                               int(rgb.shape[1]), int(rgb.shape[0]))
+            Manifest.add_image(
+                conn, candidate, str(source_desc or name)[:500], digest, int(rgb.shape[1]), int(rgb.shape[0])
+            )
         return candidate, True
 
-    def import_folder(self, folder: str | Path, limit: int = 10_000, *,
-                      import_roots: Sequence[str | Path] = ()) -> ImportReport:
+    def import_folder(
+        self, folder: str | Path, limit: int = 10_000, *, import_roots: Sequence[str | Path] = ()
+    ) -> ImportReport:
         """Import every image file in ``folder`` (not recursive); unreadable files are reported.
 
         ``folder``, and every file read from it after resolving symlinks, must lie under one of
@@ -404,17 +423,27 @@ class Workspace:
             try:
                 label = read_label_png(it.label_path)
                 if label.shape != image.shape[:2]:
-                    raise ValueError(f"label is {label.shape[1]}x{label.shape[0]}, "
-                                     f"image {image.shape[1]}x{image.shape[0]}")
+                    raise ValueError(
+                        f"label is {label.shape[1]}x{label.shape[0]}, image {image.shape[1]}x{image.shape[0]}"
+                    )
             except (OSError, ValueError):
                 label = None  # ``scan`` reports it; the person relabels from the image
         latest = self.manifest.latest(name)
-        return LoadedItem(name, image, label, latest.version if latest else 0, it.split,
-                          latest.model if latest else None)
+        return LoadedItem(
+            name, image, label, latest.version if latest else 0, it.split, latest.model if latest else None
+        )
 
-    def save(self, name: str, label: np.ndarray, *, model: str | None = None,
-             reference: np.ndarray | None = None, base_version: int | None = None,
-             session: str | None = None, split: str | None = None) -> SaveResult:
+    def save(
+        self,
+        name: str,
+        label: np.ndarray,
+        *,
+        model: str | None = None,
+        reference: np.ndarray | None = None,
+        base_version: int | None = None,
+        session: str | None = None,
+        split: str | None = None,
+    ) -> SaveResult:
         """Save ``label`` as a new version and make it the current label.
 
         Never overwrites a previous version: each save gets the next number under the
@@ -444,8 +473,11 @@ class Workspace:
                     previous = read_label_png(it.label_path)
                 except (OSError, ValueError):
                     previous = None
-            changed = int(np.count_nonzero(label != previous)) if previous is not None \
-                and np.shape(previous) == label.shape else int(label.size)
+            changed = (
+                int(np.count_nonzero(label != previous))
+                if previous is not None and np.shape(previous) == label.shape
+                else int(label.size)
+            )
             version = latest + 1
             target_split = it.split or split or self._default_split(name)
             if target_split not in SPLIT_DIRS:
@@ -458,8 +490,10 @@ class Workspace:
             atomic_write_bytes(label_path, png)  # label first: the loader only lists .jpg files
             if it.split is None:
                 os.replace(it.image_path, self._path(target_split, f"{name}.jpg"))
-            Manifest.add_version(conn, VersionRecord(
-                name, version, target_split, utc_now(), model, changed, int(label.size), session, digest))
+            Manifest.add_version(
+                conn,
+                VersionRecord(name, version, target_split, utc_now(), model, changed, int(label.size), session, digest),
+            )
         conflict = base_version is not None and latest != base_version
         return SaveResult(name, version, target_split, label_path, version_file, changed, conflict, latest)
 
@@ -498,14 +532,15 @@ class Workspace:
         counts = self.split_counts()
         missing = [s for s in ("train", "val") if counts[s] == 0]
         if missing:
-            raise WorkspaceError(f"the workspace {self.root.name} has no labelled images in {' or '.join(missing)}/ "
-                                 f"yet (labelled: {counts['train']} train, {counts['val']} val); "
-                                 f"label a few more images first")
+            raise WorkspaceError(
+                f"the workspace {self.root.name} has no labelled images in {' or '.join(missing)}/ "
+                f"yet (labelled: {counts['train']} train, {counts['val']} val); "
+                f"label a few more images first"
+            )
 
     def _latest_version_file(self, name: str) -> int:
         folder = self.root / VERSIONS_DIR / name
-        numbers = [int(p.stem[1:]) for p in folder.glob("v*.png") if p.stem[1:].isdigit()] \
-            if folder.is_dir() else []
+        numbers = [int(p.stem[1:]) for p in folder.glob("v*.png") if p.stem[1:].isdigit()] if folder.is_dir() else []
         return max(numbers, default=0)
 
     def versions(self, name: str) -> list[VersionRecord]:
@@ -551,12 +586,17 @@ class Workspace:
                     it = Item(it.name, it.image_path, None, it.split)
                 else:
                     if label.shape != shape:
-                        report.problems.append(Problem(lrel, "label size does not match its image, "
-                                                             "image treated as unlabelled"))
+                        report.problems.append(
+                            Problem(lrel, "label size does not match its image, image treated as unlabelled")
+                        )
                         it = Item(it.name, it.image_path, None, it.split)
                     elif label.size and int(label.max()) >= self.num_classes:
-                        report.problems.append(Problem(lrel, f"class id {int(label.max())} is beyond the "
-                                                             f"{self.num_classes} classes in classes.txt"))
+                        report.problems.append(
+                            Problem(
+                                lrel,
+                                f"class id {int(label.max())} is beyond the {self.num_classes} classes in classes.txt",
+                            )
+                        )
                         it = Item(it.name, it.image_path, None, it.split)
             good[it.name] = it
         for folder_name in (*SPLIT_DIRS, UNLABELED_DIR):
@@ -597,8 +637,10 @@ def _refuse_non_workspace(root: Path, adopt: bool = False) -> None:
         raise WorkspaceError(f"{root.name!r} is a dataset download, not a labeling workspace; choose another folder")
     if adopt and any(_is_real_dir(root / split) for split in REQUIRED_SPLITS):
         return
-    raise WorkspaceError(f"the folder {root.name!r} is neither empty nor a labeling workspace (one with "
-                         f"classes.txt, {MANIFEST_NAME}, train/ and val/); choose an empty folder or a workspace")
+    raise WorkspaceError(
+        f"the folder {root.name!r} is neither empty nor a labeling workspace (one with "
+        f"classes.txt, {MANIFEST_NAME}, train/ and val/); choose an empty folder or a workspace"
+    )
 
 
 def _resolved_roots(roots: Sequence[str | Path]) -> list[Path]:
@@ -711,8 +753,9 @@ class LabelsRoot:
                 try:
                     os.rename(staging, target)  # fails when ``target`` appeared meanwhile and is not empty
                 except OSError:
-                    raise WorkspaceError(f"A workspace or folder named {name!r} exists already; "
-                                         f"choose another name.") from None
+                    raise WorkspaceError(
+                        f"A workspace or folder named {name!r} exists already; choose another name."
+                    ) from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
             ws = self._open[str(target)] = Workspace(target)

@@ -50,13 +50,15 @@ def _strip_prefixes(state: dict[str, torch.Tensor], module: nn.Module) -> dict[s
     """Accept keys as saved from the bare network or from a wrapper ('encoder.', 'backbone.body.', 'module.')."""
     own = set(module.state_dict())
     for prefix in ("", "module.", "encoder.", "backbone.body.", "backbone."):
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if own & set(stripped):
             return stripped
     return state
 
 
-def load_encoder_weights(module: nn.Module, init: str, weights_enum=None, ignore_prefixes: tuple[str, ...] = ("fc.",)) -> str:
+def load_encoder_weights(
+    module: nn.Module, init: str, weights_enum=None, ignore_prefixes: tuple[str, ...] = ("fc.",)
+) -> str:
     """Initialise ``module`` (a torchvision-style network) as ``init`` says; returns the card text.
 
     ``init``: ``"none"``; ``"imagenet"`` (``weights_enum``'s default, e.g. ``ResNet18_Weights.IMAGENET1K_V1``,
@@ -74,7 +76,8 @@ def load_encoder_weights(module: nn.Module, init: str, weights_enum=None, ignore
             raise EncoderWeightsError(
                 f"ImageNet weights could not be loaded ({type(err).__name__}: {err}). Download "
                 f"{weights_enum.url} and put it at {cache}, or pass a local file "
-                f"(--encoder-init PATH), or train from scratch with --encoder-init none.") from None
+                f"(--encoder-init PATH), or train from scratch with --encoder-init none."
+            ) from None
     else:
         state = read_state_dict(init)
     # num_batches_tracked is bookkeeping that some savers keep and others drop; it is not a weight
@@ -86,6 +89,7 @@ def load_encoder_weights(module: nn.Module, init: str, weights_enum=None, ignore
     if missing or unexpected:
         raise EncoderWeightsError(
             f"encoder weights do not match the architecture: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
     module.load_state_dict(state, strict=False)
     return describe_init(init)

@@ -25,7 +25,7 @@ class PixelPrior(nn.Module):
         self.register_buffer("frequencies", torch.full((num_classes, height, width), 1.0 / num_classes))
 
     @torch.no_grad()
-    def fit(self, masks: torch.Tensor) -> "PixelPrior":
+    def fit(self, masks: torch.Tensor) -> PixelPrior:
         """``masks`` (N, H, W) class ids at the table's size -> per-pixel class frequencies."""
         n, h, w = masks.shape
         if (h, w) != tuple(self.frequencies.shape[1:]):

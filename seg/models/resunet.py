@@ -29,8 +29,13 @@ class DecoderBlock(nn.Module):
 
 
 class ResUNet(nn.Module):
-    def __init__(self, num_classes: int = 9, encoder_init: str = "none",
-                 decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16), dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_classes: int = 9,
+        encoder_init: str = "none",
+        decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16),
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.encoder = resnet18(weights=None)
@@ -38,23 +43,23 @@ class ResUNet(nn.Module):
         self.encoder_init = load_encoder_weights(self.encoder, encoder_init, ResNet18_Weights.IMAGENET1K_V1)
         d1, d2, d3, d4, d5 = decoder_channels
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.dec4 = DecoderBlock(512, 256, d1)   # -> 1/16
-        self.dec3 = DecoderBlock(d1, 128, d2)    # -> 1/8
-        self.dec2 = DecoderBlock(d2, 64, d3)     # -> 1/4
-        self.dec1 = DecoderBlock(d3, 64, d4)     # -> 1/2
-        self.full_res = conv_bn_relu(3, d5)      # shallow full-resolution skip for sharp edges
-        self.dec0 = DecoderBlock(d4, d5, d5)     # -> 1/1
+        self.dec4 = DecoderBlock(512, 256, d1)  # -> 1/16
+        self.dec3 = DecoderBlock(d1, 128, d2)  # -> 1/8
+        self.dec2 = DecoderBlock(d2, 64, d3)  # -> 1/4
+        self.dec1 = DecoderBlock(d3, 64, d4)  # -> 1/2
+        self.full_res = conv_bn_relu(3, d5)  # shallow full-resolution skip for sharp edges
+        self.dec0 = DecoderBlock(d4, d5, d5)  # -> 1/1
         self.out_channels = d5
         self.head = nn.Conv2d(d5, num_classes, 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         e = self.encoder
-        s0 = e.relu(e.bn1(e.conv1(x)))          # 1/2, 64
-        s1 = e.layer1(e.maxpool(s0))             # 1/4, 64
-        s2 = e.layer2(s1)                        # 1/8, 128
-        s3 = e.layer3(s2)                        # 1/16, 256
-        s4 = self.dropout(e.layer4(s3))          # 1/32, 512
+        s0 = e.relu(e.bn1(e.conv1(x)))  # 1/2, 64
+        s1 = e.layer1(e.maxpool(s0))  # 1/4, 64
+        s2 = e.layer2(s1)  # 1/8, 128
+        s3 = e.layer3(s2)  # 1/16, 256
+        s4 = self.dropout(e.layer4(s3))  # 1/32, 512
         y = self.dec4(s4, s3)
         y = self.dec3(y, s2)
         y = self.dec2(y, s1)
@@ -66,6 +71,10 @@ class ResUNet(nn.Module):
 
 
 @register("resunet")
-def build_resunet(num_classes: int = 9, encoder_init: str = "none",
-                  decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16), dropout: float = 0.1) -> ResUNet:
+def build_resunet(
+    num_classes: int = 9,
+    encoder_init: str = "none",
+    decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16),
+    dropout: float = 0.1,
+) -> ResUNet:
     return ResUNet(num_classes, encoder_init, tuple(decoder_channels), dropout)

@@ -16,13 +16,15 @@ from seg.models.common import DoubleConv, Normalize
 
 
 class UNet(nn.Module):
-    def __init__(self, num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1,
-                 norm: str = "batch") -> None:
+    def __init__(
+        self, num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1, norm: str = "batch"
+    ) -> None:
         super().__init__()
         self.normalize = Normalize()
         chans = [base_channels * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([DoubleConv(3, chans[0], norm)] +
-                                  [DoubleConv(chans[i - 1], chans[i], norm) for i in range(1, depth + 1)])
+        self.down = nn.ModuleList(
+            [DoubleConv(3, chans[0], norm)] + [DoubleConv(chans[i - 1], chans[i], norm) for i in range(1, depth + 1)]
+        )
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))])
         self.out_channels = chans[0]
@@ -48,6 +50,7 @@ class UNet(nn.Module):
 
 
 @register("unet")
-def build_unet(num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1,
-               norm: str = "batch") -> UNet:
+def build_unet(
+    num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1, norm: str = "batch"
+) -> UNet:
     return UNet(num_classes, base_channels, depth, dropout, norm)
