@@ -93,8 +93,9 @@ def labels_at(logits: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, card: dict, device: torch.device | None = None,
-                 runtime: str | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, card: dict, device: torch.device | None = None, runtime: str | None = None
+    ) -> None:
         self.device = device or get_device()
         self.model = model.to(self.device).eval()
         self.card = card
@@ -107,12 +108,14 @@ class Predictor:
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self._lock = threading.Lock()
-        self.serving, self.runtime = serving_module(self.model, self.serving_spec, resolve_runtime(runtime),
-                                                    self.device)
+        self.serving, self.runtime = serving_module(
+            self.model, self.serving_spec, resolve_runtime(runtime), self.device
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        runtime: str | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, runtime: str | None = None
+    ) -> Predictor:
         """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         dev = torch.device(device) if device else get_device()
         model, card = load_checkpoint(path, device=dev)
@@ -159,8 +162,9 @@ class Predictor:
         def split(name: str, limit: int | None = None):
             if name not in cache:
                 try:
-                    data = load_semantic_split(dataset_dir("sbd"), name.split("-")[0], size=self.input_size,
-                                               limit=limit)
+                    data = load_semantic_split(
+                        dataset_dir("sbd"), name.split("-")[0], size=self.input_size, limit=limit
+                    )
                     cache[name] = data if data.classes == self.classes else None
                 except (FileNotFoundError, OSError, ValueError):
                     cache[name] = None
@@ -177,7 +181,7 @@ class Predictor:
             train = split("train", limit=32)
             if train is None:
                 return None
-            return [(train.images[i:i + 1].float().div(255),) for i in range(len(train))]
+            return [(train.images[i : i + 1].float().div(255),) for i in range(len(train))]
 
         def agreement(serving: torch.nn.Module) -> Agreement | None:
             val = split("val")
@@ -185,34 +189,51 @@ class Predictor:
                 return None
             if "reference" not in cache:
                 cache["reference"] = self._val_logits(self.model, val.images)
-            return semantic_agreement(cache["reference"], self._val_logits(serving, val.images), val.masks,
-                                      len(self.classes))
+            return semantic_agreement(
+                cache["reference"], self._val_logits(serving, val.images), val.masks, len(self.classes)
+            )
 
-        return ServingSpec(weights_key(self.model), {"": (0,)}, example_inputs, calibration_inputs, agreement,
-                           {"task": "semantic", "input_size": [tw, th], "classes": self.classes})
+        return ServingSpec(
+            weights_key(self.model),
+            {"": (0,)},
+            example_inputs,
+            calibration_inputs,
+            agreement,
+            {"task": "semantic", "input_size": [tw, th], "classes": self.classes},
+        )
 
     def _val_logits(self, module: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
         out = []
         with torch.inference_mode():
             for i in range(0, len(images), batch):
-                x = images[i:i + batch].float().div(255).contiguous(memory_format=torch.channels_last)
+                x = images[i : i + batch].float().div(255).contiguous(memory_format=torch.channels_last)
                 out.append(module(x).float())
         return torch.cat(out)
 
 
-def semantic_agreement(reference: torch.Tensor, candidate: torch.Tensor, masks: torch.Tensor,
-                       num_classes: int) -> Agreement:
+def semantic_agreement(
+    reference: torch.Tensor, candidate: torch.Tensor, masks: torch.Tensor, num_classes: int
+) -> Agreement:
     """The contract: val mIoU within ``MIOU_TOLERANCE`` of eager's, ``PIXEL_AGREEMENT`` of labels equal."""
     ref_labels, cand_labels = reference.max(1).indices, candidate.max(1).indices
     ref_miou = mean_iou(confusion_matrix(masks, ref_labels, num_classes))
     cand_miou = mean_iou(confusion_matrix(masks, cand_labels, num_classes))
     agree = float((ref_labels == cand_labels).float().mean())
     passed = abs(cand_miou - ref_miou) <= MIOU_TOLERANCE and agree >= PIXEL_AGREEMENT
-    reason = "" if passed else (f"val mIoU {cand_miou:.4f} vs eager {ref_miou:.4f}, "
-                                f"{agree:.2%} of pixels agree (contract: within {MIOU_TOLERANCE}, "
-                                f">= {PIXEL_AGREEMENT:.0%})")
-    return Agreement(passed, {"miou": cand_miou, "reference_miou": ref_miou, "pixel_agreement": agree,
-                              "images": int(len(masks))}, reason)
+    reason = (
+        ""
+        if passed
+        else (
+            f"val mIoU {cand_miou:.4f} vs eager {ref_miou:.4f}, "
+            f"{agree:.2%} of pixels agree (contract: within {MIOU_TOLERANCE}, "
+            f">= {PIXEL_AGREEMENT:.0%})"
+        )
+    )
+    return Agreement(
+        passed,
+        {"miou": cand_miou, "reference_miou": ref_miou, "pixel_agreement": agree, "images": int(len(masks))},
+        reason,
+    )
 
 
 __all__ = ["Prediction", "Predictor", "RuntimeChoice", "labels_at", "prepare_input", "semantic_agreement"]

@@ -62,7 +62,7 @@ def test_results_table_is_generated_from_cards(tmp_path):
         },
     )
     table = results_markdown(tmp_path)
-    assert "| m | cnn | random |" in table and "| 0.500 | 0.250 | 0.750 |" in table
+    assert "| m | cnn | random |" in table and "| 0.500 / – | 0.250 / – | 0.750 / – |" in table  # val / test
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\nrest\n")
     assert update_readme(readme, tmp_path) is True

@@ -145,7 +145,9 @@ def test_one_visitor_cannot_stop_anothers_run(public_app):
     app, _box = public_app
     alice, bob = Visitor(app.url), Visitor(app.url)
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("run", alice.train("long", limit=16, epochs=3)))
+    runner = threading.Thread(
+        target=lambda: outcome.setdefault("run", alice.train("long", limit=64, epochs=3, model="unet"))
+    )
     runner.start()
     time.sleep(8)  # the run is under way (data loaded, steps going)
     refused = bob.page.call(bob.stop_fn, [])

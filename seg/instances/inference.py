@@ -97,8 +97,11 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 #: test-time augmentation settings by name: (flip, scales); ``tune-instances --tta auto`` tries them all
 TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
-    "none": (False, (1.0,)), "flip": (True, (1.0,)),
-    "scales": (False, (1.0, 1.25)), "flip+scales": (True, (1.0, 1.25))}
+    "none": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "scales": (False, (1.0, 1.25)),
+    "flip+scales": (True, (1.0, 1.25)),
+}
 
 #: separate passes whose instances ``tune-instances`` tries ranking after the main pass's (besides none)
 ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,),)
@@ -124,8 +127,13 @@ def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
-def dwt_heads(model: nn.Module, x: torch.Tensor, flip: bool = False, scales: tuple[float, ...] = (1.0,),
-              at_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dwt_heads(
+    model: nn.Module,
+    x: torch.Tensor,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    at_one: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground probability and expected energy level for a float batch, at ``x``'s size.
 
     Test-time augmentation: ``flip`` averages the mirrored pass (``heads_from_logits``);
@@ -159,8 +167,13 @@ def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tup
     h, w = x.shape[-2:]
     if scale == 1.0:
         return heads_from_logits(model(with_mirror(x, flip)), flip)
-    xs = F.interpolate(x, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
-                       align_corners=False, antialias=scale < 1.0)
+    xs = F.interpolate(
+        x,
+        size=(max(1, round(h * scale)), max(1, round(w * scale))),
+        mode="bilinear",
+        align_corners=False,
+        antialias=scale < 1.0,
+    )
     fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
     maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
     return maps[:, :1], maps[:, 1:]
@@ -179,17 +192,24 @@ def _maps_at(fg: torch.Tensor, energy: torch.Tensor, size: tuple[int, int]) -> t
     return maps[0], maps[1]
 
 
-def dwt_maps(model: nn.Module, rgb: np.ndarray, out_size: tuple[int, int] | None = None,
-             work_height: int = WORK_HEIGHT, flip: bool = False,
-             scales: tuple[float, ...] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
+def dwt_maps(
+    model: nn.Module,
+    rgb: np.ndarray,
+    out_size: tuple[int, int] | None = None,
+    work_height: int = WORK_HEIGHT,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability and expected energy level, (H, W) each, at ``out_size`` (default: input size)."""
     with torch.inference_mode():
-        return _maps_at(*dwt_heads(model, _work_batch(model, rgb, work_height), flip, scales),
-                        out_size or rgb.shape[:2])
+        return _maps_at(
+            *dwt_heads(model, _work_batch(model, rgb, work_height), flip, scales), out_size or rgb.shape[:2]
+        )
 
 
-def dwt_alternative_maps(model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...],
-                         work_height: int = WORK_HEIGHT, flip: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def dwt_alternative_maps(
+    model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...], work_height: int = WORK_HEIGHT, flip: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fg, energy) of one separate pass per scale, at the input size: where ``ranked_candidates``
     looks for pedestrians the main pass missed (an enlarged pass sees the small ones)."""
     with torch.inference_mode():
@@ -213,11 +233,13 @@ def params_from_card(card: dict) -> PostprocessParams:
     """Post-processing chosen on val (stored by the task in the card), else the defaults."""
     source = card.get("postprocess") or (card.get("val_metrics") or {}).get("postprocess") or {}
     defaults = PostprocessParams()
-    return PostprocessParams(float(source.get("cut_level", defaults.cut_level)),
-                             int(source.get("min_size", defaults.min_size)),
-                             float(source.get("fg_threshold", defaults.fg_threshold)),
-                             int(source.get("min_seed", defaults.min_seed)),
-                             bool(source.get("alternatives", defaults.alternatives)))
+    return PostprocessParams(
+        float(source.get("cut_level", defaults.cut_level)),
+        int(source.get("min_size", defaults.min_size)),
+        float(source.get("fg_threshold", defaults.fg_threshold)),
+        int(source.get("min_seed", defaults.min_seed)),
+        bool(source.get("alternatives", defaults.alternatives)),
+    )
 
 
 class InstancePredictor:
@@ -227,9 +249,16 @@ class InstancePredictor:
     ``runtime`` chose (``self.runtime`` says which backend and why).
     """
 
-    def __init__(self, model: nn.Module, card: dict | None = None, params: PostprocessParams | None = None,
-                 method: str | None = None, flip: bool | None = None,
-                 scales: tuple[float, ...] | None = None, runtime: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        card: dict | None = None,
+        params: PostprocessParams | None = None,
+        method: str | None = None,
+        flip: bool | None = None,
+        scales: tuple[float, ...] | None = None,
+        runtime: str | None = None,
+    ) -> None:
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -243,12 +272,19 @@ class InstancePredictor:
         self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
         # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
-        self.serving, self.runtime = serving_module(self.model, self.serving_spec, resolve_runtime(runtime),
-                                                    module_device(self.model))
+        self.serving, self.runtime = serving_module(
+            self.model, self.serving_spec, resolve_runtime(runtime), module_device(self.model)
+        )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, method: str | None = None, flip: bool | None = None,
-                        scales: tuple[float, ...] | None = None, runtime: str | None = None) -> InstancePredictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        method: str | None = None,
+        flip: bool | None = None,
+        scales: tuple[float, ...] | None = None,
+        runtime: str | None = None,
+    ) -> InstancePredictor:
         """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         from seg.checkpoints import load_checkpoint
 
@@ -281,8 +317,7 @@ class InstancePredictor:
                 labels, scores = components_from_foreground(fg, params)
                 ranked = (None, None)
             elif candidates and (params.alternatives or self.alternative_scales):
-                extra = dwt_alternative_maps(self.serving, rgb, self.alternative_scales,
-                                             self.work_height, flip)
+                extra = dwt_alternative_maps(self.serving, rgb, self.alternative_scales, self.work_height, flip)
                 labels, scores, *ranked = ranked_candidates(fg, energy, params, extra)
             else:
                 labels, scores = instances_from_maps(fg, energy, params)
@@ -298,8 +333,9 @@ class InstancePredictor:
         with torch.inference_mode():
             out = self.serving([to_tensor(rgb).to(device)])[0]
         scores = out["scores"].cpu().numpy().astype(np.float32)
-        masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy() if len(scores) else \
-            np.zeros((0,) + rgb.shape[:2], bool)
+        masks = (
+            (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy() if len(scores) else np.zeros((0,) + rgb.shape[:2], bool)
+        )
         ids = np.zeros(rgb.shape[:2], np.int32)
         kept = [i for i in np.argsort(scores)[::-1] if scores[i] >= DETECTION_SCORE_THRESHOLD]
         for rank, i in reversed(list(enumerate(kept, start=1))):  # paint low scores first, high ones win
@@ -310,8 +346,9 @@ class InstancePredictor:
         table[1:][present] = np.arange(1, int(present.sum()) + 1)
         ids = table[ids]
         kept_scores = scores[kept][present] if kept else np.zeros(0, np.float32)
-        return InstanceResult(ids, kept_scores, boxes_from_ids(ids), None, None, 0.0,
-                              all_masks=masks, all_scores=scores)
+        return InstanceResult(
+            ids, kept_scores, boxes_from_ids(ids), None, None, 0.0, all_masks=masks, all_scores=scores
+        )
 
     # -- serving runtime -------------------------------------------------------------------------
 
@@ -329,9 +366,15 @@ class InstancePredictor:
 
     def serving_spec(self) -> ServingSpec:
         """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""
-        context = {"task": "instances", "method": self.method, "work_height": self.work_height, "flip": self.flip,
-                   "scales": list(self.scales), "alternative_scales": list(self.alternative_scales),
-                   "postprocess": vars(self.params)}
+        context = {
+            "task": "instances",
+            "method": self.method,
+            "work_height": self.work_height,
+            "flip": self.flip,
+            "scales": list(self.scales),
+            "alternative_scales": list(self.alternative_scales),
+            "postprocess": vars(self.params),
+        }
         key = weights_key(self.model)
         images: dict[str, list[np.ndarray] | None] = {}
 
@@ -368,8 +411,14 @@ class InstancePredictor:
             candidate = val_results(self._with_serving(serving), root, ids)
             return instance_agreement(reference, candidate)
 
-        return ServingSpec(key, DETECTOR_PARTS if self.detector else {"": (0, 2, 3)}, example_inputs,
-                           calibration_inputs, agreement, context)
+        return ServingSpec(
+            key,
+            DETECTOR_PARTS if self.detector else {"": (0, 2, 3)},
+            example_inputs,
+            calibration_inputs,
+            agreement,
+            context,
+        )
 
     def _reference_results(self, root: Path, ids: list[str], key: str, context: dict) -> dict:
         """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
@@ -403,13 +452,26 @@ def instance_agreement(reference: dict, candidate: dict) -> Agreement:
     worst = max(differences, default=0)
     ap_gap = abs(candidate["mask_ap"] - reference["mask_ap"])
     passed = ap_gap <= MASK_AP_TOLERANCE and worst <= COUNT_TOLERANCE
-    reason = "" if passed else (f"val mask AP {candidate['mask_ap']:.4f} vs eager {reference['mask_ap']:.4f}, "
-                                f"instance counts differ by up to {worst} (contract: within {MASK_AP_TOLERANCE}, "
-                                f"+-{COUNT_TOLERANCE})")
-    return Agreement(passed, {"mask_ap": candidate["mask_ap"], "reference_mask_ap": reference["mask_ap"],
-                              "max_count_difference": float(worst),
-                              "images_with_other_count": float(sum(d > 0 for d in differences)),
-                              "images": float(len(differences))}, reason)
+    reason = (
+        ""
+        if passed
+        else (
+            f"val mask AP {candidate['mask_ap']:.4f} vs eager {reference['mask_ap']:.4f}, "
+            f"instance counts differ by up to {worst} (contract: within {MASK_AP_TOLERANCE}, "
+            f"+-{COUNT_TOLERANCE})"
+        )
+    )
+    return Agreement(
+        passed,
+        {
+            "mask_ap": candidate["mask_ap"],
+            "reference_mask_ap": reference["mask_ap"],
+            "max_count_difference": float(worst),
+            "images_with_other_count": float(sum(d > 0 for d in differences)),
+            "images": float(len(differences)),
+        },
+        reason,
+    )
 
 
 __all__ = ["InstancePredictor", "InstanceResult", "RuntimeChoice", "instance_agreement"]

@@ -18,8 +18,6 @@ from seg.ui.style import model_colour
 #: Where clients learn the valid names (repeated in every model parameter's description).
 NAMES_HINT = "checkpoint name(s) as listed by the /models endpoint"
 
-from gradio.events import Dependency
-
 class ModelChoice(gr.Dropdown):
     """A model dropdown for the UI whose API accepts any current checkpoint name.
 
@@ -44,13 +42,11 @@ class ModelChoice(gr.Dropdown):
         from gradio.components import Timer
         from gradio.components.base import Component
 
-
 def _scalars(metrics: Any) -> dict[str, Any]:
     """A card's metrics without the bulky parts (per-class tables, matrices, curves)."""
     if not isinstance(metrics, dict):
         return {}
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-
 
 def model_listing(store: ModelStore) -> dict[str, Any]:
     """The checkpoints as the store sees them now (rescanned), for ``/models``."""
@@ -76,7 +72,6 @@ def model_listing(store: ModelStore) -> dict[str, Any]:
         )
     unavailable = [{"name": n, "reason": r} for n, r in store.unavailable().items()]
     return {"models": models, "unavailable": unavailable}
-
 
 def build_api(store: ModelStore) -> None:
     """API-only endpoints (no components); call inside the app's ``gr.Blocks``."""
