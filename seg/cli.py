@@ -515,6 +515,16 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
         "--probs", action="store_true", help="semantic: also save per-class probabilities (float16 .npy, C x H x W)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--runtime",
+        default=None,
+        choices=("eager", "onnx", "openvino", "auto"),
+        help="serving runtime (default $SEG_RUNTIME, else eager); auto measures the installed backends "
+        "once on this CPU and keeps the fastest that agrees with eager",
+    )
+    p.add_argument("--resume", action="store_true", help="skip images whose outputs already exist")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per spare core)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per network call (semantic)")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -529,73 +539,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (FileNotFoundError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return (
-        _predict_instances(checkpoint, args, out) if task == "instances" else _predict_semantic(checkpoint, args, out)
+    from seg.batch_predict import predict_inputs
+    from seg.runtime import resolve_runtime
+
+    del task  # the predictor loaded from the card knows its task
+    report = predict_inputs(
+        checkpoint,
+        args.images,
+        args.out,
+        resume=args.resume,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        runtime=resolve_runtime(args.runtime, default="eager"),
+        probs=args.probs,
+        progress=not os.environ.get("SEG_NO_PROGRESS"),
     )
-
-
-def _predict_semantic(checkpoint: Path, args: argparse.Namespace, out: Path) -> int:
-    import io
-
-    import numpy as np
-
-    from seg.inference import Predictor
-    from seg.io import atomic_write_bytes, iter_images, save_label_png
-
-    predictor = Predictor.from_checkpoint(checkpoint)
-    failures: list[str] = []
-    done = 0
-    for path, image in iter_images(args.images, failures):
-        pred = predictor.predict(image)
-        stem = Path(path).stem
-        save_label_png(out / f"{stem}.png", pred.label, predictor.palette)
-        if args.probs:
-            buf = io.BytesIO()
-            np.save(buf, pred.probs.astype(np.float16), allow_pickle=False)
-            atomic_write_bytes(out / f"{stem}.probs.npy", buf.getvalue())
-        done += 1
-        print(f"{path} -> {out / (stem + '.png')} ({pred.latency_ms:.0f} ms)")
-    return 1 if failures and not done else 0
-
-
-def _predict_instances(checkpoint: Path, args: argparse.Namespace, out: Path) -> int:
-    from seg.cards import write_json
-    from seg.instances.inference import InstancePredictor
-    from seg.io import iter_images, save_instance_png
-
-    predictor = InstancePredictor.from_checkpoint(checkpoint)
-    failures: list[str] = []
-    done = 0
-    for name, rgb in iter_images(args.images, failures):
-        result = predictor.predict(rgb)
-        stem = Path(name).stem
-        save_instance_png(out / f"{stem}_instances.png", result.instances)
-        write_json(
-            out / f"{stem}_instances.json",
-            {
-                "image": str(name),
-                "width": int(rgb.shape[1]),
-                "height": int(rgb.shape[0]),
-                "checkpoint": checkpoint.name,
-                "method": predictor.method,
-                "instances": [
-                    {
-                        "id": i + 1,
-                        "score": round(float(s), 5),
-                        "box_xyxy": [round(float(v), 1) for v in b],
-                        "area": int((result.instances == i + 1).sum()),
-                    }
-                    for i, (s, b) in enumerate(zip(result.scores, result.boxes))
-                ],
-                "latency_ms": round(result.latency_ms, 1),
-            },
-        )
-        done += 1
-        count = result.num_instances
-        print(f"{name}: {count} instance{'s' if count != 1 else ''} ({result.latency_ms:.0f} ms)")
-    return 1 if failures and not done else 0
+    print(report.summary())
+    return 1 if report.failures and not report.written and not report.skipped_existing else 0
 
 
 # -- quantize, download, results-table ------------------------------------------------------
