@@ -519,8 +519,8 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
         "--runtime",
         default=None,
         choices=("eager", "onnx", "openvino", "auto"),
-        help="serving runtime (default $SEG_RUNTIME, else eager); auto measures the installed backends "
-        "once on this CPU and keeps the fastest that agrees with eager",
+        help="serving runtime (default $SEG_RUNTIME, else auto); auto measures the installed backends "
+        "once on this CPU and keeps the fastest that agrees with eager; eager is the reference",
     )
     p.add_argument("--resume", action="store_true", help="skip images whose outputs already exist")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per spare core)")
@@ -543,6 +543,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from seg.runtime import resolve_runtime
 
     del task  # the predictor loaded from the card knows its task
+    runtime = resolve_runtime(args.runtime, default="auto")
+    if runtime != "eager":
+        _say_runtime_progress()
     report = predict_inputs(
         checkpoint,
         args.images,
@@ -550,12 +553,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
         resume=args.resume,
         workers=args.workers,
         batch_size=args.batch_size,
-        runtime=resolve_runtime(args.runtime, default="eager"),
+        runtime=runtime,
         probs=args.probs,
         progress=not os.environ.get("SEG_NO_PROGRESS"),
     )
     print(report.summary())
     return 1 if report.failures and not report.written and not report.skipped_existing else 0
+
+
+def _say_runtime_progress() -> None:
+    """Show the serving runtime's steps on stderr (a first calibration takes a while; say why)."""
+    import logging
+
+    logger = logging.getLogger("seg.runtime")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("serving runtime: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint for every installed serving backend, measure them on this CPU, check "
+        "them against eager and record the choice (what predict and the dashboard then load)",
+    )
+    p.add_argument("--checkpoint", required=True, help="a name (see --checkpoint-dir) or a path stem")
+    p.add_argument(
+        "--runtime",
+        default=None,
+        choices=("onnx", "openvino", "auto"),
+        help="backend families to choose among (default $SEG_RUNTIME, else auto: every installed one)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the choice is per thread count)")
+    _checkpoint_dir_flag(p)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from seg.cards import CheckpointError
+
+    _threads(args)
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint, args.checkpoint_dir)
+        _card_task(checkpoint)
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    from seg.batch_predict import describe_choice, export_checkpoint
+    from seg.runtime import resolve_runtime
+
+    runtime = resolve_runtime(args.runtime, default="auto")
+    if runtime == "eager":
+        print("error: eager PyTorch needs no export; choose onnx, openvino or auto", file=sys.stderr)
+        return 1
+    _say_runtime_progress()
+    print(describe_choice(export_checkpoint(checkpoint, runtime)))
+    return 0
 
 
 # -- quantize, download, results-table ------------------------------------------------------
@@ -681,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub, "eval-instances", alias_of="eval")
     _add_predict(sub)
     _add_predict(sub, "predict-instances", alias_of="predict")
+    _add_export(sub)
     _add_quantize(sub)
     _add_download(sub)
     _add_results(sub)

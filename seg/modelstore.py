@@ -26,6 +26,7 @@ from seg.checkpoints import list_checkpoints
 from seg.config import checkpoint_dir
 from seg.inference import Predictor
 from seg.instances.inference import InstancePredictor
+from seg.runtime import serving_defaults
 
 log = logging.getLogger("seg.modelstore")
 
@@ -110,7 +111,10 @@ def _load_predictor(entry: ModelEntry) -> Any:
     loader = PREDICTOR_LOADERS.get(entry.task)
     if loader is None:
         raise ModelUnavailable(entry.name, f"checkpoints of task {entry.task!r} cannot be served")
-    return loader(entry.path)
+    # served as ``predict`` serves: the runtime measured fastest (``$SEG_RUNTIME`` overrides), prepared
+    # in the background while eager PyTorch answers, so loading never waits for an export
+    with serving_defaults("auto", deferred=True):
+        return loader(entry.path)
 
 
 class LoadedModels:

@@ -10,6 +10,12 @@ and the fastest that passes the task's agreement contract (``ServingSpec.agreeme
 val mIoU within 0.005 of eager and >= 98 % of pixels agreeing) wins. The choice is recorded
 as JSON beside the exports, so later starts only load the chosen backend.
 
+Serving entry points (``predict``, the dashboard's model store, the benches) ask for ``auto``;
+library code (training, evaluation, tuning) keeps eager PyTorch, the reference. Inside
+``serving_defaults()`` (what the dashboard loads its models with) a predictor starts at once on
+eager PyTorch and a background thread loads the recorded choice, or calibrates when there is
+none, then swaps the chosen backend in (``DeferredServing``): a start never waits for an export.
+
 Exports live in ``seg.config.cache_dir() / "runtime" / <weights sha256>``, never beside the
 shipped checkpoints. A spec names the *parts* of a model that are plain tensor functions
 ("" = the whole model; Mask R-CNN serves its backbone and box head this way and keeps its
@@ -29,9 +35,10 @@ import os
 import statistics
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +69,35 @@ _PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 _RECORD_VERSION = 1
 
 
-def resolve_runtime(requested: str | None = None, default: str = "eager") -> str:
+#: (default runtime, deferred) while inside ``serving_defaults``; None outside (eager, synchronous).
+_SERVING_DEFAULTS: ContextVar[tuple[str, bool] | None] = ContextVar("seg_serving_defaults", default=None)
+
+
+@contextlib.contextmanager
+def serving_defaults(runtime: str = "auto", deferred: bool = True) -> Iterator[None]:
+    """Within: models built without an explicit runtime are served on ``runtime`` (``$SEG_RUNTIME``
+    still wins), and with ``deferred`` they start on eager PyTorch while the chosen backend is
+    loaded, or calibrated on first use, in a background thread.
+
+    The dashboard's model store loads with it, so a cold start never waits for an export.
+    """
+    token = _SERVING_DEFAULTS.set((runtime, deferred))
+    try:
+        yield
+    finally:
+        _SERVING_DEFAULTS.reset(token)
+
+
+def resolve_runtime(requested: str | None = None, default: str | None = None) -> str:
     """``requested``, else ``$SEG_RUNTIME``, else ``default``; one of ``RUNTIMES`` or ``BACKENDS``.
 
-    Library code defaults to eager (training, evaluation and tuning measure the reference);
-    serving entry points (``predict``, the dashboard) pass ``default="auto"``.
+    Without ``default``: ``serving_defaults``'s runtime inside it, else eager. Library code
+    defaults to eager (training, evaluation and tuning measure the reference); serving entry
+    points (``predict``, the dashboard, the benches) ask for ``auto``.
     """
+    if default is None:
+        context = _SERVING_DEFAULTS.get()
+        default = context[0] if context else "eager"
     value = (requested or os.environ.get(RUNTIME_ENV) or default).strip().lower()
     if value not in RUNTIMES and value not in BACKENDS:
         raise ValueError(f"unknown runtime {value!r}; choose from {', '.join(RUNTIMES + BACKENDS)}")
@@ -302,6 +332,91 @@ class RuntimePart(nn.Module):
         with self._lock:
             outputs = self.engine(arrays)
         return _rebuild(self.structure, [torch.from_numpy(np.array(o, dtype=np.float32)) for o in outputs])
+
+
+class DeferredServing(nn.Module):
+    """Eager PyTorch until the background worker has the chosen backend ready, then that backend.
+
+    ``ready`` is set once the swap (or the decision to stay eager) is done; the predictor's
+    ``RuntimeChoice`` is updated in place at the same moment, so ``predictor.backend`` follows.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.current = model
+        self.ready = threading.Event()
+
+    def forward(self, *args: Any) -> Any:
+        return self.current(*args)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the chosen backend serves (or eager stays); False on timeout."""
+        return self.ready.wait(timeout)
+
+
+_QUEUE: deque[Callable[[], None]] = deque()
+_QUEUE_READY = threading.Condition()
+_WORKER: threading.Thread | None = None
+
+
+def _worker_loop() -> None:
+    while True:
+        with _QUEUE_READY:
+            while not _QUEUE:
+                _QUEUE_READY.wait()
+            job = _QUEUE.popleft()
+        job()
+
+
+def _in_background(job: Callable[[], None]) -> None:
+    """Run ``job`` on the one serving worker (a daemon thread: jobs run one at a time, in order, so
+    several models calibrating at start do not fight over the cores, and exit never waits for them)."""
+    global _WORKER
+    with _QUEUE_READY:
+        _QUEUE.append(job)
+        if _WORKER is None or not _WORKER.is_alive():
+            _WORKER = threading.Thread(target=_worker_loop, name="seg-runtime", daemon=True)
+            _WORKER.start()
+        _QUEUE_READY.notify()
+
+
+def _serve_deferred(
+    model: nn.Module, spec: ServingSpec | Callable[[], ServingSpec], runtime: str, refresh: bool
+) -> tuple[nn.Module, RuntimeChoice]:
+    """``model`` wrapped in a ``DeferredServing`` at once; the choice is read or made in the background."""
+    holder = DeferredServing(model)
+    choice = RuntimeChoice(EAGER, runtime, "eager PyTorch while the serving backend is prepared")
+
+    def job() -> None:
+        started = time.perf_counter()
+        key = "?"
+        try:
+            built = spec() if callable(spec) else spec
+            key = built.key[:12]
+            # exports and capture hooks work on a private copy: requests keep running on ``model``
+            private = copy.deepcopy(model)
+            served, final = serving_module(private, built, runtime, torch.device("cpu"), refresh)
+            if final.backend != EAGER:
+                with torch.inference_mode():  # compile for the serving shape before the first request
+                    served(*built.example_inputs()[0])
+                holder.current = served
+            del private
+        except Exception as err:  # noqa: BLE001 - serving goes on with eager PyTorch whatever fails here
+            log.warning("the serving backend could not be prepared (%s); serving eager PyTorch", err)
+            final = RuntimeChoice(EAGER, runtime, "the serving backend could not be prepared: eager PyTorch")
+        for item in fields(RuntimeChoice):
+            setattr(choice, item.name, getattr(final, item.name))
+        holder.ready.set()
+        log.info(
+            "serving backend ready for weights %s: %s (%s) after %.1f s",
+            key,
+            choice.backend,
+            choice.reason,
+            time.perf_counter() - started,
+        )
+
+    _in_background(job)
+    return holder, choice
 
 
 # ------------------------------------------------------------------------------ export
@@ -702,7 +817,8 @@ def serving_module(
     Eager on a GPU and whenever the asked-for package is missing; ``auto`` and the families
     use the recorded choice, or calibrate (``refresh`` forces a new calibration). A backend
     named exactly (e.g. ``openvino-int8``) is served without the agreement check: for
-    benchmarks and experiments.
+    benchmarks and experiments. Inside ``serving_defaults(deferred=True)`` all of that happens
+    in the background and a ``DeferredServing`` serves eager PyTorch meanwhile.
     """
     runtime = resolve_runtime(runtime)
     if device is not None and device.type != "cpu":
@@ -714,6 +830,9 @@ def serving_module(
         family = runtime.split("-")[0]
         missing = [_PACKAGES[f] for f in (("onnx", "openvino") if family == "auto" else (family,))]
         return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
+    context = _SERVING_DEFAULTS.get()
+    if context is not None and context[1]:
+        return _serve_deferred(model, spec, runtime, refresh)
     spec = spec() if callable(spec) else spec
     with _exclusive(export_dir(spec.key) / ".lock"):  # processes sharing a cache export and calibrate once
         if runtime in BACKENDS:

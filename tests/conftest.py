@@ -12,6 +12,10 @@ import torch
 from seg.config import dataset_dir
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests compare against eager PyTorch, the reference: the dashboard's and predict's default (the runtime
+# measured fastest, calibrated on first use) would export and time every model in each test process.
+# Tests of the serving runtimes ask for it by name; subprocesses (the app, predict) inherit this.
+os.environ.setdefault("SEG_RUNTIME", "eager")
 
 
 def _dataset_or_skip(name: str, probe: str) -> Path:

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "examples" / "scenes-1.png"
 PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"
-TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label"]
+TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label", "Compare"]
 
 #: All srcs of a gallery's pictures, joined: a change means new pictures arrived.
 SRCS = "sel => [...document.querySelectorAll(sel + ' img')].map(i => i.src).join('|')"

@@ -216,6 +216,78 @@ def test_box_to_mask_cli_on_a_penn_fudan_image(pennfudan_root, tmp_path):
     assert main(["box-to-mask", args[0], "--out", str(out), "--box", "5000,5000,6000,6000"]) == 2
 
 
+def _shipped(name: str):
+    from seg.config import REPO_ROOT
+
+    if not (REPO_ROOT / "checkpoints" / f"{name}.json").is_file():
+        pytest.skip(f"the shipped {name} checkpoint is not in this checkout")
+    return REPO_ROOT / "checkpoints" / name
+
+
+def test_mask_rcnn_mask_head_gives_each_box_its_pedestrian_at_the_image_size(pennfudan_root):
+    """The detector's mask branch answers box -> mask directly: one probability map per given box, at the
+    image's size, zero outside the box, and each map is mostly its own pedestrian."""
+    import torch
+
+    from seg.instances.data import boxes_from_ids, ids_for_split, load_sample
+    from seg.labeling.seeding import ForegroundModel
+
+    torch.set_num_threads(1)
+    model = ForegroundModel.from_checkpoint(_shipped("maskrcnn"))
+    sample = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[1])
+    boxes = [tuple(float(v) for v in b) for b in boxes_from_ids(sample.instances)]
+    maps = model.box_maps(sample.image, boxes)
+    assert len(maps) == len(boxes)
+    for k, (prob, box) in enumerate(zip(maps, boxes), start=1):
+        assert prob.shape == sample.instances.shape and prob.dtype == np.float32
+        assert 0.0 <= prob.min() and prob.max() <= 1.0
+        x0, y0, x1, y1 = (int(v) for v in box)
+        outside = np.ones(prob.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert not prob[outside].any()
+        assert iou(prob >= 0.5, sample.instances == k) >= 0.5
+    assert model.box_maps(sample.image, []) == []
+
+
+def test_two_models_average_their_box_maps_and_the_cli_takes_both(pennfudan_root, tmp_path):
+    from seg.cli import main
+    from seg.instances.data import boxes_from_ids, ids_for_split, load_sample
+    from seg.io import read_label_png
+    from seg.labeling.seeding import ForegroundAverage, SeedModelError, load_seed_models
+
+    dwt, maskrcnn = _shipped("dwt"), _shipped("maskrcnn")
+    sample = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0])
+    boxes = [tuple(float(v) for v in b) for b in boxes_from_ids(sample.instances)]
+    both = load_seed_models([dwt, maskrcnn])
+    assert isinstance(both, ForegroundAverage) and both.name == "dwt+maskrcnn"
+    alone = [m.box_maps(sample.image, boxes) for m in both.models]
+    for mean, first, second in zip(both.box_maps(sample.image, boxes), *alone):
+        assert np.allclose(mean, (first + second) / 2, atol=1e-6)
+    with pytest.raises(SeedModelError):
+        ForegroundAverage([])
+    out = tmp_path / "mask.png"
+    image = str(pennfudan_root / "PNGImages" / f"{sample.id}.png")
+    args = ["box-to-mask", image, "--out", str(out), "--model", "dwt", "--model", "maskrcnn"]
+    for box in boxes:
+        args += ["--box", ",".join(f"{v:g}" for v in box)]
+    assert main(args) == 0
+    ids = read_label_png(out)
+    assert ids.shape == sample.instances.shape and int(ids.max()) == len(boxes)
+    assert np.mean([iou(ids == k, sample.instances == k) for k in range(1, len(boxes) + 1)]) >= 0.7
+    assert main([*args[:4], "--model", ",", *args[8:]]) == 2  # no model named: a plain refusal
+
+
+def test_box_mask_is_the_same_every_time():
+    """GrabCut's colour models start from k-means: the tool fixes its seed, so a box always gives one cut."""
+    image, obj = scene(seed=3)
+    box = tight_box(obj)
+    noisy_fg = np.clip(obj * 0.7 + np.random.default_rng(0).uniform(0, 0.4, obj.shape), 0, 1).astype(np.float32)
+    first = tools.box_mask(image, box, noisy_fg)
+    for _ in range(3):
+        assert np.array_equal(tools.box_mask(image, box, noisy_fg), first)
+    assert iou(first, obj) >= 0.85
+
+
 def test_each_box_map_leaves_out_the_instances_of_other_objects():
     from seg.labeling.seeding import _per_box
 

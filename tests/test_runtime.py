@@ -103,13 +103,45 @@ def test_fp32_backends_reproduce_eager(sbd_root, unet_parts, backend):
     np.testing.assert_array_equal(eager.predict(image).label, served.predict(image).label)
 
 
+class _TinySegmenter(torch.nn.Module):
+    """A two-layer conv net: fast enough to export, time and serve within a test."""
+
+    def __init__(self, out_channels: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, out_channels, 3, padding=1),
+        )
+        with torch.no_grad():
+            self.body[1].running_mean.uniform_(-0.2, 0.2)
+            self.body[1].running_var.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _tiny_spec(model: torch.nn.Module) -> runtime.ServingSpec:
+    generator = torch.Generator().manual_seed(1)
+    example = torch.rand(1, 3, 32, 48, generator=generator)
+    return runtime.ServingSpec(runtime.weights_key(model), {"": (0,)}, lambda: [(example,)])
+
+
 def test_without_val_data_only_an_exact_backend_is_chosen_and_the_choice_is_recorded(monkeypatch, tmp_path, unet_parts):
     pytest.importorskip("openvino")
     monkeypatch.setenv("SEG_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
     model, card = unet_parts
-    predictor = Predictor(model, card, torch.device("cpu"), runtime="openvino")
-    choice = predictor.runtime
+    # a predictor without its dataset: no training images for int8, no val split for the contract
+    spec = Predictor(model, card, torch.device("cpu"), runtime="eager").serving_spec()
+    assert spec.calibration_inputs() is None and spec.agreement(model) is None
+    assert spec.example_inputs()[0][0].shape == (1, 3, card["input_size"]["height"], card["input_size"]["width"])
+    # the choice itself, on a tiny model with such a spec (the same code path, seconds instead of a U-Net's export)
+    tiny = _TinySegmenter()
+    served, choice = serving_module(tiny, _tiny_spec(tiny), "openvino", torch.device("cpu"))
     assert choice.backend in (EAGER, "openvino-fp32", "openvino-bf16")
     assert "openvino-int8" not in choice.timings_ms  # no training images: nothing to calibrate int8 on
     assert set(choice.timings_ms) >= {EAGER, "openvino-fp32"}
@@ -119,8 +151,8 @@ def test_without_val_data_only_an_exact_backend_is_chosen_and_the_choice_is_reco
     assert record["backend"] == choice.backend and record["cpu"]
     # a second start reads the record instead of measuring again
     monkeypatch.setattr(runtime, "calibrate", lambda *a, **k: pytest.fail("calibrated twice"))
-    again = Predictor(model, card, torch.device("cpu"), runtime="openvino")
-    assert again.backend == choice.backend and again.runtime.timings_ms == choice.timings_ms
+    again, again_choice = serving_module(tiny, _tiny_spec(tiny), "openvino", torch.device("cpu"))
+    assert again_choice.backend == choice.backend and again_choice.timings_ms == choice.timings_ms
 
 
 def test_a_broken_record_falls_back_to_eager(monkeypatch, tmp_path, unet_parts):
@@ -247,3 +279,112 @@ def test_bf16_training_measurement_runs():
 
     result = measure_bf16_training(steps=2, batch=2, size=(64, 80))
     assert result.fp32_s > 0 and result.bf16_s > 0 and result.speedup > 0
+
+
+# ---------------------------------------------------------------------- serving defaults and deferred serving
+
+
+def test_serving_defaults_make_auto_the_default_and_the_environment_wins(monkeypatch):
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    assert resolve_runtime(None) == "eager"
+    with runtime.serving_defaults():
+        assert resolve_runtime(None) == "auto"
+        assert resolve_runtime("eager") == "eager"
+        monkeypatch.setenv(runtime.RUNTIME_ENV, "eager")
+        assert resolve_runtime(None) == "eager"
+    assert resolve_runtime(None, default="auto") == "eager"  # the environment still set
+
+
+def test_the_model_store_and_predict_ask_for_auto(monkeypatch, tmp_path):
+    from seg import cli, modelstore
+
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    seen = []
+    monkeypatch.setitem(modelstore.PREDICTOR_LOADERS, "semantic", lambda path: seen.append(resolve_runtime(None)))
+    modelstore.ModelStore(SHIPPED).predictor("unet")
+    assert seen == ["auto"]
+
+    import seg.batch_predict
+
+    def fake_predict(*args, runtime=None, **kwargs):
+        seen.append(runtime)
+        return seg.batch_predict.PredictReport(0, 1, EAGER)
+
+    monkeypatch.setattr(seg.batch_predict, "predict_inputs", fake_predict)
+    assert cli.main(["predict", "--checkpoint", str(SHIPPED / "unet"), "x.png", "--out", str(tmp_path)]) == 0
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "onnx")
+    cli.main(["predict", "--checkpoint", str(SHIPPED / "unet"), "x.png", "--out", str(tmp_path)])
+    cli.main(["predict", "--checkpoint", str(SHIPPED / "unet"), "x.png", "--out", str(tmp_path), "--runtime", "eager"])
+    assert seen[1:] == ["auto", "onnx", "eager"]
+
+
+def test_deferred_serving_answers_at_once_and_swaps_the_chosen_backend_in(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    model = _TinySegmenter()
+    spec = _tiny_spec(model)
+    x = spec.example_inputs()[0][0]
+    with torch.inference_mode():
+        expected = model(x)
+    with runtime.serving_defaults("onnx"):
+        served, choice = serving_module(model, lambda: spec, resolve_runtime(None), torch.device("cpu"))
+    assert isinstance(served, runtime.DeferredServing)
+    with torch.inference_mode():
+        torch.testing.assert_close(served(x), expected)  # answers before the backend is ready
+    assert served.wait(timeout=120), "the background worker never finished"
+    assert choice.requested == "onnx" and EAGER in choice.timings_ms and choice.record
+    assert (served.current is model) == (choice.backend == EAGER)
+    with torch.inference_mode():
+        torch.testing.assert_close(served(x), expected, atol=1e-4, rtol=1e-4)
+    # the record is what a later start loads: a synchronous request reads the same choice
+    assert serving_module(model, spec, "onnx", torch.device("cpu"))[1].backend == choice.backend
+
+
+# ---------------------------------------------------------------------- the DWT's mirrored pass in one batch
+
+
+def _unbatched_heads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain and mirrored passes as two forwards of one image each, their heads averaged (both heads
+    are linear in the probabilities, so this is what averaging the probabilities gives)."""
+    from seg.instances.inference import heads_from_logits
+
+    with torch.inference_mode():
+        fg, energy = heads_from_logits(model(x))
+        fg_mirror, energy_mirror = heads_from_logits(model(x.flip(-1)))
+    return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
+
+
+def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfudan_root):
+    pytest.importorskip("onnxruntime")
+    from seg.instances.data import ids_for_split, load_sample
+    from seg.instances.inference import InstancePredictor, _maps_at, _work_batch, dwt_heads, with_mirror
+
+    model = _TinySegmenter(out_channels=2 + 5)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    predictor = InstancePredictor(model, {"tta_flip": True, "work_height": 96}, runtime="eager")
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    x = _work_batch(model, rgb, predictor.work_height)
+    assert torch.equal(with_mirror(x, True)[1], x[0].flip(-1))
+
+    reference = _unbatched_heads(model, x)
+    calls.clear()
+    with torch.inference_mode():
+        batched = dwt_heads(model, x, flip=True)
+    assert calls == [2]  # one forward of the image and its mirror
+    for got, want in zip(batched, reference):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    # the predictor's maps at the input size are the unbatched heads resized
+    result = predictor.predict(rgb)
+    fg, _ = _maps_at(*reference, rgb.shape[:2])
+    np.testing.assert_allclose(result.foreground, fg, atol=1e-5)
+
+    # served path: the exported model takes the batch of two as well, and agrees with its own two passes
+    served = runtime.build_serving(model, predictor.serving_spec(), "onnx-fp32")
+    with torch.inference_mode():
+        served_batched = dwt_heads(served, x, flip=True)
+    for got, want in zip(served_batched, _unbatched_heads(served, x)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    for got, want in zip(served_batched, reference):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)

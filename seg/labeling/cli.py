@@ -107,9 +107,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
+        action="append",
         default=None,
         metavar="CHECKPOINT",
-        help="an instance checkpoint (name or path) whose foreground probabilities seed GrabCut",
+        help="an instance checkpoint (name or path) whose probabilities for each box seed GrabCut: a DWT or "
+        "a Mask R-CNN (its mask head on the boxes); repeat (or comma-separate) to average several, e.g. "
+        "--model dwt --model maskrcnn, the most accurate",
     )
     p.add_argument(
         "--members",
@@ -365,13 +368,14 @@ def _box_to_mask(args: argparse.Namespace) -> int:
         return _refusal(err)
     start = time.perf_counter()
     foreground = None
+    names = [name.strip() for text in args.model or () for name in text.split(",") if name.strip()]
     if args.model:
         from seg.config import resolve_checkpoint
-        from seg.labeling.seeding import SEED_MEMBERS, ForegroundModel, SeedModelError
+        from seg.labeling.seeding import SEED_MEMBERS, SeedModelError, load_seed_models
 
         try:
             members = SEED_MEMBERS if args.members is None else (args.members or None)
-            model = ForegroundModel.from_checkpoint(resolve_checkpoint(args.model), members=members)
+            model = load_seed_models([resolve_checkpoint(name) for name in names], members=members)
         except (FileNotFoundError, SeedModelError) as err:
             return _refusal(err)
         foreground = model.box_maps(image, boxes)
@@ -383,5 +387,6 @@ def _box_to_mask(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({width}x{height}): "
         + ", ".join(f"box {k}: {int((ids == k).sum())} px" for k in range(1, len(args.box) + 1))
     )
-    print(f"{1000 * elapsed / len(args.box):.0f} ms per box ({'seeded by ' + args.model if args.model else 'GrabCut'})")
+    how = "seeded by " + " + ".join(names) if names else "GrabCut"
+    print(f"{1000 * elapsed / len(args.box):.0f} ms per box ({how})")
     return 0

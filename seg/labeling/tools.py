@@ -52,7 +52,9 @@ class GrabCutRecipe:
 
 
 DEFAULT_RECIPE = GrabCutRecipe()
-#: With a model's probabilities most of the box is decided: one GrabCut pass refines the rest.
+#: With a model's probabilities most of the box is decided: one GrabCut pass refines the rest. On the
+#: average of the DWT's and Mask R-CNN's maps, other settings (iterations, size, thresholds, fallback)
+#: did no better (docs/experiments.md, the box tool).
 SEEDED_RECIPE = replace(DEFAULT_RECIPE, iterations=1, max_side=256, core=0.0)
 
 
@@ -302,6 +304,7 @@ def _grabcut(image: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray
         return start
     mask = init.copy()
     bgd_model, fgd_model = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut starts its colour models from k-means: the same box gives the same cut
     try:
         cv2.grabCut(
             np.ascontiguousarray(image), mask, None, bgd_model, fgd_model, int(iterations), cv2.GC_INIT_WITH_MASK

@@ -243,14 +243,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"seglab-app: {err}") from None
     log.info("deployment: %s", describe(deployment))
     log.info("torch intra-op threads: %d", configure_torch_threads())
-    demo = build_app(args.checkpoints, deployment=deployment)
+    # The server answers first; the models load right after (a request for one not yet loaded loads it).
+    demo = build_app(args.checkpoints, deployment=deployment, preload=False)
     demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
+        prevent_thread_lock=True,
         **deployment_launch_kwargs(deployment),
         **launch_kwargs(),
     )
+    getattr(demo.seg_store, "base", demo.seg_store).preload()
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -403,6 +403,13 @@ def metric_figure(s: RunState) -> go.Figure:
 IDLE_TEXT = "No training run yet. One run at a time; everyone sees the current run here."
 
 
+def stop_latency(s: RunState) -> float | None:
+    """Seconds from pressing Stop to the run's end (the step in progress, then the best checkpoint kept)."""
+    if s.status != "stopped" or s.stop_asked is None or s.ended is None:
+        return None
+    return max(0.0, s.ended - s.stop_asked)
+
+
 def status_md(s: RunState, idle: str = IDLE_TEXT) -> str:
     if s.status == "idle":
         return idle
@@ -414,6 +421,9 @@ def status_md(s: RunState, idle: str = IDLE_TEXT) -> str:
         text += f", last val mIoU {last['miou']:.3f}"
     if s.samples_epoch is not None:
         text += f"; samples from epoch {s.samples_epoch}"
+    latency = stop_latency(s)
+    if latency is not None:
+        text += f"; stopped {latency:.1f} s after Stop was pressed"
     if s.note:
         text += f"\n\n{html.escape(s.note)}"
     if s.checkpoint:
@@ -462,6 +472,7 @@ def snapshot(s: RunState, idle: str | None = None) -> tuple:
         "config": s.config,
         "step": s.steps[-1][1] if s.steps else None,
         "steps_per_epoch": s.steps_per_epoch,
+        "stop_latency_s": None if (latency := stop_latency(s)) is None else round(latency, 2),
     }
     status = status_md(s) if idle is None else status_md(s, idle)
     return (status, progress_html(s), loss_figure(s), metric_figure(s), s.samples, info)
