@@ -3,12 +3,13 @@
 A *task* knows the data and the loss (semantic segmentation, DWT, Mask R-CNN); the
 engine owns everything else: seeds, device, channels_last, mixed precision on CUDA,
 the staged schedule (e.g. encoder frozen, then unfrozen at a lower learning rate),
-a clean stop between steps, the best checkpoint by validation score, and
+a clean stop (the step in progress is cut short and dropped), the best checkpoint by validation score, and
 data-parallel training under ``torchrun`` (gloo on CPU, nccl on GPU; only rank 0 writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -28,6 +29,51 @@ from seg.cards import update_card
 from seg.checkpoints import save_checkpoint
 from seg.hardware import bf16_training_pays
 from seg.resume import load_state, restore_modules, restore_optimization, save_state
+
+
+class StepInterrupted(Exception):
+    """Raised inside a training step's forward or backward pass once a stop is asked."""
+
+
+class StepInterrupt:
+    """Ends the training step in progress within one layer's compute once a stop is asked, so Stop
+    answers in well under a second even when a step takes several; the unfinished step's gradients
+    are dropped, the weights stay those of the last finished step.
+
+    Forward pre-hooks on the leaf modules and gradient hooks on the trainable parameters check the
+    stop event while ``armed`` (validation is never cut short). ``model=None`` (data-parallel runs,
+    whose ranks must take the same steps) checks nothing: those stop between steps.
+    """
+
+    def __init__(self, model: nn.Module | None, stop_event: threading.Event) -> None:
+        self._stop = stop_event
+        self._armed = False
+        self._handles: list[Any] = []
+        if model is None:
+            return
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                self._handles.append(module.register_forward_pre_hook(self._check))
+        for param in model.parameters():
+            if param.requires_grad:
+                self._handles.append(param.register_hook(self._check))
+
+    def _check(self, *_: Any) -> None:
+        if self._armed and self._stop.is_set():
+            raise StepInterrupted
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 @dataclass
@@ -192,6 +238,7 @@ def run(
     epoch = 0
     stopped = False
     state = None
+    interrupt = StepInterrupt(None, stop_event)
     if resume:
         if out is None:
             raise ValueError("resuming needs the run's output path")
@@ -225,6 +272,8 @@ def run(
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(stage.frozen),
             )
+        interrupt.close()
+        interrupt = StepInterrupt(model, stop_event) if world == 1 else StepInterrupt(None, stop_event)
         optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
         steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: 1)(world) or 1
         scheduler = _schedule(optimizer, steps_per_epoch * stage.epochs)
@@ -243,12 +292,18 @@ def run(
                 if stop_event.is_set():
                     stopped = True
                     break
-                with torch.autocast(
-                    device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                ):
-                    loss = task.train_step(train_model, batch, device)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                try:
+                    with interrupt.armed():
+                        with torch.autocast(
+                            device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                        ):
+                            loss = task.train_step(train_model, batch, device)
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                except StepInterrupted:
+                    optimizer.zero_grad(set_to_none=True)  # the unfinished step is dropped, never applied
+                    stopped = True
+                    break
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -328,6 +383,7 @@ def run(
             }
             if stopped:
                 break
+    interrupt.close()
     if is_main and out is not None and best_metrics is not None and saved is not None:
         # the whole curve on the card; the weights stay those of the best epoch
         final = _card(card, curve, best_metrics, best_epoch, start, stopped)

@@ -124,6 +124,7 @@ print(json.dumps({"rank": report.rank, "world": report.world, "written": report.
 """
 
 
+@pytest.mark.slow
 def test_two_processes_write_every_image_exactly_once(image_folder, tmp_path):
     out = tmp_path / "sharded"
     processes = []

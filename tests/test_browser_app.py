@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a browser and an app per module
+
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "examples" / "scenes-1.png"
 PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"
-TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label"]
+TABS = ["Segment", "Augment", "Evaluate", "Train", "Instances", "Label", "Compare"]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a browser and an app per module
+
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "examples" / "scenes-1.png"
 PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"

@@ -20,6 +20,7 @@ def test_every_subcommand_has_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_download_offline_fails_fast_and_says_what_to_do(tmp_path):
     start = time.time()
     proc = subprocess.run(
@@ -81,6 +82,7 @@ def test_unknown_model_is_refused(capsys):
     assert main(["train", "--model", "nope", "--out", "x"]) == 2
 
 
+@pytest.mark.slow
 def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
     import json
 

@@ -82,6 +82,7 @@ def test_small_seeds_are_flooded_by_their_neighbour():
     assert split.max() == 2 and merged.max() == 1 and np.array_equal(merged > 0, body)
 
 
+@pytest.mark.slow
 def test_thorough_tuning_also_searches_the_foreground_threshold():
     from seg.instances.data import InstanceSample
     from seg.instances.task import DWTValidation
@@ -104,6 +105,7 @@ def test_thorough_tuning_also_searches_the_foreground_threshold():
     assert labels.max() == samples[0].num_instances == 3
 
 
+@pytest.mark.slow
 def test_size_grids_scale_with_the_working_height():
     from seg.instances.data import InstanceSample
     from seg.instances.task import FINE_MIN_SEEDS, FINE_MIN_SIZES, MIN_SIZES, DWTValidation

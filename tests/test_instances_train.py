@@ -141,6 +141,7 @@ def test_instance_png_goes_16_bit_past_255(tmp_path):
         assert png.mode.startswith("I") and np.array_equal(np.asarray(png).astype(np.int32), ids)
 
 
+@pytest.mark.slow
 def test_maskrcnn_trains_validates_and_round_trips(pennfudan_root, tmp_path):
     torch.manual_seed(0)
     model = create("maskrcnn", num_classes=2)
@@ -218,6 +219,7 @@ def test_coco_init_refuses_other_backbones():
         create("maskrcnn", encoder_init="coco")
 
 
+@pytest.mark.slow
 def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     assert (
         main(["tune-instances", "--checkpoint", str(dwt_checkpoint), "--data", str(pennfudan_root), "--limit", "3"])
@@ -412,6 +414,7 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root):
     from seg.checkpoints import save_checkpoint
     from seg.instances.ensemble import combine

@@ -184,9 +184,17 @@ def test_runtime_part_rebuilds_nested_outputs():
 # ---------------------------------------------------------------------- shipped models (slow)
 
 
+@pytest.fixture
+def serving_cache(request, monkeypatch):
+    """Exports, calibrations and eager references of the shipped models kept in pytest's own cache
+    (keyed by the weights): the first run on a machine pays for them, later runs re-check agreement
+    only. ``pytest --cache-clear`` starts afresh."""
+    monkeypatch.setenv("SEG_CACHE_DIR", str(request.config.cache.mkdir("seglab-serving")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["unet", "resunet", "cnn"])
-def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(sbd_root, name):
+def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(serving_cache, sbd_root, name):
     pytest.importorskip("openvino")
     from seg.data.sbd import load_semantic_split
 
@@ -207,7 +215,7 @@ def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(sbd_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dwt", "maskrcnn"])
-def test_shipped_instance_model_keeps_the_contract_under_the_chosen_runtime(pennfudan_root, name):
+def test_shipped_instance_model_keeps_the_contract_under_the_chosen_runtime(serving_cache, pennfudan_root, name):
     pytest.importorskip("openvino")
     from seg.instances.data import ids_for_split
     from seg.instances.inference import (
@@ -225,7 +233,7 @@ def test_shipped_instance_model_keeps_the_contract_under_the_chosen_runtime(penn
         return
     assert choice.agreement[choice.backend]["passed"]
     ids = ids_for_split(pennfudan_root, "val")
-    reference = val_results(InstancePredictor(served.model, served.card, runtime="eager"), pennfudan_root, ids)
+    reference = served.eager_val_results(pennfudan_root, ids)  # eager's, as the calibration measured it
     result = instance_agreement(reference, val_results(served, pennfudan_root, ids))
     assert abs(result.metrics["mask_ap"] - result.metrics["reference_mask_ap"]) <= MASK_AP_TOLERANCE
     assert result.metrics["max_count_difference"] <= COUNT_TOLERANCE

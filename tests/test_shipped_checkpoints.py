@@ -35,6 +35,7 @@ def test_resunet_card_says_how_its_encoder_was_initialised():
     assert "no pretrained" in card["encoder_init"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEMANTIC)
 def test_card_metrics_reproduce_on_val(sbd_root, name):
     info = _cards()[name]
@@ -52,6 +53,7 @@ def test_model_ordering_on_val():
     assert m["prior"]["map"] < m["cnn"]["map"] < m["unet"]["map"]
 
 
+@pytest.mark.slow
 def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root):
     import torch
 

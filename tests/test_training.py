@@ -36,6 +36,7 @@ CARD_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     out = tmp_path / "tiny"
     assert (
@@ -193,6 +194,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(sbd_root, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")

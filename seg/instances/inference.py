@@ -364,9 +364,13 @@ class InstancePredictor:
             return ([to_tensor(rgb)],)
         return (with_mirror(_work_batch(self.model, rgb, self.work_height), self.flip),)
 
-    def serving_spec(self) -> ServingSpec:
-        """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""
-        context = {
+    def eager_val_results(self, root: Path, ids: list[str]) -> dict:
+        """Eager fp32's val results, the reference of the agreement contract (computed once per weights
+        and settings, then read from beside the exports)."""
+        return self._reference_results(root, ids, weights_key(self.model), self._serving_context())
+
+    def _serving_context(self) -> dict:
+        return {
             "task": "instances",
             "method": self.method,
             "work_height": self.work_height,
@@ -375,6 +379,10 @@ class InstancePredictor:
             "alternative_scales": list(self.alternative_scales),
             "postprocess": vars(self.params),
         }
+
+    def serving_spec(self) -> ServingSpec:
+        """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""
+        context = self._serving_context()
         key = weights_key(self.model)
         images: dict[str, list[np.ndarray] | None] = {}
 
