@@ -1,7 +1,7 @@
 """Benchmark the dashboard end to end: the real app (``python app.py``, local mode) through ``gradio_client``.
 
     python bench/bench_app.py [--checkpoints DIR] [--cache-dir DIR] [--runs 30] [--instance-images 6]
-                              [--mixed 200] [--extras] [--out bench/results/app.json]
+                              [--mixed 200] [--extras] [--cold-only] [--out bench/results/app.json]
 
 Measures, on the CPU it runs on, with the app serving every model on the runtime its calibration
 chose (``auto``, the app's default; ``$SEG_RUNTIME`` overrides):
@@ -149,10 +149,13 @@ def main() -> None:
     parser.add_argument("--mixed", type=int, default=200, help="mixed requests before the memory reading")
     parser.add_argument("--backend-timeout", type=float, default=900, help="seconds to wait for the backends")
     parser.add_argument("--extras", action="store_true", help="client variants and concurrent clients too")
+    parser.add_argument("--cold-only", action="store_true", help="only the cold start (a quick re-measure)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls-per-client", type=int, default=6)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    if args.cold_only and args.out == str(RESULTS):
+        args.out = str(RESULTS.with_name("app_cold_start.json"))  # the full results stay whole
 
     import gradio
     import gradio_client
@@ -203,6 +206,8 @@ def main() -> None:
         first_s = time.perf_counter() - start
         results["cold_start"] = {"page_s": round(page_s, 2), "first_segment_s": round(first_s, 2), "model": first}
         print(f"cold start: page {page_s:.2f} s, first /segment answer {first_s:.2f} s (target <= 5 s)", flush=True)
+        if args.cold_only:
+            return finish(results, args, proc, log_path, tmp, load_start)
 
         ready = wait_for_backends(log_path, expected_models, args.backend_timeout, proc)
         results["backends_ready"] = ready
@@ -290,15 +295,30 @@ def main() -> None:
         )
         if args.extras:
             _extras(results, url, images["288x224"], first, args)
-    finally:
+    except BaseException:
+        _stop(proc, log_path, tmp)
+        raise
+    finish(results, args, proc, log_path, tmp, load_start)
+
+
+def _stop(proc: subprocess.Popen, log_path: Path, tmp: Path) -> None:
+    """End the app (printing its log's tail if it failed) and remove the scratch folder."""
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if proc.returncode not in (0, -15, None) and log_path.is_file():
-            print(log_path.read_text(encoding="utf-8", errors="replace")[-3000:], file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+    if proc.returncode not in (0, -15, None) and log_path.is_file():
+        print(log_path.read_text(encoding="utf-8", errors="replace")[-3000:], file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(
+    results: dict, args: argparse.Namespace, proc: subprocess.Popen, log_path: Path, tmp: Path, load_start: tuple
+) -> None:
+    """Stop the app, add the load average at the end and the verdicts, and write the results."""
+    _stop(proc, log_path, tmp)
     load_end = os.getloadavg()
     results["machine"]["load_average_at_end"] = load_end
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in load_end)}")

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -108,6 +109,7 @@ def package_available(family: str) -> bool:
     """Whether the backend family's package imports (eager always does)."""
     if family == "eager":
         return True
+    _without_telemetry()
     try:
         importlib.import_module(_PACKAGES[family])
     except ImportError:
@@ -172,6 +174,8 @@ class ServingSpec:
     ``agreement``: the candidate serving module -> ``Agreement`` on the val split, or None when
     the val data is not at hand (then only exact, fp32 backends qualify).
     ``context``: whatever else the agreement depends on (card settings), part of the record's key.
+    ``fallback_parts``: smaller sets of part names, tried in order on a backend whose full set of
+    parts fails the agreement (a part that changes the answers is then left to eager PyTorch).
     """
 
     key: str
@@ -180,6 +184,7 @@ class ServingSpec:
     calibration_inputs: Callable[[], list[tuple] | None] = lambda: None
     agreement: Callable[[nn.Module], Agreement | None] = lambda module: None
     context: dict[str, Any] = field(default_factory=dict)
+    fallback_parts: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -193,6 +198,8 @@ class RuntimeChoice:
     agreement: dict[str, dict] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     record: str | None = None
+    #: the parts served by ``backend`` (None: every part of the spec)
+    parts: list[str] | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -264,10 +271,19 @@ _OV_CORE = None
 _OV_LOCK = threading.Lock()
 
 
+def _without_telemetry() -> None:
+    """Keep OpenVINO's and NNCF's usage telemetry off: importing NNCF otherwise writes a client id and
+    usage counts under the user's home (``~/intel``), unasked, from a server. Both packages run without
+    ``openvino_telemetry`` (they fall back to no telemetry when it cannot be imported)."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+
+
 def _ov_core():
     global _OV_CORE
     with _OV_LOCK:
         if _OV_CORE is None:
+            _without_telemetry()
             import openvino as ov
 
             _OV_CORE = ov.Core()
@@ -318,17 +334,31 @@ class _OpenVinoEngine:
 
 
 class RuntimePart(nn.Module):
-    """One exported part behind an ``nn.Module`` face: tensors in, the eager part's output structure out."""
+    """One exported part behind an ``nn.Module`` face: tensors in, the eager part's output structure out.
 
-    def __init__(self, engine: Callable[[list[np.ndarray]], list[np.ndarray]], structure: Any, backend: str) -> None:
+    ``eager``: the part itself, which answers a call with an empty input (a detector's RoI heads
+    with no detection left), where a backend would have to handle a zero-sized dim.
+    """
+
+    def __init__(
+        self,
+        engine: Callable[[list[np.ndarray]], list[np.ndarray]],
+        structure: Any,
+        backend: str,
+        eager: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.structure = structure
         self.backend = backend
+        self.eager = eager
         self._lock = threading.Lock()
 
     def forward(self, *args: Any) -> Any:
-        arrays = [_to_numpy(t) for t in flatten_tensors(list(args))]
+        tensors = flatten_tensors(list(args))
+        if self.eager is not None and any(t.numel() == 0 for t in tensors):
+            return self.eager(*args)
+        arrays = [_to_numpy(t) for t in tensors]
         with self._lock:
             outputs = self.engine(arrays)
         return _rebuild(self.structure, [torch.from_numpy(np.array(o, dtype=np.float32)) for o in outputs])
@@ -445,6 +475,7 @@ def _part_file(part: str) -> str:
 class _Captured:
     inputs: list[tuple[torch.Tensor, ...]]
     structure: Any
+    input_structure: Any = None
 
 
 def capture_parts(model: nn.Module, parts: Sequence[str], calls: list[tuple]) -> dict[str, _Captured]:
@@ -457,6 +488,7 @@ def capture_parts(model: nn.Module, parts: Sequence[str], calls: list[tuple]) ->
         def hook(mod: nn.Module, args: tuple, output: Any, part: str = part) -> None:
             captured[part].inputs.append(tuple(t.detach().clone() for t in flatten_tensors(list(args))))
             captured[part].structure = _structure(output)
+            captured[part].input_structure = _structure(list(args))
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -469,9 +501,33 @@ def capture_parts(model: nn.Module, parts: Sequence[str], calls: list[tuple]) ->
     return captured
 
 
-def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: tuple[int, ...], path: Path) -> None:
-    """Trace ``module`` to ONNX (opset 17) with the given input dims left dynamic."""
+class _FlatCall(nn.Module):
+    """A part called with its flat tensors: rebuilds its arguments' nesting (e.g. the RPN head's list
+    of feature maps), so any part of plain tensors, lists and tuples can be traced to ONNX."""
+
+    def __init__(self, module: nn.Module, input_structure: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.input_structure = input_structure
+        self.train(module.training)  # the trace follows the part's mode (eval: batch norm's running stats)
+
+    def forward(self, *flat: torch.Tensor) -> Any:
+        return self.module(*_rebuild(self.input_structure, list(flat)))
+
+
+def _export_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dynamic: tuple[int, ...],
+    path: Path,
+    input_structure: Any = None,
+) -> None:
+    """Trace ``module`` to ONNX (opset 17) with the given input dims left dynamic; ``input_structure``
+    (from ``capture_parts``) rebuilds nested arguments from the flat example."""
     import warnings
+
+    if input_structure is not None and any(item is not None for item in input_structure["seq"]):
+        module = _FlatCall(module, input_structure)  # nested arguments (a list of feature maps)
 
     names = [f"input{i}" for i in range(len(example))]
     with torch.no_grad():
@@ -502,6 +558,7 @@ def _export_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], dynamic: 
 def _quantise_openvino(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path) -> None:
     """NNCF post-training int8 (mixed preset: asymmetric activations) on the training images;
     ``_INT8_FLOAT_OPS`` stay float."""
+    _without_telemetry()
     import nncf
     import openvino as ov
 
@@ -573,10 +630,12 @@ def _build_part(
     structure_path = folder / f"{_part_file(part)}.outputs.json"
     if not onnx_path.is_file() or not structure_path.is_file():
         captured = capture()[part]
-        _export_onnx(module, captured.inputs[0], dynamic, onnx_path)
+        _export_onnx(module, captured.inputs[0], dynamic, onnx_path, captured.input_structure)
         atomic_write_text(structure_path, json.dumps(captured.structure))
     structure = json.loads(structure_path.read_text(encoding="utf-8"))
-    static = dynamic == (0,)
+    # whole models of a fixed input size compile per batch shape; a part fed a varying number of
+    # regions (a detector's RoI heads) would recompile on every new count, so it stays dynamic
+    static = dynamic == (0,) and not part
     if precision == "int8":
         path = folder / f"{_part_file(part)}{_INT8_SUFFIX[family]}"
         if not path.is_file():
@@ -586,7 +645,7 @@ def _build_part(
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
-    return RuntimePart(engine, structure, backend)
+    return RuntimePart(engine, structure, backend, eager=module if part else None)
 
 
 def build_serving(
@@ -595,10 +654,12 @@ def build_serving(
     backend: str,
     captured: dict[str, _Captured] | None = None,
     calibration: dict[str, list[tuple]] | None = None,
+    parts: Sequence[str] | None = None,
 ) -> nn.Module:
     """The model served by ``backend``: the model itself for eager, else with each part replaced.
 
-    Exports already in the cache are loaded as they are: no example input is run then.
+    ``parts``: only these of the spec's parts (None: all). Exports already in the cache are loaded
+    as they are: no example input is run then.
     """
     if backend == EAGER:
         return model
@@ -616,6 +677,8 @@ def build_serving(
         return _build_part(model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder)
     served = copy.deepcopy(model)
     for part, dynamic in spec.parts.items():
+        if parts is not None and part not in parts:
+            continue
         parent_name, _, child = part.rpartition(".")
         parent = served.get_submodule(parent_name) if parent_name else served
         setattr(
@@ -735,35 +798,65 @@ def calibrate(
     timings = time_interleaved({b: (lambda m=m: [m(*call) for call in examples]) for b, m in served.items()})
     eager_ms = timings[EAGER]
     agreement: dict[str, dict] = {}
-    chosen, reason = EAGER, ""
-    for backend in sorted(served, key=timings.__getitem__):
-        if backend == EAGER or eager_ms / timings[backend] < MIN_SPEEDUP:
+    chosen, reason, chosen_parts = EAGER, "", None
+    # (label, backend, parts): the full set of parts first; a backend whose full set fails the
+    # contract comes back with each of ``spec.fallback_parts``, timed against eager and re-ranked
+    pending = [(b, b, None) for b in served if b != EAGER]
+    while pending:
+        pending.sort(key=lambda item: timings[item[0]])
+        label, backend, parts = pending.pop(0)
+        if eager_ms / timings[label] < MIN_SPEEDUP:
             break
-        say(f"checking {backend} against eager fp32 on val")
+        say(f"checking {label} against eager fp32 on val")
         try:
-            result = spec.agreement(served[backend])
+            result = spec.agreement(served[label])
         except Exception as err:  # noqa: BLE001 - a backend that cannot be checked is not chosen
-            log.warning("%s could not be checked: %s", backend, err)
+            log.warning("%s could not be checked: %s", label, err)
             result = Agreement(False, {}, f"the check failed: {str(err).splitlines()[0][:200] if str(err) else err!r}")
-        exact = differences[backend] <= EXACT_TOLERANCE
+        if label not in differences:
+            with torch.inference_mode():
+                output = flatten_tensors(served[label](*examples[0]))
+            differences[label] = _relative_difference(reference, output)
+        exact = differences[label] <= EXACT_TOLERANCE
         if result is None:
-            agreement[backend] = {
+            agreement[label] = {
                 "passed": exact,
-                "max_relative_difference": differences[backend],
+                "max_relative_difference": differences[label],
                 "reason": "no val data: only a backend reproducing eager's outputs qualifies",
             }
             passed = exact
         else:
-            agreement[backend] = {
+            agreement[label] = {
                 "passed": result.passed,
                 "reason": result.reason,
-                "max_relative_difference": differences[backend],
+                "max_relative_difference": differences[label],
                 **result.metrics,
             }
             passed = result.passed
         if passed:
-            chosen, reason = backend, "fastest backend that passes the agreement contract"
+            chosen, chosen_parts = backend, parts
+            reason = "fastest backend that passes the agreement contract" + (
+                f" (serving {', '.join(parts)}; the other parts failed it and stay eager)" if parts else ""
+            )
             break
+        if parts is None:
+            for subset in spec.fallback_parts:
+                fallback = f"{backend} [{'+'.join(subset)}]"
+                try:
+                    served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
+                except Exception as err:  # noqa: BLE001 - as for a whole backend
+                    skipped[fallback] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else err!r}"
+                    continue
+                local = time_interleaved(
+                    {
+                        EAGER: lambda: [model(*call) for call in examples],
+                        fallback: lambda m=served[fallback]: [m(*call) for call in examples],
+                    },
+                    rounds=3,
+                    warmup=1,
+                )
+                timings[fallback] = eager_ms * local[fallback] / local[EAGER]
+                pending.append((fallback, backend, list(subset)))
     if chosen == EAGER:
         reason = (
             "only eager fp32 is available"
@@ -773,7 +866,13 @@ def calibrate(
             else f"no backend is at least {MIN_SPEEDUP}x faster than eager fp32"
         )
     choice = RuntimeChoice(
-        chosen, requested, reason, {b: round(t, 3) for b, t in timings.items()}, _finite(agreement), skipped
+        chosen,
+        requested,
+        reason,
+        {b: round(t, 3) for b, t in timings.items()},
+        _finite(agreement),
+        skipped,
+        parts=chosen_parts,
     )
     path = _record_path(spec, requested)
     choice.record = str(path)
@@ -841,7 +940,7 @@ def serving_module(
         if choice is None:
             choice = calibrate(model, spec, runtime, progress)
         try:
-            return build_serving(model, spec, choice.backend), choice
+            return build_serving(model, spec, choice.backend, parts=choice.parts), choice
         except Exception as err:  # noqa: BLE001 - a broken cache must not stop serving
             log.warning("%s failed to load (%s); serving eager PyTorch", choice.backend, err)
             return model, RuntimeChoice(EAGER, runtime, f"{choice.backend} failed to load: eager PyTorch")

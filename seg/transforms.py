@@ -5,14 +5,20 @@ the *same* random crop and flip to both and resizes the mask with nearest neighb
 A crop is specified as a fraction of the image area (the augmentation experiments compare 1/4 and
 1/16); it keeps the image's aspect ratio and is resized back to the training size so
 batches stack.
+
+torchvision is imported when an augmentation is first built, not with this module: importing it
+pulls in ``torch._dynamo`` (seconds), which serving never needs.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 CropFraction = float | tuple[float, float] | None
 
@@ -43,6 +49,8 @@ class JointAugment:
     ) -> None:
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
+        from torchvision.transforms import v2
+
         self.crop_fraction = crop_fraction
         self.flip_p = flip_p
         self.size = size
@@ -56,6 +64,8 @@ class JointAugment:
         )
 
     def _crop(self, size: tuple[int, int]) -> v2.Transform:
+        from torchvision.transforms import v2
+
         h, w = size
         aspect = w / h  # keep the aspect ratio: the crop is a scaled-down window of the image
         return v2.RandomResizedCrop(
@@ -68,6 +78,9 @@ class JointAugment:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image`` (3,H,W) uint8, ``mask`` (H,W) integer -> same dtypes, same size or ``self.size``."""
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
         img = tv_tensors.Image(image)
         msk = tv_tensors.Mask(mask)
         ops: list[v2.Transform] = []

@@ -396,3 +396,31 @@ def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfu
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     for got, want in zip(served_batched, reference):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_a_part_taking_a_list_of_feature_maps_is_served_like_eager(pennfudan_root):
+    """Mask R-CNN's RPN head takes a list of feature maps and returns two lists: exported through
+    its flat tensors, served with the nesting rebuilt, and equal to eager on a real image; its
+    mask head answers an empty set of regions through eager PyTorch."""
+    pytest.importorskip("onnxruntime")
+    from seg.checkpoints import load_checkpoint
+    from seg.instances.data import ids_for_split, load_sample
+    from seg.instances.inference import InstancePredictor, to_tensor
+
+    model, card = load_checkpoint(SHIPPED / "maskrcnn")
+    predictor = InstancePredictor(model, card, runtime="eager")
+    served = runtime.build_serving(
+        model, predictor.serving_spec(), "onnx-fp32", parts=("rpn.head", "roi_heads.mask_head")
+    )
+    assert isinstance(served.rpn.head, runtime.RuntimePart) and served.backbone is not model.backbone
+    assert not isinstance(served.roi_heads.box_head, runtime.RuntimePart)  # not asked for: stays eager
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[1]).image
+    with torch.inference_mode():
+        images, _ = model.transform([to_tensor(rgb)])
+        features = list(model.backbone(images.tensors).values())
+        want, got = model.rpn.head(features), served.rpn.head(features)
+        empty = torch.zeros(0, *served.roi_heads.mask_head.eager[0][0].weight.shape[1:2], 14, 14)
+        assert served.roi_heads.mask_head(empty).shape[0] == 0
+    assert isinstance(got, tuple) and [len(g) for g in got] == [len(w) for w in want] == [len(features)] * 2
+    for got_level, want_level in zip(runtime.flatten_tensors(got), runtime.flatten_tensors(want)):
+        torch.testing.assert_close(got_level, want_level, atol=1e-4, rtol=1e-3)

@@ -9,8 +9,9 @@ mirrored test-time pass runs in the same batch as the plain one.
 ``runtime`` says what runs the network (``seg.runtime``): eager PyTorch by default, ``auto``
 for the fastest backend that keeps the agreement contract on the val split (mask AP within
 ``MASK_AP_TOLERANCE`` of eager fp32, instance count within ``COUNT_TOLERANCE`` on every
-image). The DWT is served whole; Mask R-CNN serves its backbone and box head through the
-backend and keeps proposals, RoI pooling and mask pasting in PyTorch.
+image). The DWT is served whole; Mask R-CNN serves its backbone, RPN head, box head and mask
+head through the backend (``DETECTOR_PARTS``) and keeps anchors, proposals, RoI pooling and mask
+pasting in PyTorch.
 """
 
 from __future__ import annotations
@@ -52,8 +53,20 @@ MASK_THRESHOLD = 0.5
 #: The agreement contract for an instance model served by a faster backend (on the val split).
 MASK_AP_TOLERANCE = 0.005
 COUNT_TOLERANCE = 1
-#: Mask R-CNN's parts served by a backend (plain tensor functions) and their varying input dims.
-DETECTOR_PARTS = {"backbone": (0, 2, 3), "roi_heads.box_head": (0,)}
+#: Mask R-CNN's parts served by a backend (plain tensor functions) and their varying input dims:
+#: the backbone and the RPN head (a list of feature maps) vary in size, the RoI heads in rows.
+DETECTOR_PARTS = {
+    "backbone": (0, 2, 3),
+    "rpn.head": (0, 2, 3),
+    "roi_heads.box_head": (0,),
+    "roi_heads.mask_head": (0,),
+    "roi_heads.mask_predictor": (0,),
+}
+#: Smaller sets tried on a backend whose full set fails the agreement contract (the rest stays eager).
+DETECTOR_FALLBACK_PARTS = (
+    ("backbone", "rpn.head", "roi_heads.box_head"),
+    ("backbone", "roi_heads.box_head"),
+)
 
 
 @dataclass
@@ -426,6 +439,7 @@ class InstancePredictor:
             calibration_inputs,
             agreement,
             context,
+            DETECTOR_FALLBACK_PARTS if self.detector else (),
         )
 
     def _reference_results(self, root: Path, ids: list[str], key: str, context: dict) -> dict:

@@ -9,24 +9,24 @@ shared checkpoint budget. Its backbone initialisation follows the core's encoder
 (``none`` | ``imagenet`` | a local state-dict file), plus ``coco`` for the full
 ResNet-50 model through torchvision's weights API. A weight file that cannot be had
 raises; nothing falls back silently.
+
+torchvision is imported when a Mask R-CNN is first built, not with this module: importing it
+pulls in ``torch._dynamo`` (seconds), which the DWT and the dashboard's start do not need.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
+from typing import Any
+
 import torch
 from torch import nn
-from torchvision.models import resnet
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import misc as ops_misc
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from seg.instances.targets import ENERGY_EDGES
 from seg.models import create, register
 from seg.models.common import conv_bn_relu
+from seg.models.encoders import load_encoder_weights
 
 
 class DeepWatershed(nn.Module):
@@ -105,11 +105,15 @@ def build_dwt_ensemble(
 
 # --------------------------------------------------------------------------- Mask R-CNN
 
-_RESNETS = {
-    "resnet18": (resnet.resnet18, resnet.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (resnet.resnet34, resnet.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (resnet.resnet50, resnet.ResNet50_Weights.IMAGENET1K_V1),
-}
+_RESNETS = ("resnet18", "resnet34", "resnet50")
+
+
+def _resnet_factory(name: str) -> tuple[Any, Any]:
+    """torchvision's ResNet builder and its ImageNet weights entry."""
+    from torchvision.models import resnet
+
+    number = name.removeprefix("resnet")
+    return getattr(resnet, name), getattr(resnet, f"ResNet{number}_Weights").IMAGENET1K_V1
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -124,17 +128,17 @@ def _resnet_body(name: str, encoder_init: str, norm: str) -> nn.Module:
         # pretrained statistics are kept frozen (torchvision's recipe); from scratch with
         # batches of 2 images, batch norm is useless, so group norm (He et al. 2019)
         norm = "frozen_bn" if encoder_init != "none" else "group"
+    from torchvision.ops import misc as ops_misc
+
     norm_layer = {"frozen_bn": ops_misc.FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "group": _group_norm}[norm]
-    factory, weights_enum = _RESNETS[name]
+    factory, weights_enum = _resnet_factory(name)
     body = factory(weights=None, norm_layer=norm_layer)
     if encoder_init != "none":
-        from seg.models.encoders import load_encoder_weights  # the core's single copy of the rules
-
-        load_encoder_weights(body, encoder_init, weights_enum)
+        load_encoder_weights(body, encoder_init, weights_enum)  # the core's single copy of the rules
     return body
 
 
-def _load_coco(model: MaskRCNN) -> None:
+def _load_coco(model: nn.Module) -> None:
     """COCO Mask R-CNN weights (ResNet-50 FPN only) via torchvision's weights API + hub cache.
 
     The two class-specific predictors are left at their fresh initialisation (91 COCO
@@ -154,8 +158,24 @@ def _load_coco(model: MaskRCNN) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-class PedestrianMaskRCNN(MaskRCNN):
-    """torchvision's MaskRCNN; a named subclass so checkpoints and the UI can tell it apart."""
+@functools.cache
+def _pedestrian_maskrcnn() -> type:
+    """``PedestrianMaskRCNN``: torchvision's MaskRCNN, a named subclass so checkpoints and the UI can
+    tell it apart; made on first use (see the module docstring), the same class every time."""
+    from torchvision.models.detection import MaskRCNN
+
+    return type(
+        "PedestrianMaskRCNN",
+        (MaskRCNN,),
+        {"__module__": __name__, "__qualname__": "PedestrianMaskRCNN", "__doc__": "torchvision's MaskRCNN, named."},
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``PedestrianMaskRCNN`` resolves here (and for pickle's lookups) without importing torchvision early."""
+    if name == "PedestrianMaskRCNN":
+        return _pedestrian_maskrcnn()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @register("maskrcnn", task="instances")
@@ -169,13 +189,19 @@ def build_maskrcnn(
     min_size: int = 320,
     max_size: int = 560,
     representation_size: int = 256,
-) -> MaskRCNN:
+) -> nn.Module:
     """A small Mask R-CNN: ResNet trunk up to ``layer{max(returned_layers)}``, FPN, tall anchors.
 
     ResNet-18 cut after layer3 with a 128-channel FPN is ~6M parameters (12 MB in fp16),
     which fits the shared checkpoint budget; ``backbone="resnet50", encoder_init="coco"``
     rebuilds torchvision's standard model instead.
     """
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
     returned_layers = tuple(int(i) for i in returned_layers)
     if encoder_init == "coco":
         if backbone != "resnet50":
@@ -189,7 +215,7 @@ def build_maskrcnn(
         in_features = model.roi_heads.box_predictor.cls_score.in_features
         model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, num_classes)
-        model.__class__ = PedestrianMaskRCNN
+        model.__class__ = _pedestrian_maskrcnn()
         return model
     body = _resnet_body(backbone, encoder_init, norm)
     stage_channels = {1: 64, 2: 128, 3: 256, 4: 512}
@@ -205,7 +231,7 @@ def build_maskrcnn(
     anchors = AnchorGenerator(sizes, ((1.0, 2.0, 3.0),) * levels)  # h/w: pedestrians are tall
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     mask_head = MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1)
-    model = PedestrianMaskRCNN(
+    model = _pedestrian_maskrcnn()(
         fpn,
         num_classes=None,
         min_size=min_size,
@@ -221,4 +247,6 @@ def build_maskrcnn(
 
 
 def is_detector(model: nn.Module) -> bool:
-    return isinstance(model, MaskRCNN)
+    """Whether ``model`` is a Mask R-CNN; none can be while torchvision's detection models are not imported."""
+    detection = sys.modules.get("torchvision.models.detection")
+    return detection is not None and isinstance(model, detection.MaskRCNN)

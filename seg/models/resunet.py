@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from seg.models import register
 from seg.models.common import Normalize, conv_bn_relu
@@ -37,6 +36,9 @@ class ResUNet(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        # torchvision imported here, not with the module: it pulls in torch._dynamo (seconds)
+        from torchvision.models import ResNet18_Weights, resnet18
+
         self.normalize = Normalize()
         self.encoder = resnet18(weights=None)
         self.encoder.fc = nn.Identity()
