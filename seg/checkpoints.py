@@ -10,12 +10,8 @@ tensors with safetensors: nothing is ever unpickled. Both files are written atom
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import platform
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,57 +145,6 @@ def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
     return read_card(out)
 
 
-#: ``torch.nn.init`` functions a model's constructor fills its weights with
-_INIT_FUNCTIONS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "eye_",
-    "dirac_",
-    "xavier_uniform_",
-    "xavier_normal_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "orthogonal_",
-    "sparse_",
-)
-_SKIPPING_INIT = threading.local()
-_SKIP_INSTALL_LOCK = threading.Lock()
-
-
-def _skippable(original):  # noqa: ANN001, ANN202 - wraps any torch.nn.init function
-    @functools.wraps(original)
-    def init(tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if getattr(_SKIPPING_INIT, "active", False):
-            return tensor
-        return original(tensor, *args, **kwargs)
-
-    init.seg_skippable = True
-    return init
-
-
-@contextlib.contextmanager
-def _weights_from_checkpoint() -> Iterator[None]:
-    """Within, in this thread only: ``torch.nn.init`` leaves tensors as allocated, because every
-    weight is about to be overwritten by the checkpoint's (random init of a large model costs a
-    noticeable part of a cold start). Other threads (a training run building its model) init as usual.
-    """
-    with _SKIP_INSTALL_LOCK:
-        for name in _INIT_FUNCTIONS:
-            original = getattr(torch.nn.init, name, None)
-            if original is not None and not getattr(original, "seg_skippable", False):
-                setattr(torch.nn.init, name, _skippable(original))
-    previous = getattr(_SKIPPING_INIT, "active", False)
-    _SKIPPING_INIT.active = True
-    try:
-        yield
-    finally:
-        _SKIPPING_INIT.active = previous
-
-
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from its card and load its weights (fp32 in memory); model in eval mode."""
     stem = stem_of(path)
@@ -213,8 +158,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             kwargs[key] = "none"
     num_classes = kwargs.pop("num_classes", len(card.get("classes") or []) or 9)
     try:
-        with _weights_from_checkpoint():  # every weight is loaded below: no random init to pay for
-            model = create(card["architecture"], num_classes=num_classes, **kwargs)
+        model = create(card["architecture"], num_classes=num_classes, **kwargs)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot build {card['architecture']!r} from the card: {err}") from None
     try:

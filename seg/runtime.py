@@ -18,8 +18,9 @@ none, then swaps the chosen backend in (``DeferredServing``): a start never wait
 
 Exports live in ``seg.config.cache_dir() / "runtime" / <weights sha256>``, never beside the
 shipped checkpoints. A spec names the *parts* of a model that are plain tensor functions
-("" = the whole model; Mask R-CNN serves its backbone and box head this way and keeps its
-detection logic in PyTorch); each part is replaced by a ``RuntimePart`` module, so callers
+("" = the whole model; Mask R-CNN serves its backbone and heads this way and keeps its
+detection logic in PyTorch; a part's nested arguments, like a list of feature maps, are traced
+through their flat tensors); each part is replaced by a ``RuntimePart`` module, so callers
 keep calling an ``nn.Module``.
 """
 
