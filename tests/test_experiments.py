@@ -300,7 +300,8 @@ def test_sigterm_stops_a_parallel_sweep_and_the_next_one_finishes_it(sbd_root, t
     import time
 
     file = tmp_path / "tiny.toml"
-    file.write_text(TINY.replace("epochs = 2", "epochs = 3"), encoding="utf-8")
+    # Epochs of this grid take milliseconds: enough of them that the stop lands while both runs still train.
+    file.write_text(TINY.replace("epochs = 2", "epochs = 12"), encoding="utf-8")
     env = dict(os.environ, SEG_RUNS_DIR=str(tmp_path / "runs"), PYTHONPATH=str(REPO))
     command = [
         sys.executable,
@@ -321,7 +322,7 @@ def test_sigterm_stops_a_parallel_sweep_and_the_next_one_finishes_it(sbd_root, t
     deadline = time.time() + 300
     for line in sweep.stdout:
         lines.append(line)
-        if ": epoch 1/3" in line or time.time() > deadline:
+        if ": epoch 1/12" in line or time.time() > deadline:
             break
     sweep.send_signal(signal.SIGTERM)
     rest, _ = sweep.communicate(timeout=300)
