@@ -403,3 +403,32 @@ def test_ctrl_c_and_sigterm_stop_cleanly_for_every_task(model, sbd_root, pennfud
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["epochs_run"] == 3 and card["stopped_early"] is False
+
+
+def test_a_stop_cuts_the_step_in_progress_short_and_nothing_is_applied():
+    """StepInterrupt raises in the forward or the backward once a stop is asked, only while armed,
+    and leaves no gradient behind; closed, it leaves the model as it was."""
+    from torch import nn
+
+    from seg.engine import StepInterrupt, StepInterrupted
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    stop = threading.Event()
+    interrupt = StepInterrupt(model, stop)
+    x = torch.randn(3, 4)
+    stop.set()
+    model(x).sum().backward()  # not armed (validation, samples): never cut short
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(StepInterrupted), interrupt.armed():
+        model(x)  # cut in the forward pass
+    stop.clear()
+    with pytest.raises(StepInterrupted), interrupt.armed():
+        loss = model(x).sum()
+        stop.set()
+        loss.backward()  # cut in the backward pass
+    assert all(p.grad is None for p in model.parameters()), "no gradient of the cut step is left to apply"
+    interrupt.close()
+    with interrupt.armed():
+        model(x).sum().backward()  # hooks removed
+    assert all(p.grad is not None for p in model.parameters())
