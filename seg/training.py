@@ -3,8 +3,8 @@
 ``train(config)`` builds the model, the task (Stanford Background or a labeling workspace
 for semantic models; Penn-Fudan for ``dwt`` and ``maskrcnn``), the schedule and the card,
 then runs ``seg.engine.run``. The CLI, the dashboard and the experiment runner all call
-it, so every model stops the same way (``stop_on_signals``: Ctrl-C or SIGTERM ends the run
-between steps, keeping the best checkpoint and a final card) and resumes the same way
+it, so every model stops the same way (``stop_on_signals``: Ctrl-C or SIGTERM cuts the step in
+progress short, keeping the best checkpoint and a final card) and resumes the same way
 (``resume=True`` continues an interrupted run from its last finished epoch, exactly).
 """
 
