@@ -129,8 +129,10 @@ def test_every_package_is_installed():
     assert config["package-dir"]["seglab_checkpoints"] == "checkpoints"
 
 
+#: Spelled with \s+ between words, so that this file can be scanned like every other one.
 HISTORY = re.compile(
-    r"\b(session [1-9]|issue [1-9]\d*|as the issue asks|this machine|the machines that built)\b", re.IGNORECASE
+    r"\b(session\s+[1-9]|issue\s+[1-9]\d*|as\s+the\s+issue\s+asks|this\s+machine|the\s+machines\s+that\s+built)\b",
+    re.IGNORECASE,
 )
 
 
@@ -140,7 +142,7 @@ def test_no_development_history_in_the_tree(suffix):
     hits = []
     for rel in tracked:
         path = ROOT / rel
-        if path.suffix != suffix or rel == "tests/test_structure.py" or not path.is_file():
+        if path.suffix != suffix or not path.is_file():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="ignore").splitlines(), 1):
             if HISTORY.search(line):
