@@ -421,6 +421,19 @@ def _card_task(checkpoint: Path) -> str:
     return str(read_card(checkpoint).get("task", "semantic"))
 
 
+def _readable_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The checkpoint ``--checkpoint`` names, once its card reads; None after printing why not."""
+    from seg.cards import CheckpointError
+
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint, args.checkpoint_dir)
+        _card_task(checkpoint)
+    except (FileNotFoundError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    return checkpoint
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from seg.cards import CheckpointError, jsonable, write_json
 
@@ -442,26 +455,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             public = result
             text = json.dumps(jsonable(result), indent=1)
         else:
-            from seg.evaluate import evaluate_semantic_checkpoint, format_table
+            from seg.evaluate import card_metrics, evaluate_semantic_checkpoint, format_table
 
             result = evaluate_semantic_checkpoint(checkpoint, dataset_dir("sbd", args.data), args.split, args.limit)
             text = format_table(result)
-            public = {
-                k: result[k]
-                for k in (
-                    "miou",
-                    "map",
-                    "pixel_accuracy",
-                    "pixel_accuracy_8",
-                    "class_accuracy_8",
-                    "per_class",
-                    "confusion_matrix",
-                    "num_images",
-                    "split",
-                    "checkpoint",
-                )
-                if k in result
-            }
+            public = card_metrics(result) | {k: result[k] for k in ("split", "checkpoint") if k in result}
     except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -530,19 +528,13 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from seg.cards import CheckpointError
-
     _threads(args)
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint, args.checkpoint_dir)
-        task = _card_task(checkpoint)
-    except (FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    checkpoint = _readable_checkpoint(args)  # the predictor loaded from the card knows its task
+    if checkpoint is None:
         return 1
     from seg.batch_predict import predict_inputs
     from seg.runtime import resolve_runtime
 
-    del task  # the predictor loaded from the card knows its task
     runtime = resolve_runtime(args.runtime, default="auto")
     if runtime != "eager":
         _say_runtime_progress()
@@ -592,14 +584,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from seg.cards import CheckpointError
-
     _threads(args)
-    try:
-        checkpoint = resolve_checkpoint(args.checkpoint, args.checkpoint_dir)
-        _card_task(checkpoint)
-    except (FileNotFoundError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    checkpoint = _readable_checkpoint(args)
+    if checkpoint is None:
         return 1
     from seg.batch_predict import describe_choice, export_checkpoint
     from seg.runtime import resolve_runtime
@@ -644,7 +631,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     after = out.with_suffix(".safetensors").stat().st_size
     print(f"wrote {out} ({before:,} -> {after:,} bytes)")
     if card.get("task", "semantic") == "semantic" and card.get("val_metrics"):
-        from seg.evaluate import evaluate_semantic_checkpoint
+        from seg.evaluate import card_metrics, evaluate_semantic_checkpoint
 
         result = evaluate_semantic_checkpoint(out, dataset_dir("sbd", args.data), "val")
         old = card["val_metrics"]
@@ -654,24 +641,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             out,
             {
                 "val_metrics_before_quantization": old,
-                "val_metrics": kept
-                | {
-                    k: result[k]
-                    for k in (
-                        "miou",
-                        "map",
-                        "pixel_accuracy",
-                        "pixel_accuracy_8",
-                        "class_accuracy_8",
-                        "iou",
-                        "ap",
-                        "per_class",
-                        "confusion_matrix",
-                        "num_images",
-                    )
-                    if k in result
-                }
-                | {"score": result["miou"]},
+                "val_metrics": kept | card_metrics(result) | {"score": result["miou"]},
             },
         )
         print(f"val mIoU {old['miou']:.4f} -> {result['miou']:.4f}, mAP {old['map']:.4f} -> {result['map']:.4f}")

@@ -13,6 +13,25 @@ from seg.data.sbd import load_semantic_split
 from seg.inference import Predictor
 from seg.metrics import SegMetrics, confusion_matrix, mean_iou, pixel_accuracy
 
+#: What a card keeps of an evaluation (``<split>_metrics``): the split's metrics, not the per-image extras.
+CARD_METRIC_KEYS = (
+    "miou",
+    "map",
+    "pixel_accuracy",
+    "pixel_accuracy_8",
+    "class_accuracy_8",
+    "iou",
+    "ap",
+    "per_class",
+    "confusion_matrix",
+    "num_images",
+)
+
+
+def card_metrics(result: dict) -> dict:
+    """The part of ``evaluate_semantic_checkpoint``'s result a card records."""
+    return {k: result[k] for k in CARD_METRIC_KEYS if k in result}
+
 
 def evaluate_predictor(
     predictor: Predictor,

@@ -73,18 +73,6 @@ from seg.runs import (
 )
 
 FILE_KEYS = {"name", "title", "question", "description", "evaluate", "threads", "base", "grid", "group", "notes"}
-EVAL_KEYS = (
-    "miou",
-    "map",
-    "pixel_accuracy",
-    "pixel_accuracy_8",
-    "class_accuracy_8",
-    "iou",
-    "ap",
-    "per_class",
-    "confusion_matrix",
-    "num_images",
-)
 #: torchrun's variables, hidden from the engine so that each rank trains its runs alone
 DISTRIBUTED_ENV = (
     "RANK",
@@ -398,10 +386,9 @@ def _clean(spec: RunSpec) -> None:
 
 
 def evaluation_metrics(out: Path, data_dir: str, split: str, limit: int | None) -> dict:
-    from seg.evaluate import evaluate_semantic_checkpoint
+    from seg.evaluate import card_metrics, evaluate_semantic_checkpoint
 
-    result = evaluate_semantic_checkpoint(out, data_dir, split, limit)
-    return {k: result[k] for k in EVAL_KEYS if k in result}
+    return card_metrics(evaluate_semantic_checkpoint(out, data_dir, split, limit))
 
 
 Report = Callable[[dict], None]

@@ -22,29 +22,17 @@ from seg.models.encoders import EncoderWeightsError
 REPORT_KEYS = {"mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "count_error", "mean_best_iou", "num_images"}
 
 
+def train_dwt(data, out, flags: str, init_from=None) -> int:
+    """``seglab train --model dwt`` for one quiet epoch with ``flags`` (space-separated) added; the exit code."""
+    extra = ["--init-from", str(init_from)] if init_from is not None else []
+    command = ["train", "--model", "dwt", "--data", str(data), "--out", str(out), "--epochs", "1", "--quiet"]
+    return main([*command, *flags.split(), *extra])
+
+
 @pytest.fixture(scope="module")
 def dwt_checkpoint(pennfudan_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "dwt"
-    code = main(
-        [
-            "train",
-            "--model",
-            "dwt",
-            "--data",
-            str(pennfudan_root),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--inst-max-images",
-            "6",
-            "--inst-val-images",
-            "3",
-            "--arch",
-            "base_channels=8",
-            "--quiet",
-        ]
-    )
+    code = train_dwt(pennfudan_root, out, "--inst-max-images 6 --inst-val-images 3 --arch base_channels=8")
     assert code == 0
     return out
 
@@ -308,31 +296,11 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     save_checkpoint(tmp_path / "sbd-unet", semantic, {"task": "semantic", "encoder_init": "random initialisation"})
     out = tmp_path / "dwt"
     assert (
-        main(
-            [
-                "train",
-                "--model",
-                "dwt",
-                "--data",
-                str(pennfudan_root),
-                "--out",
-                str(out),
-                "--epochs",
-                "1",
-                "--inst-max-images",
-                "2",
-                "--inst-val-images",
-                "1",
-                "--arch",
-                "base_channels=8",
-                "--arch",
-                "depth=2",
-                "--init-from",
-                str(tmp_path / "sbd-unet"),
-                "--lr",
-                "0",
-                "--quiet",
-            ]
+        train_dwt(
+            pennfudan_root,
+            out,
+            "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --arch depth=2 --lr 0",
+            init_from=tmp_path / "sbd-unet",
         )
         == 0
     )
@@ -350,29 +318,11 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     # a warm restart of that DWT carries the epoch count on (the results table shows earlier+new)
     again = tmp_path / "dwt2"
     assert (
-        main(
-            [
-                "train",
-                "--model",
-                "dwt",
-                "--data",
-                str(pennfudan_root),
-                "--out",
-                str(again),
-                "--epochs",
-                "1",
-                "--inst-max-images",
-                "2",
-                "--inst-val-images",
-                "1",
-                "--arch",
-                "base_channels=8",
-                "--arch",
-                "depth=2",
-                "--init-from",
-                str(out),
-                "--quiet",
-            ]
+        train_dwt(
+            pennfudan_root,
+            again,
+            "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --arch depth=2",
+            init_from=out,
         )
         == 0
     )
@@ -390,25 +340,11 @@ def test_dwt_body_from_a_semantic_checkpoint(pennfudan_root, tmp_path):
     )
     # a body of another width does not fit: refused with the reason, nothing loaded silently
     assert (
-        main(
-            [
-                "train",
-                "--model",
-                "dwt",
-                "--data",
-                str(pennfudan_root),
-                "--out",
-                str(tmp_path / "x"),
-                "--epochs",
-                "1",
-                "--inst-max-images",
-                "2",
-                "--arch",
-                "base_channels=16",
-                "--init-from",
-                str(tmp_path / "sbd-unet"),
-                "--quiet",
-            ]
+        train_dwt(
+            pennfudan_root,
+            tmp_path / "x",
+            "--inst-max-images 2 --arch base_channels=16",
+            init_from=tmp_path / "sbd-unet",
         )
         == 1
     )

@@ -39,27 +39,8 @@ CARD_KEYS = {
 @pytest.mark.slow
 def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     out = tmp_path / "tiny"
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "unet",
-                "--arch",
-                "base_channels=4",
-                "--epochs",
-                "1",
-                "--limit",
-                "6",
-                "--batch-size",
-                "3",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    tiny = "train --model unet --arch base_channels=4 --epochs 1 --limit 6 --batch-size 3 --quiet".split()
+    assert main([*tiny, "--out", str(out)]) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert CARD_KEYS <= set(card)
     assert card["data"]["num_train"] == 6 and "SHA-1" in card["data"]["split_rule"]
@@ -69,50 +50,11 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
 
     # warm restart from that checkpoint: lineage on the card; another architecture is refused
     again = tmp_path / "again"
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "unet",
-                "--arch",
-                "base_channels=4",
-                "--epochs",
-                "1",
-                "--limit",
-                "6",
-                "--batch-size",
-                "3",
-                "--out",
-                str(again),
-                "--init-from",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main([*tiny, "--out", str(again), "--init-from", str(out)]) == 0
     lineage = json.loads(again.with_suffix(".json").read_text())["init_from"]
     assert lineage["checkpoint"] == "tiny" and lineage["total_epochs"] == 1 and "--out" in lineage["command"]
-    assert (
-        main(
-            [
-                "train",
-                "--model",
-                "cnn",
-                "--epochs",
-                "1",
-                "--limit",
-                "6",
-                "--out",
-                str(tmp_path / "x"),
-                "--init-from",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 1
-    )
+    other = "train --model cnn --epochs 1 --limit 6 --quiet".split()
+    assert main([*other, "--out", str(tmp_path / "x"), "--init-from", str(out)]) == 1
     assert "architecture" in capsys.readouterr().err
 
     report = tmp_path / "eval.json"

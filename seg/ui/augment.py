@@ -70,7 +70,7 @@ def source_pair(
     """The (image, mask, palette, description) to augment, from the dataset or an upload + model."""
     if source == "upload" or (upload and not sample_id):
         image = thumbnail(read_image(upload), AUGMENT_MAX_SIDE)
-        predictor = get_predictor(store, model)
+        predictor = get_predictor(store, model, task="semantic")
         try:
             mask = np.asarray(predictor.predict(image).label, dtype=np.uint8)
         except (RuntimeError, ValueError):

@@ -138,11 +138,8 @@ def instances(
         "ground_truth_instances": truth_count,
         "models": {},
     }
-    instance_models = set(store.names("instances"))
     for name in models:
-        if isinstance(name, str) and name not in instance_models and name in store.names(None):
-            raise gr.Error(f"{name} is a semantic model; choose an instance model (DWT or Mask R-CNN).")
-        predictor = get_predictor(store, name)
+        predictor = get_predictor(store, name, task="instances")
         try:
             result = predictor.predict(image, tta=bool(tta))
         except (RuntimeError, ValueError):

@@ -213,10 +213,18 @@ def dropdown_update(store: Any, task: str = "semantic", multiselect: bool = Fals
     return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
 
 
-def get_predictor(store: Any, name: str | None) -> Any:
-    """``store.predictor`` for event handlers: every failure becomes a ``gr.Error`` message."""
+TASK_WORDS = {"semantic": "a semantic model", "instances": "an instance model (DWT or Mask R-CNN)"}
+
+
+def get_predictor(store: Any, name: str | None, task: str | None = None) -> Any:
+    """``store.predictor`` for event handlers: every failure becomes a ``gr.Error`` message.
+
+    ``task``: the kind of model the event works with; a listed model of the other kind is refused.
+    """
     if not name or not isinstance(name, str):
         raise gr.Error("Choose a model first.")
+    if task is not None and name not in store.names(task) and name in store.names(None):
+        raise gr.Error(f"{name} cannot be used here; choose {TASK_WORDS.get(task, 'another model')}.")
     try:
         return store.predictor(name)
     except ModelUnavailable as err:
