@@ -19,6 +19,9 @@ chose (``auto``, the app's default; ``$SEG_RUNTIME`` overrides):
 
 Also prints the CPU's flags, the package versions and the load average at start and end: the CPU
 may be shared, and a load above ``BUSY_LOAD`` makes the figures pessimistic (re-measure later).
+Beside ``/segment``, the same calls to a one-line Gradio app that returns its upload unchanged give
+gradio_client's own floor on this CPU (upload, queue, its 50-ms result polling, download): the part
+of the end-to-end time no model or app code can remove.
 ``--extras``: also the no-download and gradio_client-defaults variants and N concurrent clients.
 Results: bench/results/app.json.
 """
@@ -77,6 +80,56 @@ def _timed_calls(client, image: Path, model: str, runs: int, warmup: int = 3) ->
         times.append((time.perf_counter() - t) * 1000)
         infos.append(out[1] if isinstance(out, (tuple, list)) else out)
     return times, infos
+
+
+def _client_floor(image: Path, runs: int) -> dict:
+    """p50/p95 of a call to a Gradio app that does nothing: an image upload answered with a file and a
+    JSON, as ``/segment`` answers, on the same queue settings; measured through ``connect()`` too."""
+    import gradio as gr
+
+    def echo(path: str, model: str) -> tuple[str, dict]:
+        return path, {"model": model}
+
+    with gr.Blocks() as demo:
+        upload, model = gr.Image(type="filepath"), gr.Textbox()
+        label, info = gr.File(), gr.JSON()
+        gr.Button().click(echo, [upload, model], [label, info], api_name="segment")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = connect(f"http://127.0.0.1:{port}/")
+        times, _ = _timed_calls(client, image, "none", runs)
+    finally:
+        demo.close()
+    return {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1), "runs": runs}
+
+
+FLOOR_APP = """
+import sys, torch, gradio as gr
+with gr.Blocks() as demo:
+    upload, model, label, info = gr.Image(type="filepath"), gr.Textbox(), gr.File(), gr.JSON()
+    gr.Button().click(lambda p, m: (p, {"model": m}), [upload, model], [label, info], api_name="segment")
+demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
+"""
+
+
+def _cold_start_floor(image: Path) -> float:
+    """Seconds from spawning a Python that imports gradio and torch and serves the one-button app to
+    its first answer: what any Gradio app on torch pays before its own code runs."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOR_APP, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(url, timeout=120)
+        _segment(connect(url), image, "none")
+        return round(time.perf_counter() - start, 2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _instances(client, sample_id: str, models: list[str]) -> dict:
@@ -206,6 +259,12 @@ def main() -> None:
         first_s = time.perf_counter() - start
         results["cold_start"] = {"page_s": round(page_s, 2), "first_segment_s": round(first_s, 2), "model": first}
         print(f"cold start: page {page_s:.2f} s, first /segment answer {first_s:.2f} s (target <= 5 s)", flush=True)
+        results["cold_start"]["floor_s"] = _cold_start_floor(images["288x224"])
+        print(
+            "cold start floor (python importing gradio and torch, launching a one-button app, first answer): "
+            f"{results['cold_start']['floor_s']:.2f} s",
+            flush=True,
+        )
         if args.cold_only:
             return finish(results, args, proc, log_path, tmp, load_start)
 
@@ -231,6 +290,13 @@ def main() -> None:
                 f"(model alone p50 {row['model_p50']:.1f} ms)",
                 flush=True,
             )
+        floor = _client_floor(images["288x224"], args.runs)
+        results["client_floor_ms"] = floor
+        print(
+            f"gradio_client floor (an app that returns the upload as a file): p50 {floor['p50']:.1f} ms; "
+            f"/segment {first} p50 minus the floor: {results['segment_ms'][first]['p50'] - floor['p50']:.1f} ms",
+            flush=True,
+        )
         times, infos = _timed_calls(client, images["1024x768"], first, max(5, args.runs // 3), warmup=1)
         results["segment_1024x768_ms"] = {
             first: {

@@ -27,6 +27,9 @@ SEMANTIC_ONLY = {
     "crop_fraction": "--inst-crop",
     "flip_p": None,
     "color_jitter": None,
+    "zoom_out": None,
+    "rotate": None,
+    "lovasz": None,
     "train_size": None,
     "class_weighting": None,
     "frozen_epochs": None,
@@ -43,6 +46,9 @@ FLAG_NAMES = {
     "crop_fraction": "--crop-fraction",
     "flip_p": "--flip-p",
     "color_jitter": "--color-jitter",
+    "zoom_out": "--zoom-out",
+    "rotate": "--rotate",
+    "lovasz": "--lovasz",
     "train_size": "--train-size",
     "class_weighting": "--class-weights",
     "frozen_epochs": "--frozen-epochs",
@@ -190,6 +196,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     sem.add_argument("--flip-p", dest="flip_p", type=float, default=None, help="horizontal flip probability (0.5)")
     sem.add_argument("--color-jitter", dest="color_jitter", type=float, default=None, help="(0.2)")
+    sem.add_argument(
+        "--zoom-out",
+        dest="zoom_out",
+        type=float,
+        default=None,
+        help="half the time, put the image on a canvas up to this many times its side (default 1: never)",
+    )
+    sem.add_argument("--rotate", type=float, default=None, help="random rotation up to +- degrees (default 0)")
+    sem.add_argument(
+        "--lovasz",
+        type=float,
+        default=None,
+        help="weight of a Lovasz-softmax (IoU surrogate) term beside the weighted cross entropy (default 0)",
+    )
     sem.add_argument(
         "--train-size",
         dest="train_size",

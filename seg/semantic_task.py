@@ -20,11 +20,11 @@ from seg.checkpoints import continued_init, save_checkpoint, warm_start
 from seg.classes import palette_for
 from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_semantic_split
 from seg.engine import Stage, distributed_context
-from seg.losses import class_weights, weighted_cross_entropy
+from seg.losses import class_weights, lovasz_softmax, weighted_cross_entropy
 from seg.metrics import SegMetrics
 from seg.models import create
 from seg.train_config import Prepared, SemanticOptions, TrainConfig, default_command
-from seg.transforms import JointAugment
+from seg.transforms import IGNORE, JointAugment
 
 #: the default batch size of semantic models (the instance models have their own)
 BATCH_SIZE = 8
@@ -50,7 +50,12 @@ class SemanticTask:
         if options.train_size:
             w, h = options.train_size
         self.augment = JointAugment(
-            options.crop_fraction, options.flip_p, size=(h, w), color_jitter=options.color_jitter
+            options.crop_fraction,
+            options.flip_p,
+            size=(h, w),
+            color_jitter=options.color_jitter,
+            zoom_out=options.zoom_out,
+            rotate=options.rotate,
         )
 
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -75,7 +80,13 @@ class SemanticTask:
         images, masks = batch
         logits = model(self._to_input(images, device))
         weight = self.weight.to(device) if self.weight is not None else None
-        return weighted_cross_entropy(logits, masks.to(device).long(), weight)
+        target = masks.to(device).long()
+        loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE)
+        if self.options.lovasz > 0:
+            # every other pixel each way: the same surrogate at a quarter of its sorting cost
+            sub = lovasz_softmax(logits[..., ::2, ::2], target[..., ::2, ::2], ignore_index=IGNORE)
+            loss = loss + self.options.lovasz * sub
+        return loss
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

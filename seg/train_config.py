@@ -19,6 +19,11 @@ class SemanticOptions:
     crop_fraction: tuple[float, float] | None = (0.25, 1.0)
     flip_p: float = 0.5
     color_jitter: float = 0.2
+    #: zoom out (shrink the image onto a larger canvas, the border ignored) by up to this side ratio, half
+    #: the time; 1 = never. Crops only zoom in; this shows objects smaller than the dataset's framing.
+    zoom_out: float = 1.0
+    rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
+    lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
     #: (width, height) of training crops; None = the full image size
     train_size: tuple[int, int] | None = None
     class_weighting: str = "inverse_sqrt"  # none | inverse_sqrt | inverse

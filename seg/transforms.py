@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from torchvision.transforms import v2
 
 CropFraction = float | tuple[float, float] | None
+#: mask value of pixels that augmentation invents (zoom-out border, rotated corners): no label
+IGNORE = 255
+#: canvas colour for those pixels: about the mean colour of natural images
+_FILL = (124, 116, 104)
 
 
 def _scale_range(crop_fraction: CropFraction) -> tuple[float, float] | None:
@@ -38,6 +42,9 @@ class JointAugment:
     ``crop_fraction`` is a fraction of the area, or a (min, max) range for scale
     jitter, or None for no crop. ``size`` is (H, W) of the output; default: input size.
     ``color_jitter`` > 0 adds brightness/contrast/saturation jitter to the image only.
+    ``zoom_out`` > 1 places the image, half the time, on a canvas up to that many times its side
+    (objects appear smaller than in the dataset's framing); ``rotate`` turns it by up to that many
+    degrees. Pixels these add to the mask are ``IGNORE`` so the loss skips them.
     """
 
     def __init__(
@@ -46,9 +53,16 @@ class JointAugment:
         flip_p: float = 0.5,
         size: tuple[int, int] | None = None,
         color_jitter: float = 0.0,
+        zoom_out: float = 1.0,
+        rotate: float = 0.0,
     ) -> None:
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
+        if not 1.0 <= zoom_out <= 4.0:
+            raise ValueError(f"zoom-out ratio must be in [1, 4], got {zoom_out}")
+        if not 0.0 <= rotate <= 45.0:
+            raise ValueError(f"rotation must be in [0, 45] degrees, got {rotate}")
+        from torchvision import tv_tensors
         from torchvision.transforms import v2
 
         self.crop_fraction = crop_fraction
@@ -62,6 +76,12 @@ class JointAugment:
             if color_jitter > 0
             else None
         )
+        fill = {tv_tensors.Image: _FILL, tv_tensors.Mask: IGNORE}
+        self._geometry: list[v2.Transform] = []
+        if zoom_out > 1.0:
+            self._geometry.append(v2.RandomZoomOut(fill=fill, side_range=(1.0, zoom_out), p=0.5))
+        if rotate > 0:
+            self._geometry.append(v2.RandomRotation(rotate, interpolation=v2.InterpolationMode.BILINEAR, fill=fill))
 
     def _crop(self, size: tuple[int, int]) -> v2.Transform:
         from torchvision.transforms import v2
@@ -83,11 +103,11 @@ class JointAugment:
 
         img = tv_tensors.Image(image)
         msk = tv_tensors.Mask(mask)
-        ops: list[v2.Transform] = []
+        ops: list[v2.Transform] = list(self._geometry)
         if self._scale is not None:
             ops.append(self._crop(tuple(image.shape[-2:])))
-        elif self.size is not None and tuple(self.size) != tuple(image.shape[-2:]):
-            ops.append(v2.Resize(self.size, antialias=True))
+        elif self._geometry or (self.size is not None and tuple(self.size) != tuple(image.shape[-2:])):
+            ops.append(v2.Resize(self.size or tuple(image.shape[-2:]), antialias=True))  # a zoomed-out canvas too
         ops.append(self._flip)
         img, msk = v2.Compose(ops)(img, msk)
         if self._jitter is not None:

@@ -46,3 +46,42 @@ def test_class_weights_favour_rare_classes_and_are_capped():
     assert w[3] > w[2] > w[1] > w[0]
     assert (w.max() / w.min()).item() == pytest.approx(10.0, rel=1e-5)  # the absent class hits the cap
     assert torch.allclose(class_weights(freqs, "none"), torch.ones(5))
+
+
+def _brute_force_soft_jaccard_loss(probs: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
+    """The Lovász extension evaluated by its definition: a weighted sum of Jaccard losses of the
+    sets of the k largest errors, for every k."""
+    fg = (labels == c).float()
+    errors = (fg - probs[:, c]).abs()
+    order = torch.argsort(errors, descending=True)
+    total, previous = torch.zeros(()), torch.zeros(())
+    for k in range(1, len(order) + 1):
+        wrong = torch.zeros_like(fg, dtype=torch.bool)
+        wrong[order[:k]] = True
+        inter = (fg.bool() & ~wrong).sum()
+        union = (fg.bool() | wrong).sum()
+        jaccard = 1 - inter / union
+        total = total + errors[order[k - 1]] * (jaccard - previous)
+        previous = jaccard
+    return total
+
+
+def test_lovasz_softmax_matches_its_definition_and_is_zero_when_perfect():
+    from seg.losses import lovasz_softmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 5)
+    target = torch.randint(0, 3, (1, 4, 5))
+    target[0, 0, 0] = 255  # ignored
+    probs = F.softmax(logits, 1).permute(0, 2, 3, 1).reshape(-1, 3)
+    labels = target.reshape(-1)
+    keep = labels != 255
+    expected = torch.stack(
+        [_brute_force_soft_jaccard_loss(probs[keep], labels[keep], c) for c in range(3) if (labels[keep] == c).any()]
+    ).mean()
+    assert lovasz_softmax(logits, target, ignore_index=255) == pytest.approx(float(expected), abs=1e-5)
+    perfect = F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 40
+    assert float(lovasz_softmax(perfect, target, ignore_index=255)) < 1e-6
+    logits.requires_grad_(True)
+    lovasz_softmax(logits, target, ignore_index=255).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0

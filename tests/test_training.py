@@ -281,6 +281,8 @@ def test_flags_of_the_other_task_are_refused(capsys):
     assert "for unet use --train-size" in capsys.readouterr().err
     assert main(["train", "--model", "maskrcnn", "--out", "x", "--frozen-epochs", "2"]) == 2
     assert "--frozen-epochs applies to semantic models only" in capsys.readouterr().err
+    assert main(["train", "--model", "dwt", "--out", "x", "--lovasz", "0.5"]) == 2
+    assert "--lovasz applies to semantic models only" in capsys.readouterr().err
 
 
 def _train_until_first_epoch_then_signal(cmd: list[str], sig: int) -> tuple[int, str]:
@@ -374,3 +376,26 @@ def test_a_stop_cuts_the_step_in_progress_short_and_nothing_is_applied():
     with interrupt.armed():
         model(x).sum().backward()  # hooks removed
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_zoom_out_rotation_and_lovasz_train_and_are_recorded(sbd_root, tmp_path):
+    options = SemanticOptions(crop_fraction=(0.5, 1.0), train_size=(144, 112), zoom_out=1.5, rotate=5.0, lovasz=0.5)
+    config = TrainConfig(
+        model="cnn",
+        data_dir=str(sbd_root),
+        out=str(tmp_path / "c"),
+        epochs=1,
+        limit=8,
+        batch_size=4,
+        model_kwargs={"width": 4},
+        semantic=options,
+    )
+    events = list(train(config))
+    epoch = next(e for e in events if e["type"] == "epoch")
+    assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0
+    card = json.loads((tmp_path / "c.json").read_text())
+    assert {k: card["config"]["semantic"][k] for k in ("zoom_out", "rotate", "lovasz")} == {
+        "zoom_out": 1.5,
+        "rotate": 5.0,
+        "lovasz": 0.5,
+    }

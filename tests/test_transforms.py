@@ -64,3 +64,30 @@ def test_joint_augment_on_tensors_and_errors():
         JointAugment(flip_p=2)
     with pytest.raises(ValueError):
         augment_samples(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4), np.uint8), 0.25, 0.5, 1, 0)
+
+
+def test_zoom_out_and_rotation_keep_image_and_mask_aligned_and_mark_new_pixels_ignored():
+    from seg.transforms import IGNORE
+
+    image, mask = _blocky_pair()
+    augment = JointAugment(None, flip_p=0.5, size=(96, 128), zoom_out=2.0, rotate=10)
+    img_t, mask_t = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
+    torch.manual_seed(3)
+    ignored = []
+    for _ in range(12):
+        img, msk = augment(img_t, mask_t)
+        assert img.shape == (3, 96, 128) and msk.shape == (96, 128) and msk.dtype == torch.uint8
+        labelled = msk != IGNORE
+        assert set(torch.unique(msk[labelled]).tolist()) <= set(range(9))  # nearest: no new labels
+        decoded = torch.round(img[0].float() / 20.0).long()
+        assert (decoded[labelled] == msk[labelled].long()).float().mean() > 0.75  # misaligned would be ~1/9
+        ignored.append(float((~labelled).float().mean()))
+    assert max(ignored) > 0.2  # zoomed out: a border nobody labelled
+    assert min(ignored) < 0.05  # half the time it does not zoom out (rotated corners only)
+
+
+def test_zoom_out_and_rotation_ranges_are_checked():
+    with pytest.raises(ValueError, match="zoom-out"):
+        JointAugment(zoom_out=0.5)
+    with pytest.raises(ValueError, match="rotation"):
+        JointAugment(rotate=90)
