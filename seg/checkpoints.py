@@ -6,11 +6,18 @@ half the bytes of fp16 for a large encoder, dequantised to fp32 on load.
 
 Loading rebuilds the architecture through the model registry from the card and reads
 tensors with safetensors: nothing is ever unpickled. Both files are written atomically.
+
+An ensemble's card names its members (``member_checkpoints``: checkpoints in the same folder, each
+with the SHA-256 of its weights file): its own file holds only what is its own (the mixing
+weights), and loading takes each member's weights from the member's checkpoint, refusing one
+that changed since the ensemble was made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +112,8 @@ def save_checkpoint(
         raise ValueError(f"weights must be one of {sorted(WEIGHTS_DTYPES)}, not {weights!r}")
     stem = stem_of(path_stem)
     state = _stored_state(model, weights)
+    if card.get("member_checkpoints"):  # the members' weights live in their own checkpoints
+        state = {k: v for k, v in state.items() if not k.startswith(MEMBER_PREFIX)}
     full_card = {
         "name": stem.name,
         "architecture": getattr(model, "arch_name", card.get("architecture")),
@@ -132,6 +141,8 @@ def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
     does for semantic checkpoints) and record the new ones.
     """
     model, card = load_checkpoint(source)
+    if card.get("member_checkpoints"):
+        raise CheckpointError("an ensemble's weights are its members': quantize the members, then rebuild it")
     size = stem_of(source).with_suffix(".safetensors").stat().st_size
     kept = {k: v for k, v in card.items() if k not in GENERATED_CARD_KEYS}
     kept["quantized_from"] = {
@@ -165,6 +176,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = _dequantised(load_file(str(weights)))
     except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
         raise CheckpointError(f"weights {weights.name} are corrupt: {err}") from None
+    if card.get("member_checkpoints"):
+        state.update(_member_states(stem, card))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -182,6 +195,44 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, assign=True)
     model.eval()
     return model.to(device), card
+
+
+#: state-dict prefix of an ensemble's members (``SemanticEnsemble.members``)
+MEMBER_PREFIX = "members."
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
+    """The members' weights under ``members.<i>.``, each from its own checkpoint beside the ensemble."""
+    state: dict[str, torch.Tensor] = {}
+    for i, member in enumerate(card["member_checkpoints"]):
+        name = str(member.get("checkpoint", ""))
+        if not _MEMBER_NAME.fullmatch(name):
+            raise CheckpointError(f"ensemble member {name!r} is not a checkpoint name in the ensemble's folder")
+        member_stem = stem.parent / name
+        weights = member_stem.with_suffix(".safetensors")
+        if not weights.is_file():
+            raise CheckpointError(f"ensemble member {name!r} is missing from {stem.parent}")
+        if file_sha256(weights) != member.get("sha256"):
+            raise CheckpointError(
+                f"ensemble member {name!r} changed since the ensemble was made; rebuild it with seglab ensemble"
+            )
+        member_card = read_card(member_stem)
+        if member_card.get("member_checkpoints"):
+            raise CheckpointError(f"ensemble member {name!r} is itself an ensemble")
+        if member_card.get("classes") != card.get("classes"):
+            raise CheckpointError(f"ensemble member {name!r} has other classes than the ensemble")
+        model, _ = load_checkpoint(member_stem)
+        state.update({f"{MEMBER_PREFIX}{i}.{k}": v for k, v in model.state_dict().items()})
+    return state
 
 
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:

@@ -274,8 +274,9 @@ def config_from_args(args: argparse.Namespace):
 
     if not args.model or not args.out:
         raise ValueError("train needs --model and --out (or --resume RUN)")
-    if args.model not in available():
-        raise ValueError(f"unknown model {args.model!r}; available: {', '.join(available())}")
+    if args.model not in available(trainable_only=True):
+        hint = "; an ensemble is made with seglab ensemble" if args.model in available() else ""
+        raise ValueError(f"unknown model {args.model!r}; trainable: {', '.join(available(trainable_only=True))}{hint}")
     task = task_of(args.model)
     own, foreign = (SEMANTIC_ONLY, INSTANCE_ONLY) if task == "semantic" else (INSTANCE_ONLY, SEMANTIC_ONLY)
     for key, counterpart in foreign.items():
@@ -670,6 +671,41 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine semantic checkpoints of one folder into an ensemble (probabilities averaged), "
+        "measured on val; its card names the members",
+    )
+    p.add_argument("members", nargs="+", help="two or more checkpoint names or path stems, in one folder")
+    p.add_argument("--out", required=True, help="ensemble name or path stem, in the members' folder")
+    p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    _checkpoint_dir_flag(p)
+    p.set_defaults(func=cmd_ensemble)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from seg.cards import CheckpointError, stem_of, update_card
+    from seg.ensemble import combine
+    from seg.evaluate import card_metrics, evaluate_semantic_checkpoint
+
+    _threads(args)
+    try:
+        members = [resolve_checkpoint(m, args.checkpoint_dir) for m in args.members]
+        out = stem_of(args.out) if ("/" in args.out or "\\" in args.out) else members[0].parent / args.out
+        card = combine(members, out)
+        result = evaluate_semantic_checkpoint(out, dataset_dir("sbd", args.data), "val")
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    update_card(out, {"val_metrics": card_metrics(result) | {"score": result["miou"]}})
+    for member in card["member_checkpoints"]:
+        print(f"  {member['checkpoint']}: val mIoU {member['val_miou']}")
+    print(f"wrote {out}: val mIoU {result['miou']:.4f}, mAP {result['map']:.4f}")
+    return 0
+
+
 def _add_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="fetch an official dataset archive into the data root")
     p.add_argument("dataset", choices=("sbd", "pennfudan"))
@@ -728,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub, "predict-instances", alias_of="predict")
     _add_export(sub)
     _add_quantize(sub)
+    _add_ensemble(sub)
     _add_download(sub)
     _add_results(sub)
     instances_cli.add_subcommands(sub)

@@ -17,21 +17,27 @@ from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _TASKS: dict[str, str] = {}
+_NOT_TRAINABLE: set[str] = set()
 #: This package's own models, imported on first lookup.
-_BUILTIN = ("seg.models.prior", "seg.models.cnn", "seg.models.unet", "seg.models.resunet")
+_BUILTIN = ("seg.models.prior", "seg.models.cnn", "seg.models.unet", "seg.models.resunet", "seg.models.ensemble")
 ENTRY_POINT_GROUP = "seglab.models"
 _loaded = False
 
 
-def register(name: str, task: str = "semantic") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register(
+    name: str, task: str = "semantic", trainable: bool = True
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: ``factory(num_classes=..., **kwargs)`` builds model ``name`` for ``task``
-    (``semantic`` or ``instances``: what trains, evaluates and predicts it)."""
+    (``semantic`` or ``instances``: what trains, evaluates and predicts it). ``trainable=False``:
+    made from other checkpoints (an ensemble), so training commands and forms do not offer it."""
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
         _TASKS[name] = task
+        if not trainable:
+            _NOT_TRAINABLE.add(name)
         return factory
 
     return decorator
@@ -67,9 +73,9 @@ def task_of(name: str) -> str:
     return _TASKS[name]
 
 
-def available() -> list[str]:
+def available(trainable_only: bool = False) -> list[str]:
     _load_providers()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if not (trainable_only and n in _NOT_TRAINABLE))
 
 
 def create(name: str, num_classes: int = 9, **kwargs) -> nn.Module:

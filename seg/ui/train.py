@@ -621,7 +621,7 @@ def _training_root(data_source: str, workspace: Workspace | str | Path | None) -
 def semantic_architectures() -> list[str]:
     from seg.models import available
 
-    return [m for m in available() if m not in INSTANCE_ARCHITECTURES]
+    return [m for m in available(trainable_only=True) if m not in INSTANCE_ARCHITECTURES]
 
 
 def _chosen_workspace(serving: Serving, data_source: str, name: Any) -> Workspace | None:
