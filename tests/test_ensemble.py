@@ -88,3 +88,33 @@ def test_training_forms_and_commands_do_not_offer_the_ensemble(capsys):
     assert "ensemble" in available() and "ensemble" not in available(trainable_only=True)
     assert main(["train", "--model", "ensemble", "--out", "x"]) == 2
     assert "made with seglab ensemble" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_ensemble_command_measures_val_and_eval_and_predict_read_it(sbd_root, tmp_path, capsys):
+    from PIL import Image
+
+    from seg.classes import SBD_CLASSES, SBD_PALETTE
+
+    for name, arch, seed, kwargs in (("a", "unet", 0, {"base_channels": 4}), ("b", "cnn", 1, {"width": 4})):
+        torch.manual_seed(seed)
+        card = {
+            "task": "semantic",
+            "classes": list(SBD_CLASSES),
+            "palette": [list(c) for c in SBD_PALETTE],
+            "input_size": {"width": 288, "height": 224},
+            "encoder_init": "random initialisation",
+        }
+        save_checkpoint(tmp_path / name, create(arch, num_classes=9, **kwargs).eval(), card)
+    assert main(["ensemble", "a", "b", "--out", "ab", "--checkpoint-dir", str(tmp_path), "--data", str(sbd_root)]) == 0
+    card = json.loads((tmp_path / "ab.json").read_text())
+    assert card["val_metrics"]["num_images"] == 64 and 0 <= card["val_metrics"]["miou"] <= 1
+    assert "wrote" in capsys.readouterr().out
+    ab = str(tmp_path / "ab")
+    assert main(["eval", "--checkpoint", ab, "--data", str(sbd_root), "--json", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["miou"] == pytest.approx(card["val_metrics"]["miou"], abs=1e-6)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (300, 200), (90, 140, 200)).save(photo)
+    out = tmp_path / "preds"
+    assert main(["predict", "--checkpoint", ab, str(photo), "--out", str(out), "--runtime", "eager"]) == 0
+    assert Image.open(next(out.glob("photo*.png"))).size == (300, 200)
