@@ -11,9 +11,13 @@ work=${WORK:-runs}
 mkdir -p "$work"
 crops=(--batch-size 16 --train-size 144x112 --crop-fraction 0.15,0.45 --threads 1 --quiet)
 full=(--batch-size 8 --train-size 288x224 --crop-fraction 0.5,1.0 --threads 1 --quiet)
+# full resolution with objects also shown smaller (zoom-out), small rotations and an IoU surrogate in the loss
+full_aug=(--batch-size 8 --train-size 288x224 --crop-fraction 0.4,1.0 --zoom-out 1.4 --rotate 5 --lovasz 0.5 --threads 1 --quiet)
 
 python -m seg train --model prior --out checkpoints/prior --quiet
-python -m seg train --model cnn --arch width=32 --epochs 30 --lr 2e-3 "${crops[@]}" --out checkpoints/cnn
+# CNN: 30 epochs on crops, then 20 at full resolution with zoom-out, rotation and a Lovasz-softmax term
+python -m seg train --model cnn --arch width=32 --epochs 30 --lr 2e-3 "${crops[@]}" --out "$work/cnn-r1"
+python -m seg train --model cnn --arch width=32 --init-from "$work/cnn-r1" --epochs 20 --lr 5e-4 "${full_aug[@]}" --out checkpoints/cnn
 
 # U-Net: 36 epochs, warm restart 40 epochs, full-resolution fine-tune 12 epochs
 python -m seg train --model unet --arch base_channels=16 --epochs 36 --lr 2e-3 "${crops[@]}" --out "$work/unet-r1"

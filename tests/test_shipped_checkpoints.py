@@ -25,7 +25,8 @@ def test_all_shipped_checkpoints_load_and_fit_the_budget():
     for name in SEMANTIC:
         assert infos[name].available, infos[name].error
         model, card = load_checkpoint(infos[name].path)
-        assert card["command"].startswith("python -m seg train --model " + name)
+        made_by = "ensemble " if card["architecture"] == "ensemble" else f"train --model {name} "
+        assert card["command"].startswith((f"python -m seg {made_by}", f"seglab {made_by}")), card["command"]
         assert card["data"]["split_rule"] and card["data"]["root_fingerprint"]
 
 
