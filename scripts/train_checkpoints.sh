@@ -19,10 +19,12 @@ python -m seg train --model prior --out checkpoints/prior --quiet
 python -m seg train --model cnn --arch width=32 --epochs 30 --lr 2e-3 "${crops[@]}" --out "$work/cnn-r1"
 python -m seg train --model cnn --arch width=32 --init-from "$work/cnn-r1" --epochs 20 --lr 5e-4 "${full_aug[@]}" --out checkpoints/cnn
 
-# U-Net: 36 epochs, warm restart 40 epochs, full-resolution fine-tune 12 epochs
+# U-Net: 36 epochs, warm restart 40 epochs, full-resolution fine-tune 12 epochs, then 20 with zoom-out,
+# rotation and the Lovasz-softmax term (the best epoch, 13, is kept)
 python -m seg train --model unet --arch base_channels=16 --epochs 36 --lr 2e-3 "${crops[@]}" --out "$work/unet-r1"
 python -m seg train --model unet --arch base_channels=16 --init-from "$work/unet-r1" --epochs 40 --lr 1e-3 "${crops[@]}" --out "$work/unet-r2"
-python -m seg train --model unet --arch base_channels=16 --init-from "$work/unet-r2" --epochs 12 --lr 5e-4 "${full[@]}" --out checkpoints/unet
+python -m seg train --model unet --arch base_channels=16 --init-from "$work/unet-r2" --epochs 12 --lr 5e-4 "${full[@]}" --out "$work/unet-r3"
+python -m seg train --model unet --arch base_channels=16 --init-from "$work/unet-r3" --epochs 20 --lr 3e-4 "${full_aug[@]}" --out checkpoints/unet
 
 # ResUNet (encoder from scratch): 2 epochs encoder frozen + 34 unfrozen, warm restart 50, full-resolution 12
 python -m seg train --model resunet --encoder-init none --frozen-epochs 2 --encoder-lr-ratio 1.0 --epochs 36 --lr 2e-3 "${crops[@]}" --out "$work/resunet-r1"
@@ -31,3 +33,6 @@ python -m seg train --model resunet --encoder-init none --init-from "$work/resun
 cp checkpoints/resunet.safetensors "$work/resunet-r3.safetensors" && cp checkpoints/resunet.json "$work/resunet-r3.json"
 # ResUNet round 4: a second, lower-rate full-resolution fine-tune (2 threads)
 python -m seg train --model resunet --encoder-init none --init-from "$work/resunet-r3" --frozen-epochs 0 --epochs 10 --lr 2.5e-4 --batch-size 8 --train-size 288x224 --crop-fraction 0.5,1.0 --threads 2 --quiet --out checkpoints/resunet
+
+# The ensemble of the two (probabilities averaged; its card names them and their weights' hashes)
+python -m seg ensemble unet resunet --out ensemble --checkpoint-dir checkpoints

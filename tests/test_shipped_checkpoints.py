@@ -10,7 +10,7 @@ from seg.config import REPO_ROOT
 from seg.evaluate import evaluate_semantic_checkpoint
 
 SHIPPED = REPO_ROOT / "checkpoints"
-SEMANTIC = ("prior", "cnn", "unet", "resunet")
+SEMANTIC = ("prior", "cnn", "unet", "resunet", "ensemble")
 
 
 def _cards() -> dict:
@@ -52,6 +52,16 @@ def test_model_ordering_on_val():
     assert 0.20 <= m["prior"]["map"] <= 0.28
     assert m["prior"]["miou"] < m["cnn"]["miou"] < m["unet"]["miou"]
     assert m["prior"]["map"] < m["cnn"]["map"] < m["unet"]["map"]
+    assert m["ensemble"]["miou"] > max(m["unet"]["miou"], m["resunet"]["miou"])  # why it ships
+
+
+def test_the_shipped_ensemble_is_made_of_the_shipped_members():
+    cards = _cards()
+    card = cards["ensemble"].card
+    assert [m["checkpoint"] for m in card["member_checkpoints"]] == ["unet", "resunet"]
+    for member in card["member_checkpoints"]:
+        assert member["val_miou"] == cards[member["checkpoint"]].card["val_metrics"]["miou"]
+    assert card["pretrained"] is False and "no pretrained weights" in card["encoder_init"]
 
 
 @pytest.mark.slow

@@ -175,8 +175,8 @@ def test_bf16_precision_trains_and_is_recorded(sbd_root):
     from seg.engine import resolve_precision
     from seg.hardware import bf16_training_pays
 
-    auto = resolve_precision("auto", torch.device("cpu"))  # bf16 only where it is known to pay (AMX)
-    assert auto == (torch.bfloat16 if bf16_training_pays(measure=False) else None)
+    auto = resolve_precision("auto", torch.device("cpu"))  # bf16 only where it pays (AMX, or measured)
+    assert auto == (torch.bfloat16 if bf16_training_pays() else None)
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_precision("fp16", torch.device("cpu"))
