@@ -424,3 +424,34 @@ def test_a_part_taking_a_list_of_feature_maps_is_served_like_eager(pennfudan_roo
     assert isinstance(got, tuple) and [len(g) for g in got] == [len(w) for w in want] == [len(features)] * 2
     for got_level, want_level in zip(runtime.flatten_tensors(got), runtime.flatten_tensors(want)):
         torch.testing.assert_close(got_level, want_level, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_mask_rcnn_pools_its_boxes_on_threads_with_the_same_result(pennfudan_root, monkeypatch):
+    """The RoI pools split one image's boxes across threads; every output tensor is unchanged."""
+    import copy
+
+    from seg.checkpoints import load_checkpoint
+    from seg.instances.data import ids_for_split, load_sample
+    from seg.instances.inference import InstancePredictor, ThreadedRoIPool, thread_roi_pools, to_tensor
+
+    model, card = load_checkpoint(SHIPPED / "maskrcnn")
+    stock = copy.deepcopy(model)
+    predictor = InstancePredictor(model, card, runtime="eager")
+    assert isinstance(predictor.model.roi_heads.box_roi_pool, ThreadedRoIPool)
+    thread_roi_pools(predictor.model)  # idempotent
+    assert not isinstance(predictor.model.roi_heads.box_roi_pool.pool, ThreadedRoIPool)
+    calls = []
+    pool = predictor.model.roi_heads.box_roi_pool
+    monkeypatch.setattr(pool, "_pooled", lambda *a: calls.append(len(a[1][0])) or ThreadedRoIPool._pooled(pool, *a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        for sample_id in ids_for_split(pennfudan_root, "val")[:2]:
+            image = to_tensor(load_sample(pennfudan_root, sample_id).image)
+            with torch.inference_mode():
+                want, got = stock([image])[0], predictor.model([image])[0]
+            assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls and min(calls) > 0  # the proposals did go through the worker threads

@@ -19,7 +19,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +257,63 @@ def params_from_card(card: dict) -> PostprocessParams:
     )
 
 
+#: fewer boxes than this are pooled in one call (a thread hand-off costs more than it saves)
+THREADED_ROI_MIN_BOXES = 64
+_roi_pool_lock = threading.Lock()
+_roi_pool_executor: ThreadPoolExecutor | None = None
+
+
+def _roi_executor() -> ThreadPoolExecutor:
+    global _roi_pool_executor
+    with _roi_pool_lock:
+        if _roi_pool_executor is None:
+            _roi_pool_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="seglab-roi")
+        return _roi_pool_executor
+
+
+class ThreadedRoIPool(nn.Module):
+    """torchvision's ``MultiScaleRoIAlign`` with one image's boxes split across threads.
+
+    Its CPU kernel pools box after box on about one core: for Mask R-CNN's 1,000 proposals that is
+    the largest part of a served image. A box's pooled features depend on that box alone, so the
+    chunks' results, concatenated in order, are exactly the unsplit result.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def _pooled(self, x: dict, boxes: list[torch.Tensor], image_shapes: list) -> torch.Tensor:
+        with torch.inference_mode():  # inference mode is per thread
+            return self.pool(x, boxes, image_shapes)
+
+    def forward(self, x: dict, boxes: list[torch.Tensor], image_shapes: list) -> torch.Tensor:
+        workers = torch.get_num_threads()
+        if (
+            workers < 2
+            or len(boxes) != 1
+            or len(boxes[0]) < THREADED_ROI_MIN_BOXES
+            or boxes[0].device.type != "cpu"
+            or torch.is_grad_enabled()
+        ):
+            return self.pool(x, boxes, image_shapes)
+        if getattr(self.pool, "scales", None) is None:  # the pool sets its scales on first use: once, here
+            self.pool(x, [boxes[0][:1]], image_shapes)
+        chunks = boxes[0].tensor_split(workers)
+        futures = [_roi_executor().submit(self._pooled, x, [chunk], image_shapes) for chunk in chunks[1:]]
+        first = self.pool(x, [chunks[0]], image_shapes)
+        return torch.cat([first, *(f.result() for f in futures)])
+
+
+def thread_roi_pools(model: nn.Module) -> None:
+    """Wrap a Mask R-CNN's RoI pools in ``ThreadedRoIPool`` (no weights change; idempotent)."""
+    heads = getattr(model, "roi_heads", None)
+    for attr in ("box_roi_pool", "mask_roi_pool"):
+        pool = getattr(heads, attr, None)
+        if pool is not None and not isinstance(pool, ThreadedRoIPool):
+            setattr(heads, attr, ThreadedRoIPool(pool))
+
+
 class InstancePredictor:
     """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'.
 
@@ -285,6 +344,8 @@ class InstancePredictor:
         self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
         # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
+        if self.detector and module_device(self.model).type == "cpu":
+            thread_roi_pools(self.model)
         self.serving, self.runtime = serving_module(
             self.model, self.serving_spec, resolve_runtime(runtime), module_device(self.model)
         )
