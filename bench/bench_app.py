@@ -82,28 +82,6 @@ def _timed_calls(client, image: Path, model: str, runs: int, warmup: int = 3) ->
     return times, infos
 
 
-def _client_floor(image: Path, runs: int) -> dict:
-    """p50/p95 of a call to a Gradio app that does nothing: an image upload answered with a file and a
-    JSON, as ``/segment`` answers, on the same queue settings; measured through ``connect()`` too."""
-    import gradio as gr
-
-    def echo(path: str, model: str) -> tuple[str, dict]:
-        return path, {"model": model}
-
-    with gr.Blocks() as demo:
-        upload, model = gr.Image(type="filepath"), gr.Textbox()
-        label, info = gr.File(), gr.JSON()
-        gr.Button().click(echo, [upload, model], [label, info], api_name="segment")
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = connect(f"http://127.0.0.1:{port}/")
-        times, _ = _timed_calls(client, image, "none", runs)
-    finally:
-        demo.close()
-    return {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1), "runs": runs}
-
-
 FLOOR_APP = """
 import sys, torch, gradio as gr
 with gr.Blocks() as demo:
@@ -113,9 +91,10 @@ demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
 """
 
 
-def _cold_start_floor(image: Path) -> float:
-    """Seconds from spawning a Python that imports gradio and torch and serves the one-button app to
-    its first answer: what any Gradio app on torch pays before its own code runs."""
+def _floors(image: Path, runs: int) -> dict:
+    """What any Gradio app on torch pays, measured on a one-button app that returns its upload as a file
+    and a JSON, as ``/segment`` answers: seconds from spawning it to its first answer (imports of gradio
+    and torch included), then p50/p95 of ``runs`` calls through ``connect()``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
@@ -125,11 +104,24 @@ def _cold_start_floor(image: Path) -> float:
     )
     try:
         wait_http(url, timeout=120)
-        _segment(connect(url), image, "none")
-        return round(time.perf_counter() - start, 2)
+        client = connect(url)
+        _segment(client, image, "none")
+        floors: dict = {"cold_start_s": round(time.perf_counter() - start, 2)}
+        if runs:
+            times, _ = _timed_calls(client, image, "none", runs)
+            floors.update(p50=round(statistics.median(times), 1), p95=round(_percentile(times, 95), 1), runs=runs)
+        return floors
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _print_cold_floor(results: dict) -> None:
+    print(
+        "cold start floor (python importing gradio and torch, launching a one-button app, first answer): "
+        f"{results['cold_start']['floor_s']:.2f} s",
+        flush=True,
+    )
 
 
 def _instances(client, sample_id: str, models: list[str]) -> dict:
@@ -259,13 +251,9 @@ def main() -> None:
         first_s = time.perf_counter() - start
         results["cold_start"] = {"page_s": round(page_s, 2), "first_segment_s": round(first_s, 2), "model": first}
         print(f"cold start: page {page_s:.2f} s, first /segment answer {first_s:.2f} s (target <= 5 s)", flush=True)
-        results["cold_start"]["floor_s"] = _cold_start_floor(images["288x224"])
-        print(
-            "cold start floor (python importing gradio and torch, launching a one-button app, first answer): "
-            f"{results['cold_start']['floor_s']:.2f} s",
-            flush=True,
-        )
         if args.cold_only:
+            results["cold_start"]["floor_s"] = _floors(images["288x224"], 0)["cold_start_s"]
+            _print_cold_floor(results)
             return finish(results, args, proc, log_path, tmp, load_start)
 
         ready = wait_for_backends(log_path, expected_models, args.backend_timeout, proc)
@@ -290,8 +278,10 @@ def main() -> None:
                 f"(model alone p50 {row['model_p50']:.1f} ms)",
                 flush=True,
             )
-        floor = _client_floor(images["288x224"], args.runs)
+        floor = _floors(images["288x224"], args.runs)  # measured once the app is idle: no calibration beside it
+        results["cold_start"]["floor_s"] = floor.pop("cold_start_s")
         results["client_floor_ms"] = floor
+        _print_cold_floor(results)
         print(
             f"gradio_client floor (an app that returns the upload as a file): p50 {floor['p50']:.1f} ms; "
             f"/segment {first} p50 minus the floor: {results['segment_ms'][first]['p50'] - floor['p50']:.1f} ms",

@@ -15,7 +15,6 @@ that changed since the ensemble was made.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import re
 import time
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save
 import seg
 from seg.cards import CheckpointError, jsonable, read_card, stem_of, write_card
 from seg.config import checkpoint_dir
-from seg.io import atomic_write_bytes
+from seg.io import atomic_write_bytes, sha256_file
 from seg.models import create
 
 __all__ = [
@@ -202,14 +201,6 @@ MEMBER_PREFIX = "members."
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
     """The members' weights under ``members.<i>.``, each from its own checkpoint beside the ensemble."""
     state: dict[str, torch.Tensor] = {}
@@ -221,7 +212,7 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
         weights = member_stem.with_suffix(".safetensors")
         if not weights.is_file():
             raise CheckpointError(f"ensemble member {name!r} is missing from {stem.parent}")
-        if file_sha256(weights) != member.get("sha256"):
+        if sha256_file(weights) != member.get("sha256"):
             raise CheckpointError(
                 f"ensemble member {name!r} changed since the ensemble was made; rebuild it with seglab ensemble"
             )

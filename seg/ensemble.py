@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from seg.cards import CheckpointError, stem_of
-from seg.checkpoints import INIT_ARGUMENTS, file_sha256, load_checkpoint, save_checkpoint
+from seg.checkpoints import INIT_ARGUMENTS, load_checkpoint, save_checkpoint
+from seg.io import sha256_file
 from seg.models import create
 
 #: card keys the members must agree on, copied from the first (they describe the data and the output)
@@ -62,7 +63,7 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     members = [
         {
             "checkpoint": stem.name,
-            "sha256": file_sha256(stem.with_suffix(".safetensors")),
+            "sha256": sha256_file(stem.with_suffix(".safetensors")),
             "architecture": card["architecture"],
             "command": card.get("command"),
             "encoder_init": card.get("encoder_init"),

@@ -7,6 +7,7 @@ raises ``ImageLoadError`` with a message fit to show a user.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import sys
@@ -210,3 +211,12 @@ def save_instance_png(path: Path, instances: np.ndarray) -> None:
     else:
         img = Image.fromarray(instances.astype(np.uint8), mode="L")
     atomic_write_bytes(path, encode_png(img))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (archives and checkpoints are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

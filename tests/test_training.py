@@ -36,6 +36,12 @@ CARD_KEYS = {
 }
 
 
+def tiny_cnn(sbd_root: Path, **changes) -> TrainConfig:
+    """A 4-channel CNN on a few real images: the engine's behaviour in seconds."""
+    settings = dict(model="cnn", data_dir=str(sbd_root), limit=8, batch_size=4, model_kwargs={"width": 4})
+    return TrainConfig(**(settings | changes))
+
+
 @pytest.mark.slow
 def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
     out = tmp_path / "tiny"
@@ -79,15 +85,7 @@ def test_cli_train_eval_predict(sbd_root, tmp_path, capsys):
 
 
 def test_stop_event_ends_between_steps_and_keeps_best(sbd_root, tmp_path):
-    config = TrainConfig(
-        model="cnn",
-        data_dir=str(sbd_root),
-        out=str(tmp_path / "c"),
-        epochs=3,
-        limit=16,
-        batch_size=2,
-        model_kwargs={"width": 4},
-    )
+    config = tiny_cnn(sbd_root, out=str(tmp_path / "c"), epochs=3, limit=16, batch_size=2)
     stop = threading.Event()
     events = []
     for event in train(config, stop_event=stop):
@@ -180,16 +178,7 @@ def test_bf16_precision_trains_and_is_recorded(sbd_root):
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError):
         resolve_precision("fp16", torch.device("cpu"))
-    config = TrainConfig(
-        model="cnn",
-        data_dir=str(sbd_root),
-        epochs=2,
-        limit=8,
-        batch_size=4,
-        model_kwargs={"width": 4},
-        precision="bf16",
-        semantic=SemanticOptions(train_size=(96, 64)),
-    )
+    config = tiny_cnn(sbd_root, epochs=2, precision="bf16", semantic=SemanticOptions(train_size=(96, 64)))
     events = list(train(config))
     assert events[0]["precision"] == "bfloat16"
     epochs = [e for e in events if e["type"] == "epoch"]
@@ -247,16 +236,7 @@ def test_resume_continues_an_interrupted_run_exactly(sbd_root, tmp_path):
     from seg.resume import has_state
 
     def config(out: Path) -> TrainConfig:
-        return TrainConfig(
-            model="cnn",
-            data_dir=str(sbd_root),
-            out=str(out),
-            epochs=3,
-            limit=8,
-            batch_size=4,
-            model_kwargs={"width": 4},
-            semantic=SemanticOptions(train_size=(96, 64)),
-        )
+        return tiny_cnn(sbd_root, out=str(out), epochs=3, semantic=SemanticOptions(train_size=(96, 64)))
 
     whole = [e for e in train(config(tmp_path / "whole")) if e["type"] == "epoch"]
     assert not has_state(tmp_path / "whole")  # a finished run leaves no state behind
@@ -380,16 +360,7 @@ def test_a_stop_cuts_the_step_in_progress_short_and_nothing_is_applied():
 
 def test_zoom_out_rotation_and_lovasz_train_and_are_recorded(sbd_root, tmp_path):
     options = SemanticOptions(crop_fraction=(0.5, 1.0), train_size=(144, 112), zoom_out=1.5, rotate=5.0, lovasz=0.5)
-    config = TrainConfig(
-        model="cnn",
-        data_dir=str(sbd_root),
-        out=str(tmp_path / "c"),
-        epochs=1,
-        limit=8,
-        batch_size=4,
-        model_kwargs={"width": 4},
-        semantic=options,
-    )
+    config = tiny_cnn(sbd_root, out=str(tmp_path / "c"), epochs=1, semantic=options)
     events = list(train(config))
     epoch = next(e for e in events if e["type"] == "epoch")
     assert np.isfinite(epoch["train_loss"]) and epoch["train_loss"] > 0

@@ -9,7 +9,6 @@ that names the URL and the folder to put the files in by hand.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import socket
 import tarfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seg.config import DATASET_FOLDERS, data_root
+from seg.io import sha256_file
 
 
 class DownloadError(RuntimeError):
@@ -62,14 +62,6 @@ SOURCES = {
         (("PNGImages/*.png", 170), ("PedMasks/*_mask.png", 170)),
     ),
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manual_hint(src: DatasetSource, root: Path) -> str:
