@@ -3,6 +3,8 @@ run (with a stand-in trainer, so no dataset is needed), and the drawing helpers.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -411,3 +413,29 @@ def test_label_public_workspace_is_the_visitors_own(tmp_path):
             assert "workspace/unlabeled/photo.jpg" in archive.namelist()
         *_, note = label.do_delete(access, session)
         assert "deleted" in note and access.workspace(label.LabelSession()) is None
+
+
+def test_the_app_starts_without_torchvision_and_draws_the_augment_grid_on_page_load(ckpt_dir, sbd_root):
+    """Building the app must not import torchvision (it pulls in torch._dynamo, seconds of a cold start);
+    the Augment tab's first grid is drawn once, by a page-load event, and reused."""
+    code = (
+        "import sys\n"
+        "from seg.ui.app import build_app\n"
+        f"demo = build_app({str(ckpt_dir)!r}, preload=False)\n"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+    from seg.ui.app import build_app
+
+    demo = build_app(ckpt_dir, preload=False)
+    loads = [fn for fn in demo.fns.values() if any(t[1] == "load" for t in fn.targets)]
+    grid_loads = [fn for fn in loads if any(getattr(o, "elem_id", None) == "augment-gallery" for o in fn.outputs)]
+    assert len(grid_loads) == 1
+    draw = grid_loads[0].fn
+    assert all(isinstance(v, type(gr.skip())) for v in draw("a grid the visitor chose")), "never over theirs"
+    grid, caption = draw()
+    assert [c for _, c in grid][0] == "original" and len(grid) == 9 and caption, "the original and 8 augmented"
+    assert draw()[0] is grid, "drawn once, then reused"

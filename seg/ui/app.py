@@ -56,11 +56,14 @@ TITLE = "SegLab"
 MAX_FILE_SIZE = "50mb"
 
 
-def _build_tab(module_name: str, store: Any) -> None:
-    """Import and build one tab; on failure show why instead of crashing the app."""
+def _build_tab(module_name: str, store: Any) -> list[dict[str, Any]]:
+    """Import and build one tab; on failure show why instead of crashing the app.
+
+    Returns the tab's page-load events (``Blocks.load`` arguments), if its ``build`` has any.
+    """
     try:
         module = importlib.import_module(f"seg.ui.{module_name}")
-        module.build(store)
+        return module.build(store) or []
     except Exception as err:  # an absent or broken tab must not take the others down
         log.error("tab %s failed to build:\n%s", module_name, traceback.format_exc())
         missing = isinstance(err, ModuleNotFoundError) and (err.name or "").startswith("seg.ui.")
@@ -68,6 +71,7 @@ def _build_tab(module_name: str, store: Any) -> None:
             gr.Markdown(f"This tab is not installed yet (`seg/ui/{module_name}.py`).")
         else:
             gr.Markdown(f"This tab could not be built: {html.escape(clean(str(err)))} The other tabs work.")
+        return []
 
 
 def base_store(checkpoints: str | Path | None, public: bool) -> ModelStore:
@@ -101,12 +105,14 @@ def build_app(
     # delete_cache: every hour, drop Gradio's cached uploads/outputs older than two hours.
     with gr.Blocks(title=TITLE, fill_width=True, delete_cache=(3600, 7200)) as demo:
         gr.Markdown(_header(deployment), elem_id="seg-header")
-        tabs = []
+        tabs, page_loads = [], []
         with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in view
             for label, module_name, elem_id in TABS:
                 with gr.Tab(label, id=module_name, elem_id=elem_id) as tab:
-                    _build_tab(module_name, tab_store)
+                    page_loads += _build_tab(module_name, tab_store)
                 tabs.append(tab)
+        for event in page_loads:
+            demo.load(**event, api_visibility="private")
         _wire_model_lists(tabs, tab_store)
         build_api(tab_store)
     guard_events(demo)

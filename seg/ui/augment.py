@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 from functools import partial
 from typing import Any
 
@@ -182,12 +183,34 @@ def _initial_grid(store: ModelStore, sample_id: str | None) -> tuple[list | None
         return None, ""
 
 
-def build(store: ModelStore) -> None:
-    """Components and events of the Augment tab."""
+class InitialGrid:
+    """The default image's grid, drawn when a page loads rather than while the app starts.
+
+    Augmenting imports torchvision, which pulls in ``torch._dynamo`` (seconds on a small CPU); the
+    first ``/segment`` answer needs neither. The grid is drawn once, on the first page load (under
+    a lock: two pages may load together), and reused by later ones.
+    """
+
+    def __init__(self, store: ModelStore, sample_id: str | None) -> None:
+        self._store, self._sample_id = store, sample_id
+        self._lock = threading.Lock()
+        self._grid: tuple[list | None, str] | None = None
+
+    def __call__(self, last: Any = None):
+        """``(grid, caption)``; nothing when a grid made from the visitor's own choices is already shown."""
+        if last is not None:
+            return gr.skip(), gr.skip()
+        with self._lock:
+            if self._grid is None:
+                self._grid = _initial_grid(self._store, self._sample_id)
+            return self._grid
+
+
+def build(store: ModelStore) -> list[dict[str, Any]]:
+    """Components and events of the Augment tab; returns its page-load event (``Blocks.load`` arguments)."""
     has_data = dataset_available("sbd") is not None
     names = store.names("semantic")
     default_sample = (sbd_choices(("train",), 1) or [None])[0] if has_data else None
-    first_grid, first_caption = _initial_grid(store, default_sample)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=300):
             source = gr.Radio(list(SOURCES), value=SOURCES[0] if has_data else SOURCES[1], label="Source")
@@ -225,9 +248,9 @@ def build(store: ModelStore) -> None:
                 count = gr.Slider(1, MAX_SAMPLES, value=8, step=1, label="Samples", elem_id="augment-count")
             run = gr.Button("Augment again", variant="secondary", elem_id="augment-run")
         with gr.Column(scale=3):
-            caption = gr.Markdown(first_caption, label="Caption", elem_id="augment-caption")
+            caption = gr.Markdown("", label="Caption", elem_id="augment-caption")
             grid = gr.Gallery(
-                first_grid,
+                None,
                 label="Image | mask pairs",
                 columns=2,
                 height="auto",
@@ -263,3 +286,8 @@ def build(store: ModelStore) -> None:
         concurrency_id=INFERENCE_QUEUE,
         preprocess=False,
     )
+    if not default_sample:
+        return []
+    # the default image's grid, drawn on page load (not while the app starts: see InitialGrid)
+    first = InitialGrid(store, default_sample)
+    return [{"fn": first, "inputs": [last], "outputs": [grid, caption], "concurrency_id": INFERENCE_QUEUE}]
