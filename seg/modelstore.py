@@ -341,8 +341,13 @@ class ModelStore:
 
     def preload(self) -> None:
         """Load every listed model now, so a corrupt checkpoint shows as unavailable from the start
-        (its card alone may look fine) and the first request does not pay the loading time."""
-        for name in self.names(None):
+        (its card alone may look fine) and the first request does not pay the loading time.
+
+        The page's default choices (the two best semantic models) load first: a visitor's first
+        segmentation is the request most likely to arrive while this runs.
+        """
+        first = self.best("semantic", 2)
+        for name in first + [n for n in self.names(None) if n not in first]:
             try:
                 self.predictor(name)
             except ModelUnavailable:

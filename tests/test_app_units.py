@@ -37,6 +37,16 @@ def test_store_keeps_broken_unavailable_across_refresh(ckpt_dir):
         store.predictor("broken")
 
 
+def test_preload_loads_the_pages_default_models_first(ckpt_dir, monkeypatch):
+    store = ModelStore(ckpt_dir)
+    order: list[str] = []
+    monkeypatch.setattr(store, "predictor", order.append)
+    store.preload()
+    defaults = store.best("semantic", 2)
+    assert defaults and order[: len(defaults)] == defaults
+    assert sorted(order) == store.names(None), "then every other model, once"
+
+
 def test_store_caches_and_reloads_replaced_checkpoint(ckpt_dir):
     from seg.checkpoints import save_checkpoint
     from seg.models import create

@@ -288,6 +288,7 @@ def build(store: ModelStore) -> list[dict[str, Any]]:
     )
     if not default_sample:
         return []
-    # the default image's grid, drawn on page load (not while the app starts: see InitialGrid)
+    # the default image's grid, drawn on page load (not while the app starts: see InitialGrid), in a
+    # queue of its own: a visitor's first segmentation does not wait behind it
     first = InitialGrid(store, default_sample)
-    return [{"fn": first, "inputs": [last], "outputs": [grid, caption], "concurrency_id": INFERENCE_QUEUE}]
+    return [{"fn": first, "inputs": [last], "outputs": [grid, caption]}]
