@@ -271,6 +271,9 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
         0,
         "ui-test-cnn",
         "Stanford Background",
+        zoom_out=1.3,
+        rotate=4,
+        lovasz=0.5,
         api_name="/train",
     )
     status, progress, loss, metric, samples, run = job.result(timeout=300)
@@ -284,6 +287,8 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
     with Image.open(samples) as tiles:  # one row per validation sample: image | truth | prediction
         assert tiles.size[0] == 3 * 288 + 2 * 4 and tiles.size[1] >= 224
     assert "ui-test-cnn" in store.names("semantic"), "a new checkpoint appears in the model lists"
+    config = store.card("ui-test-cnn")["config"]["semantic"]
+    assert (config["zoom_out"], config["rotate"], config["lovasz"]) == (1.3, 4.0, 0.5), "the levers reach the run"
     label_path, _ = client.predict(handle_file(str(SCENE)), "ui-test-cnn", api_name="/segment")
     assert _read_label(label_path).shape == (240, 320)
     with pytest.raises(AppError, match="exists already"):

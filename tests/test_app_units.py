@@ -226,6 +226,27 @@ def test_form_refusals_are_plain_sentences(tmp_path, monkeypatch):
     assert "needs the Stanford Background dataset" in err.value.message and "**" not in err.value.message
 
 
+def test_the_train_form_offers_zoom_out_rotation_and_lovasz(tmp_path, monkeypatch):
+    from seg.ui import train
+
+    monkeypatch.setattr(train, "dataset_available", lambda name: tmp_path)
+    store = ModelStore(tmp_path / "ckpts")
+    form = ["unet", 3, 0.002, 2, 0.4, 0.5, "inverse_sqrt", 0, "none", 0, 0, "x", train.DATA_SBD]
+    config, _ = train.make_config(store, *form, zoom_out=1.4, rotate=5, lovasz=0.5)
+    assert (config.semantic.zoom_out, config.semantic.rotate, config.semantic.lovasz) == (1.4, 5.0, 0.5)
+    assert config.command.endswith("zoom_out=1.4 rotate=5 lovasz=0.5"), "the card says how it was trained"
+    plain, _ = train.make_config(store, *form)
+    assert (plain.semantic.zoom_out, plain.semantic.rotate, plain.semantic.lovasz) == (1.0, 0.0, 0.0)
+    assert "zoom_out" not in plain.command
+    for lever, bad, words in [
+        ("zoom_out", 0.5, "Zoom out must be a number from 1 up to 2"),
+        ("rotate", 90, "Rotation must be a number from 0 up to 30"),
+        ("lovasz", "/etc", "Lovasz weight must be a number"),
+    ]:
+        with pytest.raises(gr.Error, match=words):
+            train.make_config(store, *form, **{lever: bad})
+
+
 def test_events_refuse_in_plain_sentences_and_log_faults_once(caplog):
     """Every handler is wrapped: a handler's gr.Error loses Markdown and paths; a bug gets a generic
     sentence (logged with its traceback), an expected refusal is logged at INFO without one."""

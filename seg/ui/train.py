@@ -51,6 +51,8 @@ from seg.visitors import RunClaim, visitor_digest
 log = logging.getLogger("seg.ui.train")
 
 WEIGHTINGS = ["inverse_sqrt", "inverse", "none"]
+#: Upper bounds of the scale, rotation and loss levers the form offers.
+MAX_ZOOM_OUT, MAX_ROTATE, MAX_LOVASZ = 2.0, 30.0, 2.0
 DATA_SBD = "Stanford Background"
 DATA_LABELS = "My labels (labeling workspace)"
 #: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
@@ -547,8 +549,14 @@ def plan_run(
     data_source: str = DATA_SBD,
     workspace: Workspace | str | Path | None = None,
     bounds: Callable[[int, int | None], TrainingBounds] | None = None,
+    zoom_out: float = 1.0,
+    rotate: float = 0.0,
+    lovasz: float = 0.0,
 ):
     """Validate the form into a ``PlannedRun`` (``gr.Error`` with a plain sentence on bad input).
+
+    ``zoom_out``, ``rotate`` and ``lovasz`` are ``seglab train``'s ``--zoom-out``, ``--rotate`` and
+    ``--lovasz``: the levers the shipped models' later rounds were trained with.
 
     ``workspace`` is a ``Workspace`` the caller resolved, or a folder chosen by server code (never
     text from the page); ``bounds`` cuts epochs and images to the deployment's limits.
@@ -565,6 +573,9 @@ def plan_run(
     lr = _real(lr, "Learning rate", 0.0, 1.0, open_low=True)
     crop = _real(crop, "Crop fraction", 0.05, 1.0)
     flip = _real(flip, "Flip probability", 0.0, 1.0)
+    zoom_out = _real(1.0 if zoom_out is None else zoom_out, "Zoom out", 1.0, MAX_ZOOM_OUT)
+    rotate = _real(rotate or 0.0, "Rotation", 0.0, MAX_ROTATE)
+    lovasz = _real(lovasz or 0.0, "Lovasz weight", 0.0, MAX_LOVASZ)
     if weighting not in WEIGHTINGS:
         raise gr.Error("Choose one of the listed class weightings.")
     if encoder_init not in ("none", "imagenet"):
@@ -590,15 +601,29 @@ def plan_run(
         seed=seed,
         encoder_init=encoder_init if model == "resunet" else "none",
         limit=limit or None,
-        command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}",
+        command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}"
+        + _lever_words(zoom_out, rotate, lovasz),
         semantic=SemanticOptions(
             crop_fraction=(crop, 1.0) if crop < 1.0 else None,
             flip_p=flip,
+            zoom_out=zoom_out,
+            rotate=rotate,
+            lovasz=lovasz,
             class_weighting=weighting,
             frozen_epochs=frozen if model == "resunet" else 0,
         ),
     )
     return PlannedRun(config, name, note)
+
+
+def _lever_words(zoom_out: float, rotate: float, lovasz: float) -> str:
+    """The levers a run uses beyond the defaults, for its card's command line."""
+    words = [
+        (f"zoom_out={zoom_out:g}", zoom_out > 1.0),
+        (f"rotate={rotate:g}", rotate > 0),
+        (f"lovasz={lovasz:g}", lovasz > 0),
+    ]
+    return "".join(f" {w}" for w, used in words if used)
 
 
 def _training_root(data_source: str, workspace: Workspace | str | Path | None) -> Path:
@@ -636,15 +661,21 @@ def _chosen_workspace(serving: Serving, data_source: str, name: Any) -> Workspac
     return serving.labels.open(name or DEFAULT_WORKSPACE_NAME)
 
 
-def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None) -> Iterator[tuple]:
-    """API endpoint ``train``: start a run and stream snapshots until it ends."""
+def train_stream(
+    board: RunBoard, store: Any, *form: Any, workspace: Any = None, levers: tuple = (1.0, 0.0, 0.0)
+) -> Iterator[tuple]:
+    """API endpoint ``train``: start a run and stream snapshots until it ends (``levers``: zoom out,
+    rotation, Lovasz weight)."""
     serving = board.serving
     data_source = form[12] if len(form) > 12 else DATA_SBD
     ws = _chosen_workspace(serving, data_source, workspace)
     if isinstance(store, VisitorStore):
         store = store.for_key(require_visitor_key(), create=True)
     bounds = serving.deployment.training_bounds if serving.public else None
-    planned = plan_run(store, *form[:12], data_source, ws, bounds=bounds)
+    zoom_out, rotate, lovasz = levers
+    planned = plan_run(
+        store, *form[:12], data_source, ws, bounds=bounds, zoom_out=zoom_out, rotate=rotate, lovasz=lovasz
+    )
     name = planned.name
     run = board.start(planned.config, name, store, planned.note)
     version, last = -1, 0.0
@@ -713,6 +744,23 @@ def build(store: Any) -> None:
             crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (smallest crop area; 1 = no crop)")
             flip = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Flip probability")
             weighting = gr.Radio(WEIGHTINGS, value="inverse_sqrt", label="Class weights")
+            with gr.Accordion("Scale, rotation and loss", open=False):
+                zoom_out = gr.Slider(
+                    1.0,
+                    MAX_ZOOM_OUT,
+                    value=1.0,
+                    step=0.1,
+                    label="Zoom out up to (x the side, half the time; 1 = off; the border is ignored)",
+                    elem_id="train-zoom-out",
+                )
+                rotate = gr.Slider(0, MAX_ROTATE, value=0, step=1, label="Rotation up to +- degrees (corners ignored)")
+                lovasz = gr.Slider(
+                    0.0,
+                    MAX_LOVASZ,
+                    value=0.0,
+                    step=0.1,
+                    label="Lovasz-softmax weight, beside the weighted cross entropy (0 = off)",
+                )
             with gr.Accordion("ResUNet schedule", open=False):
                 frozen = gr.Slider(0, 50, value=2, step=1, label="Epochs with the encoder frozen (then unfrozen)")
                 init = gr.Radio(
@@ -756,6 +804,7 @@ def build(store: Any) -> None:
     seen = gr.State(None)
     outputs = [status, progress, loss_plot, metric_plot, samples, events]
     form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name, data_source]
+    levers = [zoom_out, rotate, lovasz]  # after the older inputs: positional API calls keep their meaning
 
     if workspace is not None:
 
@@ -774,6 +823,9 @@ def build(store: Any) -> None:
             name: str,
             data_source: str = DATA_SBD,
             workspace: str | None = None,
+            zoom_out: float = 1.0,
+            rotate: float = 0.0,
+            lovasz: float = 0.0,
         ):
             """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
             yield from train_stream(
@@ -793,9 +845,10 @@ def build(store: Any) -> None:
                 name,
                 data_source,
                 workspace=workspace,
+                levers=(zoom_out, rotate, lovasz),
             )
 
-        inputs = [*form, workspace]
+        inputs = [*form, workspace, *levers]
     else:
 
         def run_training(  # type: ignore[misc]  # public mode: no workspace argument at all
@@ -812,6 +865,9 @@ def build(store: Any) -> None:
             seed: float,
             name: str,
             data_source: str = DATA_SBD,
+            zoom_out: float = 1.0,
+            rotate: float = 0.0,
+            lovasz: float = 0.0,
         ):
             """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
             yield from train_stream(
@@ -830,9 +886,10 @@ def build(store: Any) -> None:
                 seed,
                 name,
                 data_source,
+                levers=(zoom_out, rotate, lovasz),
             )
 
-        inputs = form
+        inputs = [*form, *levers]
 
     # Its own concurrency group, so following a run never takes an inference slot. The group
     # admits a few streams: the gate is the board, which refuses a second Start at once with a
