@@ -171,10 +171,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         model = create(card["architecture"], num_classes=num_classes, **kwargs)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot build {card['architecture']!r} from the card: {err}") from None
-    try:
-        state = _dequantised(load_file(str(weights)))
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
-        raise CheckpointError(f"weights {weights.name} are corrupt: {err}") from None
+    state = _read_weights(weights)
     if card.get("member_checkpoints"):
         state.update(_member_states(stem, card))
     own = model.state_dict()
@@ -194,6 +191,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, assign=True)
     model.eval()
     return model.to(device), card
+
+
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, int8 ones dequantised (``CheckpointError`` when unreadable)."""
+    try:
+        return _dequantised(load_file(str(weights)))
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+        raise CheckpointError(f"weights {weights.name} are corrupt: {err}") from None
 
 
 #: state-dict prefix of an ensemble's members (``SemanticEnsemble.members``)
@@ -221,8 +226,9 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"ensemble member {name!r} is itself an ensemble")
         if member_card.get("classes") != card.get("classes"):
             raise CheckpointError(f"ensemble member {name!r} has other classes than the ensemble")
-        model, _ = load_checkpoint(member_stem)
-        state.update({f"{MEMBER_PREFIX}{i}.{k}": v for k, v in model.state_dict().items()})
+        # the member's tensors only: the ensemble built the member's architecture already, and the
+        # key and shape checks of the whole ensemble's state cover them
+        state.update({f"{MEMBER_PREFIX}{i}.{k}": v for k, v in _read_weights(weights).items()})
     return state
 
 
