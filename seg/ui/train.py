@@ -750,16 +750,20 @@ def build(store: Any) -> None:
                     MAX_ZOOM_OUT,
                     value=1.0,
                     step=0.1,
-                    label="Zoom out up to (x the side, half the time; 1 = off; the border is ignored)",
+                    label="Zoom out up to (x the side; 1 = off)",
+                    info="Half the time the image shrinks onto a larger canvas; the border is ignored.",
                     elem_id="train-zoom-out",
                 )
-                rotate = gr.Slider(0, MAX_ROTATE, value=0, step=1, label="Rotation up to +- degrees (corners ignored)")
+                rotate = gr.Slider(
+                    0, MAX_ROTATE, value=0, step=1, label="Rotation up to +- degrees", info="The corners are ignored."
+                )
                 lovasz = gr.Slider(
                     0.0,
                     MAX_LOVASZ,
                     value=0.0,
                     step=0.1,
-                    label="Lovasz-softmax weight, beside the weighted cross entropy (0 = off)",
+                    label="Lovasz-softmax weight (0 = off)",
+                    info="An IoU surrogate beside the weighted cross entropy; helps rare classes.",
                 )
             with gr.Accordion("ResUNet schedule", open=False):
                 frozen = gr.Slider(0, 50, value=2, step=1, label="Epochs with the encoder frozen (then unfrozen)")
