@@ -763,7 +763,7 @@ def build(store: Any) -> None:
                     value=0.0,
                     step=0.1,
                     label="Lovasz-softmax weight (0 = off)",
-                    info="An IoU surrogate beside the weighted cross entropy; helps rare classes.",
+                    info="A differentiable surrogate of IoU, added to the weighted cross entropy.",
                 )
             with gr.Accordion("ResUNet schedule", open=False):
                 frozen = gr.Slider(0, 50, value=2, step=1, label="Epochs with the encoder frozen (then unfrozen)")
