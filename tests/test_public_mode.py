@@ -201,4 +201,5 @@ def test_public_page_has_no_path_inputs(public_app):
     ]
     assert not [text for text in labels if "folder" in text.lower() or "path" in text.lower()], labels
     train = page.deps[page.find(api_name="train")]
-    assert len(train["inputs"]) == 13
+    assert len(train["inputs"]) == 16, "the 13 fields of the form and the 3 levers: no workspace argument"
+    assert [page.components[i]["type"] for i in train["inputs"][-3:]] == ["slider"] * 3
