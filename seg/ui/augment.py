@@ -172,26 +172,15 @@ def on_upload(store: ModelStore, sample_id: str | None, upload: Any, model: str 
     return (SOURCES[1], *augment(store, SOURCES[1], sample_id, upload, model, *settings), key)
 
 
-def _initial_grid(store: ModelStore, sample_id: str | None) -> tuple[list | None, str]:
-    """The grid for the default dataset image, so the tab opens with something to look at."""
-    if not sample_id:
-        return None, ""
-    try:
-        return augment(store, SOURCES[0], sample_id)
-    except (gr.Error, OSError, ValueError) as err:  # a missing file must not stop the app
-        log.warning("no initial augmentation grid: %s", err)
-        return None, ""
-
-
 class InitialGrid:
-    """The default image's grid, drawn when a page loads rather than while the app starts.
+    """The default dataset image's grid, drawn when a page loads rather than while the app starts.
 
     Augmenting imports torchvision, which pulls in ``torch._dynamo`` (seconds on a small CPU); the
     first ``/segment`` answer needs neither. The grid is drawn once, on the first page load (under
     a lock: two pages may load together), and reused by later ones.
     """
 
-    def __init__(self, store: ModelStore, sample_id: str | None) -> None:
+    def __init__(self, store: ModelStore, sample_id: str) -> None:
         self._store, self._sample_id = store, sample_id
         self._lock = threading.Lock()
         self._grid: tuple[list | None, str] | None = None
@@ -202,7 +191,11 @@ class InitialGrid:
             return gr.skip(), gr.skip()
         with self._lock:
             if self._grid is None:
-                self._grid = _initial_grid(self._store, self._sample_id)
+                try:
+                    self._grid = augment(self._store, SOURCES[0], self._sample_id)
+                except (gr.Error, OSError, ValueError) as err:  # a missing file must not stop the page
+                    log.warning("no initial augmentation grid: %s", err)
+                    self._grid = (None, "")
             return self._grid
 
 

@@ -661,21 +661,16 @@ def _chosen_workspace(serving: Serving, data_source: str, name: Any) -> Workspac
     return serving.labels.open(name or DEFAULT_WORKSPACE_NAME)
 
 
-def train_stream(
-    board: RunBoard, store: Any, *form: Any, workspace: Any = None, levers: tuple = (1.0, 0.0, 0.0)
-) -> Iterator[tuple]:
-    """API endpoint ``train``: start a run and stream snapshots until it ends (``levers``: zoom out,
-    rotation, Lovasz weight)."""
+def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None, **levers: float) -> Iterator[tuple]:
+    """API endpoint ``train``: start a run and stream snapshots until it ends (``levers``: ``plan_run``'s
+    ``zoom_out``, ``rotate`` and ``lovasz``)."""
     serving = board.serving
     data_source = form[12] if len(form) > 12 else DATA_SBD
     ws = _chosen_workspace(serving, data_source, workspace)
     if isinstance(store, VisitorStore):
         store = store.for_key(require_visitor_key(), create=True)
     bounds = serving.deployment.training_bounds if serving.public else None
-    zoom_out, rotate, lovasz = levers
-    planned = plan_run(
-        store, *form[:12], data_source, ws, bounds=bounds, zoom_out=zoom_out, rotate=rotate, lovasz=lovasz
-    )
+    planned = plan_run(store, *form[:12], data_source, ws, bounds=bounds, **levers)
     name = planned.name
     run = board.start(planned.config, name, store, planned.note)
     version, last = -1, 0.0
@@ -849,7 +844,9 @@ def build(store: Any) -> None:
                 name,
                 data_source,
                 workspace=workspace,
-                levers=(zoom_out, rotate, lovasz),
+                zoom_out=zoom_out,
+                rotate=rotate,
+                lovasz=lovasz,
             )
 
         inputs = [*form, workspace, *levers]
@@ -890,7 +887,9 @@ def build(store: Any) -> None:
                 seed,
                 name,
                 data_source,
-                levers=(zoom_out, rotate, lovasz),
+                zoom_out=zoom_out,
+                rotate=rotate,
+                lovasz=lovasz,
             )
 
         inputs = [*form, *levers]
