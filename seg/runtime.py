@@ -201,6 +201,9 @@ class RuntimeChoice:
     record: str | None = None
     #: the parts served by ``backend`` (None: every part of the spec)
     parts: list[str] | None = None
+    #: True when this process measured the choice (its agreement figures are of the module now served);
+    #: False when it was read from a record
+    measured_now: bool = False
 
     @property
     def speedup(self) -> float | None:
@@ -697,6 +700,8 @@ def _calibration_inputs(model: nn.Module, spec: ServingSpec) -> dict[str, list[t
     calls = spec.calibration_inputs()
     if not calls:
         return None
+    if list(spec.parts) == [""]:  # the whole model is the one part: its inputs are the calls, no forward needed
+        return {"": [tuple(flatten_tensors(list(call))) for call in calls]}
     captured = capture_parts(model, list(spec.parts), calls)
     return {part: c.inputs for part, c in captured.items()}
 
@@ -892,6 +897,7 @@ def calibrate(
             default=str,
         ),
     )
+    choice.measured_now = True
     return choice
 
 

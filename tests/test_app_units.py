@@ -371,6 +371,8 @@ def test_app_builds_with_no_checkpoints_at_all(tmp_path):
     assert "No usable semantic segmentation checkpoint" in texts
     assert "DWT/Mask R-CNN checkpoint not available" in texts
     assert "could not be built" not in texts
+    # the queue's per-event statistics summary (a pandas table of past events) is rebuilt rarely
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY >= 1000
 
 
 def test_command_line_sets_mode_and_login(tmp_path):

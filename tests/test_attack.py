@@ -42,6 +42,7 @@ import pytest
 from PIL import Image
 
 httpx = pytest.importorskip("httpx")
+apply_diff = pytest.importorskip("gradio_client.utils").apply_diff
 
 REPO = Path(__file__).resolve().parent.parent
 SCENE = REPO / "assets" / "examples" / "scenes-1.png"
@@ -182,7 +183,13 @@ class BrowserSession:
                     messages.append(msg)
                     kind = msg.get("msg")
                     if kind == "process_generating" and msg.get("success"):
-                        last_output = msg["output"].get("data")
+                        data = msg["output"].get("data")
+                        # after the first output a generator sends each output as a diff to its last value
+                        last_output = (
+                            list(data)
+                            if last_output is None
+                            else [apply_diff(old, diff) for old, diff in zip(last_output, data)]
+                        )
                         if on_output is not None:
                             on_output(last_output)
                     if kind == "process_completed":

@@ -194,6 +194,14 @@ def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tup
     return maps[:, :1], maps[:, 1:]
 
 
+def channels_last_on_cpu(model: nn.Module) -> nn.Module:
+    """The DWT in channels-last layout when it runs on the CPU (in place): oneDNN's convolutions then
+    run about 1.6x faster in fp32, and the outputs differ from the default layout's by rounding only."""
+    if module_device(model).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
     """The image as a (1, 3, h, w) float batch at the working height, on the model's device."""
     h, w = rgb.shape[:2]
@@ -346,6 +354,8 @@ class InstancePredictor:
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
         if self.detector and module_device(self.model).type == "cpu":
             thread_roi_pools(self.model)
+        elif not self.detector:
+            channels_last_on_cpu(self.model)
         self.serving, self.runtime = serving_module(
             self.model, self.serving_spec, resolve_runtime(runtime), module_device(self.model)
         )

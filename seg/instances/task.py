@@ -34,6 +34,7 @@ from seg.instances.data import (
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
     InstancePredictor,
+    channels_last_on_cpu,
     components_from_foreground,
     dwt_heads,
     dwt_pass,
@@ -163,6 +164,7 @@ class DWTValidation:
         """Per image (fg prob, expected energy[, [(fg, energy) per alternative scale]]) at the working
         size, and the mean loss."""
         maps, losses = [], []
+        channels_last_on_cpu(model)
         with torch.inference_mode():
             for s in self.samples:
                 levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
@@ -183,6 +185,7 @@ class DWTValidation:
         """``maps`` with each image's separate passes at ``scales`` added (their new instances rank
         last); the main maps are reused, not recomputed."""
         out = []
+        channels_last_on_cpu(model)
         with torch.inference_mode():
             for s, (fg, energy, *_) in zip(self.samples, maps):
                 images = _image_batch(s, device)
