@@ -44,9 +44,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from PIL import Image  # noqa: E402
+from test_attack import BrowserSession, files_in  # noqa: E402  (the page's own protocol)
 
 from seg.hardware import cpu_features, runtime_versions  # noqa: E402
 from seg.io import atomic_write_text  # noqa: E402
@@ -84,17 +85,11 @@ def _timed_calls(client, image: Path, model: str, runs: int, warmup: int = 3) ->
     return times, infos
 
 
-def _page(url: str):
-    """A client speaking the page's own protocol (upload, ``queue/join``, the session's event stream, file
-    downloads), as the browser does: results arrive when the server sends them, where gradio_client
-    looks for them every 50 ms."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_attack import BrowserSession
-
-    return BrowserSession(url)
+def _summary(times: list[float]) -> dict:
+    return {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1), "runs": len(times)}
 
 
-def _page_segment(page, image: Path, model: str) -> float:
+def _page_segment(page: BrowserSession, image: Path, model: str) -> float:
     """One ``/segment`` call as the page makes it, the label PNG downloaded: milliseconds."""
     t = time.perf_counter()
     result = page.call_named("segment", page.upload(image), model)
@@ -104,17 +99,18 @@ def _page_segment(page, image: Path, model: str) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def _page_timed(page, image: Path, model: str, runs: int, warmup: int = 3) -> dict:
+def _page_timed(url: str, image: Path, model: str, runs: int, warmup: int = 3) -> dict:
+    """``/segment`` p50/p95 through the page's own protocol (upload, ``queue/join``, the session's event
+    stream, the download): results arrive when the server sends them, where gradio_client looks for
+    them every 50 ms."""
+    page = BrowserSession(url)
     for _ in range(warmup):
         _page_segment(page, image, model)
-    times = [_page_segment(page, image, model) for _ in range(runs)]
-    return {"p50": round(statistics.median(times), 1), "p95": round(_percentile(times, 95), 1), "runs": runs}
+    return _summary([_page_segment(page, image, model) for _ in range(runs)])
 
 
-def _page_instances(page, sample_id: str, models: list[str]) -> float:
+def _page_instances(page: BrowserSession, sample_id: str, models: list[str]) -> float:
     """One ``/instances`` call as the page makes it, every picture of the gallery downloaded: milliseconds."""
-    from test_attack import files_in
-
     t = time.perf_counter()
     result = page.call_named("instances", "Penn-Fudan image", sample_id, None, models, True)
     if not result.ok:
@@ -151,8 +147,7 @@ def _floors(image: Path, runs: int) -> dict:
         floors: dict = {"cold_start_s": round(time.perf_counter() - start, 2)}
         if runs:
             times, _ = _timed_calls(client, image, "none", runs)
-            floors.update(p50=round(statistics.median(times), 1), p95=round(_percentile(times, 95), 1), runs=runs)
-            floors["page_protocol"] = _page_timed(_page(url), image, "none", runs)
+            floors.update(_summary(times), page_protocol=_page_timed(url, image, "none", runs))
         return floors
     finally:
         proc.terminate()
@@ -309,20 +304,14 @@ def main() -> None:
         results["segment_ms"] = {}
         for model in semantic:
             times, infos = _timed_calls(client, images["288x224"], model, args.runs)
-            row = {
-                "p50": round(statistics.median(times), 1),
-                "p95": round(_percentile(times, 95), 1),
-                "model_p50": round(statistics.median(i["latency_ms"] for i in infos), 1),
-                "runs": args.runs,
-            }
+            row = _summary(times) | {"model_p50": round(statistics.median(i["latency_ms"] for i in infos), 1)}
             results["segment_ms"][model] = row
             print(
                 f"/segment {model:>8} 288x224: end-to-end p50 {row['p50']:6.1f} ms, p95 {row['p95']:6.1f} ms "
                 f"(model alone p50 {row['model_p50']:.1f} ms)",
                 flush=True,
             )
-        page = _page(url)
-        results["segment_ms_page_protocol"] = {first: _page_timed(page, images["288x224"], first, args.runs)}
+        results["segment_ms_page_protocol"] = {first: _page_timed(url, images["288x224"], first, args.runs)}
         floor = _floors(images["288x224"], args.runs)  # measured once the app is idle: no calibration beside it
         results["cold_start"]["floor_s"] = floor.pop("cold_start_s")
         results["client_floor_ms"] = floor
@@ -362,6 +351,7 @@ def main() -> None:
                 for m in instance_models:
                     per_model[m].append(details["models"][m]["latency_ms"])
             model_sum = statistics.median([sum(v) for v in zip(*per_model.values())])
+            page = BrowserSession(url)
             per_image_page = [_page_instances(page, sample_id, instance_models) for sample_id in sample_ids]
             results["instances_ms_per_image"] = {
                 "models": instance_models,
@@ -470,7 +460,7 @@ def _extras(results: dict, url: str, image: Path, model: str, args: argparse.Nam
     for key, (what, variant) in variants.items():
         times, _ = _timed_calls(variant, image, model, args.runs)
         p50 = statistics.median(times)
-        results[key] = {model: {"p50": round(p50, 1), "p95": round(_percentile(times, 95), 1), "runs": args.runs}}
+        results[key] = {model: _summary(times)}
         ratio = p50 / results["segment_ms"][model]["p50"]
         print(f"/segment {model}: {what} p50 {p50:.0f} ms (ratio to connect(): {ratio:.2f})")
     clients = [connect(url) for _ in range(args.clients)]

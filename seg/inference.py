@@ -31,7 +31,15 @@ from seg.classes import SBD_CLASSES, SBD_PALETTE
 from seg.config import dataset_dir, get_device
 from seg.data.sbd import IMAGE_SIZE, load_semantic_split
 from seg.metrics import confusion_matrix, mean_iou
-from seg.runtime import Agreement, RuntimeChoice, ServingSpec, resolve_runtime, serving_module, weights_key
+from seg.runtime import (
+    Agreement,
+    RuntimeChoice,
+    ServingSpec,
+    channels_last_on_cpu,
+    resolve_runtime,
+    serving_module,
+    weights_key,
+)
 
 log = logging.getLogger("seg.inference")
 
@@ -105,8 +113,7 @@ class Predictor:
         size = card.get("input_size") or {}
         self.input_size = (int(size.get("width", IMAGE_SIZE[0])), int(size.get("height", IMAGE_SIZE[1])))
         self.name = card.get("name", "model")
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        channels_last_on_cpu(self.model)
         self._lock = threading.Lock()
         self.serving, self.runtime = serving_module(
             self.model, self.serving_spec, resolve_runtime(runtime), self.device

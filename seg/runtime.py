@@ -148,6 +148,14 @@ def weights_key(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def channels_last_on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` in channels-last layout (in place) when its weights are on the CPU: oneDNN's fp32
+    convolutions run faster so (1.6x on the four-member DWT); outputs differ by rounding only."""
+    if module_device(model).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def module_device(model: nn.Module) -> torch.device:
     """The device of the model's parameters; CPU for a module served by a runtime (it has none)."""
     for tensor in model.parameters():
@@ -201,8 +209,8 @@ class RuntimeChoice:
     record: str | None = None
     #: the parts served by ``backend`` (None: every part of the spec)
     parts: list[str] | None = None
-    #: True when this process measured the choice (its agreement figures are of the module now served);
-    #: False when it was read from a record
+    #: True when this process measured the choice (its agreement figures are of the files now served);
+    #: False when it was read from a record (never written to it)
     measured_now: bool = False
 
     @property
@@ -879,13 +887,14 @@ def calibrate(
         _finite(agreement),
         skipped,
         parts=chosen_parts,
+        measured_now=True,
     )
     path = _record_path(spec, requested)
     choice.record = str(path)
     atomic_write_text(
         path,
         json.dumps(
-            asdict(choice)
+            {k: v for k, v in asdict(choice).items() if k != "measured_now"}  # of this process only
             | {
                 "cpu": cpu_features().summary(),
                 "threads": torch.get_num_threads(),
@@ -897,7 +906,6 @@ def calibrate(
             default=str,
         ),
     )
-    choice.measured_now = True
     return choice
 
 

@@ -34,7 +34,6 @@ from seg.instances.data import (
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
     InstancePredictor,
-    channels_last_on_cpu,
     components_from_foreground,
     dwt_heads,
     dwt_pass,
@@ -47,6 +46,7 @@ from seg.instances.postprocess import PostprocessParams, ranked_candidates
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 from seg.models import create
 from seg.models.encoders import describe_init
+from seg.runtime import channels_last_on_cpu
 from seg.train_config import Prepared, TrainConfig, default_command
 
 ENERGY_NOTE = (
@@ -185,7 +185,6 @@ class DWTValidation:
         """``maps`` with each image's separate passes at ``scales`` added (their new instances rank
         last); the main maps are reused, not recomputed."""
         out = []
-        channels_last_on_cpu(model)
         with torch.inference_mode():
             for s, (fg, energy, *_) in zip(self.samples, maps):
                 images = _image_batch(s, device)
