@@ -71,3 +71,57 @@ def test_no_detections_at_all_is_zero_not_minus_one():
     ev.add(_rect(5, 40, 5, 20)[None], np.zeros((0, H, W), bool), np.zeros(0))
     r = ev.compute()
     assert r["mask_ap"] == 0.0 and r["count_error"] == 1 and r["mean_best_iou"] == 0.0
+
+
+def test_ap_equals_pycocotools_full_summary_on_mixed_sizes_and_crowded_images():
+    """Only the all-areas range at 100 detections is evaluated; AP, AP50 and AP75 must equal
+    ``COCOeval.summarize()``'s with every range and cut, on small, medium and large instances and on
+    an image with more than 100 detections."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(0)
+    ev = InstanceEvaluator()
+    for image in range(6):
+        h, w = 200, 260
+        gts, preds, scores = [], [], []
+        for _ in range(rng.integers(1, 6)):
+            side = int(rng.choice([6, 20, 70]))  # under 32^2, under 96^2 and over 96^2 px
+            y, x = rng.integers(0, h - side), rng.integers(0, w - side)
+            m = np.zeros((h, w), bool)
+            m[y : y + side, x : x + side] = True
+            gts.append(m)
+            dy, dx = rng.integers(-side // 3, side // 3 + 1, 2)
+            p = np.zeros((h, w), bool)
+            p[max(0, y + dy) : y + dy + side, max(0, x + dx) : x + dx + side] = True
+            preds.append(p)
+            scores.append(rng.uniform(0.3, 1))
+        for _ in range(120 if image == 0 else 3):  # false positives; image 0 passes the 100 cut
+            y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
+            p = np.zeros((h, w), bool)
+            p[y : y + 10, x : x + 10] = True
+            preds.append(p)
+            scores.append(rng.uniform(0, 0.9))
+        ev.add(np.stack(gts), np.stack(preds), np.array(scores))
+    report = ev.compute()
+
+    gt = COCO()
+    gt.dataset = {"images": ev._images, "annotations": ev._gts, "categories": [{"id": 1, "name": "pedestrian"}]}
+    full = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        for iou_type in ("segm", "bbox"):
+            coco = COCOeval(gt, gt.loadRes([dict(d) for d in ev._dets]), iou_type)
+            coco.evaluate()
+            coco.accumulate()
+            coco.summarize()
+            full[iou_type] = coco.stats
+    assert 0.05 < report["mask_ap"] < 0.95  # a case where ranking, sizes and the cut all matter
+    assert report["mask_ap"] == pytest.approx(full["segm"][0], abs=1e-12)
+    assert report["mask_ap50"] == pytest.approx(full["segm"][1], abs=1e-12)
+    assert report["mask_ap75"] == pytest.approx(full["segm"][2], abs=1e-12)
+    assert report["box_ap"] == pytest.approx(full["bbox"][0], abs=1e-12)
+    assert report["box_ap50"] == pytest.approx(full["bbox"][1], abs=1e-12)

@@ -479,3 +479,39 @@ def test_eval_ranks_alternatives_as_the_card_says_or_the_partition_alone(dwt_che
         assert partition.get(key) == plain.get(key), key
     # alternatives score below 0.5: counting and best IoU only ever see the partition
     assert ranked["count_error"] == partition["count_error"] and ranked["mean_best_iou"] == partition["mean_best_iou"]
+
+
+@pytest.mark.slow
+def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfudan_root, tmp_path):
+    """``tune-instances`` on a Mask R-CNN: the fewest proposals within ``TUNE_MIN_GAIN`` of the best val
+    mask AP, recorded in ``arch_kwargs`` so every loader builds the model with it; the training's val
+    metrics stay on the card; the DWT's ``--tta`` is refused."""
+    import shutil
+
+    from seg.config import REPO_ROOT
+    from seg.instances.inference import proposal_count
+    from seg.instances.tune import PROPOSAL_OPTIONS
+
+    stem = tmp_path / "maskrcnn"
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(REPO_ROOT / "checkpoints" / f"maskrcnn{suffix}", stem.with_suffix(suffix))
+    card = json.loads(stem.with_suffix(".json").read_text())
+    card["arch_kwargs"].pop("test_proposals", None)  # as trained: torchvision's 1,000
+    stem.with_suffix(".json").write_text(json.dumps(card))
+    assert proposal_count(load_checkpoint(stem)[0]) == 1000
+    flags = ["--checkpoint", str(stem), "--data", str(pennfudan_root), "--limit", "3"]
+    assert main(["tune-instances", *flags, "--tta", "flip"]) == 1
+    assert main(["tune-instances", *flags]) == 0
+    tuned = json.loads(stem.with_suffix(".json").read_text())
+    tuning, chosen = tuned["postprocess_tuning"], tuned["arch_kwargs"]["test_proposals"]
+    assert tuning["num_images"] == 3 and tuning["test_proposals"] == chosen
+    compared = {int(n): c["mask_ap"] for n, c in tuning["compared"].items()}
+    assert sorted(compared) == sorted(PROPOSAL_OPTIONS)
+    best = max(compared.values())
+    assert compared[chosen] >= best - TUNE_MIN_GAIN
+    assert all(compared[n] < best - TUNE_MIN_GAIN for n in PROPOSAL_OPTIONS if n < chosen)
+    assert tuned["training_val_metrics"] == card.get("training_val_metrics", card["val_metrics"])  # kept once
+    assert tuned["val_metrics"]["mask_ap"] == compared[chosen] and tuned["val_metrics"]["test_proposals"] == chosen
+    model, _ = load_checkpoint(stem)
+    assert proposal_count(model) == chosen
+    assert proposal_count(InstancePredictor.from_checkpoint(stem).model) == chosen

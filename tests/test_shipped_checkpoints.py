@@ -91,3 +91,21 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root
     recomputed = validation.evaluate(maps, params_from_card(card))
     for key in ("mask_ap", "mask_ap50", "count_error"):
         assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key
+
+
+@pytest.mark.slow
+def test_shipped_maskrcnn_card_val_metrics_reproduce(pennfudan_root):
+    """The card's val metrics are its validation with the proposal count it was tuned to."""
+    from seg.instances.data import load_instance_split
+    from seg.instances.inference import proposal_count
+    from seg.instances.task import detector_val_metrics
+
+    info = _cards()["maskrcnn"]
+    assert info.available, info.error
+    model, card = load_checkpoint(info.path)
+    assert card["pretrained"] is False and "no pretrained weights" in card["encoder_init"]
+    assert proposal_count(model) == card["arch_kwargs"].get("test_proposals", 1000)
+    val = load_instance_split(pennfudan_root, "val", card["work_height"])
+    recomputed = detector_val_metrics(model.float(), val, card["work_height"])
+    for key in ("mask_ap", "mask_ap50", "box_ap", "count_error"):
+        assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key

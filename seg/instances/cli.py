@@ -13,7 +13,9 @@ import sys
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "tune-instances", help="choose a DWT checkpoint's post-processing on val and store it in its card"
+        "tune-instances",
+        help="choose an instance checkpoint's inference settings on val and store them in its card "
+        "(DWT: post-processing and test-time augmentation; Mask R-CNN: region proposals)",
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")

@@ -306,6 +306,16 @@ class ThreadedRoIPool(nn.Module):
         return torch.cat([first, *(f.result() for f in futures)])
 
 
+def proposal_count(model: nn.Module) -> int:
+    """The region proposals a Mask R-CNN keeps at inference (its ``test_proposals`` arch setting)."""
+    return int(model.rpn._post_nms_top_n["testing"])
+
+
+def set_proposal_count(model: nn.Module, count: int) -> None:
+    """Keep ``count`` region proposals at inference, as ``build_maskrcnn(test_proposals=count)`` would."""
+    model.rpn._post_nms_top_n["testing"] = int(count)
+
+
 def thread_roi_pools(model: nn.Module) -> None:
     """Wrap a Mask R-CNN's RoI pools in ``ThreadedRoIPool`` (no weights change; idempotent)."""
     heads = getattr(model, "roi_heads", None)
@@ -447,7 +457,7 @@ class InstancePredictor:
         return self._reference_results(root, ids, weights_key(self.model), self._serving_context())
 
     def _serving_context(self) -> dict:
-        return {
+        context = {
             "task": "instances",
             "method": self.method,
             "work_height": self.work_height,
@@ -456,6 +466,9 @@ class InstancePredictor:
             "alternative_scales": list(self.alternative_scales),
             "postprocess": vars(self.params),
         }
+        if self.detector:  # fewer proposals change the detections: a reference per count
+            context["test_proposals"] = proposal_count(self.model)
+        return context
 
     def serving_spec(self) -> ServingSpec:
         """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""

@@ -189,8 +189,13 @@ def build_maskrcnn(
     min_size: int = 320,
     max_size: int = 560,
     representation_size: int = 256,
+    test_proposals: int = 1000,
 ) -> nn.Module:
     """A small Mask R-CNN: ResNet trunk up to ``layer{max(returned_layers)}``, FPN, tall anchors.
+
+    ``test_proposals``: region proposals kept after the RPN's NMS at inference (torchvision's
+    default 1,000); the box and mask heads pool every one, so fewer is faster. It changes no
+    weight: ``tune-instances`` chooses it on val and records it here, in the card's ``arch_kwargs``.
 
     ResNet-18 cut after layer3 with a 128-channel FPN is ~6M parameters (12 MB in fp16),
     which fits the shared checkpoint budget; ``backbone="resnet50", encoder_init="coco"``
@@ -209,7 +214,12 @@ def build_maskrcnn(
         from torchvision.models.detection import maskrcnn_resnet50_fpn
 
         model = maskrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=91, min_size=min_size, max_size=max_size
+            weights=None,
+            weights_backbone=None,
+            num_classes=91,
+            min_size=min_size,
+            max_size=max_size,
+            rpn_post_nms_top_n_test=int(test_proposals),
         )
         _load_coco(model)
         in_features = model.roi_heads.box_predictor.cls_score.in_features
@@ -242,6 +252,7 @@ def build_maskrcnn(
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes),
         box_detections_per_img=50,
+        rpn_post_nms_top_n_test=int(test_proposals),
     )
     return model
 

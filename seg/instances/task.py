@@ -414,21 +414,27 @@ class MaskRCNNTask:
         return sum(losses.values())
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
-        was_training = model.training
-        predictor = InstancePredictor(model, {"work_height": self.work_height})
-        ev = InstanceEvaluator()
-        try:
-            for s in self.val:
-                masks, scores, boxes = predictor.predict(s.image).candidates()
-                ev.add(s.masks(), masks, scores, boxes)
-        finally:
-            model.train(was_training)
-        metrics = ev.compute()
-        metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-        return {"score": metrics["mask_ap"] or 0.0, "val_loss": None, **metrics}
+        return detector_val_metrics(model, self.val, self.work_height)
 
     def samples(self, model: nn.Module, device: torch.device) -> list[dict]:
         return []
+
+
+def detector_val_metrics(model: nn.Module, samples: list[InstanceSample], work_height: int) -> dict:
+    """A Mask R-CNN's COCO metrics on ``samples`` (already at ``work_height``): its validation, as training
+    and ``tune-instances`` measure it."""
+    was_training = model.training
+    predictor = InstancePredictor(model, {"work_height": work_height})
+    ev = InstanceEvaluator()
+    try:
+        for s in samples:
+            masks, scores, boxes = predictor.predict(s.image).candidates()
+            ev.add(s.masks(), masks, scores, boxes)
+    finally:
+        model.train(was_training)
+    metrics = ev.compute()
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    return {"score": metrics["mask_ap"] or 0.0, "val_loss": None, **metrics}
 
 
 def make_task(

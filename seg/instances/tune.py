@@ -1,7 +1,8 @@
-"""Choose a DWT checkpoint's post-processing and test-time augmentation on val, and record them on its card.
+"""Choose an instance checkpoint's inference settings on val, and record them on its card.
 
-The training's per-epoch search is coarse (it runs every epoch); ``tune_checkpoint`` runs the
-thorough one once, on the finished model, over every test-time setting.
+A DWT's post-processing and test-time augmentation: the training's per-epoch search is coarse
+(it runs every epoch); ``tune_checkpoint`` runs the thorough one once, on the finished model,
+over every test-time setting. A Mask R-CNN's count of region proposals at inference.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from pathlib import Path
 
 #: ``tune-instances`` pays for a dearer test-time setting only when val mask AP gains more than this
 TUNE_MIN_GAIN = 0.005
+#: Mask R-CNN proposals kept at inference, cheapest first (torchvision's default is the last)
+PROPOSAL_OPTIONS = (300, 500, 1000)
 
 
 def tune_checkpoint(
@@ -37,8 +40,12 @@ def tune_checkpoint(
     from seg.instances.task import DWTValidation
 
     model, card = load_checkpoint(checkpoint)
+    if card.get("architecture") == "maskrcnn":
+        if tta != "auto":
+            raise ValueError("--tta is the DWT's test-time augmentation; a Mask R-CNN has none to choose")
+        return tune_proposals(checkpoint, model, card, data_dir, split, limit)
     if card.get("architecture") not in DWT_ARCHITECTURES:
-        raise ValueError("only DWT checkpoints have post-processing parameters to tune")
+        raise ValueError("only DWT and Mask R-CNN checkpoints have inference settings to tune")
     samples = load_instance_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
     edges = tuple(card.get("energy_edges", ENERGY_EDGES))
     options = list(TTA_OPTIONS) if tta == "auto" else [tta]  # cheapest first
@@ -91,3 +98,39 @@ def tune_checkpoint(
     }
     write_card(stem_of(checkpoint), card)
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
+
+
+def tune_proposals(checkpoint: str | Path, model, card: dict, data_dir: Path, split: str, limit: int | None) -> dict:
+    """Keep the fewest Mask R-CNN proposals within ``TUNE_MIN_GAIN`` of the best val mask AP: every
+    proposal is pooled by the box and mask heads, so that is most of a served image's time, while a
+    few pedestrians per image rarely need a thousand. Writes ``arch_kwargs.test_proposals``."""
+    from seg.cards import stem_of, write_card
+    from seg.instances.data import load_instance_split
+    from seg.instances.inference import set_proposal_count
+    from seg.instances.task import MASKRCNN_HEIGHT, detector_val_metrics
+
+    work_height = int(card.get("work_height", MASKRCNN_HEIGHT))
+    samples = load_instance_split(data_dir, split, work_height, limit)
+    model = model.float().eval()
+    results = {}
+    for count in PROPOSAL_OPTIONS:
+        set_proposal_count(model, count)
+        results[count] = detector_val_metrics(model, samples, work_height)
+    best_ap = max(r["mask_ap"] or 0.0 for r in results.values())
+    chosen = next(n for n in PROPOSAL_OPTIONS if (results[n]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
+    card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=chosen)
+    if split == "val":  # the card's val metrics describe the model as it now runs
+        if card.get("val_metrics") is not None:
+            card.setdefault("training_val_metrics", card["val_metrics"])
+        card["val_metrics"] = results[chosen] | {"test_proposals": chosen, "at": "working height"}
+    keys = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "count_error")
+    card["postprocess_tuning"] = {
+        "split": split,
+        "num_images": len(samples),
+        "at": "working height",
+        "test_proposals": chosen,
+        **{k: results[chosen][k] for k in keys},
+        "compared": {str(n): {k: results[n][k] for k in keys} for n in PROPOSAL_OPTIONS},
+    }
+    write_card(stem_of(checkpoint), card)
+    return card["postprocess_tuning"]
