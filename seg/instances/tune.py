@@ -15,6 +15,12 @@ TUNE_MIN_GAIN = 0.005
 PROPOSAL_OPTIONS = (300, 500, 1000)
 
 
+def cheapest_near_best(scores: dict) -> object:
+    """The first key (options go cheapest first) whose score is within ``TUNE_MIN_GAIN`` of the best."""
+    best = max(v or 0.0 for v in scores.values())
+    return next(k for k, v in scores.items() if (v or 0.0) >= best - TUNE_MIN_GAIN)
+
+
 def tune_checkpoint(
     checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None, tta: str = "auto"
 ) -> dict:
@@ -55,8 +61,7 @@ def tune_checkpoint(
         validation = DWTValidation(samples, edges, *TTA_OPTIONS[name])
         maps, val_loss = validation.maps(model, cpu)
         results[name], computed[name] = validation.report(maps, val_loss, thorough=True), (validation, maps)
-    best_ap = max(results[name]["mask_ap"] or 0.0 for name in options)
-    chosen = next(name for name in options if (results[name]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
+    chosen = cheapest_near_best({name: results[name]["mask_ap"] for name in options})
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
     validation, maps = computed[chosen]
@@ -116,8 +121,7 @@ def tune_proposals(checkpoint: str | Path, model, card: dict, data_dir: Path, sp
     for count in PROPOSAL_OPTIONS:
         set_proposal_count(model, count)
         results[count] = detector_val_metrics(model, samples, work_height)
-    best_ap = max(r["mask_ap"] or 0.0 for r in results.values())
-    chosen = next(n for n in PROPOSAL_OPTIONS if (results[n]["mask_ap"] or 0.0) >= best_ap - TUNE_MIN_GAIN)
+    chosen = cheapest_near_best({n: results[n]["mask_ap"] for n in PROPOSAL_OPTIONS})
     card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=chosen)
     if split == "val":  # the card's val metrics describe the model as it now runs
         if card.get("val_metrics") is not None:
