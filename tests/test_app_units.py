@@ -448,6 +448,7 @@ def test_label_public_workspace_is_the_visitors_own(tmp_path):
         assert "deleted" in note and access.workspace(label.LabelSession()) is None
 
 
+@pytest.mark.slow  # a fresh interpreter imports gradio and torch: 8-11 s
 def test_the_app_starts_without_torchvision_and_draws_the_augment_grid_on_page_load(ckpt_dir, sbd_root):
     """Building the app must not import torchvision (it pulls in torch._dynamo, seconds of a cold start);
     the Augment tab's first grid is drawn once, by a page-load event, and reused."""
