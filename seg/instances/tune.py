@@ -8,6 +8,10 @@ over every test-time setting. A Mask R-CNN's count of region proposals at infere
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: ``tune-instances`` pays for a dearer test-time setting only when val mask AP gains more than this
 TUNE_MIN_GAIN = 0.005
@@ -105,7 +109,9 @@ def tune_checkpoint(
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 
 
-def tune_proposals(checkpoint: str | Path, model, card: dict, data_dir: Path, split: str, limit: int | None) -> dict:
+def tune_proposals(
+    checkpoint: str | Path, model: nn.Module, card: dict, data_dir: Path, split: str, limit: int | None
+) -> dict:
     """Keep the fewest Mask R-CNN proposals within ``TUNE_MIN_GAIN`` of the best val mask AP: every
     proposal is pooled by the box and mask heads, so that is most of a served image's time, while a
     few pedestrians per image rarely need a thousand. Writes ``arch_kwargs.test_proposals``."""
