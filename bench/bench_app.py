@@ -170,6 +170,13 @@ def _instances(client, sample_id: str, models: list[str]) -> dict:
     return out[2] if isinstance(out, (tuple, list)) else out
 
 
+def _timed_instances(client, sample_id: str, models: list[str]) -> tuple[float, dict]:
+    """``_instances`` end to end: milliseconds and the details."""
+    t = time.perf_counter()
+    details = _instances(client, sample_id, models)
+    return (time.perf_counter() - t) * 1000, details
+
+
 def bench_images(folder: Path) -> dict[str, Path]:
     """A generated scene at the models' native size (288x224) and as a 1024x768 upload."""
     src = Image.open(REPO / "assets" / "examples" / "scenes-1.png").convert("RGB")
@@ -346,23 +353,22 @@ def main() -> None:
         if instance_models and sample_ids:
             # An image size the DWT has not run at costs its backend a one-off set-up (new shapes): time
             # each image's first view apart, then both protocols on images already seen, alternating.
-            first_view = []
-            for sample_id in sample_ids:
-                t = time.perf_counter()
-                _instances(client, sample_id, instance_models)
-                first_view.append((time.perf_counter() - t) * 1000)
+            first_view = [_timed_instances(client, sample_id, instance_models)[0] for sample_id in sample_ids]
             per_image, per_image_page, per_model = [], [], {m: [] for m in instance_models}
             page = BrowserSession(url)
-            for k, sample_id in enumerate(sample_ids):
-                if k % 2:
-                    per_image_page.append(_page_instances(page, sample_id, instance_models))
-                t = time.perf_counter()
-                details = _instances(client, sample_id, instance_models)
-                per_image.append((time.perf_counter() - t) * 1000)
+
+            def through_client(sample_id: str) -> None:
+                ms, details = _timed_instances(client, sample_id, instance_models)
+                per_image.append(ms)
                 for m in instance_models:
                     per_model[m].append(details["models"][m]["latency_ms"])
-                if not k % 2:
-                    per_image_page.append(_page_instances(page, sample_id, instance_models))
+
+            def through_page(sample_id: str) -> None:
+                per_image_page.append(_page_instances(page, sample_id, instance_models))
+
+            for k, sample_id in enumerate(sample_ids):  # which protocol goes first alternates
+                for call in (through_client, through_page) if k % 2 == 0 else (through_page, through_client):
+                    call(sample_id)
             model_sum = statistics.median([sum(v) for v in zip(*per_model.values())])
             results["instances_ms_per_image"] = {
                 "models": instance_models,

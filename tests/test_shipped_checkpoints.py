@@ -17,6 +17,23 @@ def _cards() -> dict:
     return {i.name: i for i in list_checkpoints(SHIPPED)}
 
 
+def _shipped_instance_model(name: str, init_phrase: str, root) -> tuple:
+    """A shipped instance checkpoint that says it has no pretrained weights, with its val split at the
+    card's working height."""
+    from seg.instances.data import load_instance_split
+
+    info = _cards()[name]
+    assert info.available, info.error
+    model, card = load_checkpoint(info.path)
+    assert card["pretrained"] is False and init_phrase in card["encoder_init"]
+    return model.float(), card, load_instance_split(root, "val", card["work_height"])
+
+
+def _assert_card_val(recomputed: dict, card: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key
+
+
 def test_all_shipped_checkpoints_load_and_fit_the_budget():
     infos = _cards()
     assert set(SEMANTIC) <= set(infos), f"missing: {set(SEMANTIC) - set(infos)}"
@@ -68,18 +85,13 @@ def test_the_shipped_ensemble_is_made_of_the_shipped_members():
 def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root):
     import torch
 
-    from seg.instances.data import load_instance_split
     from seg.instances.inference import params_from_card
     from seg.instances.task import DWTValidation
 
-    info = _cards()["dwt"]
-    assert info.available, info.error
-    model, card = load_checkpoint(info.path)
-    assert card["pretrained"] is False and "no ImageNet or COCO" in card["encoder_init"]
+    model, card, val = _shipped_instance_model("dwt", "no ImageNet or COCO", pennfudan_root)
     if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
         assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
-    val = load_instance_split(pennfudan_root, "val", card["work_height"])
     validation = DWTValidation(
         val,
         tuple(card["energy_edges"]),
@@ -87,25 +99,17 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root
         scales=tuple(card.get("tta_scales", (1.0,))),
         alternative_scales=tuple(card.get("alternative_scales", ())),
     )
-    maps, _ = validation.maps(model.float(), torch.device("cpu"))
-    recomputed = validation.evaluate(maps, params_from_card(card))
-    for key in ("mask_ap", "mask_ap50", "count_error"):
-        assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key
+    maps, _ = validation.maps(model, torch.device("cpu"))
+    _assert_card_val(validation.evaluate(maps, params_from_card(card)), card, ("mask_ap", "mask_ap50", "count_error"))
 
 
 @pytest.mark.slow
 def test_shipped_maskrcnn_card_val_metrics_reproduce(pennfudan_root):
     """The card's val metrics are its validation with the proposal count it was tuned to."""
-    from seg.instances.data import load_instance_split
     from seg.instances.inference import proposal_count
     from seg.instances.task import detector_val_metrics
 
-    info = _cards()["maskrcnn"]
-    assert info.available, info.error
-    model, card = load_checkpoint(info.path)
-    assert card["pretrained"] is False and "no pretrained weights" in card["encoder_init"]
+    model, card, val = _shipped_instance_model("maskrcnn", "no pretrained weights", pennfudan_root)
     assert proposal_count(model) == card["arch_kwargs"].get("test_proposals", 1000)
-    val = load_instance_split(pennfudan_root, "val", card["work_height"])
-    recomputed = detector_val_metrics(model.float(), val, card["work_height"])
-    for key in ("mask_ap", "mask_ap50", "box_ap", "count_error"):
-        assert recomputed[key] == pytest.approx(card["val_metrics"][key], abs=1e-3), key
+    recomputed = detector_val_metrics(model, val, card["work_height"])
+    _assert_card_val(recomputed, card, ("mask_ap", "mask_ap50", "box_ap", "count_error"))

@@ -40,7 +40,6 @@ def tune_checkpoint(
     """
     import torch
 
-    from seg.cards import stem_of, write_card
     from seg.checkpoints import load_checkpoint
     from seg.instances import DWT_ARCHITECTURES
     from seg.instances.data import WORK_HEIGHT, load_instance_split
@@ -81,22 +80,14 @@ def tune_checkpoint(
     card["postprocess"] = result["postprocess"]
     card["tta_flip"], card["tta_scales"] = flip, list(scales)
     card["alternative_scales"] = list(alternative_scales)
-    if split == "val":  # the card's val metrics describe the model as it now runs (post-processing, TTA)
-        if card.get("val_metrics") is not None:
-            card.setdefault("training_val_metrics", card["val_metrics"])
-        card["val_metrics"] = {k: v for k, v in result.items() if k != "postprocess"} | {
-            "postprocess": result["postprocess"],
-            "tta": chosen,
-            "tta_flip": flip,
-            "tta_scales": list(scales),
-            "alternative_scales": list(alternative_scales),
-            "at": "working height",
-        }
+    val_metrics = result | {
+        "tta": chosen,
+        "tta_flip": flip,
+        "tta_scales": list(scales),
+        "alternative_scales": list(alternative_scales),
+    }
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
-    card["postprocess_tuning"] = {
-        "split": split,
-        "num_images": len(samples),
-        "at": "working height",
+    tuning = {
         "tta": chosen,
         "tta_flip": flip,
         "tta_scales": list(scales),
@@ -105,7 +96,7 @@ def tune_checkpoint(
         "alternative_scales": list(alternative_scales),
         "alternative_scales_compared": alternatives_compared,
     }
-    write_card(stem_of(checkpoint), card)
+    _record_tuning(checkpoint, card, split, len(samples), val_metrics, tuning)
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 
 
@@ -115,7 +106,6 @@ def tune_proposals(
     """Keep the fewest Mask R-CNN proposals within ``TUNE_MIN_GAIN`` of the best val mask AP: every
     proposal is pooled by the box and mask heads, so that is most of a served image's time, while a
     few pedestrians per image rarely need a thousand. Writes ``arch_kwargs.test_proposals``."""
-    from seg.cards import stem_of, write_card
     from seg.instances.data import load_instance_split
     from seg.instances.inference import set_proposal_count
     from seg.instances.task import MASKRCNN_HEIGHT, detector_val_metrics
@@ -129,18 +119,26 @@ def tune_proposals(
         results[count] = detector_val_metrics(model, samples, work_height)
     chosen = cheapest_near_best({n: results[n]["mask_ap"] for n in PROPOSAL_OPTIONS})
     card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=chosen)
-    if split == "val":  # the card's val metrics describe the model as it now runs
-        if card.get("val_metrics") is not None:
-            card.setdefault("training_val_metrics", card["val_metrics"])
-        card["val_metrics"] = results[chosen] | {"test_proposals": chosen, "at": "working height"}
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "count_error")
-    card["postprocess_tuning"] = {
-        "split": split,
-        "num_images": len(samples),
-        "at": "working height",
+    tuning = {
         "test_proposals": chosen,
         **{k: results[chosen][k] for k in keys},
         "compared": {str(n): {k: results[n][k] for k in keys} for n in PROPOSAL_OPTIONS},
     }
-    write_card(stem_of(checkpoint), card)
+    _record_tuning(checkpoint, card, split, len(samples), results[chosen] | {"test_proposals": chosen}, tuning)
     return card["postprocess_tuning"]
+
+
+def _record_tuning(
+    checkpoint: str | Path, card: dict, split: str, images: int, val_metrics: dict, tuning: dict
+) -> None:
+    """Write a tuning into the card: ``postprocess_tuning``, and on val the card's ``val_metrics`` (they
+    describe the model as it now runs; the training's first ones are kept as ``training_val_metrics``)."""
+    from seg.cards import stem_of, write_card
+
+    if split == "val":
+        if card.get("val_metrics") is not None:
+            card.setdefault("training_val_metrics", card["val_metrics"])
+        card["val_metrics"] = val_metrics | {"at": "working height"}
+    card["postprocess_tuning"] = {"split": split, "num_images": images, "at": "working height", **tuning}
+    write_card(stem_of(checkpoint), card)
