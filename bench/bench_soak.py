@@ -226,6 +226,7 @@ def main() -> None:
         "SEG_PUBLIC_MAX_TRAIN_SECONDS": "900",
         "SEG_VISITOR_MAX_IMAGES": "50",
         "SEG_UI_TORCH_THREADS": os.environ.get("SEG_UI_TORCH_THREADS", "1"),
+        "SEG_RUNTIME": os.environ.get("SEG_RUNTIME", "auto"),  # served as deployed (the sandbox's default is eager)
         "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", ""),
     }
     started = time.perf_counter()

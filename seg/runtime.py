@@ -30,6 +30,7 @@ import contextlib
 import copy
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -67,7 +68,8 @@ MIN_SPEEDUP = 1.1
 EXACT_TOLERANCE = 1e-3
 #: Training images used to calibrate int8 quantisation.
 CALIBRATION_IMAGES = 32
-_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: Packages each backend family needs: both export through ``torch.onnx``, which needs ``onnx``.
+_PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 _RECORD_VERSION = 1
 
 
@@ -112,7 +114,8 @@ def package_available(family: str) -> bool:
         return True
     _without_telemetry()
     try:
-        importlib.import_module(_PACKAGES[family])
+        for package in _PACKAGES[family]:
+            importlib.import_module(package)
     except ImportError:
         return False
     return True
@@ -477,6 +480,8 @@ _INT8_SUFFIX = {"openvino": f"-openvino-int8-r{_INT8_RECIPE}.xml", "onnx": f"-on
 #: Ops left in float by int8 quantisation: a Concat shares one scale across its inputs, which crushes
 #: a branch whose range is far smaller than the others' (the DWT's heads lost their mask AP to it).
 _INT8_FLOAT_OPS = ("Concat",)
+#: Name mark of a draft int8 export (quantised on one image, for timing only; removed after calibrating)
+_DRAFT = "-draft"
 
 
 def _part_file(part: str) -> str:
@@ -634,8 +639,13 @@ def _build_part(
     calibration: list[tuple] | None,
     backend: str,
     folder: Path,
+    draft: bool = False,
 ) -> RuntimePart:
-    """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is missing."""
+    """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is missing.
+
+    ``draft``: an int8 file of its own, quantised on whatever calibration it is given (one image), only
+    to be timed: its graph, hence its speed, is the full quantisation's.
+    """
     family, precision = backend.split("-")
     module = model.get_submodule(part) if part else model
     onnx_path = folder / f"{_part_file(part)}.onnx"
@@ -649,7 +659,7 @@ def _build_part(
     # regions (a detector's RoI heads) would recompile on every new count, so it stays dynamic
     static = dynamic == (0,) and not part
     if precision == "int8":
-        path = folder / f"{_part_file(part)}{_INT8_SUFFIX[family]}"
+        path = folder / f"{_part_file(part)}{_DRAFT if draft else ''}{_INT8_SUFFIX[family]}"
         if not path.is_file():
             if not calibration:
                 raise RuntimeError("int8 needs training images to calibrate on")
@@ -667,11 +677,13 @@ def build_serving(
     captured: dict[str, _Captured] | None = None,
     calibration: dict[str, list[tuple]] | None = None,
     parts: Sequence[str] | None = None,
+    draft: bool = False,
 ) -> nn.Module:
     """The model served by ``backend``: the model itself for eager, else with each part replaced.
 
     ``parts``: only these of the spec's parts (None: all). Exports already in the cache are loaded
-    as they are: no example input is run then.
+    as they are: no example input is run then. ``draft``: int8 parts quantised on ``calibration`` as
+    given, into files of their own (see ``_build_part``).
     """
     if backend == EAGER:
         return model
@@ -686,7 +698,7 @@ def build_serving(
     if calibration is None and backend.endswith("int8") and not _int8_files_exist(folder, spec, backend):
         calibration = _calibration_inputs(model, spec)
     if "" in spec.parts:
-        return _build_part(model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder)
+        return _build_part(model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder, draft)
     served = copy.deepcopy(model)
     for part, dynamic in spec.parts.items():
         if parts is not None and part not in parts:
@@ -694,7 +706,9 @@ def build_serving(
         parent_name, _, child = part.rpartition(".")
         parent = served.get_submodule(parent_name) if parent_name else served
         setattr(
-            parent, child, _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder)
+            parent,
+            child,
+            _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder, draft),
         )
     return served
 
@@ -788,6 +802,11 @@ def calibrate(
     Candidates at least ``MIN_SPEEDUP`` faster than eager are checked fastest first; the first
     that passes ``spec.agreement`` wins (without val data: the first that reproduces eager's
     outputs within ``EXACT_TOLERANCE``). Eager fp32 when none does.
+
+    An int8 backend not yet exported is first quantised on one calibration image and timed as such
+    (the graph, hence the speed, is the same); only a candidate that comes up for the agreement check
+    is quantised on every calibration image. Quantisation is most of a cold calibration, and only
+    one int8 backend is usually checked.
     """
     say = progress or (lambda message: log.info(message))
     examples = spec.example_inputs()
@@ -795,13 +814,20 @@ def calibrate(
     int8_exported = [b for b in ("onnx-int8", "openvino-int8") if _int8_files_exist(folder, spec, b)]
     calibration = None if len(int8_exported) == 2 else _calibration_inputs(model, spec)
     backends = candidate_backends(requested, int8=calibration is not None or bool(int8_exported))
+    one_image = {part: calls[:1] for part, calls in calibration.items()} if calibration else None
     captured = capture_parts(model, list(spec.parts), examples[:1])
     served: dict[str, nn.Module] = {EAGER: model}
     skipped: dict[str, str] = {}
+    drafts: set[str] = set()
     for backend in backends[1:]:
-        say(f"exporting for {backend}")
+        draft = backend.endswith("int8") and backend not in int8_exported and one_image is not None
+        say(f"exporting for {backend}" + (" (a draft quantised on one image, to time)" if draft else ""))
         try:
-            served[backend] = build_serving(model, spec, backend, captured, calibration)
+            served[backend] = build_serving(
+                model, spec, backend, captured, one_image if draft else calibration, draft=draft
+            )
+            if draft:
+                drafts.add(backend)
         except Exception as err:  # noqa: BLE001 - a backend that cannot export is simply not a candidate
             log.warning("%s is not usable for this model: %s", backend, err)
             skipped[backend] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
@@ -821,6 +847,16 @@ def calibrate(
         label, backend, parts = pending.pop(0)
         if eager_ms / timings[label] < MIN_SPEEDUP:
             break
+        if label in drafts:  # the fastest left: quantise it on every calibration image before checking it
+            say(f"quantising {label} on {len(next(iter(calibration.values())))} calibration images")
+            try:
+                served[label] = build_serving(model, spec, backend, captured, calibration)
+            except Exception as err:  # noqa: BLE001 - as for a failed export
+                log.warning("%s is not usable for this model: %s", label, err)
+                skipped[label] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
+                continue
+            drafts.discard(label)
+            differences.pop(label, None)
         say(f"checking {label} against eager fp32 on val")
         try:
             result = spec.agreement(served[label])
@@ -871,6 +907,9 @@ def calibrate(
                 )
                 timings[fallback] = eager_ms * local[fallback] / local[EAGER]
                 pending.append((fallback, backend, list(subset)))
+    for leftover in folder.glob(f"*{_DRAFT}-*"):  # drafts were for timing only
+        with contextlib.suppress(OSError):  # still open where the platform forbids removing that
+            leftover.unlink(missing_ok=True)
     if chosen == EAGER:
         reason = (
             "only eager fp32 is available"
@@ -942,7 +981,9 @@ def serving_module(
     candidates = candidate_backends(runtime)
     if len(candidates) == 1:
         family = runtime.split("-")[0]
-        missing = [_PACKAGES[f] for f in (("onnx", "openvino") if family == "auto" else (family,))]
+        families = ("onnx", "openvino") if family == "auto" else (family,)
+        needed = dict.fromkeys(package for f in families for package in _PACKAGES[f])
+        missing = [package for package in needed if importlib.util.find_spec(package) is None] or list(needed)
         return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
     context = _SERVING_DEFAULTS.get()
     if context is not None and context[1]:

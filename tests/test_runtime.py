@@ -58,6 +58,15 @@ def test_missing_packages_fall_back_to_eager(monkeypatch, unet_parts):
     assert onnx_only.backend == EAGER
 
 
+def test_without_the_onnx_exporter_package_both_families_fall_back(monkeypatch, unet_parts):
+    """ONNX Runtime and OpenVINO both serve files exported through ``torch.onnx``, which needs ``onnx``."""
+    model, card = unet_parts
+    _hide(monkeypatch, "onnx")
+    assert candidate_backends("auto") == [EAGER] and candidate_backends("openvino-int8") == [EAGER]
+    predictor = Predictor(model, card, torch.device("cpu"), runtime="auto")
+    assert predictor.backend == EAGER and "onnx not installed" in predictor.runtime.reason
+
+
 def test_one_missing_family_leaves_the_other(monkeypatch):
     pytest.importorskip("onnxruntime")
     _hide(monkeypatch, "openvino")
@@ -154,6 +163,46 @@ def test_without_val_data_only_an_exact_backend_is_chosen_and_the_choice_is_reco
     again, again_choice = serving_module(tiny, _tiny_spec(tiny), "openvino", torch.device("cpu"))
     assert again_choice.backend == choice.backend and again_choice.timings_ms == choice.timings_ms
     assert choice.measured_now and not again_choice.measured_now  # what the shipped-model tests rely on
+
+
+def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_checked(monkeypatch, tmp_path):
+    """A cold calibration quantises each int8 backend on one image to time it; the candidate that comes
+    up for the agreement check is quantised on every calibration image first, and no draft file is left."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    quantised: list[int] = []
+    real = runtime._quantise_openvino
+    monkeypatch.setattr(
+        runtime, "_quantise_openvino", lambda onnx, cal, out: (quantised.append(len(cal)), real(onnx, cal, out))[1]
+    )
+    checked: list[runtime.RuntimePart] = []
+
+    def agreement(module):  # every candidate passes: the fastest one is checked, and chosen
+        checked.append(module)
+        return runtime.Agreement(True, {}, "")
+
+    spec = runtime.ServingSpec(
+        runtime.weights_key(tiny), {"": (0,)}, lambda: calls[:1], lambda: calls, agreement=agreement
+    )
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)  # a tiny model gains nothing: check whatever is fastest
+    monkeypatch.setattr(
+        runtime,
+        "time_interleaved",
+        lambda functions, **k: {n: 10.0 if n == "openvino-int8" else 20.0 for n in functions},
+    )
+    choice = runtime.calibrate(tiny, spec, "openvino")
+    assert choice.backend == "openvino-int8" and len(checked) == 1
+    assert quantised == [1, len(calls)], "a one-image draft to time, then the full quantisation to check and serve"
+    folder = runtime.export_dir(spec.key)
+    assert not list(folder.glob("*draft*")) and list(folder.glob("*-openvino-int8-*.xml"))
+    # served from the record afterwards: the full files are loaded, nothing is quantised again
+    served, again = serving_module(tiny, spec, "openvino", torch.device("cpu"))
+    assert again.backend == "openvino-int8" and quantised == [1, len(calls)]
+    with torch.inference_mode():
+        assert served(calls[0][0]).shape == tiny(calls[0][0]).shape
 
 
 def test_calibration_inputs_of_a_whole_model_are_its_calls_without_a_forward():
