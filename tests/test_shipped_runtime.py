@@ -1,0 +1,77 @@
+"""The serving contract on the shipped checkpoints: under the runtime chosen on this CPU, each keeps
+eager fp32's val answers (semantic: mIoU within ``MIOU_TOLERANCE`` and ``PIXEL_AGREEMENT`` of pixels;
+instances: mask AP within ``MASK_AP_TOLERANCE``, counts within ``COUNT_TOLERANCE``).
+
+The first run on a machine exports, quantises and calibrates every shipped model (minutes); later runs
+read the choice and re-check agreement.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seg.config import REPO_ROOT
+from seg.inference import MIOU_TOLERANCE, PIXEL_AGREEMENT, Predictor, semantic_agreement
+from seg.runtime import EAGER, MIN_SPEEDUP, RuntimeChoice
+
+SHIPPED = REPO_ROOT / "checkpoints"
+
+
+@pytest.fixture
+def serving_cache(request, monkeypatch):
+    """Exports, calibrations and eager references of the shipped models kept in pytest's own cache
+    (keyed by the weights): the first run on a machine pays for them, later runs re-check agreement
+    only. ``pytest --cache-clear`` starts afresh."""
+    monkeypatch.setenv("SEG_CACHE_DIR", str(request.config.cache.mkdir("seglab-serving")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dwt", "maskrcnn"])
+def test_shipped_instance_model_keeps_the_contract_under_the_chosen_runtime(serving_cache, pennfudan_root, name):
+    pytest.importorskip("openvino")
+    from seg.instances.data import ids_for_split
+    from seg.instances.inference import (
+        COUNT_TOLERANCE,
+        MASK_AP_TOLERANCE,
+        InstancePredictor,
+        instance_agreement,
+        val_results,
+    )
+
+    served = InstancePredictor.from_checkpoint(SHIPPED / name, runtime="auto")
+    choice = served.runtime
+    assert EAGER in choice.timings_ms
+    if choice.backend == EAGER:
+        return
+    assert choice.agreement[choice.backend]["passed"]
+    ids = ids_for_split(pennfudan_root, "val")
+    if choice.measured_now:  # the calibration just ran the val split through the files now served
+        metrics = choice.agreement[choice.backend]
+    else:  # a recorded choice: check the served files against eager again
+        reference = served.eager_val_results(pennfudan_root, ids)  # eager's, as the calibration measured it
+        metrics = instance_agreement(reference, val_results(served, pennfudan_root, ids)).metrics
+    assert metrics["images"] == len(ids)
+    assert abs(metrics["mask_ap"] - metrics["reference_mask_ap"]) <= MASK_AP_TOLERANCE
+    assert metrics["max_count_difference"] <= COUNT_TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ensemble", "resunet", "unet", "cnn"])  # longest first
+def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(serving_cache, sbd_root, name):
+    pytest.importorskip("openvino")
+    from seg.data.sbd import load_semantic_split
+
+    served = Predictor.from_checkpoint(SHIPPED / name, device="cpu", runtime="auto")
+    eager = Predictor(served.model, served.card, torch.device("cpu"), runtime="eager")
+    choice: RuntimeChoice = served.runtime
+    assert choice.timings_ms and EAGER in choice.timings_ms
+    if choice.backend != EAGER:
+        assert choice.agreement[choice.backend]["passed"]
+        assert choice.speedup >= MIN_SPEEDUP
+    val = load_semantic_split(sbd_root, "val", size=eager.input_size)
+    ref = torch.cat([eager.predict_logits_batch(val.images[i : i + 16].float() / 255) for i in range(0, len(val), 16)])
+    out = torch.cat([served.predict_logits_batch(val.images[i : i + 16].float() / 255) for i in range(0, len(val), 16)])
+    result = semantic_agreement(ref, out, val.masks, len(eager.classes))
+    assert abs(result.metrics["miou"] - result.metrics["reference_miou"]) <= MIOU_TOLERANCE
+    assert result.metrics["pixel_agreement"] >= PIXEL_AGREEMENT
