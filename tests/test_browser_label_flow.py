@@ -311,6 +311,10 @@ def test_label_train_segment_export_import_round_trip(browser, served, tmp_path)
     _mark("back in the Label tab: prefill default and uncertainty queue")
     page.get_by_role("tab", name="Label").click()
     _wait_text(page, "#label-queue-note", "ranked by streets-cnn", 120_000)
+    # the note and the model box are outputs of the same refresh, which the page may apply one after the other
+    page.wait_for_function(
+        "(want) => document.querySelector('#label-model input')?.value === want", arg="streets-cnn", timeout=30_000
+    )
     assert page.locator("#label-model input").first.input_value() == "streets-cnn", "the new prefill default"
 
     _mark("export COCO and CVAT, import each into a new workspace")
