@@ -30,7 +30,6 @@ import contextlib
 import copy
 import hashlib
 import importlib
-import importlib.util
 import json
 import logging
 import os
@@ -108,17 +107,23 @@ def resolve_runtime(requested: str | None = None, default: str | None = None) ->
     return value
 
 
-def package_available(family: str) -> bool:
-    """Whether the backend family's package imports (eager always does)."""
+def missing_packages(family: str) -> list[str]:
+    """The packages of a backend family that do not import (none for eager)."""
     if family == "eager":
-        return True
+        return []
     _without_telemetry()
-    try:
-        for package in _PACKAGES[family]:
+    missing = []
+    for package in _PACKAGES[family]:
+        try:
             importlib.import_module(package)
-    except ImportError:
-        return False
-    return True
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+def package_available(family: str) -> bool:
+    """Whether the backend family's packages import (eager always does)."""
+    return not missing_packages(family)
 
 
 def candidate_backends(requested: str, int8: bool = True) -> list[str]:
@@ -794,6 +799,11 @@ def time_interleaved(
     return {n: statistics.median(v) * 1000.0 for n, v in times.items()}
 
 
+def _first_line(err: BaseException) -> str:
+    """An error in a record: its first line, or its type when it has no message."""
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
 def calibrate(
     model: nn.Module, spec: ServingSpec, requested: str = "auto", progress: Callable[[str], None] | None = None
 ) -> RuntimeChoice:
@@ -830,7 +840,7 @@ def calibrate(
                 drafts.add(backend)
         except Exception as err:  # noqa: BLE001 - a backend that cannot export is simply not a candidate
             log.warning("%s is not usable for this model: %s", backend, err)
-            skipped[backend] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
+            skipped[backend] = f"export failed: {_first_line(err)}"
     with torch.inference_mode():
         reference = flatten_tensors(model(*examples[0]))
         differences = {b: _relative_difference(reference, flatten_tensors(m(*examples[0]))) for b, m in served.items()}
@@ -848,12 +858,12 @@ def calibrate(
         if eager_ms / timings[label] < MIN_SPEEDUP:
             break
         if label in drafts:  # the fastest left: quantise it on every calibration image before checking it
-            say(f"quantising {label} on {len(next(iter(calibration.values())))} calibration images")
+            say(f"quantising {label} on every calibration image")
             try:
                 served[label] = build_serving(model, spec, backend, captured, calibration)
             except Exception as err:  # noqa: BLE001 - as for a failed export
                 log.warning("%s is not usable for this model: %s", label, err)
-                skipped[label] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
+                skipped[label] = f"export failed: {_first_line(err)}"
                 continue
             drafts.discard(label)
             differences.pop(label, None)
@@ -862,7 +872,7 @@ def calibrate(
             result = spec.agreement(served[label])
         except Exception as err:  # noqa: BLE001 - a backend that cannot be checked is not chosen
             log.warning("%s could not be checked: %s", label, err)
-            result = Agreement(False, {}, f"the check failed: {str(err).splitlines()[0][:200] if str(err) else err!r}")
+            result = Agreement(False, {}, f"the check failed: {_first_line(err)}")
         if label not in differences:
             with torch.inference_mode():
                 output = flatten_tensors(served[label](*examples[0]))
@@ -895,7 +905,7 @@ def calibrate(
                 try:
                     served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
                 except Exception as err:  # noqa: BLE001 - as for a whole backend
-                    skipped[fallback] = f"export failed: {str(err).splitlines()[0][:200] if str(err) else err!r}"
+                    skipped[fallback] = f"export failed: {_first_line(err)}"
                     continue
                 local = time_interleaved(
                     {
@@ -982,8 +992,9 @@ def serving_module(
     if len(candidates) == 1:
         family = runtime.split("-")[0]
         families = ("onnx", "openvino") if family == "auto" else (family,)
-        needed = dict.fromkeys(package for f in families for package in _PACKAGES[f])
-        missing = [package for package in needed if importlib.util.find_spec(package) is None] or list(needed)
+        missing = dict.fromkeys(p for f in families for p in missing_packages(f)) or [
+            _PACKAGES[f][-1] for f in families
+        ]
         return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
     context = _SERVING_DEFAULTS.get()
     if context is not None and context[1]:

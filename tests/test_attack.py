@@ -279,7 +279,8 @@ class Sandbox:
             SEG_PUBLIC_MAX_TRAIN_SECONDS="30",
             SEG_VISITOR_MAX_IMAGES="20",
             SEG_UI_TORCH_THREADS="1",
-            # the handlers are under attack, not the serving runtimes (tests/test_runtime.py has theirs):
+            # the handlers are under attack, not the serving runtimes (tests/test_runtime.py and
+            # tests/test_shipped_runtime.py have theirs):
             # eager PyTorch spares every app here a background export and calibration of each model
             SEG_RUNTIME="eager",
             PYTHONPATH=str(REPO),

@@ -146,10 +146,10 @@ def test_one_visitor_cannot_stop_anothers_run(public_app):
     alice, bob = Visitor(app.url), Visitor(app.url)
     outcome: dict = {}
     runner = threading.Thread(
-        target=lambda: outcome.setdefault("run", alice.train("long", limit=64, epochs=30, model="cnn"))
+        target=lambda: outcome.setdefault("run", alice.train("long", limit=64, epochs=3, model="cnn"))
     )
     runner.start()
-    time.sleep(5)  # the run is under way (data loaded, steps going); 30 CNN epochs outlast the test
+    time.sleep(5)  # the run is under way (data loaded, steps going); 3 epochs of 32 CNN steps outlast the test
     refused = bob.page.call(bob.stop_fn, [])
     assert not refused.ok and "no training run going" in refused.error
     time.sleep(2)

@@ -175,9 +175,12 @@ def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_che
     calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
     quantised: list[int] = []
     real = runtime._quantise_openvino
-    monkeypatch.setattr(
-        runtime, "_quantise_openvino", lambda onnx, cal, out: (quantised.append(len(cal)), real(onnx, cal, out))[1]
-    )
+
+    def counting(onnx_path, calibration, out):  # how many images each quantisation was calibrated on
+        quantised.append(len(calibration))
+        real(onnx_path, calibration, out)
+
+    monkeypatch.setattr(runtime, "_quantise_openvino", counting)
     checked: list[runtime.RuntimePart] = []
 
     def agreement(module):  # every candidate passes: the fastest one is checked, and chosen
