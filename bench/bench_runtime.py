@@ -52,11 +52,11 @@ class Bf16Autocast(torch.nn.Module):
 
 
 def bench_model(name: str, rounds: int, repeats: int, agreement: bool) -> dict:
-    model, card = load_checkpoint(REPO_ROOT / "checkpoints" / name)
-    if card.get("task") == "instances":
-        predictor = InstancePredictor(model.float(), card)
+    path = REPO_ROOT / "checkpoints" / name
+    if load_checkpoint(path)[1].get("task") == "instances":
+        predictor = InstancePredictor.from_checkpoint(path, runtime=EAGER)
     else:
-        predictor = Predictor(model, card, torch.device("cpu"))
+        predictor = Predictor.from_checkpoint(path, device="cpu", runtime=EAGER)
     spec = predictor.serving_spec()
     example = spec.example_inputs()[0]
     served = {EAGER: predictor.model}

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 
 from seg.cards import read_card, write_json
-from seg.checkpoints import load_checkpoint
 from seg.inference import Predictor, labels_at, prepare_input
 from seg.instances.inference import InstancePredictor
 from seg.io import ImageLoadError, atomic_write_bytes, load_image, save_instance_png, save_label_png
-from seg.runtime import RuntimeChoice, resolve_runtime, serving_module
+from seg.runtime import EAGER, RuntimeChoice, resolve_runtime, serving_module
 
 #: File name endings read from folders (a file named explicitly is tried whatever its ending).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -297,11 +296,12 @@ def export_checkpoint(
     What ``python -m seg export`` runs (ahead of serving, e.g. when a Space is built); the
     predictors then load the recorded choice without measuring again.
     """
-    model, card = load_checkpoint(checkpoint)
-    if str(card.get("task", "semantic")) == "instances":
-        predictor: Predictor | InstancePredictor = InstancePredictor(model.float(), card)
+    # loaded as the predictors load it (the same weights, hence the same key), on the CPU it is exported for
+    predictor: Predictor | InstancePredictor
+    if str(read_card(checkpoint).get("task", "semantic")) == "instances":
+        predictor = InstancePredictor.from_checkpoint(checkpoint, runtime=EAGER)
     else:
-        predictor = Predictor(model, card, torch.device("cpu"))
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", runtime=EAGER)
     return serving_module(
         predictor.model,
         predictor.serving_spec,

@@ -36,6 +36,7 @@ from seg.runtime import (
     RuntimeChoice,
     ServingSpec,
     channels_last_on_cpu,
+    fold_batch_norms,
     resolve_runtime,
     serving_module,
     weights_key,
@@ -126,7 +127,7 @@ class Predictor:
         """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         dev = torch.device(device) if device else get_device()
         model, card = load_checkpoint(path, device=dev)
-        return cls(model, card, dev, runtime)
+        return cls(fold_batch_norms(model.eval()), card, dev, runtime)
 
     @property
     def backend(self) -> str:

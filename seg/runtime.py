@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from seg.config import cache_dir
 from seg.hardware import cpu_features, runtime_versions
@@ -154,6 +155,31 @@ def weights_key(model: nn.Module) -> str:
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Each eval-mode BatchNorm that directly follows a convolution in a ``Sequential`` folded into that
+    convolution's weights (in place): the same function up to rounding, one pass over the activations
+    fewer (about 10 % of a U-Net's CPU inference). Only for a model loaded to serve (``from_checkpoint``),
+    never one that is training or that a caller still owns."""
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for conv_name, norm_name in zip(names, names[1:]):
+            conv, norm = module._modules[conv_name], module._modules[norm_name]
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(norm, nn.BatchNorm2d)
+                and not norm.training
+                and norm.track_running_stats
+                and norm.running_mean is not None
+            ):
+                conv.weight, conv.bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+                )
+                module._modules[norm_name] = nn.Identity()
+    return model
 
 
 def channels_last_on_cpu(model: nn.Module) -> nn.Module:

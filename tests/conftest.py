@@ -45,6 +45,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "seg-cache"))
 
 
+@pytest.fixture
+def serving_cache(request, monkeypatch):
+    """Exports, calibrations and eager references of the shipped models kept in pytest's own cache
+    (keyed by the weights): the first run on a machine pays for them, later runs re-check agreement
+    only. ``pytest --cache-clear`` starts afresh."""
+    monkeypatch.setenv("SEG_CACHE_DIR", str(request.config.cache.mkdir("seglab-serving")))
+
+
 # -- headless Chromium for the browser tests (Debian's chromium, driven by Playwright by path) --
 CHROMIUM_ARGS = [
     "--headless",

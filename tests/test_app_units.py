@@ -37,6 +37,21 @@ def test_store_keeps_broken_unavailable_across_refresh(ckpt_dir):
         store.predictor("broken")
 
 
+def test_a_model_list_refresh_leaves_a_valid_choice_to_newer_events(ckpt_dir):
+    """The tab-switch refresh sends the choices only, unless the choice it read is gone: a value sent back
+    could undo one set meanwhile (the Label tab choosing a model it just trained)."""
+    from seg.ui.pickers import dropdown_update
+
+    store = ModelStore(ckpt_dir)
+    names = store.names("semantic")
+    assert len(names) >= 2
+    assert dropdown_update(store, "semantic", current=names[1]) == gr.update(choices=names)
+    assert dropdown_update(store, "semantic", current="deleted")["value"] == names[0]
+    assert dropdown_update(store, "semantic", multiselect=True, current=names[:2]) == gr.update(choices=names)
+    assert dropdown_update(store, "semantic", multiselect=True, current=[names[0], "deleted"])["value"] == [names[0]]
+    assert dropdown_update(store, "semantic", multiselect=True, current=[])["value"] == store.best("semantic")
+
+
 def test_preload_loads_the_pages_default_models_first(ckpt_dir, monkeypatch):
     store = ModelStore(ckpt_dir)
     order: list[str] = []

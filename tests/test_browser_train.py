@@ -1,6 +1,6 @@
 """The Train tab in headless Chromium: a run streams its steps, and Stop ends it within 2 s.
 
-Starts a small U-Net run on Stanford Background (24 images per split, so epochs are short), waits
+Starts a small U-Net run on Stanford Background (8 images per split in batches of 4: two steps an epoch), waits
 until the second epoch is under way (the first one validated and kept a checkpoint), presses Stop
 and reads how long the run took to end, as the page reports it and as the browser sees it.
 Skipped, with the reason, without the dataset, Playwright or Chromium.
@@ -46,7 +46,8 @@ def test_stop_ends_the_run_within_two_seconds_and_keeps_the_checkpoint(browser, 
         page.goto(app_url, wait_until="domcontentloaded")
         page.get_by_role("tab", name="Train", exact=True).first.click(timeout=60_000)
         _set_number(page, "#train-epochs input[type=number]", 4)
-        _set_number(page, "#train-limit input", 24)
+        _set_number(page, "#train-batch input[type=number]", 4)
+        _set_number(page, "#train-limit input", 8)
         page.locator("#train-start").click()
         progress = page.locator("#train-progress-text")
         # The bar moves within the epoch: a step of epoch 2 means epoch 1 was validated and saved.

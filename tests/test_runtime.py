@@ -34,6 +34,30 @@ def _hide(monkeypatch, *modules: str) -> None:
         monkeypatch.setitem(sys.modules, name, None)
 
 
+def test_batch_norms_after_convolutions_fold_into_them_for_serving():
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    head = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))  # no convolution before it: stays
+    model = nn.Sequential(block, head)
+    for norm in (block[1], head[1]):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.rand(2, 3, 16, 20)
+    with torch.inference_mode():
+        before = model(x)
+        runtime.fold_batch_norms(model)
+        after = model(x)
+    assert isinstance(block[1], nn.Identity) and isinstance(head[1], nn.BatchNorm2d)
+    assert torch.allclose(before, after, atol=1e-5)
+    training = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    runtime.fold_batch_norms(training)  # a model in training mode keeps its statistics live
+    assert isinstance(training[1], nn.BatchNorm2d)
+
+
 def test_resolve_runtime_order_and_names(monkeypatch):
     monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
     assert resolve_runtime(None) == "eager"

@@ -82,25 +82,21 @@ def test_the_shipped_ensemble_is_made_of_the_shipped_members():
 
 
 @pytest.mark.slow
-def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(pennfudan_root):
-    import torch
+def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(serving_cache, pennfudan_root):
+    """Eager fp32's val results (the maps at the working height, ranked candidates: the card's own
+    scoring) recomputed from the weights; the serving contract's calibration reuses them as its reference."""
+    from seg.instances.data import ids_for_split
+    from seg.instances.inference import InstancePredictor
 
-    from seg.instances.inference import params_from_card
-    from seg.instances.task import DWTValidation
-
-    model, card, val = _shipped_instance_model("dwt", "no ImageNet or COCO", pennfudan_root)
+    _, card, _ = _shipped_instance_model("dwt", "no ImageNet or COCO", pennfudan_root)
     if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
         assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
-    validation = DWTValidation(
-        val,
-        tuple(card["energy_edges"]),
-        flip=card.get("tta_flip", False),
-        scales=tuple(card.get("tta_scales", (1.0,))),
-        alternative_scales=tuple(card.get("alternative_scales", ())),
-    )
-    maps, _ = validation.maps(model, torch.device("cpu"))
-    _assert_card_val(validation.evaluate(maps, params_from_card(card)), card, ("mask_ap", "mask_ap50", "count_error"))
+    predictor = InstancePredictor.from_checkpoint(SHIPPED / "dwt", runtime="eager")
+    ids = ids_for_split(pennfudan_root, "val")
+    recomputed = predictor.eager_val_results(pennfudan_root, ids, fresh=True)
+    assert len(recomputed["counts"]) == len(ids) == card["val_metrics"]["num_images"]
+    _assert_card_val(recomputed, card, ("mask_ap", "mask_ap50", "count_error"))
 
 
 @pytest.mark.slow

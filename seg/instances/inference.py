@@ -34,7 +34,16 @@ from torch import nn
 from seg.config import dataset_dir
 from seg.instances import INSTANCE_ARCHITECTURES
 from seg.instances.coco_eval import InstanceEvaluator
-from seg.instances.data import WORK_HEIGHT, boxes_from_ids, ids_for_split, load_sample, relabel_sequential, work_size
+from seg.instances.data import (
+    WORK_HEIGHT,
+    InstanceSample,
+    boxes_from_ids,
+    ids_for_split,
+    load_instance_split,
+    load_sample,
+    relabel_sequential,
+    work_size,
+)
 from seg.instances.models import is_detector, split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
 from seg.io import atomic_write_text
@@ -45,6 +54,7 @@ from seg.runtime import (
     ServingSpec,
     channels_last_on_cpu,
     export_dir,
+    fold_batch_norms,
     module_device,
     resolve_runtime,
     serving_module,
@@ -233,6 +243,51 @@ def dwt_alternative_maps(
         return [_maps_at(*dwt_pass(model, x, flip, scale), rgb.shape[:2]) for scale in scales]
 
 
+def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
+    """A sample already at the working height as a (1, 3, h, w) float batch."""
+    return torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(device).float() / 255.0
+
+
+def alternative_passes(
+    model: nn.Module, images: torch.Tensor, flip: bool, scales: tuple[float, ...]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fg, energy) of one separate pass per scale at ``images``' size (``ranked_candidates``' alternatives)."""
+    return [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, flip, scale)) for scale in scales]
+
+
+def working_height_maps(
+    model: nn.Module,
+    samples: list[InstanceSample],
+    flip: bool,
+    scales: tuple[float, ...],
+    alternative_scales: tuple[float, ...],
+) -> list[tuple]:
+    """Per sample (fg, energy[, alternatives]) at the working height: the maps a DWT card's val metrics
+    score (``DWTValidation`` adds the loss it computes from the same forward)."""
+    device = module_device(model)
+    maps = []
+    with torch.inference_mode():
+        for sample in samples:
+            images = sample_batch(sample, device)
+            fg, energy = dwt_heads(model, images, flip, scales)
+            main = (fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy())
+            alternatives = alternative_passes(model, images, flip, alternative_scales)
+            maps.append((*main, alternatives) if alternative_scales else main)
+    return maps
+
+
+def score_maps(samples: list[InstanceSample], maps: list[tuple], params: PostprocessParams) -> dict:
+    """COCO metrics of the ranked candidates of every sample's maps (a DWT card's val metrics), and
+    ``counts``: the instances of each image's partition, the id map users see."""
+    evaluator = InstanceEvaluator()
+    counts = []
+    for sample, (fg, energy, *extra) in zip(samples, maps):
+        labels, _, masks, scores = ranked_candidates(fg, energy, params, extra[0] if extra else ())
+        evaluator.add(sample.masks(), masks, scores)
+        counts.append(int(labels.max(initial=0)))
+    return evaluator.compute() | {"counts": counts}
+
+
 def components_from_foreground(fg_prob: np.ndarray, params: PostprocessParams) -> tuple[np.ndarray, np.ndarray]:
     """The trivial baseline: connected components of the foreground, scored by mean probability."""
     labels, _ = ndi.label(fg_prob > params.fg_threshold)
@@ -378,7 +433,8 @@ class InstancePredictor:
         model, card = load_checkpoint(path)
         if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
-        return cls(model.float(), card, method=method, flip=flip, scales=scales, runtime=runtime)
+        model = fold_batch_norms(model.float().eval())
+        return cls(model, card, method=method, flip=flip, scales=scales, runtime=runtime)
 
     @property
     def backend(self) -> str:
@@ -451,15 +507,30 @@ class InstancePredictor:
             return ([to_tensor(rgb)],)
         return (with_mirror(_work_batch(self.model, rgb, self.work_height), self.flip),)
 
-    def eager_val_results(self, root: Path, ids: list[str]) -> dict:
+    def eager_val_results(self, root: Path, ids: list[str], fresh: bool = False) -> dict:
         """Eager fp32's val results, the reference of the agreement contract (computed once per weights
-        and settings, then read from beside the exports)."""
-        return self._reference_results(root, ids, weights_key(self.model), self._serving_context())
+        and settings, then read from beside the exports; ``fresh`` recomputes them and rewrites the copy)."""
+        return self._reference_results(root, ids, weights_key(self.model), self._serving_context(), fresh)
+
+    def val_results(self, root: Path, ids: list[str]) -> dict:
+        """Val ``mask_ap`` and each image's instance ``counts``, as the agreement contract scores them with
+        the network this predictor serves. The DWT is scored as its card's val metrics are (maps at the
+        working height, ranked candidates), so eager's results are the card's; Mask R-CNN as
+        ``eval-instances`` scores it."""
+        if self.detector or self.method == "components":
+            return val_results(self, root, ids)
+        samples = load_instance_split(root, "val", self.work_height)
+        if [sample.id for sample in samples] != list(ids):
+            samples = [s for s in samples if s.id in set(ids)]
+        maps = working_height_maps(self.serving, samples, self.flip, self.scales, self.alternative_scales)
+        result = score_maps(samples, maps, self.params)
+        return {k: (0.0 if isinstance(v, float) and not np.isfinite(v) else v) for k, v in result.items()}
 
     def _serving_context(self) -> dict:
         context = {
             "task": "instances",
             "method": self.method,
+            "scored": "predict" if self.detector or self.method == "components" else "working height",
             "work_height": self.work_height,
             "flip": self.flip,
             "scales": list(self.scales),
@@ -506,8 +577,7 @@ class InstancePredictor:
             if not ids:
                 return None
             reference = self._reference_results(root, ids, key, context)
-            candidate = val_results(self._with_serving(serving), root, ids)
-            return instance_agreement(reference, candidate)
+            return instance_agreement(reference, self._with_serving(serving).val_results(root, ids))
 
         return ServingSpec(
             key,
@@ -519,15 +589,16 @@ class InstancePredictor:
             DETECTOR_FALLBACK_PARTS if self.detector else (),
         )
 
-    def _reference_results(self, root: Path, ids: list[str], key: str, context: dict) -> dict:
+    def _reference_results(self, root: Path, ids: list[str], key: str, context: dict, fresh: bool = False) -> dict:
         """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
         digest = hashlib.sha256(json.dumps([context, ids], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = export_dir(key) / f"reference-{digest}.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
-        results = val_results(self._with_serving(self.model), root, ids)
+        if not fresh:
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        results = self._with_serving(self.model).val_results(root, ids)
         atomic_write_text(path, json.dumps(results))
         return results
 

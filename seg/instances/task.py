@@ -34,15 +34,17 @@ from seg.instances.data import (
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
     InstancePredictor,
+    alternative_passes,
     components_from_foreground,
     dwt_heads,
-    dwt_pass,
     heads_from_logits,
+    sample_batch,
+    score_maps,
     with_mirror,
 )
 from seg.instances.losses import dwt_loss, level_weights
 from seg.instances.models import split_outputs
-from seg.instances.postprocess import PostprocessParams, ranked_candidates
+from seg.instances.postprocess import PostprocessParams
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
 from seg.models import create
 from seg.models.encoders import describe_init
@@ -130,10 +132,6 @@ def dwt_logits_loss(
     return loss
 
 
-def _image_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(sample.image).permute(2, 0, 1)[None].to(device).float() / 255.0
-
-
 class DWTValidation:
     """The DWT's val split: loss, maps, COCO metrics, and the post-processing search.
 
@@ -168,7 +166,7 @@ class DWTValidation:
         with torch.inference_mode():
             for s in self.samples:
                 levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
-                images = _image_batch(s, device)
+                images = sample_batch(s, device)
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
                 # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
                 logits = model(with_mirror(images, self.flip))
@@ -187,22 +185,16 @@ class DWTValidation:
         out = []
         with torch.inference_mode():
             for s, (fg, energy, *_) in zip(self.samples, maps):
-                images = _image_batch(s, device)
-                extra = [
-                    tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, self.flip, scale)) for scale in scales
-                ]
-                out.append((fg, energy, extra))
+                out.append((fg, energy, alternative_passes(model, sample_batch(s, device), self.flip, scales)))
         return out
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
+        if not components:
+            return {k: v for k, v in score_maps(self.samples, maps, params).items() if k != "counts"}
         ev = InstanceEvaluator()
-        for s, (fg, energy, *extra) in zip(self.samples, maps):
-            if components:
-                labels, scores = components_from_foreground(fg, params)
-                masks = labels[None] == np.arange(1, len(scores) + 1)[:, None, None]
-            else:
-                _, _, masks, scores = ranked_candidates(fg, energy, params, extra[0] if extra else ())
-            ev.add(s.masks(), masks, scores)
+        for s, (fg, *_) in zip(self.samples, maps):
+            labels, scores = components_from_foreground(fg, params)
+            ev.add(s.masks(), labels[None] == np.arange(1, len(scores) + 1)[:, None, None], scores)
         return ev.compute()
 
     def tune(self, maps: list, thorough: bool = False) -> tuple[PostprocessParams, dict]:

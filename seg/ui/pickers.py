@@ -205,12 +205,20 @@ def take_watched(store: Any) -> list[WatchedDropdown]:
 
 
 def dropdown_update(store: Any, task: str = "semantic", multiselect: bool = False, current: Any = None) -> dict:
-    """``gr.update`` for a model dropdown after a refresh, keeping still-valid selections."""
+    """``gr.update`` for a model dropdown after a refresh, keeping still-valid selections.
+
+    A selection that is still valid is not sent back: another event (the Label tab's queue timer
+    choosing a freshly trained model) may have changed it since this refresh read it, and the
+    newer value must win."""
     names = store.names(task)
     if multiselect:
         keep = [c for c in (current or []) if c in names]
+        if keep and len(keep) == len(current or []):
+            return gr.update(choices=names)
         return gr.update(choices=names, value=keep or store.best(task))
-    return gr.update(choices=names, value=current if current in names else (names[0] if names else None))
+    if current in names:
+        return gr.update(choices=names)
+    return gr.update(choices=names, value=names[0] if names else None)
 
 
 TASK_WORDS = {"semantic": "a semantic model", "instances": "an instance model (DWT or Mask R-CNN)"}

@@ -735,7 +735,7 @@ def build(store: Any) -> None:
             )
             epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs", elem_id="train-epochs")
             lr = gr.Number(2e-3, label="Learning rate")
-            batch = gr.Slider(1, 64, value=8, step=1, label="Batch size")
+            batch = gr.Slider(1, 64, value=8, step=1, label="Batch size", elem_id="train-batch")
             crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (smallest crop area; 1 = no crop)")
             flip = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Flip probability")
             weighting = gr.Radio(WEIGHTINGS, value="inverse_sqrt", label="Class weights")
