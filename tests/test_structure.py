@@ -94,6 +94,7 @@ def test_only_the_ui_imports_gradio_and_nothing_below_imports_the_ui():
         assert not re.search(r"^\s*(import gradio|from gradio)", path.read_text(encoding="utf-8"), re.M), name
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, torchvision and every core module: 9-12 s on 2 cores
 def test_core_imports_without_gradio():
     core = sorted(n for n in import_graph() if not n.startswith("seg.ui"))
     code = (
