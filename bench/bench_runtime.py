@@ -27,10 +27,9 @@ from pathlib import Path
 import torch
 from _common import threads_from_env
 
-from seg.checkpoints import load_checkpoint
+from seg.batch_predict import load_predictor
 from seg.config import REPO_ROOT
 from seg.hardware import cpu_features, runtime_versions
-from seg.inference import Predictor
 from seg.instances.inference import InstancePredictor
 from seg.io import atomic_write_text
 from seg.runtime import BACKENDS, EAGER, build_serving, candidate_backends, flatten_tensors, time_interleaved
@@ -52,11 +51,7 @@ class Bf16Autocast(torch.nn.Module):
 
 
 def bench_model(name: str, rounds: int, repeats: int, agreement: bool) -> dict:
-    path = REPO_ROOT / "checkpoints" / name
-    if load_checkpoint(path)[1].get("task") == "instances":
-        predictor = InstancePredictor.from_checkpoint(path, runtime=EAGER)
-    else:
-        predictor = Predictor.from_checkpoint(path, device="cpu", runtime=EAGER)
+    predictor = load_predictor(REPO_ROOT / "checkpoints" / name, EAGER, device="cpu")
     spec = predictor.serving_spec()
     example = spec.example_inputs()[0]
     served = {EAGER: predictor.model}

@@ -280,12 +280,15 @@ def _instance_writer(out: Path, job: Job, record: dict, instances: np.ndarray) -
 # ------------------------------------------------------------------------------ the run
 
 
-def load_predictor(checkpoint: str | Path, runtime: str | None = None) -> Predictor | InstancePredictor:
-    """The checkpoint's predictor (semantic or instances, by its card) on ``runtime`` (default: auto)."""
+def load_predictor(
+    checkpoint: str | Path, runtime: str | None = None, device: str | None = None
+) -> Predictor | InstancePredictor:
+    """The checkpoint's predictor (semantic or instances, by its card) on ``runtime`` (default: auto);
+    ``device`` for a semantic model (instance models run on the CPU)."""
     runtime = resolve_runtime(runtime, default="auto")
     if str(read_card(checkpoint).get("task", "semantic")) == "instances":
         return InstancePredictor.from_checkpoint(checkpoint, runtime=runtime)
-    return Predictor.from_checkpoint(checkpoint, runtime=runtime)
+    return Predictor.from_checkpoint(checkpoint, device=device, runtime=runtime)
 
 
 def export_checkpoint(
@@ -297,11 +300,7 @@ def export_checkpoint(
     predictors then load the recorded choice without measuring again.
     """
     # loaded as the predictors load it (the same weights, hence the same key), on the CPU it is exported for
-    predictor: Predictor | InstancePredictor
-    if str(read_card(checkpoint).get("task", "semantic")) == "instances":
-        predictor = InstancePredictor.from_checkpoint(checkpoint, runtime=EAGER)
-    else:
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", runtime=EAGER)
+    predictor = load_predictor(checkpoint, EAGER, device="cpu")
     return serving_module(
         predictor.model,
         predictor.serving_spec,

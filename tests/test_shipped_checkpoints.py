@@ -17,15 +17,22 @@ def _cards() -> dict:
     return {i.name: i for i in list_checkpoints(SHIPPED)}
 
 
+def _shipped_instance_card(name: str, init_phrase: str) -> dict:
+    """The card of a shipped, loadable instance checkpoint that says it has no pretrained weights."""
+    info = _cards()[name]
+    assert info.available, info.error
+    card = info.card
+    assert card["pretrained"] is False and init_phrase in card["encoder_init"]
+    return card
+
+
 def _shipped_instance_model(name: str, init_phrase: str, root) -> tuple:
     """A shipped instance checkpoint that says it has no pretrained weights, with its val split at the
     card's working height."""
     from seg.instances.data import load_instance_split
 
-    info = _cards()[name]
-    assert info.available, info.error
-    model, card = load_checkpoint(info.path)
-    assert card["pretrained"] is False and init_phrase in card["encoder_init"]
+    card = _shipped_instance_card(name, init_phrase)
+    model, _ = load_checkpoint(_cards()[name].path)
     return model.float(), card, load_instance_split(root, "val", card["work_height"])
 
 
@@ -88,7 +95,7 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(serving_cache,
     from seg.instances.data import ids_for_split
     from seg.instances.inference import InstancePredictor
 
-    _, card, _ = _shipped_instance_model("dwt", "no ImageNet or COCO", pennfudan_root)
+    card = _shipped_instance_card("dwt", "no ImageNet or COCO")
     if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
         assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])

@@ -146,8 +146,13 @@ def load_instance_split(
     root: Path, split: str = "train", work_height: int | None = WORK_HEIGHT, limit: int | None = None
 ) -> list[InstanceSample]:
     """Samples of one split (the first ``limit`` ids), resized to the working height (None: original sizes)."""
+    return load_instance_samples(root, ids_for_split(root, split)[:limit], work_height)
+
+
+def load_instance_samples(root: Path, ids: list[str], work_height: int | None = WORK_HEIGHT) -> list[InstanceSample]:
+    """These images' samples, resized to the working height (None: original sizes)."""
     samples = []
-    for image_id in ids_for_split(root, split)[:limit]:
+    for image_id in ids:
         sample = load_sample(root, image_id)
         if work_height:
             sample = resize_sample(sample, work_size(*sample.instances.shape, work_height))

@@ -39,7 +39,7 @@ from seg.instances.data import (
     InstanceSample,
     boxes_from_ids,
     ids_for_split,
-    load_instance_split,
+    load_instance_samples,
     load_sample,
     relabel_sequential,
     work_size,
@@ -512,16 +512,19 @@ class InstancePredictor:
         and settings, then read from beside the exports; ``fresh`` recomputes them and rewrites the copy)."""
         return self._reference_results(root, ids, weights_key(self.model), self._serving_context(), fresh)
 
+    @property
+    def _scored_at_working_height(self) -> bool:
+        """The DWT's watershed is scored as its card is; Mask R-CNN and the components baseline as ``predict``."""
+        return not self.detector and self.method != "components"
+
     def val_results(self, root: Path, ids: list[str]) -> dict:
         """Val ``mask_ap`` and each image's instance ``counts``, as the agreement contract scores them with
         the network this predictor serves. The DWT is scored as its card's val metrics are (maps at the
         working height, ranked candidates), so eager's results are the card's; Mask R-CNN as
         ``eval-instances`` scores it."""
-        if self.detector or self.method == "components":
-            return val_results(self, root, ids)
-        samples = load_instance_split(root, "val", self.work_height)
-        if [sample.id for sample in samples] != list(ids):
-            samples = [s for s in samples if s.id in set(ids)]
+        if not self._scored_at_working_height:
+            return predict_val_results(self, root, ids)
+        samples = load_instance_samples(root, ids, self.work_height)
         maps = working_height_maps(self.serving, samples, self.flip, self.scales, self.alternative_scales)
         result = score_maps(samples, maps, self.params)
         return {k: (0.0 if isinstance(v, float) and not np.isfinite(v) else v) for k, v in result.items()}
@@ -530,7 +533,7 @@ class InstancePredictor:
         context = {
             "task": "instances",
             "method": self.method,
-            "scored": "predict" if self.detector or self.method == "components" else "working height",
+            "scored": "working height" if self._scored_at_working_height else "predict",
             "work_height": self.work_height,
             "flip": self.flip,
             "scales": list(self.scales),
@@ -603,7 +606,7 @@ class InstancePredictor:
         return results
 
 
-def val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
+def predict_val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
     """Val mask AP (as ``eval-instances`` scores it) and the instance count of every image."""
     evaluator = InstanceEvaluator()
     counts = []

@@ -213,7 +213,7 @@ def dropdown_update(store: Any, task: str = "semantic", multiselect: bool = Fals
     names = store.names(task)
     if multiselect:
         keep = [c for c in (current or []) if c in names]
-        if keep and len(keep) == len(current or []):
+        if keep and keep == list(current):
             return gr.update(choices=names)
         return gr.update(choices=names, value=keep or store.best(task))
     if current in names:
