@@ -1026,7 +1026,7 @@ def serving_module(
     if context is not None and context[1]:
         return _serve_deferred(model, spec, runtime, refresh)
     spec = spec() if callable(spec) else spec
-    with _exclusive(export_dir(spec.key) / ".lock"):  # processes sharing a cache export and calibrate once
+    with exclusive_lock(export_dir(spec.key) / ".lock"):  # processes sharing a cache export and calibrate once
         if runtime in BACKENDS:
             return build_serving(model, spec, runtime), RuntimeChoice(runtime, runtime, "backend asked for by name")
         choice = None if refresh else read_choice(spec, runtime)
@@ -1040,8 +1040,9 @@ def serving_module(
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An advisory lock on ``path`` (POSIX); elsewhere no lock (exports are written atomically anyway)."""
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock on ``path`` (POSIX) shared by processes; elsewhere no lock (files are written atomically
+    anyway). Not re-entrant: one lock file per purpose."""
     try:
         import fcntl
     except ImportError:

@@ -11,7 +11,9 @@ import torch
 
 from seg.config import dataset_dir
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest runs one worker process per core (pytest-xdist): each worker gets its share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 # Tests compare against eager PyTorch, the reference: the dashboard's and predict's default (the runtime
 # measured fastest, calibrated on first use) would export and time every model in each test process.
 # Tests of the serving runtimes ask for it by name; subprocesses (the app, predict) inherit this.

@@ -124,6 +124,11 @@ def _key(page, key: str) -> None:
 def _click_pixel(page, x: float, y: float) -> None:
     """Click image pixel (x, y) of the mask preview (an <img> drawn with object-fit: contain)."""
     _idle(page)
+    page.wait_for_function(  # a preview just replaced has no size until its image has loaded
+        "() => { const img = document.querySelector('#label-preview img');"
+        " return img && img.complete && img.naturalWidth > 0 && img.getBoundingClientRect().width > 0; }",
+        timeout=60_000,
+    )
     rect = page.evaluate(
         """() => {
             const img = document.querySelector('#label-preview img');

@@ -46,7 +46,7 @@ def test_stop_ends_the_run_within_two_seconds_and_keeps_the_checkpoint(browser, 
         page.goto(app_url, wait_until="domcontentloaded")
         page.get_by_role("tab", name="Train", exact=True).first.click(timeout=60_000)
         _set_number(page, "#train-epochs input[type=number]", 4)
-        _set_number(page, "#train-batch input[type=number]", 4)
+        _set_number(page, "#train-batch input[type=number]", 2)
         _set_number(page, "#train-limit input", 8)
         page.locator("#train-start").click()
         progress = page.locator("#train-progress-text")

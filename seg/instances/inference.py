@@ -53,6 +53,7 @@ from seg.runtime import (
     RuntimeChoice,
     ServingSpec,
     channels_last_on_cpu,
+    exclusive_lock,
     export_dir,
     fold_batch_norms,
     module_device,
@@ -596,14 +597,16 @@ class InstancePredictor:
         """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
         digest = hashlib.sha256(json.dumps([context, ids], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = export_dir(key) / f"reference-{digest}.json"
-        if not fresh:
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                pass
-        results = self._with_serving(self.model).val_results(root, ids)
-        atomic_write_text(path, json.dumps(results))
-        return results
+        # processes sharing a cache compute it once: a reader waits for a writer already at work
+        with exclusive_lock(path.with_suffix(".lock")):
+            if not fresh:
+                try:
+                    return json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    pass
+            results = self._with_serving(self.model).val_results(root, ids)
+            atomic_write_text(path, json.dumps(results))
+            return results
 
 
 def predict_val_results(predictor: InstancePredictor, root: Path, ids: list[str]) -> dict:
