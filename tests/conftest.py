@@ -95,3 +95,11 @@ def browser():
             pytest.skip(f"Chromium at {path} did not start: {err}")
         yield b
         b.close()
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """The fast loop runs on every core; the whole suite in one worker, because its timing tests (a
+    training run stopping within 2 s of Stop) need uncontended cores."""
+    if (config.option.markexpr or "").strip() == "not slow":
+        return os.cpu_count() or 1
+    return 1
