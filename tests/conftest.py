@@ -11,7 +11,7 @@ import torch
 
 from seg.config import dataset_dir
 
-# pytest runs one worker process per core (pytest-xdist): each worker gets its share of the cores.
+# Each pytest-xdist worker gets its share of the cores (the fast loop runs one per core: see the hook below).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 # Tests compare against eager PyTorch, the reference: the dashboard's and predict's default (the runtime
