@@ -5,6 +5,7 @@ every shipped model under the runtime its calibration chose, re-measured here.""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -89,6 +90,21 @@ def test_without_the_onnx_exporter_package_both_families_fall_back(monkeypatch, 
     assert candidate_backends("auto") == [EAGER] and candidate_backends("openvino-int8") == [EAGER]
     predictor = Predictor(model, card, torch.device("cpu"), runtime="auto")
     assert predictor.backend == EAGER and "onnx not installed" in predictor.runtime.reason
+
+
+def test_finding_the_backends_imports_none_of_their_packages():
+    """A model's first request lists the backends it may use; importing ``onnx`` for that took most
+    of a second of the dashboard's cold start, and a recorded choice never needs it."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    code = (
+        "import sys; from seg.runtime import candidate_backends; backends = candidate_backends('auto'); "
+        "print(len(backends), *sorted(m for m in ('onnx', 'onnxruntime', 'openvino', 'nncf') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, *imported = out.stdout.split()
+    assert int(count) > 1 and imported == []
 
 
 def test_one_missing_family_leaves_the_other(monkeypatch):
