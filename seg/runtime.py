@@ -114,20 +114,11 @@ def missing_packages(family: str) -> list[str]:
     Found without importing them: importing ``onnx`` alone takes most of a second, which a model's
     first request would otherwise wait for although a recorded choice never needs it. A package
     that is installed but fails to import shows up later, as a backend that could not be exported
-    or loaded, and eager PyTorch serves.
+    or loaded, and eager PyTorch serves. (``find_spec`` also sees a module blocked in ``sys.modules``.)
     """
     if family == "eager":
         return []
-    return [package for package in _PACKAGES[family] if not _installed(package)]
-
-
-def _installed(package: str) -> bool:
-    if package in sys.modules:  # imported already, or blocked (``None``)
-        return sys.modules[package] is not None
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
+    return [package for package in _PACKAGES[family] if importlib.util.find_spec(package) is None]
 
 
 def package_available(family: str) -> bool:
