@@ -30,6 +30,9 @@ SEMANTIC_ONLY = {
     "zoom_out": None,
     "rotate": None,
     "lovasz": None,
+    "distill_from": None,
+    "distill_weight": None,
+    "distill_temperature": None,
     "train_size": None,
     "class_weighting": None,
     "frozen_epochs": None,
@@ -49,6 +52,9 @@ FLAG_NAMES = {
     "zoom_out": "--zoom-out",
     "rotate": "--rotate",
     "lovasz": "--lovasz",
+    "distill_from": "--distill-from",
+    "distill_weight": "--distill-weight",
+    "distill_temperature": "--distill-temperature",
     "train_size": "--train-size",
     "class_weighting": "--class-weights",
     "frozen_epochs": "--frozen-epochs",
@@ -211,6 +217,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="weight of a Lovasz-softmax (IoU surrogate) term beside the weighted cross entropy (default 0)",
     )
     sem.add_argument(
+        "--distill-from",
+        dest="distill_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="a semantic checkpoint (e.g. the ensemble) whose softened answers the model also learns "
+        "(knowledge distillation, KL on the valid pixels; default: none)",
+    )
+    sem.add_argument(
+        "--distill-weight",
+        dest="distill_weight",
+        type=float,
+        default=None,
+        help="weight of the distillation term beside the weighted cross entropy (1)",
+    )
+    sem.add_argument(
+        "--distill-temperature",
+        dest="distill_temperature",
+        type=float,
+        default=None,
+        help="softmax temperature of the distillation term (2)",
+    )
+    sem.add_argument(
         "--train-size",
         dest="train_size",
         type=_size,
@@ -285,6 +313,12 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(
                 f"{FLAG_NAMES[key]} applies to {'instance' if task == 'semantic' else 'semantic'} models only{hint}"
             )
+    if getattr(args, "distill_from", None) is None and (
+        getattr(args, "distill_weight", None) is not None or getattr(args, "distill_temperature", None) is not None
+    ):
+        raise ValueError("--distill-weight and --distill-temperature need --distill-from CHECKPOINT")
+    if getattr(args, "distill_temperature", None) is not None and args.distill_temperature <= 0:
+        raise ValueError("--distill-temperature must be above 0")
     options_type = SemanticOptions if task == "semantic" else InstanceOptions
     options = options_type(
         **{f.name: getattr(args, f.name) for f in fields(options_type) if getattr(args, f.name, None) is not None}

@@ -87,3 +87,20 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     if not losses:
         return probs.sum() * 0.0
     return torch.stack(losses).mean()
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """KL(teacher ‖ student) of the softened class distributions, averaged over the ``valid`` pixels.
+
+    ``logits``, ``teacher_logits`` (N,C,H,W); ``valid`` (N,H,W) bool. The teacher's probabilities carry
+    what a hard label cannot (which wrong classes are plausible), so a small network learns an
+    ensemble's answers. Scaled by T² so its gradient keeps its size as T changes (Hinton et al. 2015).
+    """
+    t = float(temperature)
+    log_p = F.log_softmax(logits.float() / t, dim=1)
+    log_q = F.log_softmax(teacher_logits.float() / t, dim=1)
+    per_pixel = (log_q.exp() * (log_q - log_p)).sum(1)
+    count = valid.sum().clamp(min=1)
+    return (per_pixel * valid).sum() / count * (t * t)

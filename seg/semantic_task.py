@@ -16,11 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from seg.checkpoints import continued_init, save_checkpoint, warm_start
+from seg.checkpoints import continued_init, load_checkpoint, save_checkpoint, warm_start
 from seg.classes import palette_for
+from seg.config import resolve_checkpoint
 from seg.data.sbd import SPLIT_RULE, SegSplit, class_frequencies, fingerprint, load_semantic_split
 from seg.engine import Stage, distributed_context
-from seg.losses import class_weights, lovasz_softmax, weighted_cross_entropy
+from seg.losses import class_weights, distillation_loss, lovasz_softmax, weighted_cross_entropy
 from seg.metrics import SegMetrics
 from seg.models import create
 from seg.train_config import Prepared, SemanticOptions, TrainConfig, default_command
@@ -41,9 +42,12 @@ class SemanticTask:
         weight: torch.Tensor | None,
         batch_size: int = BATCH_SIZE,
         seed: int = 0,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.train, self.val, self.options = train, val, options
         self.batch_size, self.seed = batch_size, seed
+        #: frozen model whose answers are distilled (``options.distill_from``); moved to the step's device
+        self.teacher = teacher
         self.num_classes = len(train.classes)
         self.weight = weight
         h, w = train.images.shape[-2:]
@@ -78,7 +82,8 @@ class SemanticTask:
 
     def train_step(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         images, masks = batch
-        logits = model(self._to_input(images, device))
+        x = self._to_input(images, device)
+        logits = model(x)
         weight = self.weight.to(device) if self.weight is not None else None
         target = masks.to(device).long()
         loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE)
@@ -86,7 +91,20 @@ class SemanticTask:
             # every other pixel each way: the same surrogate at a quarter of its sorting cost
             sub = lovasz_softmax(logits[..., ::2, ::2], target[..., ::2, ::2], ignore_index=IGNORE)
             loss = loss + self.options.lovasz * sub
+        if self.teacher is not None:
+            teacher = self._teacher_on(device)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            kd = distillation_loss(logits, teacher_logits, target != IGNORE, self.options.distill_temperature)
+            loss = loss + self.options.distill_weight * kd
         return loss
+
+    def _teacher_on(self, device: torch.device) -> nn.Module:
+        if next(self.teacher.parameters()).device != device:
+            self.teacher.to(device)
+            if device.type == "cpu":
+                self.teacher.to(memory_format=torch.channels_last)
+        return self.teacher
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -165,6 +183,16 @@ def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]
     return model, init
 
 
+def _teacher(name: str, classes: list[str]) -> tuple[nn.Module, dict]:
+    """The frozen semantic model to distill, refused when its classes are not the training data's."""
+    teacher, card = load_checkpoint(resolve_checkpoint(name), "cpu")
+    if card.get("task", "semantic") != "semantic" or list(card.get("classes") or []) != list(classes):
+        wanted = ", ".join(classes)
+        raise ValueError(f"--distill-from {name}: a semantic checkpoint with the classes {wanted} is needed")
+    teacher.eval().requires_grad_(False)
+    return teacher, card
+
+
 def prepare_semantic(config: TrainConfig) -> Prepared:
     """Load the data once, build model, task, stages and card (the prior gets a ``fit`` instead)."""
     _, world = distributed_context()
@@ -203,7 +231,19 @@ def prepare_semantic(config: TrainConfig) -> Prepared:
         card["init_from"] = source
         card["encoder_init"] = continued_init(source)
         card["pretrained"] = bool(source.get("pretrained", False))
-    task = SemanticTask(train, val, options, weight, config.batch_size or BATCH_SIZE, config.seed)
+    teacher = None
+    if options.distill_from:
+        teacher, teacher_card = _teacher(options.distill_from, train.classes)
+        card["distilled_from"] = {
+            "checkpoint": str(options.distill_from),
+            "architecture": teacher_card.get("architecture"),
+            "val_miou": (teacher_card.get("val_metrics") or {}).get("miou"),
+            "weight": options.distill_weight,
+            "temperature": options.distill_temperature,
+            "encoder_init": teacher_card.get("encoder_init"),
+        }
+        card["pretrained"] = card["pretrained"] or bool(teacher_card.get("pretrained", False))
+    task = SemanticTask(train, val, options, weight, config.batch_size or BATCH_SIZE, config.seed, teacher)
     if not getattr(model, "trainable", True):
         return Prepared(model, task, [], card, fit=lambda: _fit_prior(model, task, config, card))
     return Prepared(model, task, build_stages(config), card)

@@ -24,6 +24,10 @@ class SemanticOptions:
     zoom_out: float = 1.0
     rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
     lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
+    #: a semantic checkpoint (e.g. the ensemble) whose softened answers the model also learns; None = none
+    distill_from: str | None = None
+    distill_weight: float = 1.0  # weight of the distillation term (only with ``distill_from``)
+    distill_temperature: float = 2.0
     #: (width, height) of training crops; None = the full image size
     train_size: tuple[int, int] | None = None
     class_weighting: str = "inverse_sqrt"  # none | inverse_sqrt | inverse

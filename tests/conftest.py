@@ -97,9 +97,30 @@ def browser():
         b.close()
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """The fast loop runs on every core; the whole suite in one worker, because its timing tests (a
-    training run stopping within 2 s of Stop) need uncontended cores."""
-    if (config.option.markexpr or "").strip() == "not slow":
-        return os.cpu_count() or 1
-    return 1
+def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001
+    """One worker per core; a test marked ``uncontended`` has the cores to itself (``_cpu_share``)."""
+    return os.cpu_count() or 1
+
+
+@pytest.fixture(autouse=True)
+def _cpu_share(request, tmp_path_factory):
+    """Under pytest-xdist, a test marked ``uncontended`` (a timing bound, e.g. a run stopping within 2 s
+    of Stop) runs while no other worker runs a test: the others hold a shared lock, it an exclusive one.
+    A turnstile lock lets a waiting exclusive test in before new shared holders."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    shared_dir = tmp_path_factory.getbasetemp().parent  # one folder for all the workers of a run
+    exclusive = request.node.get_closest_marker("uncontended") is not None
+    with open(shared_dir / "cpu.turnstile", "a+b") as turnstile, open(shared_dir / "cpu.lock", "a+b") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

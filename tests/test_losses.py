@@ -85,3 +85,24 @@ def test_lovasz_softmax_matches_its_definition_and_is_zero_when_perfect():
     logits.requires_grad_(True)
     lovasz_softmax(logits, target, ignore_index=255).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_distillation_loss_is_the_masked_kl_of_the_softened_answers():
+    from seg.losses import distillation_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
+    valid = torch.rand(2, 3, 5) > 0.3
+    t = 2.0
+    log_s, log_t = F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1)
+    per_pixel = F.kl_div(log_s, log_t, log_target=True, reduction="none")
+    expected = per_pixel.sum(1)[valid].mean() * t * t
+    assert float(distillation_loss(student, teacher, valid, t)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(distillation_loss(teacher, teacher, valid, t)) == pytest.approx(0.0, abs=1e-6)
+    changed = teacher.clone()
+    changed[~valid.unsqueeze(1).expand_as(changed)] += 5.0  # only ignored pixels differ
+    assert float(distillation_loss(changed, teacher, valid, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(student, teacher, torch.zeros_like(valid), t)) == 0.0
+    student.requires_grad_(True)
+    distillation_loss(student, teacher, valid, t).backward()
+    assert student.grad.abs().sum() > 0 and bool((student.grad.abs().sum(1)[~valid] == 0).all())

@@ -370,3 +370,34 @@ def test_zoom_out_rotation_and_lovasz_train_and_are_recorded(sbd_root, tmp_path)
         "rotate": 5.0,
         "lovasz": 0.5,
     }
+
+
+def test_distillation_learns_from_a_teacher_and_the_card_names_it(sbd_root, tmp_path):
+    teacher_out = tmp_path / "teacher"
+    list(train(tiny_cnn(sbd_root, out=str(teacher_out), epochs=1)))
+    teacher_bytes = teacher_out.with_suffix(".safetensors").read_bytes()
+    plain = tiny_cnn(sbd_root, out=str(tmp_path / "plain"), epochs=1, seed=3)
+    options = SemanticOptions(distill_from=str(teacher_out), distill_weight=2.0, distill_temperature=3.0)
+    distilled = tiny_cnn(sbd_root, out=str(tmp_path / "kd"), epochs=1, seed=3, semantic=options)
+    first = [next(e for e in list(train(c, log_every=1)) if e["type"] == "step") for c in (plain, distilled)]
+    # same seed, same first batch and weights: the distillation term is added on top of the plain loss
+    assert first[1]["loss"] > first[0]["loss"]
+    card = json.loads((tmp_path / "kd.json").read_text())
+    assert card["distilled_from"]["checkpoint"] == str(teacher_out)
+    assert (card["distilled_from"]["weight"], card["distilled_from"]["temperature"]) == (2.0, 3.0)
+    assert card["distilled_from"]["architecture"] == "cnn" and card["pretrained"] is False
+    assert teacher_out.with_suffix(".safetensors").read_bytes() == teacher_bytes, "the teacher is never trained"
+
+
+def test_distillation_flags_are_checked(sbd_root, tmp_path, capsys):
+    assert main(["train", "--model", "unet", "--out", "x", "--distill-weight", "0.5"]) == 2
+    assert "--distill-weight and --distill-temperature need --distill-from" in capsys.readouterr().err
+    assert main(["train", "--model", "dwt", "--out", "x", "--distill-from", "ensemble"]) == 2
+    assert "--distill-from applies to semantic models only" in capsys.readouterr().err
+    cold = ["--distill-from", "ensemble", "--distill-temperature", "0"]
+    assert main(["train", "--model", "unet", "--out", "x", *cold]) == 2
+    assert "--distill-temperature must be above 0" in capsys.readouterr().err
+    from seg.semantic_task import _teacher
+
+    with pytest.raises(ValueError, match="a semantic checkpoint with the classes a, b is needed"):
+        _teacher("unet", ["a", "b"])
