@@ -100,10 +100,12 @@ class SemanticTask:
         return loss
 
     def _teacher_on(self, device: torch.device) -> nn.Module:
-        if next(self.teacher.parameters()).device != device:
+        """The teacher on ``device``, laid out as the student's input is (channels_last on a CPU)."""
+        if getattr(self, "_teacher_device", None) != device:
             self.teacher.to(device)
             if device.type == "cpu":
                 self.teacher.to(memory_format=torch.channels_last)
+            self._teacher_device = device
         return self.teacher
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
