@@ -387,6 +387,7 @@ def test_distillation_learns_from_a_teacher_and_the_card_names_it(sbd_root, tmp_
     assert (card["distilled_from"]["weight"], card["distilled_from"]["temperature"]) == (2.0, 3.0)
     assert card["distilled_from"]["architecture"] == "cnn" and card["pretrained"] is False
     assert teacher_out.with_suffix(".safetensors").read_bytes() == teacher_bytes, "the teacher is never trained"
+    assert TrainConfig.from_dict(distilled.to_dict()).semantic == distilled.semantic, "--resume keeps the teacher"
 
 
 def test_distillation_flags_are_checked(sbd_root, tmp_path, capsys):
