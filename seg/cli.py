@@ -313,12 +313,8 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(
                 f"{FLAG_NAMES[key]} applies to {'instance' if task == 'semantic' else 'semantic'} models only{hint}"
             )
-    if getattr(args, "distill_from", None) is None and (
-        getattr(args, "distill_weight", None) is not None or getattr(args, "distill_temperature", None) is not None
-    ):
+    if args.distill_from is None and (args.distill_weight is not None or args.distill_temperature is not None):
         raise ValueError("--distill-weight and --distill-temperature need --distill-from CHECKPOINT")
-    if getattr(args, "distill_temperature", None) is not None and args.distill_temperature <= 0:
-        raise ValueError("--distill-temperature must be above 0")
     options_type = SemanticOptions if task == "semantic" else InstanceOptions
     options = options_type(
         **{f.name: getattr(args, f.name) for f in fields(options_type) if getattr(args, f.name, None) is not None}

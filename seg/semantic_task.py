@@ -48,6 +48,7 @@ class SemanticTask:
         self.batch_size, self.seed = batch_size, seed
         #: frozen model whose answers are distilled (``options.distill_from``); moved to the step's device
         self.teacher = teacher
+        self._teacher_device: torch.device | None = None
         self.num_classes = len(train.classes)
         self.weight = weight
         h, w = train.images.shape[-2:]
@@ -100,11 +101,10 @@ class SemanticTask:
         return loss
 
     def _teacher_on(self, device: torch.device) -> nn.Module:
-        """The teacher on ``device``, laid out as the student's input is (channels_last on a CPU)."""
-        if getattr(self, "_teacher_device", None) != device:
-            self.teacher.to(device)
-            if device.type == "cpu":
-                self.teacher.to(memory_format=torch.channels_last)
+        """The teacher on ``device``, laid out as the engine lays out the student (channels_last on a CPU)."""
+        if self._teacher_device != device:
+            layout = torch.channels_last if device.type == "cpu" else torch.preserve_format
+            self.teacher.to(device, memory_format=layout)
             self._teacher_device = device
         return self.teacher
 

@@ -36,6 +36,13 @@ class SemanticOptions:
     encoder_lr_ratio: float = 0.1
     val_split: str = "val"
 
+    def __post_init__(self) -> None:
+        # checked where the options are made, so the CLI, the dashboard, the API and --resume all refuse them
+        if self.distill_temperature <= 0:
+            raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
+        if self.distill_weight < 0:
+            raise ValueError(f"--distill-weight must be 0 or more, got {self.distill_weight:g}")
+
 
 @dataclass
 class InstanceOptions:

@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks (``_cpu_share``)
+    fcntl = None
+
 from seg.config import dataset_dir
 
 # Each pytest-xdist worker gets its share of the cores (the fast loop runs one per core: see the hook below).
@@ -107,10 +112,6 @@ def _cpu_share(request, tmp_path_factory):
     """Under pytest-xdist, a test marked ``uncontended`` (a timing bound, e.g. a run stopping within 2 s
     of Stop) runs while no other worker runs a test: the others hold a shared lock, it an exclusive one.
     A turnstile lock lets a waiting exclusive test in before new shared holders."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     if fcntl is None or not os.environ.get("PYTEST_XDIST_WORKER"):
         yield
         return
