@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 # measured fastest, calibrated on first use) would export and time every model in each test process.
 # Tests of the serving runtimes ask for it by name; subprocesses (the app, predict) inherit this.
 os.environ.setdefault("SEG_RUNTIME", "eager")
+# The run's start, set where pytest starts (before pytest-xdist starts its workers, which inherit it).
+os.environ.setdefault("SEG_TEST_RUN_STARTED", repr(time.time()))
 
 
 def _dataset_or_skip(name: str, probe: str) -> Path:
@@ -100,6 +103,20 @@ def browser():
             pytest.skip(f"Chromium at {path} did not start: {err}")
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def run_started() -> float:
+    """When this test run started (``time.time()``), the same in every pytest-xdist worker: a result
+    another test wrote to a shared cache after it was computed in this run, from this code."""
+    return float(os.environ["SEG_TEST_RUN_STARTED"])
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
+    """Modules with an ``uncontended`` test run first, so it waits for the other workers' first
+    (short) tests rather than for whatever long test they are in; modules stay contiguous."""
+    first = {item.module for item in items if item.get_closest_marker("uncontended")}
+    items.sort(key=lambda item: item.module not in first)
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001

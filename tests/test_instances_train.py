@@ -515,3 +515,28 @@ def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfu
     model, _ = load_checkpoint(stem)
     assert proposal_count(model) == chosen
     assert proposal_count(InstancePredictor.from_checkpoint(stem).model) == chosen
+
+
+def test_the_eager_reference_is_computed_once_since_a_given_time(dwt_checkpoint, pennfudan_root, monkeypatch, tmp_path):
+    """Tests started together share eager's val results through the cache: ``since`` recomputes
+    only a copy written before it, ``fresh`` always, and no bound reads any copy."""
+    import time
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path))
+    predictor = InstancePredictor.from_checkpoint(dwt_checkpoint, runtime="eager")
+    ids = ids_for_split(pennfudan_root, "val")[:2]
+    computed = []
+    scored = InstancePredictor.val_results
+    monkeypatch.setattr(InstancePredictor, "val_results", lambda self, *a: computed.append(1) or scored(self, *a))
+
+    def reference(**kwargs) -> tuple:
+        result = predictor.eager_val_results(pennfudan_root, ids, **kwargs)
+        return result["mask_ap"], result["counts"], len(computed)
+
+    started = time.time()
+    first = reference(since=started)  # no copy yet
+    assert first[2] == 1 and len(first[1]) == 2
+    assert reference(since=started) == first  # written after the start: read, not recomputed
+    assert reference() == first
+    assert reference(since=time.time() + 60) == (*first[:2], 2)  # a copy older than the bound is recomputed
+    assert reference(fresh=True) == (*first[:2], 3)

@@ -508,10 +508,13 @@ class InstancePredictor:
             return ([to_tensor(rgb)],)
         return (with_mirror(_work_batch(self.model, rgb, self.work_height), self.flip),)
 
-    def eager_val_results(self, root: Path, ids: list[str], fresh: bool = False) -> dict:
+    def eager_val_results(self, root: Path, ids: list[str], fresh: bool = False, since: float | None = None) -> dict:
         """Eager fp32's val results, the reference of the agreement contract (computed once per weights
-        and settings, then read from beside the exports; ``fresh`` recomputes them and rewrites the copy)."""
-        return self._reference_results(root, ids, weights_key(self.model), self._serving_context(), fresh)
+        and settings, then read from beside the exports). ``fresh`` recomputes them and rewrites the copy;
+        ``since`` (a ``time.time()``) recomputes them unless the copy was written at or after it, so
+        processes started together compute them once."""
+        key, context = weights_key(self.model), self._serving_context()
+        return self._reference_results(root, ids, key, context, fresh, since)
 
     @property
     def _scored_at_working_height(self) -> bool:
@@ -593,12 +596,19 @@ class InstancePredictor:
             DETECTOR_FALLBACK_PARTS if self.detector else (),
         )
 
-    def _reference_results(self, root: Path, ids: list[str], key: str, context: dict, fresh: bool = False) -> dict:
+    def _reference_results(
+        self, root: Path, ids: list[str], key: str, context: dict, fresh: bool = False, since: float | None = None
+    ) -> dict:
         """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
         digest = hashlib.sha256(json.dumps([context, ids], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = export_dir(key) / f"reference-{digest}.json"
         # processes sharing a cache compute it once: a reader waits for a writer already at work
         with exclusive_lock(path.with_suffix(".lock")):
+            if since is not None:
+                try:
+                    fresh = fresh or path.stat().st_mtime < since
+                except OSError:
+                    fresh = True
             if not fresh:
                 try:
                     return json.loads(path.read_text(encoding="utf-8"))
