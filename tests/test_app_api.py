@@ -274,6 +274,9 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
         zoom_out=1.3,
         rotate=4,
         lovasz=0.5,
+        distill_from="tiny-unet",
+        distill_weight=0.5,
+        distill_temperature=3,
         api_name="/train",
     )
     status, progress, loss, metric, samples, run = job.result(timeout=300)
@@ -289,6 +292,9 @@ def test_training_one_epoch_streams_events(client, store, sbd_root):
     assert "ui-test-cnn" in store.names("semantic"), "a new checkpoint appears in the model lists"
     config = store.card("ui-test-cnn")["config"]["semantic"]
     assert (config["zoom_out"], config["rotate"], config["lovasz"]) == (1.3, 4.0, 0.5), "the levers reach the run"
+    teacher = store.card("ui-test-cnn")["distilled_from"]
+    assert Path(teacher["checkpoint"]).name == "tiny-unet" and (teacher["weight"], teacher["temperature"]) == (0.5, 3)
+    assert run["config"]["semantic"]["distill_from"] == "tiny-unet", "viewers see the teacher's name, not its folder"
     label_path, _ = client.predict(handle_file(str(SCENE)), "ui-test-cnn", api_name="/segment")
     assert _read_label(label_path).shape == (240, 320)
     with pytest.raises(AppError, match="exists already"):

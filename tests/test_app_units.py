@@ -262,6 +262,42 @@ def test_the_train_form_offers_zoom_out_rotation_and_lovasz(tmp_path, monkeypatc
             train.make_config(store, *form, **{lever: bad})
 
 
+def test_the_train_form_offers_a_teacher_by_name_among_the_visible_models(tmp_path, monkeypatch):
+    """Distillation from the Train tab: a listed semantic model's name (its path is the server's), with
+    weight and temperature; anything else, or a model of other classes, is refused in plain words."""
+    from seg.ui import train
+
+    make_tiny_checkpoints(tmp_path / "ckpts")
+    monkeypatch.setattr(train, "dataset_available", lambda name: tmp_path)
+    store = ModelStore(tmp_path / "ckpts")
+    form = ["cnn", 3, 0.002, 2, 0.4, 0.5, "inverse_sqrt", 0, "none", 0, 0, "x", train.DATA_SBD]
+    config, _ = train.make_config(store, *form, distill_from="tiny-unet", distill_temperature=3)
+    semantic = config.semantic
+    assert Path(semantic.distill_from) == store.entry("tiny-unet").path
+    assert (semantic.distill_weight, semantic.distill_temperature) == (1.0, 3.0)
+    assert config.command.endswith("distill_from=tiny-unet weight=1 temperature=3"), "the card says how"
+    assert train._public_config(config)["semantic"]["distill_from"] == "tiny-unet", "viewers see no server path"
+    for no_teacher in (None, "", train.NO_TEACHER):
+        plain, _ = train.make_config(store, *form, distill_from=no_teacher)
+        assert plain.semantic.distill_from is None and "distill" not in plain.command
+    for settings, words in [
+        ({"distill_from": "/etc"}, "Choose a listed model to learn from"),
+        ({"distill_from": str(store.entry("tiny-unet").path)}, "Choose a listed model to learn from"),
+        ({"distill_from": "tiny-dwt"}, "Choose a listed model to learn from"),  # an instance model
+        ({"distill_from": ["tiny-unet"]}, "Choose a listed model to learn from"),
+        ({"distill_weight": 9}, "Distillation weight must be a number from 0 up to 5"),
+        ({"distill_temperature": 0}, "Distillation temperature must be a number from 0.5 up to 10"),
+    ]:
+        with pytest.raises(gr.Error, match=words):
+            train.make_config(store, *form, **settings)
+    (tmp_path / "classes.txt").write_text("sky\nrest\n")  # training data of other classes
+    with pytest.raises(gr.Error, match="tiny-unet knows other classes than this training data"):
+        train.make_config(store, *form, distill_from="tiny-unet")
+    choices = train.teacher_choices(store, "gone")
+    assert choices["choices"][0] == train.NO_TEACHER and "tiny-unet" in choices["choices"]
+    assert "tiny-dwt" not in choices["choices"] and choices["value"] == train.NO_TEACHER
+
+
 def test_events_refuse_in_plain_sentences_and_log_faults_once(caplog):
     """Every handler is wrapped: a handler's gr.Error loses Markdown and paths; a bug gets a generic
     sentence (logged with its traceback), an expected refusal is logged at INFO without one."""

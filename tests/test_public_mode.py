@@ -72,9 +72,11 @@ class Visitor:
         assert result.ok, result.error
         return zipfile.ZipFile(io.BytesIO(self.page.fetch_file(result.outputs[0])))
 
-    def train(self, name: str, limit: int, epochs: int = 1, model: str = "cnn"):
+    def train(self, name: str, limit: int, epochs: int = 1, model: str = "cnn", teacher: str | None = None):
         form = self.page.defaults(self.train_fn)
         form[0], form[1], form[3], form[9], form[11] = model, epochs, 2, limit, name
+        if teacher is not None:
+            form[16] = teacher  # after the 13 fields and 3 levers
         return self.page.call(self.train_fn, form)
 
     def segment(self, model: str):
@@ -130,6 +132,10 @@ def test_visitors_cannot_use_or_overwrite_each_others_checkpoints(public_app):
 
     refused = bob.segment("mine")
     assert not refused.ok and "no such checkpoint" in refused.error
+    not_his = bob.train("taught", limit=2, teacher="mine")
+    assert not not_his.ok and "Choose a listed model to learn from" in not_his.error, "nor as a teacher"
+    taught = alice.train("taught", limit=2, teacher="mine")  # her own model teaches her next one
+    assert taught.ok and taught.outputs[-1]["config"]["semantic"]["distill_from"] == "mine", taught.error
     stamp = weights.stat().st_mtime_ns
     again = bob.train("mine", limit=2)  # the same name: his own folder, never hers
     assert again.ok, again.error
@@ -201,5 +207,6 @@ def test_public_page_has_no_path_inputs(public_app):
     ]
     assert not [text for text in labels if "folder" in text.lower() or "path" in text.lower()], labels
     train = page.deps[page.find(api_name="train")]
-    assert len(train["inputs"]) == 16, "the 13 fields of the form and the 3 levers: no workspace argument"
-    assert [page.components[i]["type"] for i in train["inputs"][-3:]] == ["slider"] * 3
+    assert len(train["inputs"]) == 19, "the form's 13 fields, 3 levers and 3 distillation settings: no workspace"
+    kinds = [page.components[i]["type"] for i in train["inputs"][-6:]]
+    assert kinds == ["slider"] * 3 + ["dropdown", "slider", "slider"], "the teacher is picked from a list"

@@ -40,6 +40,7 @@ from seg.instances import INSTANCE_ARCHITECTURES
 from seg.labeling.workspace import DEFAULT_WORKSPACE_NAME, Workspace, WorkspaceError
 from seg.render import hstack, vstack
 from seg.resume import clear_state
+from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md, missing_dataset_text
 from seg.ui.pickers import Serving, VisitorStore, current_visitor_key, require_visitor_key, serving_of
 from seg.ui.queues import TRAIN_QUEUE
@@ -53,6 +54,9 @@ log = logging.getLogger("seg.ui.train")
 WEIGHTINGS = ["inverse_sqrt", "inverse", "none"]
 #: Upper bounds of the scale, rotation and loss levers the form offers.
 MAX_ZOOM_OUT, MAX_ROTATE, MAX_LOVASZ = 2.0, 30.0, 2.0
+#: the teacher dropdown's "no teacher" choice; the weight and temperature bounds of distillation
+NO_TEACHER = "none"
+MAX_DISTILL_WEIGHT, MIN_DISTILL_TEMPERATURE, MAX_DISTILL_TEMPERATURE = 5.0, 0.5, 10.0
 DATA_SBD = "Stanford Background"
 DATA_LABELS = "My labels (labeling workspace)"
 #: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
@@ -347,6 +351,9 @@ def _public_config(config: Any) -> dict:
     data.pop("data_dir", None)
     data.pop("init_from", None)
     data["out"] = Path(data.get("out") or "").name
+    semantic = data.get("semantic")
+    if isinstance(semantic, dict) and semantic.get("distill_from"):
+        semantic["distill_from"] = Path(semantic["distill_from"]).name
     return _jsonable(data)
 
 
@@ -552,11 +559,16 @@ def plan_run(
     zoom_out: float = 1.0,
     rotate: float = 0.0,
     lovasz: float = 0.0,
+    distill_from: str | None = None,
+    distill_weight: float = 1.0,
+    distill_temperature: float = 2.0,
 ):
     """Validate the form into a ``PlannedRun`` (``gr.Error`` with a plain sentence on bad input).
 
     ``zoom_out``, ``rotate`` and ``lovasz`` are ``seglab train``'s ``--zoom-out``, ``--rotate`` and
-    ``--lovasz``: the levers the shipped models' later rounds were trained with.
+    ``--lovasz``: the levers the shipped models' later rounds were trained with. ``distill_from``
+    names a semantic model of ``store`` (never a path) for ``--distill-from``, with its weight and
+    temperature.
 
     ``workspace`` is a ``Workspace`` the caller resolved, or a folder chosen by server code (never
     text from the page); ``bounds`` cuts epochs and images to the deployment's limits.
@@ -576,6 +588,15 @@ def plan_run(
     zoom_out = _real(1.0 if zoom_out is None else zoom_out, "Zoom out", 1.0, MAX_ZOOM_OUT)
     rotate = _real(rotate or 0.0, "Rotation", 0.0, MAX_ROTATE)
     lovasz = _real(lovasz or 0.0, "Lovasz weight", 0.0, MAX_LOVASZ)
+    distill_weight = _real(
+        1.0 if distill_weight is None else distill_weight, "Distillation weight", 0.0, MAX_DISTILL_WEIGHT
+    )
+    distill_temperature = _real(
+        2.0 if distill_temperature is None else distill_temperature,
+        "Distillation temperature",
+        MIN_DISTILL_TEMPERATURE,
+        MAX_DISTILL_TEMPERATURE,
+    )
     if weighting not in WEIGHTINGS:
         raise gr.Error("Choose one of the listed class weightings.")
     if encoder_init not in ("none", "imagenet"):
@@ -583,6 +604,7 @@ def plan_run(
     if model == "resunet" and frozen >= epochs:
         raise gr.Error("Frozen epochs must be fewer than the total epochs.")
     root = _training_root(data_source, workspace)
+    teacher = _teacher_path(store, distill_from, root)
     note = ""
     if bounds is not None:
         cut = bounds(epochs, limit or None)
@@ -602,13 +624,21 @@ def plan_run(
         encoder_init=encoder_init if model == "resunet" else "none",
         limit=limit or None,
         command=f"dashboard: train {model} epochs={epochs} lr={lr} batch={batch_size}"
-        + _lever_words(zoom_out, rotate, lovasz),
+        + _lever_words(zoom_out, rotate, lovasz)
+        + (
+            f" distill_from={distill_from} weight={distill_weight:g} temperature={distill_temperature:g}"
+            if teacher
+            else ""
+        ),
         semantic=SemanticOptions(
             crop_fraction=(crop, 1.0) if crop < 1.0 else None,
             flip_p=flip,
             zoom_out=zoom_out,
             rotate=rotate,
             lovasz=lovasz,
+            distill_from=teacher,
+            distill_weight=distill_weight,
+            distill_temperature=distill_temperature,
             class_weighting=weighting,
             frozen_epochs=frozen if model == "resunet" else 0,
         ),
@@ -624,6 +654,27 @@ def _lever_words(zoom_out: float, rotate: float, lovasz: float) -> str:
         (f"lovasz={lovasz:g}", lovasz > 0),
     ]
     return "".join(f" {w}" for w, used in words if used)
+
+
+def _teacher_path(store: Any, name: Any, root: Path) -> str | None:
+    """The checkpoint to distill, chosen by name among the semantic models this visitor sees (its path is
+    the server's), refused in plain words when its classes are not the training data's; None for no teacher."""
+    if name in (None, "", NO_TEACHER):
+        return None
+    if not isinstance(name, str) or name not in store.names("semantic"):
+        raise gr.Error("Choose a listed model to learn from, or none.")
+    from seg.data.sbd import read_classes
+
+    classes = read_classes(root)
+    if list(store.card(name).get("classes") or []) != list(classes):
+        raise gr.Error(f"{name} knows other classes than this training data ({', '.join(classes)}): choose another.")
+    return str(store.entry(name).path)
+
+
+def teacher_choices(store: Any, current: Any = None) -> dict:
+    """The teacher dropdown after a refresh: no teacher, then every semantic model the visitor sees."""
+    names = [NO_TEACHER, *store.names("semantic")]
+    return gr.update(choices=names, value=current if current in names else NO_TEACHER)
 
 
 def _training_root(data_source: str, workspace: Workspace | str | Path | None) -> Path:
@@ -661,9 +712,9 @@ def _chosen_workspace(serving: Serving, data_source: str, name: Any) -> Workspac
     return serving.labels.open(name or DEFAULT_WORKSPACE_NAME)
 
 
-def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None, **levers: float) -> Iterator[tuple]:
+def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None, **levers: Any) -> Iterator[tuple]:
     """API endpoint ``train``: start a run and stream snapshots until it ends (``levers``: ``plan_run``'s
-    ``zoom_out``, ``rotate`` and ``lovasz``)."""
+    ``zoom_out``, ``rotate``, ``lovasz`` and the ``distill_*`` settings)."""
     serving = board.serving
     data_source = form[12] if len(form) > 12 else DATA_SBD
     ws = _chosen_workspace(serving, data_source, workspace)
@@ -760,6 +811,26 @@ def build(store: Any) -> None:
                     label="Lovasz-softmax weight (0 = off)",
                     info="A differentiable surrogate of IoU, added to the weighted cross entropy.",
                 )
+            with gr.Accordion("Learn from a trained model (distillation)", open=False):
+                teacher = ModelChoice(  # the visitor's own models count too: the handler checks the name
+                    [NO_TEACHER, *store.names("semantic")],
+                    value=NO_TEACHER,
+                    label="Teacher",
+                    info="The new model also learns this model's softened answers, e.g. the ensemble's: "
+                    "one fast model that learns from a slower, better one. Each step takes longer.",
+                    elem_id="train-teacher",
+                )
+                distill_weight = gr.Slider(
+                    0.0, MAX_DISTILL_WEIGHT, value=1.0, step=0.1, label="Weight of the teacher's answers in the loss"
+                )
+                distill_temperature = gr.Slider(
+                    MIN_DISTILL_TEMPERATURE,
+                    MAX_DISTILL_TEMPERATURE,
+                    value=2.0,
+                    step=0.5,
+                    label="Temperature",
+                    info="Above 1 softens both models' answers, so the teacher's second choices count too.",
+                )
             with gr.Accordion("ResUNet schedule", open=False):
                 frozen = gr.Slider(0, 50, value=2, step=1, label="Epochs with the encoder frozen (then unfrozen)")
                 init = gr.Radio(
@@ -803,7 +874,8 @@ def build(store: Any) -> None:
     seen = gr.State(None)
     outputs = [status, progress, loss_plot, metric_plot, samples, events]
     form = [model, epochs, lr, batch, crop, flip, weighting, frozen, init, limit, seed, name, data_source]
-    levers = [zoom_out, rotate, lovasz]  # after the older inputs: positional API calls keep their meaning
+    # after the older inputs: positional API calls keep their meaning
+    levers = [zoom_out, rotate, lovasz, teacher, distill_weight, distill_temperature]
 
     if workspace is not None:
 
@@ -825,6 +897,9 @@ def build(store: Any) -> None:
             zoom_out: float = 1.0,
             rotate: float = 0.0,
             lovasz: float = 0.0,
+            distill_from: str = NO_TEACHER,
+            distill_weight: float = 1.0,
+            distill_temperature: float = 2.0,
         ):
             """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
             yield from train_stream(
@@ -847,6 +922,9 @@ def build(store: Any) -> None:
                 zoom_out=zoom_out,
                 rotate=rotate,
                 lovasz=lovasz,
+                distill_from=distill_from,
+                distill_weight=distill_weight,
+                distill_temperature=distill_temperature,
             )
 
         inputs = [*form, workspace, *levers]
@@ -869,6 +947,9 @@ def build(store: Any) -> None:
             zoom_out: float = 1.0,
             rotate: float = 0.0,
             lovasz: float = 0.0,
+            distill_from: str = NO_TEACHER,
+            distill_weight: float = 1.0,
+            distill_temperature: float = 2.0,
         ):
             """API endpoint ``train``: streams (status, progress, loss plot, validation plot, samples, run dict)."""
             yield from train_stream(
@@ -890,6 +971,9 @@ def build(store: Any) -> None:
                 zoom_out=zoom_out,
                 rotate=rotate,
                 lovasz=lovasz,
+                distill_from=distill_from,
+                distill_weight=distill_weight,
+                distill_temperature=distill_temperature,
             )
 
         inputs = [*form, *levers]
@@ -909,6 +993,8 @@ def build(store: Any) -> None:
         concurrency_limit=None,
         queue=False,
     )
+    # models trained since the page loaded (the visitor's own, in public mode) appear when the list is opened
+    teacher.focus(partial(teacher_choices, store), teacher, teacher, api_visibility="private", queue=False)
     if workspace is not None:
         root_block = gr.context.Context.root_block
         if root_block is not None:  # new workspaces made in the Label tab appear in the list
