@@ -294,7 +294,7 @@ def test_the_train_form_offers_a_teacher_by_name_among_the_visible_models(tmp_pa
     with pytest.raises(gr.Error, match="tiny-unet knows other classes than this training data"):
         train.make_config(store, *form, distill_from="tiny-unet")
     choices = train.teacher_choices(store, "gone")
-    assert choices["choices"][0] == train.NO_TEACHER and "tiny-unet" in choices["choices"]
+    assert choices["choices"] == [train.NO_TEACHER, *store.best("semantic", k=3)], "no teacher, then best first"
     assert "tiny-dwt" not in choices["choices"] and choices["value"] == train.NO_TEACHER
 
 

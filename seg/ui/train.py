@@ -672,8 +672,8 @@ def _teacher_path(store: Any, name: Any, root: Path) -> str | None:
 
 
 def teacher_choices(store: Any, current: Any = None) -> dict:
-    """The teacher dropdown after a refresh: no teacher, then every semantic model the visitor sees."""
-    names = [NO_TEACHER, *store.names("semantic")]
+    """The teacher dropdown after a refresh: no teacher, then every semantic model the visitor sees, best first."""
+    names = [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))]
     return gr.update(choices=names, value=current if current in names else NO_TEACHER)
 
 
@@ -813,7 +813,7 @@ def build(store: Any) -> None:
                 )
             with gr.Accordion("Learn from a trained model (distillation)", open=False):
                 teacher = ModelChoice(  # the visitor's own models count too: the handler checks the name
-                    [NO_TEACHER, *store.names("semantic")],
+                    [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))],
                     value=NO_TEACHER,
                     label="Teacher",
                     info="The new model also learns this model's softened answers, e.g. the ensemble's: "
