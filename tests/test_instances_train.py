@@ -519,7 +519,8 @@ def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfu
 
 def test_the_eager_reference_is_computed_once_since_a_given_time(dwt_checkpoint, pennfudan_root, monkeypatch, tmp_path):
     """Tests started together share eager's val results through the cache: ``since`` recomputes
-    only a copy written before it, ``fresh`` always, and no bound reads any copy."""
+    only a copy written before it (``math.inf``: always), and no bound reads any copy."""
+    import math
     import time
 
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path))
@@ -539,4 +540,4 @@ def test_the_eager_reference_is_computed_once_since_a_given_time(dwt_checkpoint,
     assert reference(since=started) == first  # written after the start: read, not recomputed
     assert reference() == first
     assert reference(since=time.time() + 60) == (*first[:2], 2)  # a copy older than the bound is recomputed
-    assert reference(fresh=True) == (*first[:2], 3)
+    assert reference(since=math.inf) == (*first[:2], 3)

@@ -508,13 +508,12 @@ class InstancePredictor:
             return ([to_tensor(rgb)],)
         return (with_mirror(_work_batch(self.model, rgb, self.work_height), self.flip),)
 
-    def eager_val_results(self, root: Path, ids: list[str], fresh: bool = False, since: float | None = None) -> dict:
+    def eager_val_results(self, root: Path, ids: list[str], since: float | None = None) -> dict:
         """Eager fp32's val results, the reference of the agreement contract (computed once per weights
-        and settings, then read from beside the exports). ``fresh`` recomputes them and rewrites the copy;
-        ``since`` (a ``time.time()``) recomputes them unless the copy was written at or after it, so
-        processes started together compute them once."""
-        key, context = weights_key(self.model), self._serving_context()
-        return self._reference_results(root, ids, key, context, fresh, since)
+        and settings, then read from beside the exports). ``since`` (a ``time.time()``) recomputes them
+        unless the copy was written at or after it, so processes started together compute them once;
+        ``math.inf`` always recomputes them."""
+        return self._reference_results(root, ids, weights_key(self.model), self._serving_context(), since)
 
     @property
     def _scored_at_working_height(self) -> bool:
@@ -597,23 +596,18 @@ class InstancePredictor:
         )
 
     def _reference_results(
-        self, root: Path, ids: list[str], key: str, context: dict, fresh: bool = False, since: float | None = None
+        self, root: Path, ids: list[str], key: str, context: dict, since: float | None = None
     ) -> dict:
         """Eager fp32's val results, kept beside the exports (the dearest part of a DWT calibration)."""
         digest = hashlib.sha256(json.dumps([context, ids], sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = export_dir(key) / f"reference-{digest}.json"
         # processes sharing a cache compute it once: a reader waits for a writer already at work
         with exclusive_lock(path.with_suffix(".lock")):
-            if since is not None:
-                try:
-                    fresh = fresh or path.stat().st_mtime < since
-                except OSError:
-                    fresh = True
-            if not fresh:
-                try:
+            try:
+                if since is None or path.stat().st_mtime >= since:
                     return json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    pass
+            except (OSError, ValueError):
+                pass
             results = self._with_serving(self.model).val_results(root, ids)
             atomic_write_text(path, json.dumps(results))
             return results

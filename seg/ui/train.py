@@ -588,11 +588,15 @@ def plan_run(
     zoom_out = _real(1.0 if zoom_out is None else zoom_out, "Zoom out", 1.0, MAX_ZOOM_OUT)
     rotate = _real(rotate or 0.0, "Rotation", 0.0, MAX_ROTATE)
     lovasz = _real(lovasz or 0.0, "Lovasz weight", 0.0, MAX_LOVASZ)
+    defaults = SemanticOptions()
     distill_weight = _real(
-        1.0 if distill_weight is None else distill_weight, "Distillation weight", 0.0, MAX_DISTILL_WEIGHT
+        defaults.distill_weight if distill_weight is None else distill_weight,
+        "Distillation weight",
+        0.0,
+        MAX_DISTILL_WEIGHT,
     )
     distill_temperature = _real(
-        2.0 if distill_temperature is None else distill_temperature,
+        defaults.distill_temperature if distill_temperature is None else distill_temperature,
         "Distillation temperature",
         MIN_DISTILL_TEMPERATURE,
         MAX_DISTILL_TEMPERATURE,
@@ -665,15 +669,20 @@ def _teacher_path(store: Any, name: Any, root: Path) -> str | None:
         raise gr.Error("Choose a listed model to learn from, or none.")
     from seg.data.sbd import read_classes
 
-    classes = read_classes(root)
-    if list(store.card(name).get("classes") or []) != list(classes):
+    entry, classes = store.entry(name), read_classes(root)
+    if list((entry.card or {}).get("classes") or []) != list(classes):
         raise gr.Error(f"{name} knows other classes than this training data ({', '.join(classes)}): choose another.")
-    return str(store.entry(name).path)
+    return str(entry.path)
+
+
+def _teacher_names(store: Any) -> list[str]:
+    """No teacher, then every semantic model the visitor sees, best first."""
+    return [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))]
 
 
 def teacher_choices(store: Any, current: Any = None) -> dict:
-    """The teacher dropdown after a refresh: no teacher, then every semantic model the visitor sees, best first."""
-    names = [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))]
+    """The teacher dropdown after a refresh (``_teacher_names``), keeping a still-listed choice."""
+    names = _teacher_names(store)
     return gr.update(choices=names, value=current if current in names else NO_TEACHER)
 
 
@@ -813,7 +822,7 @@ def build(store: Any) -> None:
                 )
             with gr.Accordion("Learn from a trained model (distillation)", open=False):
                 teacher = ModelChoice(  # the visitor's own models count too: the handler checks the name
-                    [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))],
+                    _teacher_names(store),
                     value=NO_TEACHER,
                     label="Teacher",
                     info="The new model also learns this model's softened answers, e.g. the ensemble's: "
