@@ -14,6 +14,9 @@ Threads: $BENCH_THREADS (default 2). Results: bench/results/inference.json.
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it imports seg, which sets OpenMP's spin before torch loads)
+
+# isort: split
 import argparse
 import json
 import statistics

@@ -13,6 +13,9 @@ difference between the two ways. Results: bench/results/instances_serving.json.
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it imports seg, which sets OpenMP's spin before torch loads)
+
+# isort: split
 import argparse
 import json
 import os

@@ -9,6 +9,9 @@ the same rounded scores so both must give the same numbers.
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it imports seg, which sets OpenMP's spin before torch loads)
+
+# isort: split
 import time
 
 import numpy as np

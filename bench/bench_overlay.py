@@ -15,6 +15,9 @@ pictures as PNGs to look at side by side.
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it imports seg, which sets OpenMP's spin before torch loads)
+
+# isort: split
 import argparse
 import statistics
 from pathlib import Path

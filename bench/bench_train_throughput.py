@@ -18,6 +18,9 @@ Results: bench/results/train_throughput.json.
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it imports seg, which sets OpenMP's spin before torch loads)
+
+# isort: split
 import argparse
 import json
 import statistics

@@ -4,6 +4,7 @@ the install metadata agrees with requirements.txt, and no development history le
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -106,6 +107,18 @@ def test_core_imports_without_gradio():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("given", [None, "300000"])
+def test_importing_seg_shortens_openmps_spin_before_torch_loads_and_keeps_a_value_given(given):
+    """libgomp reads GOMP_SPINCOUNT when torch loads: ``import seg`` must set it without importing torch."""
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if given is not None:
+        env["GOMP_SPINCOUNT"] = given
+    code = "import os, sys, seg; print(os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [given or "20000", "False"]
 
 
 def _requirement_name(line: str) -> str:
