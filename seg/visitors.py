@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -164,7 +165,11 @@ class VisitorSpace:
                 for path in _regular_files(self.root / top):
                     rel = path.relative_to(self.root).as_posix()
                     method = zipfile.ZIP_STORED if path.suffix.lower() in _STORED_SUFFIXES else zipfile.ZIP_DEFLATED
-                    archive.write(path, rel, compress_type=method)
+                    if top == CHECKPOINTS_DIR and path.suffix.lower() == ".json":
+                        text = without_server_paths(path.read_text(encoding="utf-8", errors="replace"))
+                        archive.writestr(rel, text, compress_type=method)
+                    else:
+                        archive.write(path, rel, compress_type=method)
         return buf.getvalue()
 
 
@@ -298,6 +303,36 @@ def _last_used(space_root: Path) -> float:
         except OSError:
             continue
     return 0.0
+
+
+#: An absolute POSIX path inside a string: a "/" that starts a token, then everything up to a space or quote
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s\"']*")
+
+
+def _path_name(match: re.Match) -> str:
+    return match.group(0).rstrip("/").rsplit("/", 1)[-1]
+
+
+def without_server_paths(card_text: str) -> str:
+    """A card as a visitor may take it home: each absolute path in its values (the server's data folder,
+    the visitor's space, a teacher's folder, in the settings and the command line) cut to its last
+    part, e.g. ``--out /srv/visitors/ab12/checkpoints/mine`` to ``--out mine``. Text that is not JSON
+    is treated the same way, as text."""
+
+    def clean(value: object) -> object:
+        if isinstance(value, str):
+            return _ABSOLUTE_PATH.sub(_path_name, value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    try:
+        card = json.loads(card_text)
+    except ValueError:
+        return _ABSOLUTE_PATH.sub(_path_name, card_text)
+    return json.dumps(clean(card), indent=1)
 
 
 def _regular_files(folder: Path) -> Iterator[Path]:

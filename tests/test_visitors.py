@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import zipfile
@@ -264,3 +265,33 @@ def test_run_limit_holds_under_concurrent_claims():
     for t in threads:
         t.join(timeout=30)
     assert len(won) == 2 and len(slots.active()) == 2
+
+
+def test_cards_in_the_zip_name_folders_without_the_servers_paths(registry: VisitorRegistry):
+    space = registry.space("session:paths")
+    out, data = space.checkpoints / "mine", "/srv/seglab/data/iccv09Data"
+    card = {
+        "architecture": "unet",
+        "config": {"data_dir": data, "out": str(out), "crop_fraction": [0.5, 1.0], "semantic": {"distill_from": None}},
+        "command": f"seglab train --model unet --data-dir {data} --out {out} --crop-fraction 0.5,1.0 --arch a/b",
+        "init_from": {"checkpoint": str(space.checkpoints / "first") + "/", "loaded": "all weights"},
+        "val_metrics": {"miou": 0.5},
+        "url": "https://example.org/a/b",
+    }
+    (space.checkpoints / "mine.json").write_text(json.dumps(card))
+    (space.checkpoints / "broken.json").write_text(f'{{"out": "{out}", ')  # not JSON: cleaned as text
+    with zipfile.ZipFile(io.BytesIO(space.zip_bytes())) as archive:
+        text, broken = archive.read("checkpoints/mine.json").decode(), archive.read("checkpoints/broken.json").decode()
+    assert str(registry.root) not in text + broken and "/srv" not in text
+    assert broken == '{"out": "mine", '
+    assert json.loads(text) == card | {
+        "config": {
+            "data_dir": "iccv09Data",
+            "out": "mine",
+            "crop_fraction": [0.5, 1.0],
+            "semantic": {"distill_from": None},
+        },
+        "command": "seglab train --model unet --data-dir iccv09Data --out mine --crop-fraction 0.5,1.0 --arch a/b",
+        "init_from": {"checkpoint": "first", "loaded": "all weights"},
+    }
+    assert json.loads((space.checkpoints / "mine.json").read_text()) == card, "the server's copy keeps its paths"
