@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,27 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.tolist())
     if hasattr(value, "item") and callable(value.item):
         return jsonable(value.item())
+    return value
+
+
+#: An absolute POSIX path inside a string: a "/" that starts a token, then everything up to a space or quote
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s\"']*")
+
+
+def _path_name(match: re.Match) -> str:
+    return match.group(0).rstrip("/").rsplit("/", 1)[-1]
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` (plain JSON values) with each absolute path inside its strings cut to its last part,
+    e.g. ``--out /srv/visitors/ab12/checkpoints/mine`` to ``--out mine``: a card or run settings as
+    someone who must not learn the server's folders sees them. A string is cleaned as text."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(_path_name, value)
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
     return value
 
 

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from seg.cards import without_paths
 from seg.deploy import MB, Deployment
 from seg.labeling.names import safe_join, sanitize_name
 from seg.labeling.workspace import Workspace, WorkspaceError
@@ -305,34 +306,12 @@ def _last_used(space_root: Path) -> float:
     return 0.0
 
 
-#: An absolute POSIX path inside a string: a "/" that starts a token, then everything up to a space or quote
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/[^\s\"']*")
-
-
-def _path_name(match: re.Match) -> str:
-    return match.group(0).rstrip("/").rsplit("/", 1)[-1]
-
-
 def without_server_paths(card_text: str) -> str:
-    """A card as a visitor may take it home: each absolute path in its values (the server's data folder,
-    the visitor's space, a teacher's folder, in the settings and the command line) cut to its last
-    part, e.g. ``--out /srv/visitors/ab12/checkpoints/mine`` to ``--out mine``. Text that is not JSON
-    is treated the same way, as text."""
-
-    def clean(value: object) -> object:
-        if isinstance(value, str):
-            return _ABSOLUTE_PATH.sub(_path_name, value)
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        return value
-
+    """A card as a visitor may take it home (``without_paths``); text that is not JSON is cleaned as text."""
     try:
-        card = json.loads(card_text)
+        return json.dumps(without_paths(json.loads(card_text)), indent=1)
     except ValueError:
-        return _ABSOLUTE_PATH.sub(_path_name, card_text)
-    return json.dumps(clean(card), indent=1)
+        return without_paths(card_text)
 
 
 def _regular_files(folder: Path) -> Iterator[Path]:

@@ -33,6 +33,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
+from seg.cards import without_paths
 from seg.classes import colorize
 from seg.deploy import TrainingBounds
 from seg.errors import UserError, user_message
@@ -350,11 +351,7 @@ def _public_config(config: Any) -> dict:
     data = asdict(config) if is_dataclass(config) else dict(vars(config))
     data.pop("data_dir", None)
     data.pop("init_from", None)
-    data["out"] = Path(data.get("out") or "").name
-    semantic = data.get("semantic")
-    if isinstance(semantic, dict) and semantic.get("distill_from"):
-        semantic["distill_from"] = Path(semantic["distill_from"]).name
-    return _jsonable(data)
+    return without_paths(_jsonable(data))  # the checkpoint's and the teacher's folders: their names
 
 
 def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
