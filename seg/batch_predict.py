@@ -37,7 +37,7 @@ from seg.cards import read_card, write_json
 from seg.inference import Predictor, labels_at, prepare_input
 from seg.instances.inference import InstancePredictor
 from seg.io import ImageLoadError, atomic_write_bytes, load_image, save_instance_png, save_label_png
-from seg.runtime import EAGER, RuntimeChoice, resolve_runtime, serving_module
+from seg.runtime import EAGER, RuntimeChoice, resolve_runtime, serving_module, write_int8_params
 
 #: File name endings read from folders (a file named explicitly is tried whatever its ending).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -292,23 +292,33 @@ def load_predictor(
 
 
 def export_checkpoint(
-    checkpoint: str | Path, runtime: str = "auto", refresh: bool = True, progress: Callable[[str], None] | None = None
+    checkpoint: str | Path,
+    runtime: str = "auto",
+    refresh: bool = True,
+    progress: Callable[[str], None] | None = None,
+    int8_params_dir: Path | None = None,
 ) -> RuntimeChoice:
     """Export a checkpoint for every candidate backend, calibrate on this CPU and record the choice.
 
     What ``python -m seg export`` runs (ahead of serving, e.g. when a Space is built); the
-    predictors then load the recorded choice without measuring again.
+    predictors then load the recorded choice without measuring again. ``int8_params_dir``: also
+    write the OpenVINO int8 export's parameters there (``seg.int8_params``), which lets a machine
+    without the dataset serve the same int8 graph; ``ValueError`` unless it passed on val.
     """
     # loaded as the predictors load it (the same weights, hence the same key), on the CPU it is exported for
     predictor = load_predictor(checkpoint, EAGER, device="cpu")
-    return serving_module(
+    spec = predictor.serving_spec()
+    choice = serving_module(
         predictor.model,
-        predictor.serving_spec,
+        spec,
         resolve_runtime(runtime, default="auto"),
         torch.device("cpu"),
         refresh=refresh,
         progress=progress,
     )[1]
+    if int8_params_dir is not None:
+        write_int8_params(spec, choice, Path(int8_params_dir))
+    return choice
 
 
 def describe_choice(choice: RuntimeChoice) -> str:

@@ -630,6 +630,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="backend families to choose among (default $SEG_RUNTIME, else auto: every installed one)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the choice is per thread count)")
+    p.add_argument(
+        "--int8-params",
+        metavar="DIR",
+        default=None,
+        help="also write the OpenVINO int8 export's quantisation ranges there (under 1 KB; they must have passed "
+        "the agreement contract on val): a machine without the dataset then serves the same int8 graph. The "
+        "shipped checkpoints' are in checkpoints/int8/",
+    )
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_export)
 
@@ -647,7 +655,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("error: eager PyTorch needs no export; choose onnx, openvino or auto", file=sys.stderr)
         return 1
     _say_runtime_progress()
-    print(describe_choice(export_checkpoint(checkpoint, runtime)))
+    try:
+        choice = export_checkpoint(checkpoint, runtime, int8_params_dir=args.int8_params)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(describe_choice(choice))
+    if args.int8_params:
+        print(f"int8 parameters written to {args.int8_params}")
     return 0
 
 

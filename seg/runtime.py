@@ -17,7 +17,12 @@ eager PyTorch and a background thread loads the recorded choice, or calibrates w
 none, then swaps the chosen backend in (``DeferredServing``): a start never waits for an export.
 
 Exports live in ``seg.config.cache_dir() / "runtime" / <weights sha256>``, never beside the
-shipped checkpoints. A spec names the *parts* of a model that are plain tensor functions
+shipped checkpoints. What the shipped checkpoints carry instead is each OpenVINO int8 export's
+quantisation ranges with the agreement it passed on val (``checkpoints/int8/``, ``seg.int8_params``):
+where neither training images nor val are at hand, as on a Space without the dataset, the int8
+export is rebuilt from them and chosen on that record, provided it is exactly the graph that passed.
+
+A spec names the *parts* of a model that are plain tensor functions
 ("" = the whole model; Mask R-CNN serves its backbone and heads this way and keeps its
 detection logic in PyTorch; a part's nested arguments, like a list of feature maps, are traced
 through their flat tensors); each part is replaced by a ``RuntimePart`` module, so callers
@@ -49,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from seg.config import cache_dir
+from seg.config import cache_dir, shipped_checkpoint_dir
 from seg.hardware import cpu_features, runtime_versions
 from seg.io import atomic_write_text
 
@@ -607,7 +612,6 @@ def _quantise_openvino(onnx_path: Path, calibration: list[tuple[torch.Tensor, ..
     ``_INT8_FLOAT_OPS`` stay float."""
     _without_telemetry()
     import nncf
-    import openvino as ov
 
     model = _ov_core().read_model(str(onnx_path))
     items = [[_to_numpy(t) for t in call] for call in calibration]
@@ -619,10 +623,113 @@ def _quantise_openvino(onnx_path: Path, calibration: list[tuple[torch.Tensor, ..
         fast_bias_correction=True,
         ignored_scope=nncf.IgnoredScope(types=list(_INT8_FLOAT_OPS), validate=False),
     )
+    _save_openvino(quantised, out)
+
+
+def _save_openvino(model: Any, out: Path) -> None:
+    import openvino as ov
+
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.xml")
-    ov.save_model(quantised, str(tmp))
+    ov.save_model(model, str(tmp))
     os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
     os.replace(tmp, out)
+
+
+def _openvino_int8_from_params(onnx_path: Path, example: tuple[torch.Tensor, ...], params: dict, out: Path) -> None:
+    """The int8 export rebuilt without training images: quantised on one example input (which places the
+    quantisers), then given the shipped ranges; refused unless it is the graph that was checked."""
+    from seg.int8_params import apply
+
+    placed = out.with_name(f".{out.stem}.{os.getpid()}.placed.xml")
+    try:
+        _quantise_openvino(onnx_path, [example], placed)
+        model = apply(_ov_core().read_model(str(placed)), params)
+    finally:
+        placed.unlink(missing_ok=True)
+        placed.with_suffix(".bin").unlink(missing_ok=True)
+    _save_openvino(model, out)
+
+
+# ------------------------------------------------------------------------------ shipped int8 parameters
+
+
+def int8_params_path(key: str) -> Path | None:
+    """Where the shipped int8 parameters of the weights ``key`` would be (``seg.int8_params``)."""
+    shipped = shipped_checkpoint_dir()
+    return shipped / "int8" / f"{key[:24]}.json" if shipped else None
+
+
+def read_int8_params(key: str) -> dict | None:
+    """The shipped int8 parameters of these weights for this quantisation recipe, if any."""
+    path = int8_params_path(key)
+    try:
+        params = json.loads(path.read_text(encoding="utf-8")) if path else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(params, dict) or params.get("key") != key or params.get("recipe") != _INT8_RECIPE:
+        return None
+    return params if isinstance(params.get("parts"), dict) else None
+
+
+def served_int8_digests(spec: ServingSpec) -> dict[str, str] | None:
+    """Graph digests of the OpenVINO int8 files in the cache, per part; None when one is missing."""
+    from seg.int8_params import graph_digest
+
+    folder = export_dir(spec.key)
+    if not _int8_files_exist(folder, spec, "openvino-int8"):
+        return None
+    return {
+        p: graph_digest(_ov_core().read_model(str(folder / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")))
+        for p in spec.parts
+    }
+
+
+def _agreement_of_params(spec: ServingSpec) -> dict | None:
+    """The agreement measured on val when the shipped int8 parameters were made, when the files served now are
+    exactly the graph that was checked and the settings it was checked with are this spec's; else None."""
+    params = read_int8_params(spec.key)
+    recorded = (params or {}).get("agreement") or {}
+    if not recorded.get("passed") or _jsonable_context(recorded.get("context")) != _jsonable_context(spec.context):
+        return None
+    digests = served_int8_digests(spec)
+    parts = params["parts"]
+    if digests is None or any(parts.get(p, {}).get("digest") != d for p, d in digests.items()):
+        return None
+    return recorded
+
+
+def _jsonable_context(context: Any) -> str:
+    return json.dumps(context, sort_keys=True, default=str)
+
+
+def write_int8_params(spec: ServingSpec, choice: RuntimeChoice, folder: Path) -> Path:
+    """Ship-able int8 parameters (``seg.int8_params``) of the OpenVINO int8 export in the cache, with the
+    agreement it passed on val: written to ``folder/<weights key>.json``. Raises ``ValueError`` unless that
+    export passed the agreement contract on val (not merely without val data)."""
+    from seg.int8_params import FORMAT, extract
+
+    check = choice.agreement.get("openvino-int8") or {}
+    if not check.get("passed") or str(check.get("reason", "")).startswith("no val data"):
+        raise ValueError("OpenVINO int8 has not passed the agreement contract on val here for this checkpoint")
+    export = export_dir(spec.key)
+    if not _int8_files_exist(export, spec, "openvino-int8"):
+        raise ValueError("no OpenVINO int8 export of this checkpoint in the cache")
+    parts = {
+        p: extract(_ov_core().read_model(str(export / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")))
+        for p in spec.parts
+    }
+    params = {
+        "format": FORMAT,
+        "key": spec.key,
+        "recipe": _INT8_RECIPE,
+        "parts": parts,
+        "agreement": {"passed": True, "context": spec.context, "metrics": check},
+        "made_with": {"cpu": cpu_features().summary(), "versions": runtime_versions(), "at": time.strftime("%Y-%m-%d")},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.key[:24]}.json"
+    atomic_write_text(path, json.dumps(params, default=str) + "\n")
+    return path
 
 
 def _quantise_onnx(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path) -> None:
@@ -670,11 +777,13 @@ def _build_part(
     backend: str,
     folder: Path,
     draft: bool = False,
+    params: dict[str, dict] | None = None,
 ) -> RuntimePart:
     """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is missing.
 
     ``draft``: an int8 file of its own, quantised on whatever calibration it is given (one image), only
-    to be timed: its graph, hence its speed, is the full quantisation's.
+    to be timed: its graph, hence its speed, is the full quantisation's. ``params``: shipped int8
+    parameters per part (``read_int8_params``), used before calibrating.
     """
     family, precision = backend.split("-")
     module = model.get_submodule(part) if part else model
@@ -690,6 +799,11 @@ def _build_part(
     static = dynamic == (0,) and not part
     if precision == "int8":
         path = folder / f"{_part_file(part)}{_DRAFT if draft else ''}{_INT8_SUFFIX[family]}"
+        if not path.is_file() and family == "openvino" and not draft and part in (params or {}):
+            try:
+                _openvino_int8_from_params(onnx_path, capture()[part].inputs[0], params[part], path)
+            except (ValueError, RuntimeError) as err:
+                log.warning("the shipped int8 parameters do not apply here (%s); calibrating instead", err)
         if not path.is_file():
             if not calibration:
                 raise RuntimeError("int8 needs training images to calibrate on")
@@ -725,10 +839,15 @@ def build_serving(
             cache["captured"] = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
         return cache["captured"]
 
+    params = None
+    if backend == "openvino-int8" and not draft and not _int8_files_exist(folder, spec, backend):
+        params = (read_int8_params(spec.key) or {}).get("parts")
     if calibration is None and backend.endswith("int8") and not _int8_files_exist(folder, spec, backend):
-        calibration = _calibration_inputs(model, spec)
+        calibration = _calibration_inputs(model, spec)  # also when parameters are shipped: they may not apply
     if "" in spec.parts:
-        return _build_part(model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder, draft)
+        return _build_part(
+            model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder, draft, params
+        )
     served = copy.deepcopy(model)
     for part, dynamic in spec.parts.items():
         if parts is not None and part not in parts:
@@ -738,7 +857,7 @@ def build_serving(
         setattr(
             parent,
             child,
-            _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder, draft),
+            _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder, draft, params),
         )
     return served
 
@@ -847,8 +966,13 @@ def calibrate(
     examples = spec.example_inputs()
     folder = export_dir(spec.key)
     int8_exported = [b for b in ("onnx-int8", "openvino-int8") if _int8_files_exist(folder, spec, b)]
+    shipped = read_int8_params(spec.key)
+    if shipped and set(spec.parts) <= set(shipped["parts"]) and "openvino-int8" not in int8_exported:
+        int8_exported.append("openvino-int8")  # rebuilt from the shipped parameters, never a draft
     calibration = None if len(int8_exported) == 2 else _calibration_inputs(model, spec)
     backends = candidate_backends(requested, int8=calibration is not None or bool(int8_exported))
+    if calibration is None:  # without training images only what exists (or is shipped) can be int8
+        backends = [b for b in backends if not b.endswith("int8") or b in int8_exported]
     one_image = {part: calls[:1] for part, calls in calibration.items()} if calibration else None
     captured = capture_parts(model, list(spec.parts), examples[:1])
     served: dict[str, nn.Module] = {EAGER: model}
@@ -903,7 +1027,17 @@ def calibrate(
                 output = flatten_tensors(served[label](*examples[0]))
             differences[label] = _relative_difference(reference, output)
         exact = differences[label] <= EXACT_TOLERANCE
-        if result is None:
+        recorded = _agreement_of_params(spec) if result is None and label == "openvino-int8" else None
+        if recorded is not None:  # the very graph that passed on val when its parameters were made
+            agreement[label] = {
+                **recorded["metrics"],
+                "passed": True,
+                "max_relative_difference": differences[label],
+                "reason": "no val data here: the same int8 graph passed the contract on val when its "
+                "shipped parameters were made",
+            }
+            passed = True
+        elif result is None:
             agreement[label] = {
                 "passed": exact,
                 "max_relative_difference": differences[label],

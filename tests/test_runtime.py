@@ -523,3 +523,67 @@ def test_mask_rcnn_pools_its_boxes_on_threads_with_the_same_result(pennfudan_roo
     finally:
         torch.set_num_threads(threads)
     assert calls and min(calls) > 0  # the proposals did go through the worker threads
+
+
+def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(monkeypatch, tmp_path):
+    """int8 parameters written after a calibration on val let a machine without the dataset (no training
+    images, no val split) serve the very int8 graph that passed, and nothing else: altered ranges are refused."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from seg.int8_params import graph_digest
+
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    metrics = {"miou": 0.51, "reference_miou": 0.512, "pixel_agreement": 0.99, "images": 4}
+    with_data = runtime.ServingSpec(
+        runtime.weights_key(tiny),
+        {"": (0,)},
+        lambda: calls[:1],
+        lambda: calls,
+        agreement=lambda module: runtime.Agreement(True, metrics, ""),
+        context={"input_size": [32, 48]},
+    )
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(
+        runtime,
+        "time_interleaved",
+        lambda functions, **k: {n: 10.0 if n == "openvino-int8" else 20.0 for n in functions},
+    )
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "built"))
+    built = runtime.calibrate(tiny, with_data, "openvino")
+    assert built.backend == "openvino-int8"
+    shipped = tmp_path / "shipped"
+    path = runtime.write_int8_params(with_data, built, shipped / "int8")
+    params = json.loads(path.read_text())
+    assert path.stat().st_size < 4096 and params["parts"][""]["ranges"]
+    assert params["agreement"]["metrics"]["reference_miou"] == 0.512
+    built_xml = next(runtime.export_dir(with_data.key).glob("*-openvino-int8-*.xml"))
+    built_out = runtime._OpenVinoEngine(built_xml, "int8", True)([calls[0][0].numpy()])[0]
+
+    # a machine without the dataset: no calibration images, no agreement check
+    monkeypatch.setattr(runtime, "shipped_checkpoint_dir", lambda: shipped)
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "space"))
+    quantised: list[int] = []
+    real = runtime._quantise_openvino
+    monkeypatch.setattr(runtime, "_quantise_openvino", lambda o, c, out: (quantised.append(len(c)), real(o, c, out)))
+    no_data = runtime.ServingSpec(with_data.key, {"": (0,)}, lambda: calls[:1], context={"input_size": [32, 48]})
+    choice = runtime.calibrate(tiny, no_data, "openvino")
+    assert choice.backend == "openvino-int8", choice
+    assert "shipped parameters" in choice.agreement["openvino-int8"]["reason"]
+    assert choice.agreement["openvino-int8"]["reference_miou"] == 0.512
+    assert quantised == [1], "quantised once on one input, only to place the quantisers"
+    xml = next(runtime.export_dir(no_data.key).glob("*-openvino-int8-*.xml"))
+    assert graph_digest(runtime._ov_core().read_model(str(xml))) == params["parts"][""]["digest"]
+    served = runtime._OpenVinoEngine(xml, "int8", True)([calls[0][0].numpy()])[0]
+    assert np.array_equal(served, built_out)
+    # checked under other settings: the recorded agreement does not carry over
+    other = runtime.ServingSpec(with_data.key, {"": (0,)}, lambda: calls[:1], context={"input_size": [64, 96]})
+    assert runtime._agreement_of_params(other) is None
+
+    # altered ranges rebuild another graph: refused, and without training images there is no int8 at all
+    params["parts"][""]["ranges"][0]["values"][0] += 0.5
+    path.write_text(json.dumps(params))
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "tampered"))
+    tampered = runtime.calibrate(tiny, no_data, "openvino")
+    assert tampered.backend != "openvino-int8" and "openvino-int8" not in tampered.timings_ms
+    assert not list(runtime.export_dir(no_data.key).glob("*-openvino-int8-*"))

@@ -8,9 +8,12 @@ read the choice and re-check agreement.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from seg import runtime
 from seg.config import REPO_ROOT
 from seg.inference import MIOU_TOLERANCE, PIXEL_AGREEMENT, Predictor, semantic_agreement
 from seg.runtime import EAGER, MIN_SPEEDUP, RuntimeChoice
@@ -74,3 +77,48 @@ def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(serv
     assert metrics["images"] == len(val)
     assert abs(metrics["miou"] - metrics["reference_miou"]) <= MIOU_TOLERANCE
     assert metrics["pixel_agreement"] >= PIXEL_AGREEMENT
+
+
+#: The shipped checkpoints whose OpenVINO int8 export ships its parameters (``checkpoints/int8/``).
+WITH_INT8_PARAMS = ["unet", "resunet", "ensemble", "dwt", "maskrcnn"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WITH_INT8_PARAMS)
+def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(monkeypatch, tmp_path, name):
+    """Where neither training images nor val are at hand (a Space without the dataset), each of these
+    checkpoints is served by the very int8 graph that passed the contract on val when its parameters were
+    made: rebuilt from them, and chosen on that record when it is the fastest."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from seg.instances.inference import InstancePredictor
+
+    monkeypatch.setenv("SEG_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    if json.loads((SHIPPED / f"{name}.json").read_text())["task"] == "instances":
+        predictor = InstancePredictor.from_checkpoint(SHIPPED / name, runtime="eager")
+    else:
+        predictor = Predictor.from_checkpoint(SHIPPED / name, device="cpu", runtime="eager")
+    spec = predictor.serving_spec()
+    assert spec.calibration_inputs() is None and spec.agreement(predictor.model) is None
+    params = runtime.read_int8_params(spec.key)
+    remake = f"seglab export --checkpoint {name} --int8-params checkpoints/int8"
+    assert params, f"checkpoints/int8 has no parameters for these weights: {remake}"
+    recorded = params["agreement"]["metrics"]
+    assert params["agreement"]["passed"] and recorded["passed"] and recorded["images"] >= 25
+    assert params["agreement"]["context"] == json.loads(json.dumps(spec.context))
+
+    # fastest on record: checked on its recorded agreement, chosen, and built from the shipped ranges
+    monkeypatch.setattr(
+        runtime, "time_interleaved", lambda functions, **k: {b: 1.0 if b == "openvino-int8" else 5.0 for b in functions}
+    )
+    choice = runtime.calibrate(predictor.model, spec, "openvino")
+    assert choice.backend == "openvino-int8", choice
+    assert "shipped parameters" in choice.agreement["openvino-int8"]["reason"]
+    digests = runtime.served_int8_digests(spec)
+    assert digests == {part: p["digest"] for part, p in params["parts"].items()}
+    served = runtime.build_serving(predictor.model, spec, "openvino-int8")
+    example = spec.example_inputs()[0]
+    with torch.inference_mode():
+        shapes = [t.shape[1:] for t in runtime.flatten_tensors(served(*example))]  # a detector's counts may differ
+        assert shapes == [t.shape[1:] for t in runtime.flatten_tensors(predictor.model(*example))]

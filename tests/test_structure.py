@@ -141,6 +141,11 @@ def test_every_package_is_installed():
     packages = {_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
     assert packages <= set(config["packages"])
     assert config["package-dir"]["seglab_checkpoints"] == "checkpoints"
+    # every shipped file (weights, cards, int8 parameters) is package data of ``seglab_checkpoints``
+    globs = config["package-data"]["seglab_checkpoints"]
+    shipped = [p.relative_to(ROOT / "checkpoints") for p in (ROOT / "checkpoints").rglob("*") if p.is_file()]
+    packaged = lambda path: any(path.match(g) and len(path.parts) == len(Path(g).parts) for g in globs)  # noqa: E731
+    assert shipped and all(packaged(path) for path in shipped), [str(p) for p in shipped if not packaged(p)]
 
 
 #: Spelled with \s+ between words, so that this file can be scanned like every other one.
