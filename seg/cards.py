@@ -32,24 +32,33 @@ def card_path(path: str | Path) -> Path:
     return stem_of(path).with_suffix(".json")
 
 
-def jsonable(value: Any) -> Any:
+def jsonable(value: Any, strict: bool = False) -> Any:
     """Plain JSON values from tensors, numpy scalars/arrays, paths, tuples and dataclass-like dicts.
 
     Non-finite floats become ``None``: a card is read by other tools, and strict JSON has no NaN.
+    ``strict``: anything else becomes its text too (for a browser, which must receive JSON).
     """
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, strict) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, strict) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if hasattr(value, "tolist") and callable(value.tolist):  # torch tensors and numpy arrays/scalars
-        return jsonable(value.tolist())
+        return jsonable(value.tolist(), strict)
     if hasattr(value, "item") and callable(value.item):
-        return jsonable(value.item())
+        return jsonable(value.item(), strict)
+    if strict and not (isinstance(value, (str, int, bool)) or value is None):
+        return str(value)
     return value
+
+
+def can_teach(card: dict) -> bool:
+    """Whether a checkpoint's answers are worth distilling: a semantic model that looks at the image
+    (the prior answers the same for every image, so it has nothing to teach)."""
+    return card.get("task", "semantic") == "semantic" and card.get("architecture") != "prior"
 
 
 #: An absolute POSIX path inside a string: a "/" that starts a token, then everything up to a space or quote

@@ -294,8 +294,13 @@ def test_the_train_form_offers_a_teacher_by_name_among_the_visible_models(tmp_pa
     with pytest.raises(gr.Error, match="tiny-unet knows other classes than this training data"):
         train.make_config(store, *form, distill_from="tiny-unet")
     choices = train.teacher_choices(store, "gone")
-    assert choices["choices"] == [train.NO_TEACHER, *store.best("semantic", k=3)], "no teacher, then best first"
+    teachers = [n for n in store.best("semantic", k=3) if n != "tiny-prior"]  # the prior has nothing to teach
+    assert "tiny-prior" in store.names("semantic") and len(teachers) == 2
+    assert choices["choices"] == [train.NO_TEACHER, *teachers], "no teacher, then best first"
     assert "tiny-dwt" not in choices["choices"] and choices["value"] == train.NO_TEACHER
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(gr.Error, match="Choose a listed model to learn from"):
+        train.make_config(store, *form, distill_from="tiny-prior")
 
 
 def test_events_refuse_in_plain_sentences_and_log_faults_once(caplog):
@@ -389,6 +394,14 @@ def test_app_builds_without_data_and_says_how_to_get_it(monkeypatch, tmp_path, c
     assert "broken" in joined and "unavailable" in joined, "unavailable checkpoints are listed with the reason"
     names = {getattr(fn, "api_name", None) for fn in demo.fns.values()}
     assert {"segment", "segment_compare", "augment", "evaluate", "train", "instances"} <= names
+    # a tab switch refreshes every model list, the teacher's included (no teacher first, then models)
+    switches = [fn for fn in demo.fns.values() if any(t[1] == "select" for t in fn.targets) and fn.outputs]
+    refresh = next(fn for fn in switches if any(getattr(o, "elem_id", None) == "train-teacher" for o in fn.outputs))
+    teacher_slot = [getattr(o, "elem_id", None) for o in refresh.outputs].index("train-teacher")
+    updates = refresh.fn(*[None] * len(refresh.inputs))
+    from seg.ui.train import NO_TEACHER
+
+    assert updates[teacher_slot]["choices"][0] == NO_TEACHER and updates[teacher_slot]["value"] == NO_TEACHER
 
 
 def test_segment_rerender_uses_cached_labels_only():

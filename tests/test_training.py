@@ -402,3 +402,5 @@ def test_distillation_flags_are_checked(sbd_root, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="a semantic checkpoint with the classes a, b is needed"):
         _teacher("unet", ["a", "b"])
+    with pytest.raises(ValueError, match="--distill-from prior: choose a model that looks at the image"):
+        _teacher("prior", ["sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc"])

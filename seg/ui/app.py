@@ -32,7 +32,7 @@ from seg.errors import clean, register_expected
 from seg.modelstore import CheckpointFolder, CheckpointNameTaken, ModelStore, ModelUnavailable, ReadOnlyStore
 from seg.ui.api import build_api
 from seg.ui.messages import guard_events
-from seg.ui.pickers import Serving, VisitorStore, attach_serving, dropdown_update, take_watched
+from seg.ui.pickers import Serving, VisitorStore, attach_serving, take_watched
 from seg.ui.queues import inference_concurrency
 from seg.ui.scratch import limit_malloc_arenas, release_memory
 
@@ -150,7 +150,7 @@ def _wire_model_lists(tabs: list, store: Any) -> None:
 
     def refresh(*current):
         store.refresh()
-        return [dropdown_update(store, w.task, w.multiselect, cur) for w, cur in zip(watched, current)]
+        return [w.update(store, cur) for w, cur in zip(watched, current)]
 
     for tab in tabs:
         tab.select(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -183,19 +183,32 @@ class VisitorStore:
 # -- dropdowns that follow the store -----------------------------------------------------------------
 @dataclass(frozen=True)
 class WatchedDropdown:
-    """A model dropdown built by a tab: the component, the task it lists, whether it is multiselect."""
+    """A model dropdown built by a tab: the component, the task it lists, whether it is multiselect, and
+    ``choices(store, current)`` for a list other than the task's models (e.g. "no teacher" first)."""
 
     component: Any
     task: str
     multiselect: bool
+    choices: Callable[[Any, Any], dict] | None = None
+
+    def update(self, store: Any, current: Any) -> dict:
+        if self.choices is not None:
+            return self.choices(store, current)
+        return dropdown_update(store, self.task, self.multiselect, current)
 
 
 _watched: weakref.WeakKeyDictionary[Any, list[WatchedDropdown]] = weakref.WeakKeyDictionary()
 
 
-def watch(store: Any, dropdown: Any, task: str = "semantic", multiselect: bool = False) -> Any:
+def watch(
+    store: Any,
+    dropdown: Any,
+    task: str = "semantic",
+    multiselect: bool = False,
+    choices: Callable[[Any, Any], dict] | None = None,
+) -> Any:
     """Register a model dropdown whose choices must follow ``store.refresh``; returns the dropdown."""
-    _watched.setdefault(store, []).append(WatchedDropdown(dropdown, task, multiselect))
+    _watched.setdefault(store, []).append(WatchedDropdown(dropdown, task, multiselect, choices))
     return dropdown
 
 

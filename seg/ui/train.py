@@ -33,7 +33,7 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
-from seg.cards import without_paths
+from seg.cards import can_teach, jsonable, without_paths
 from seg.classes import colorize
 from seg.deploy import TrainingBounds
 from seg.errors import UserError, user_message
@@ -44,6 +44,7 @@ from seg.resume import clear_state
 from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md, missing_dataset_text
 from seg.ui.pickers import Serving, VisitorStore, current_visitor_key, require_visitor_key, serving_of
+from seg.ui.pickers import watch as watch_dropdown
 from seg.ui.queues import TRAIN_QUEUE
 from seg.ui.samples import dataset_available
 from seg.ui.scratch import release_memory
@@ -231,7 +232,7 @@ class TrainingRun:
                 checkpoint = event.get("checkpoint")
                 s.checkpoint = Path(checkpoint).name if checkpoint else None
                 light["checkpoint"] = s.checkpoint
-            s.events.append(_jsonable(light))
+            s.events.append(jsonable(light, strict=True))
             self._bump()
 
     def _finish(self, status: str, error: str | None) -> None:
@@ -332,26 +333,12 @@ def _float(value: Any) -> float:
         return float("nan")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def _public_config(config: Any) -> dict:
     """The run's settings as viewers see them: no server paths."""
     data = asdict(config) if is_dataclass(config) else dict(vars(config))
     data.pop("data_dir", None)
     data.pop("init_from", None)
-    return without_paths(_jsonable(data))  # the checkpoint's and the teacher's folders: their names
+    return without_paths(jsonable(data, strict=True))  # the checkpoint's and the teacher's folders: their names
 
 
 def _sample_tiles(samples: list[dict], epoch: Any = None) -> np.ndarray | None:
@@ -662,7 +649,7 @@ def _teacher_path(store: Any, name: Any, root: Path) -> str | None:
     the server's), refused in plain words when its classes are not the training data's; None for no teacher."""
     if name in (None, "", NO_TEACHER):
         return None
-    if not isinstance(name, str) or name not in store.names("semantic"):
+    if not isinstance(name, str) or name not in _teacher_names(store):
         raise gr.Error("Choose a listed model to learn from, or none.")
     from seg.data.sbd import read_classes
 
@@ -673,8 +660,9 @@ def _teacher_path(store: Any, name: Any, root: Path) -> str | None:
 
 
 def _teacher_names(store: Any) -> list[str]:
-    """No teacher, then every semantic model the visitor sees, best first."""
-    return [NO_TEACHER, *store.best("semantic", k=len(store.names("semantic")))]
+    """No teacher, then every semantic model the visitor sees that can teach (``can_teach``), best first."""
+    names = store.best("semantic", k=len(store.names("semantic")))
+    return [NO_TEACHER, *(n for n in names if can_teach(store.card(n) or {}))]
 
 
 def teacher_choices(store: Any, current: Any = None) -> dict:
@@ -826,6 +814,7 @@ def build(store: Any) -> None:
                     "one fast model that learns from a slower, better one. Each step takes longer.",
                     elem_id="train-teacher",
                 )
+                watch_dropdown(store, teacher, choices=teacher_choices)  # refreshed on a tab switch too
                 distill_weight = gr.Slider(
                     0.0, MAX_DISTILL_WEIGHT, value=1.0, step=0.1, label="Weight of the teacher's answers in the loss"
                 )
