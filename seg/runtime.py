@@ -18,7 +18,7 @@ none, then swaps the chosen backend in (``DeferredServing``): a start never wait
 
 Exports live in ``seg.config.cache_dir() / "runtime" / <weights sha256>``, never beside the
 shipped checkpoints. What the shipped checkpoints carry instead is each OpenVINO int8 export's
-quantisation ranges with the agreement it passed on val (``checkpoints/int8/``, ``seg.int8_params``):
+quantisation ranges with the agreement it passed on val (``int8/`` beside them, ``seg.int8_params``):
 where neither training images nor val are at hand, as on a Space without the dataset, the int8
 export is rebuilt from them and chosen on that record, provided it is exactly the graph that passed.
 
@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from seg.config import cache_dir, shipped_checkpoint_dir
+from seg.config import cache_dir, checkpoint_dir, shipped_checkpoint_dir
 from seg.hardware import cpu_features, runtime_versions
 from seg.io import atomic_write_text
 
@@ -653,22 +653,24 @@ def _openvino_int8_from_params(onnx_path: Path, example: tuple[torch.Tensor, ...
 # ------------------------------------------------------------------------------ shipped int8 parameters
 
 
-def int8_params_path(key: str) -> Path | None:
-    """Where the shipped int8 parameters of the weights ``key`` would be (``seg.int8_params``)."""
-    shipped = shipped_checkpoint_dir()
-    return shipped / "int8" / f"{key[:24]}.json" if shipped else None
+def int8_params_paths(key: str) -> list[Path]:
+    """Where int8 parameters of the weights ``key`` may be (``seg.int8_params``): ``int8/`` in the checkpoint
+    folder (``$SEG_CHECKPOINT_DIR``), then in the shipped checkpoints'."""
+    folders = dict.fromkeys(f for f in (checkpoint_dir(), shipped_checkpoint_dir()) if f is not None)
+    return [folder / "int8" / f"{key[:24]}.json" for folder in folders]
 
 
 def read_int8_params(key: str) -> dict | None:
-    """The shipped int8 parameters of these weights for this quantisation recipe, if any."""
-    path = int8_params_path(key)
-    try:
-        params = json.loads(path.read_text(encoding="utf-8")) if path else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(params, dict) or params.get("key") != key or params.get("recipe") != _INT8_RECIPE:
-        return None
-    return params if isinstance(params.get("parts"), dict) else None
+    """The int8 parameters of these weights for this quantisation recipe, if any are shipped."""
+    for path in int8_params_paths(key):
+        try:
+            params = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(params, dict) and params.get("key") == key and params.get("recipe") == _INT8_RECIPE:
+            if isinstance(params.get("parts"), dict):
+                return params
+    return None
 
 
 def served_int8_digests(spec: ServingSpec) -> dict[str, str] | None:

@@ -552,7 +552,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "built"))
     built = runtime.calibrate(tiny, with_data, "openvino")
     assert built.backend == "openvino-int8"
-    shipped = tmp_path / "shipped"
+    shipped = tmp_path / "checkpoints"
     path = runtime.write_int8_params(with_data, built, shipped / "int8")
     params = json.loads(path.read_text())
     assert path.stat().st_size < 4096 and params["parts"][""]["ranges"]
@@ -561,7 +561,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     built_out = runtime._OpenVinoEngine(built_xml, "int8", True)([calls[0][0].numpy()])[0]
 
     # a machine without the dataset: no calibration images, no agreement check
-    monkeypatch.setattr(runtime, "shipped_checkpoint_dir", lambda: shipped)
+    monkeypatch.setenv("SEG_CHECKPOINT_DIR", str(shipped))  # a folder of one's own checkpoints, with int8/
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "space"))
     quantised: list[int] = []
     real = runtime._quantise_openvino
