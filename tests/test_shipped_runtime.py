@@ -80,7 +80,7 @@ def test_shipped_semantic_model_keeps_the_contract_under_the_chosen_runtime(serv
 
 
 #: The shipped checkpoints whose OpenVINO int8 export ships its parameters (``checkpoints/int8/``).
-WITH_INT8_PARAMS = ["unet", "resunet", "ensemble", "dwt", "maskrcnn"]
+WITH_INT8_PARAMS = ["cnn", "unet", "resunet", "ensemble", "dwt", "maskrcnn"]
 
 
 @pytest.mark.slow
