@@ -1018,7 +1018,7 @@ def calibrate(
                 continue
             drafts.discard(label)
             differences.pop(label, None)
-        say(f"checking {label} against eager fp32 on val")
+        say(f"checking {label} against eager fp32 (on val, or on its record when no val data is at hand)")
         try:
             result = spec.agreement(served[label])
         except Exception as err:  # noqa: BLE001 - a backend that cannot be checked is not chosen
