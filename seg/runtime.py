@@ -673,23 +673,27 @@ def read_int8_params(key: str) -> dict | None:
     return None
 
 
+def _openvino_int8_models(spec: ServingSpec) -> dict[str, Any] | None:
+    """The cached OpenVINO int8 export of each part as an ``openvino.Model``; None when one is missing."""
+    folder = export_dir(spec.key)
+    if not _int8_files_exist(folder, spec, "openvino-int8"):
+        return None
+    return {p: _ov_core().read_model(str(folder / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")) for p in spec.parts}
+
+
 def served_int8_digests(spec: ServingSpec) -> dict[str, str] | None:
     """Graph digests of the OpenVINO int8 files in the cache, per part; None when one is missing."""
     from seg.int8_params import graph_digest
 
-    folder = export_dir(spec.key)
-    if not _int8_files_exist(folder, spec, "openvino-int8"):
-        return None
-    return {
-        p: graph_digest(_ov_core().read_model(str(folder / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")))
-        for p in spec.parts
-    }
+    models = _openvino_int8_models(spec)
+    return None if models is None else {p: graph_digest(m) for p, m in models.items()}
 
 
-def _agreement_of_params(spec: ServingSpec) -> dict | None:
-    """The agreement measured on val when the shipped int8 parameters were made, when the files served now are
-    exactly the graph that was checked and the settings it was checked with are this spec's; else None."""
-    params = read_int8_params(spec.key)
+def _agreement_of_params(spec: ServingSpec, params: dict | None = None) -> dict | None:
+    """The agreement recorded in ``params`` (default: the shipped ones, ``read_int8_params``; measured on val when
+    they were made), when the files served now are exactly the graph that was checked and the settings it was
+    checked with are this spec's; else None."""
+    params = params if params is not None else read_int8_params(spec.key)
     recorded = (params or {}).get("agreement") or {}
     if not recorded.get("passed") or _jsonable_context(recorded.get("context")) != _jsonable_context(spec.context):
         return None
@@ -710,16 +714,17 @@ def write_int8_params(spec: ServingSpec, choice: RuntimeChoice, folder: Path) ->
     export passed the agreement contract on val (not merely without val data)."""
     from seg.int8_params import FORMAT, extract
 
-    check = choice.agreement.get("openvino-int8") or {}
+    check = choice.agreement.get("openvino-int8")
+    if check is None:
+        raise ValueError(
+            "OpenVINO int8 was not checked on val: a faster backend passed first (--runtime openvino checks it)"
+        )
     if not check.get("passed") or str(check.get("reason", "")).startswith("no val data"):
         raise ValueError("OpenVINO int8 has not passed the agreement contract on val here for this checkpoint")
-    export = export_dir(spec.key)
-    if not _int8_files_exist(export, spec, "openvino-int8"):
+    models = _openvino_int8_models(spec)
+    if models is None:
         raise ValueError("no OpenVINO int8 export of this checkpoint in the cache")
-    parts = {
-        p: extract(_ov_core().read_model(str(export / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")))
-        for p in spec.parts
-    }
+    parts = {p: extract(m) for p, m in models.items()}
     params = {
         "format": FORMAT,
         "key": spec.key,
@@ -775,13 +780,14 @@ def _build_part(
     part: str,
     dynamic: tuple[int, ...],
     capture: Callable[[], dict[str, _Captured]],
-    calibration: list[tuple] | None,
+    calibration: Callable[[], list[tuple] | None],
     backend: str,
     folder: Path,
     draft: bool = False,
     params: dict[str, dict] | None = None,
 ) -> RuntimePart:
-    """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is missing.
+    """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is
+    missing, ``calibration`` (this part's int8 calibration inputs) only when an int8 file must be made.
 
     ``draft``: an int8 file of its own, quantised on whatever calibration it is given (one image), only
     to be timed: its graph, hence its speed, is the full quantisation's. ``params``: shipped int8
@@ -807,9 +813,10 @@ def _build_part(
             except (ValueError, RuntimeError) as err:
                 log.warning("the shipped int8 parameters do not apply here (%s); calibrating instead", err)
         if not path.is_file():
-            if not calibration:
+            calls = calibration()
+            if not calls:
                 raise RuntimeError("int8 needs training images to calibrate on")
-            (_quantise_openvino if family == "openvino" else _quantise_onnx)(onnx_path, calibration, path)
+            (_quantise_openvino if family == "openvino" else _quantise_onnx)(onnx_path, calls, path)
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
@@ -841,15 +848,21 @@ def build_serving(
             cache["captured"] = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
         return cache["captured"]
 
+    calls: dict[str, dict[str, list[tuple]] | None] = {} if calibration is None else {"all": calibration}
+
+    def calibration_of(part: str) -> Callable[[], list[tuple] | None]:
+        def inputs() -> list[tuple] | None:
+            if "all" not in calls:  # only when an int8 file is made, and neither the cache nor parameters had it
+                calls["all"] = _calibration_inputs(model, spec)
+            return (calls["all"] or {}).get(part)
+
+        return inputs
+
     params = None
     if backend == "openvino-int8" and not draft and not _int8_files_exist(folder, spec, backend):
         params = (read_int8_params(spec.key) or {}).get("parts")
-    if calibration is None and backend.endswith("int8") and not _int8_files_exist(folder, spec, backend):
-        calibration = _calibration_inputs(model, spec)  # also when parameters are shipped: they may not apply
     if "" in spec.parts:
-        return _build_part(
-            model, "", spec.parts[""], capture, (calibration or {}).get(""), backend, folder, draft, params
-        )
+        return _build_part(model, "", spec.parts[""], capture, calibration_of(""), backend, folder, draft, params)
     served = copy.deepcopy(model)
     for part, dynamic in spec.parts.items():
         if parts is not None and part not in parts:
@@ -859,7 +872,7 @@ def build_serving(
         setattr(
             parent,
             child,
-            _build_part(model, part, dynamic, capture, (calibration or {}).get(part), backend, folder, draft, params),
+            _build_part(model, part, dynamic, capture, calibration_of(part), backend, folder, draft, params),
         )
     return served
 
@@ -1029,7 +1042,7 @@ def calibrate(
                 output = flatten_tensors(served[label](*examples[0]))
             differences[label] = _relative_difference(reference, output)
         exact = differences[label] <= EXACT_TOLERANCE
-        recorded = _agreement_of_params(spec) if result is None and label == "openvino-int8" else None
+        recorded = _agreement_of_params(spec, shipped) if result is None and label == "openvino-int8" else None
         if recorded is not None:  # the very graph that passed on val when its parameters were made
             agreement[label] = {
                 **recorded["metrics"],

@@ -189,11 +189,11 @@ def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]
 def _teacher(name: str, classes: list[str]) -> tuple[nn.Module, dict]:
     """The frozen semantic model to distill, refused when its classes are not the training data's."""
     teacher, card = load_checkpoint(resolve_checkpoint(name), "cpu")
-    if not can_teach(card):
-        raise ValueError(f"--distill-from {name}: choose a model that looks at the image (not the prior)")
     if card.get("task", "semantic") != "semantic" or list(card.get("classes") or []) != list(classes):
         wanted = ", ".join(classes)
         raise ValueError(f"--distill-from {name}: a semantic checkpoint with the classes {wanted} is needed")
+    if not can_teach(card):
+        raise ValueError(f"--distill-from {name}: choose a model that looks at the image (not the prior)")
     teacher.eval().requires_grad_(False)
     return teacher, card
 
