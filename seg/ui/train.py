@@ -63,6 +63,7 @@ DATA_SBD = "Stanford Background"
 DATA_LABELS = "My labels (labeling workspace)"
 #: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
 STREAM_INTERVAL_S = 0.4
+STREAMING = "streaming"  # the timer's marker while the session's own Start streams the run
 FINISHED = ("done", "stopped", "failed")
 
 
@@ -727,7 +728,10 @@ def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None,
             time.sleep(STREAM_INTERVAL_S - (time.monotonic() - last))
             continue
         last = time.monotonic()
-        yield snapshot(s)  # read ``finished`` first: the run may end while this yield is consumed
+        # While the stream runs, the session's timer stays quiet (``STREAMING``): a tick answered late
+        # would otherwise put an older snapshot over a newer one. The last snapshot hands back to it.
+        marker = f"{id(run)}:{s.version}" if finished else STREAMING
+        yield snapshot(s) + (marker,)  # read ``finished`` first: the run may end while this yield is consumed
         if finished:
             break
     if run.state.status == "failed":
@@ -740,7 +744,10 @@ def stop_training(board: RunBoard) -> str:
 
 
 def watch(board: RunBoard, seen: str | None):
-    """Timer tick for every session: a new snapshot only when the run it may see changed."""
+    """Timer tick for every session: a new snapshot only when the run it may see changed, and none
+    while the session's own Start streams the run."""
+    if seen == STREAMING:
+        return (gr.skip(),) * 7
     run = board.run_for_viewer()
     if run is None:
         marker = f"idle:{board.busy_note()}"
@@ -976,7 +983,9 @@ def build(store: Any) -> None:
     # Its own concurrency group, so following a run never takes an inference slot. The group
     # admits a few streams: the gate is the board, which refuses a second Start at once with a
     # message instead of leaving the second person queued behind the first.
-    start.click(run_training, inputs, outputs, api_name="train", concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
+    start.click(
+        run_training, inputs, outputs + [seen], api_name="train", concurrency_id=TRAIN_QUEUE, concurrency_limit=4
+    )
     stop.click(partial(stop_training, board), None, status, api_name="train_stop", queue=False)
     timer = gr.Timer(2.0)
     timer.tick(
