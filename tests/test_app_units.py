@@ -175,8 +175,8 @@ def test_watch_skips_when_nothing_changed(tmp_path):
 
 
 def test_the_timer_keeps_quiet_while_the_sessions_own_start_streams(monkeypatch, tmp_path, ckpt_dir):
-    """A tick answered after a newer stream snapshot would show the older one: while the session's
-    Start streams, ticks change nothing; the stream's last snapshot hands the display back."""
+    """A tick answered after a newer streamed snapshot would show the older one: while a session's
+    Start streams, that session's ticks change nothing; other sessions' ticks follow the run."""
     import seg.training as ts
     from seg.deploy import Deployment
     from seg.ui import train
@@ -184,19 +184,22 @@ def test_the_timer_keeps_quiet_while_the_sessions_own_start_streams(monkeypatch,
 
     monkeypatch.setattr(ts, "train", _fake_train(steps_per_epoch=20, epochs=1, step_s=0.01))
     monkeypatch.setattr(train, "dataset_available", lambda name: tmp_path)  # the data is never read (fake train)
+    session = {"id": "starter"}
+    monkeypatch.setattr(train, "_session", lambda: session["id"])
     board = train.RunBoard(Serving.from_deployment(Deployment(labels_root=tmp_path)))
     form = ("cnn", 1, 0.002, 2, 1.0, 0.5, "none", 0, "none", 10, 0, "quiet", train.DATA_SBD)
-    snapshots = list(train.train_stream(board, ModelStore(ckpt_dir), *form))
-    markers = [shot[-1] for shot in snapshots]
-    assert len(snapshots) >= 2 and set(markers[:-1]) == {train.STREAMING}, "running snapshots silence the timer"
-    assert all(isinstance(x, type(gr.skip())) for x in train.watch(board, train.STREAMING))
+    stream = train.train_stream(board, ModelStore(ckpt_dir), *form)
+    snapshots = [next(stream)]
+    assert board.is_streaming("starter") and not board.is_streaming("other")
+    assert all(isinstance(x, type(gr.skip())) for x in train.watch(board, None)), "the starter's timer is quiet"
+    session["id"] = "other"
+    assert "running" in train.watch(board, None)[0], "another page follows the run through its timer"
+    snapshots += list(stream)
     status = snapshots[-1][0]
-    assert "done, 1 of 1 epochs" in status and "Best checkpoint: **final**" in status
-    last = train.watch(board, markers[-1])
-    assert all(isinstance(x, type(gr.skip())) for x in last[:-1]) and last[-1] == markers[-1], (
-        "the final snapshot is the one the timer would send"
-    )
-    assert "1 of 1 epochs" in train.watch(board, None)[0], "a page without the stream still gets it from the timer"
+    assert "done, 1 of 1 epochs" in status and "Best checkpoint: **final**" in status, "the stream ends on the end"
+    assert not board.is_streaming("starter"), "the stream's end hands the display back to the timer"
+    session["id"] = "starter"
+    assert train.watch(board, None)[0] == status
 
 
 def test_public_runs_are_bounded_owned_and_stopped_only_by_their_visitor(monkeypatch, tmp_path, ckpt_dir):
@@ -225,8 +228,7 @@ def test_public_runs_are_bounded_owned_and_stopped_only_by_their_visitor(monkeyp
     form = ("cnn", 50, 0.002, 2, 1.0, 0.5, "none", 0, "none", 100, 0, "mine", train.DATA_SBD)
     with acting_as("session:A"):
         stream = train.train_stream(board, store, *form)
-        status, *_, marker = next(stream)
-        assert marker == train.STREAMING
+        status, *_ = next(stream)
         run = board.run_for_viewer()
         assert run.state.config["epochs"] == 2 and run.state.config["limit"] == 5, "cut to the public limits"
         assert "limited to 2 epochs and 5 images" in run.state.note

@@ -16,6 +16,7 @@ visitor's own).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import math
@@ -43,7 +44,14 @@ from seg.render import hstack, vstack
 from seg.resume import clear_state
 from seg.ui.api import ModelChoice
 from seg.ui.messages import missing_dataset_md, missing_dataset_text
-from seg.ui.pickers import Serving, VisitorStore, current_visitor_key, require_visitor_key, serving_of
+from seg.ui.pickers import (
+    Serving,
+    VisitorStore,
+    current_request,
+    current_visitor_key,
+    require_visitor_key,
+    serving_of,
+)
 from seg.ui.pickers import watch as watch_dropdown
 from seg.ui.queues import TRAIN_QUEUE
 from seg.ui.samples import dataset_available
@@ -63,7 +71,6 @@ DATA_SBD = "Stanford Background"
 DATA_LABELS = "My labels (labeling workspace)"
 #: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
 STREAM_INTERVAL_S = 0.4
-STREAMING = "streaming"  # the timer's marker while the session's own Start streams the run
 FINISHED = ("done", "stopped", "failed")
 
 
@@ -252,10 +259,31 @@ class RunBoard:
         self._lock = threading.Lock()
         self.shared = TrainingRun()  # local mode: the one run everyone sees
         self._runs: dict[str, TrainingRun] = {}  # public mode: each visitor's latest run, by digest
+        self._streams: dict[str, int] = {}  # sessions following a run through their own Start, and how many
 
     @property
     def public(self) -> bool:
         return self.serving.public
+
+    @contextlib.contextmanager
+    def streaming(self, session: str | None) -> Iterator[None]:
+        """While ``session``'s Start streams a run, that session's timer stays quiet (``is_streaming``)."""
+        if session is None:
+            yield
+            return
+        with self._lock:
+            self._streams[session] = self._streams.get(session, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._streams.pop(session) - 1
+                if left:
+                    self._streams[session] = left
+
+    def is_streaming(self, session: str | None) -> bool:
+        with self._lock:
+            return session is not None and session in self._streams
 
     def run_for_viewer(self) -> TrainingRun | None:
         """The run the asking person sees: the shared one locally, their own in public mode."""
@@ -719,6 +747,19 @@ def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None,
     planned = plan_run(store, *form[:12], data_source, ws, bounds=bounds, **levers)
     name = planned.name
     run = board.start(planned.config, name, store, planned.note)
+    with board.streaming(_session()):
+        yield from _follow(run, name)
+    if run.state.status == "failed":
+        raise gr.Error(f"Training failed: {run.state.error}")
+
+
+def _session() -> str | None:
+    """The browser session (or API client) whose event is being served; None outside an event."""
+    return getattr(current_request(), "session_hash", None)
+
+
+def _follow(run: TrainingRun, name: str) -> Iterator[tuple]:
+    """Snapshots of ``run`` at most every ``STREAM_INTERVAL_S``, and always its last one."""
     version, last = -1, 0.0
     while True:
         version = run.wait(version, timeout=2.0)
@@ -728,14 +769,9 @@ def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None,
             time.sleep(STREAM_INTERVAL_S - (time.monotonic() - last))
             continue
         last = time.monotonic()
-        # While the stream runs, the session's timer stays quiet (``STREAMING``): a tick answered late
-        # would otherwise put an older snapshot over a newer one. The last snapshot hands back to it.
-        marker = f"{id(run)}:{s.version}" if finished else STREAMING
-        yield snapshot(s) + (marker,)  # read ``finished`` first: the run may end while this yield is consumed
+        yield snapshot(s)  # read ``finished`` first: the run may end while this yield is consumed
         if finished:
             break
-    if run.state.status == "failed":
-        raise gr.Error(f"Training failed: {run.state.error}")
 
 
 def stop_training(board: RunBoard) -> str:
@@ -745,8 +781,9 @@ def stop_training(board: RunBoard) -> str:
 
 def watch(board: RunBoard, seen: str | None):
     """Timer tick for every session: a new snapshot only when the run it may see changed, and none
-    while the session's own Start streams the run."""
-    if seen == STREAMING:
+    while the session's own Start streams the run (a tick answered after a newer streamed snapshot
+    would show the older one; the stream's last snapshot is the run's last state)."""
+    if board.is_streaming(_session()):
         return (gr.skip(),) * 7
     run = board.run_for_viewer()
     if run is None:
@@ -983,9 +1020,7 @@ def build(store: Any) -> None:
     # Its own concurrency group, so following a run never takes an inference slot. The group
     # admits a few streams: the gate is the board, which refuses a second Start at once with a
     # message instead of leaving the second person queued behind the first.
-    start.click(
-        run_training, inputs, outputs + [seen], api_name="train", concurrency_id=TRAIN_QUEUE, concurrency_limit=4
-    )
+    start.click(run_training, inputs, outputs, api_name="train", concurrency_id=TRAIN_QUEUE, concurrency_limit=4)
     stop.click(partial(stop_training, board), None, status, api_name="train_stop", queue=False)
     timer = gr.Timer(2.0)
     timer.tick(
