@@ -112,11 +112,19 @@ def run_started() -> float:
     return float(os.environ["SEG_TEST_RUN_STARTED"])
 
 
+#: Modules whose tests share an eager val reference through the serving cache (the DWT's: about two
+#: minutes). Queued together near the front of one worker, the second test reads what the first wrote
+#: instead of another worker waiting on the lock while it is computed.
+SHARED_REFERENCE = ("test_shipped_checkpoints.py", "test_shipped_runtime.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     """Modules with an ``uncontended`` test run first, so it waits for the other workers' first
-    (short) tests rather than for whatever long test they are in; modules stay contiguous."""
+    (short) tests rather than for whatever long test they are in; then the ``SHARED_REFERENCE``
+    modules, which pytest-xdist's work stealing leaves on the worker that starts them (it steals from
+    the end of a queue); modules stay contiguous."""
     first = {item.module for item in items if item.get_closest_marker("uncontended")}
-    items.sort(key=lambda item: item.module not in first)
+    items.sort(key=lambda item: (item.module not in first, Path(item.fspath).name not in SHARED_REFERENCE))
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001
