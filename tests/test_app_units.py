@@ -194,6 +194,10 @@ def test_the_timer_keeps_quiet_while_the_sessions_own_start_streams(monkeypatch,
     assert all(isinstance(x, type(gr.skip())) for x in train.watch(board, None)), "the starter's timer is quiet"
     session["id"] = "other"
     assert "running" in train.watch(board, None)[0], "another page follows the run through its timer"
+    monkeypatch.setattr(train, "STREAM_STALE_S", 0.0)
+    assert not board.is_streaming("starter"), "a stream that stopped sending no longer silences the timer"
+    monkeypatch.setattr(train, "STREAM_STALE_S", 10.0)
+    assert board.is_streaming("starter")
     snapshots += list(stream)
     status = snapshots[-1][0]
     assert "done, 1 of 1 epochs" in status and "Best checkpoint: **final**" in status, "the stream ends on the end"

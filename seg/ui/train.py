@@ -71,6 +71,7 @@ DATA_SBD = "Stanford Background"
 DATA_LABELS = "My labels (labeling workspace)"
 #: Least time between two streamed snapshots: one a step would redraw the plots needlessly often.
 STREAM_INTERVAL_S = 0.4
+STREAM_STALE_S = 10.0  # a Start stream sends at least every ~2 s; silent this long, it is gone
 FINISHED = ("done", "stopped", "failed")
 
 
@@ -259,31 +260,42 @@ class RunBoard:
         self._lock = threading.Lock()
         self.shared = TrainingRun()  # local mode: the one run everyone sees
         self._runs: dict[str, TrainingRun] = {}  # public mode: each visitor's latest run, by digest
-        self._streams: dict[str, int] = {}  # sessions following a run through their own Start, and how many
+        # sessions following a run through their own Start: how many streams, and when one last sent
+        self._streams: dict[str, list[float]] = {}
 
     @property
     def public(self) -> bool:
         return self.serving.public
 
     @contextlib.contextmanager
-    def streaming(self, session: str | None) -> Iterator[None]:
-        """While ``session``'s Start streams a run, that session's timer stays quiet (``is_streaming``)."""
+    def streaming(self, session: str | None) -> Iterator[Callable[[], None]]:
+        """While ``session``'s Start streams a run, that session's timer stays quiet (``is_streaming``).
+        Yields the beat to call at every snapshot sent: a stream silent for ``STREAM_STALE_S`` (a client
+        gone without the generator being closed) no longer keeps the timer quiet."""
         if session is None:
-            yield
+            yield lambda: None
             return
+
+        def beat() -> None:
+            with self._lock:
+                if session in self._streams:
+                    self._streams[session][1] = time.monotonic()
+
         with self._lock:
-            self._streams[session] = self._streams.get(session, 0) + 1
+            count = self._streams.get(session, [0.0, 0.0])[0]
+            self._streams[session] = [count + 1, time.monotonic()]
         try:
-            yield
+            yield beat
         finally:
             with self._lock:
-                left = self._streams.pop(session) - 1
-                if left:
-                    self._streams[session] = left
+                entry = self._streams.pop(session)
+                if entry[0] > 1:
+                    self._streams[session] = [entry[0] - 1, entry[1]]
 
     def is_streaming(self, session: str | None) -> bool:
         with self._lock:
-            return session is not None and session in self._streams
+            entry = self._streams.get(session) if session is not None else None
+            return entry is not None and time.monotonic() - entry[1] < STREAM_STALE_S
 
     def run_for_viewer(self) -> TrainingRun | None:
         """The run the asking person sees: the shared one locally, their own in public mode."""
@@ -747,8 +759,10 @@ def train_stream(board: RunBoard, store: Any, *form: Any, workspace: Any = None,
     planned = plan_run(store, *form[:12], data_source, ws, bounds=bounds, **levers)
     name = planned.name
     run = board.start(planned.config, name, store, planned.note)
-    with board.streaming(_session()):
-        yield from _follow(run, name)
+    with board.streaming(_session()) as beat:
+        for shot in _follow(run, name):
+            beat()
+            yield shot
     if run.state.status == "failed":
         raise gr.Error(f"Training failed: {run.state.error}")
 
