@@ -252,11 +252,21 @@ class RuntimeChoice:
     measured_now: bool = False
 
     @property
+    def label(self) -> str:
+        """The chosen candidate's key in ``timings_ms`` and ``agreement`` (a subset of parts has its own)."""
+        return part_label(self.backend, self.parts)
+
+    @property
     def speedup(self) -> float | None:
-        """Chosen backend's speed over eager fp32, as measured by the calibration."""
-        if EAGER in self.timings_ms and self.backend in self.timings_ms and self.timings_ms[self.backend] > 0:
-            return self.timings_ms[EAGER] / self.timings_ms[self.backend]
+        """Chosen candidate's speed over eager fp32, as measured by the calibration."""
+        if EAGER in self.timings_ms and self.label in self.timings_ms and self.timings_ms[self.label] > 0:
+            return self.timings_ms[EAGER] / self.timings_ms[self.label]
         return None
+
+
+def part_label(backend: str, parts: list[str] | None) -> str:
+    """A calibration candidate's name: the backend, with the parts it serves when not all of them."""
+    return f"{backend} [{'+'.join(parts)}]" if parts else backend
 
 
 # ------------------------------------------------------------------------------ tensors in and out
@@ -1075,7 +1085,7 @@ def calibrate(
             break
         if parts is None:
             for subset in spec.fallback_parts:
-                fallback = f"{backend} [{'+'.join(subset)}]"
+                fallback = part_label(backend, list(subset))
                 try:
                     served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
                 except Exception as err:  # noqa: BLE001 - as for a whole backend

@@ -587,3 +587,23 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     tampered = runtime.calibrate(tiny, no_data, "openvino")
     assert tampered.backend != "openvino-int8" and "openvino-int8" not in tampered.timings_ms
     assert not list(runtime.export_dir(no_data.key).glob("*-openvino-int8-*"))
+
+
+def test_a_choice_of_some_parts_reads_its_own_timing_and_agreement():
+    """A backend serving only some parts is its own candidate: the record's figures for it, not for the
+    whole backend (which failed the contract), are the chosen one's."""
+    from seg.runtime import EAGER, RuntimeChoice, part_label
+
+    label = part_label("openvino-int8", ["backbone", "rpn"])
+    choice = RuntimeChoice(
+        "openvino-int8",
+        "auto",
+        "fastest backend that passes the agreement contract (serving backbone, rpn)",
+        {EAGER: 100.0, "openvino-int8": 20.0, label: 40.0},
+        {"openvino-int8": {"passed": False}, label: {"passed": True}},
+        parts=["backbone", "rpn"],
+    )
+    assert choice.label == "openvino-int8 [backbone+rpn]" and choice.agreement[choice.label]["passed"]
+    assert choice.speedup == 2.5
+    whole = RuntimeChoice("openvino-int8", "auto", "", {EAGER: 100.0, "openvino-int8": 20.0})
+    assert whole.label == "openvino-int8" and whole.speedup == 5.0
