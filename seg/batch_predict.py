@@ -323,7 +323,7 @@ def export_checkpoint(
 
 def describe_choice(choice: RuntimeChoice) -> str:
     """Lines for a terminal: the chosen backend, each candidate's time and ratio, and agreement."""
-    lines = [f"serving backend: {choice.backend} ({choice.reason})"]
+    lines = [f"serving backend: {choice.label} ({choice.reason})"]
     eager = choice.timings_ms.get("eager-fp32")
     for backend, ms in sorted(choice.timings_ms.items(), key=lambda kv: kv[1]):
         ratio = f"  {eager / ms:5.2f}x eager fp32" if eager and ms else ""

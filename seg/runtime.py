@@ -264,7 +264,7 @@ class RuntimeChoice:
         return None
 
 
-def part_label(backend: str, parts: list[str] | None) -> str:
+def part_label(backend: str, parts: Sequence[str] | None) -> str:
     """A calibration candidate's name: the backend, with the parts it serves when not all of them."""
     return f"{backend} [{'+'.join(parts)}]" if parts else backend
 
@@ -1085,7 +1085,7 @@ def calibrate(
             break
         if parts is None:
             for subset in spec.fallback_parts:
-                fallback = part_label(backend, list(subset))
+                fallback = part_label(backend, subset)
                 try:
                     served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
                 except Exception as err:  # noqa: BLE001 - as for a whole backend

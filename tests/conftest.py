@@ -124,7 +124,7 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     modules, which pytest-xdist's work stealing leaves on the worker that starts them (it steals from
     the end of a queue); modules stay contiguous."""
     first = {item.module for item in items if item.get_closest_marker("uncontended")}
-    items.sort(key=lambda item: (item.module not in first, Path(item.fspath).name not in SHARED_REFERENCE))
+    items.sort(key=lambda item: (item.module not in first, item.path.name not in SHARED_REFERENCE))
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001

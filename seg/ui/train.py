@@ -252,6 +252,17 @@ class TrainingRun:
             self._bump()
 
 
+@dataclass
+class _Follower:
+    """A session following a run through its own Start: how many such streams, and when one last sent."""
+
+    streams: int = 0
+    beat_at: float = 0.0
+
+    def beat(self) -> None:
+        self.beat_at = time.monotonic()
+
+
 class RunBoard:
     """Who starts, sees and stops which run (see the module docstring); one per built app."""
 
@@ -260,8 +271,7 @@ class RunBoard:
         self._lock = threading.Lock()
         self.shared = TrainingRun()  # local mode: the one run everyone sees
         self._runs: dict[str, TrainingRun] = {}  # public mode: each visitor's latest run, by digest
-        # sessions following a run through their own Start: how many streams, and when one last sent
-        self._streams: dict[str, list[float]] = {}
+        self._followers: dict[str, _Follower] = {}  # sessions following a run through their own Start
 
     @property
     def public(self) -> bool:
@@ -275,27 +285,27 @@ class RunBoard:
         if session is None:
             yield lambda: None
             return
+        with self._lock:
+            follower = self._followers.setdefault(session, _Follower())
+            follower.streams += 1
+            follower.beat()
 
         def beat() -> None:
             with self._lock:
-                if session in self._streams:
-                    self._streams[session][1] = time.monotonic()
+                follower.beat()
 
-        with self._lock:
-            count = self._streams.get(session, [0.0, 0.0])[0]
-            self._streams[session] = [count + 1, time.monotonic()]
         try:
             yield beat
         finally:
             with self._lock:
-                entry = self._streams.pop(session)
-                if entry[0] > 1:
-                    self._streams[session] = [entry[0] - 1, entry[1]]
+                follower.streams -= 1
+                if not follower.streams:
+                    del self._followers[session]
 
     def is_streaming(self, session: str | None) -> bool:
         with self._lock:
-            entry = self._streams.get(session) if session is not None else None
-            return entry is not None and time.monotonic() - entry[1] < STREAM_STALE_S
+            follower = self._followers.get(session) if session is not None else None
+            return follower is not None and time.monotonic() - follower.beat_at < STREAM_STALE_S
 
     def run_for_viewer(self) -> TrainingRun | None:
         """The run the asking person sees: the shared one locally, their own in public mode."""
@@ -798,7 +808,7 @@ def watch(board: RunBoard, seen: str | None):
     while the session's own Start streams the run (a tick answered after a newer streamed snapshot
     would show the older one; the stream's last snapshot is the run's last state)."""
     if board.is_streaming(_session()):
-        return (gr.skip(),) * 7
+        return (gr.skip(),) * 7  # ``seen`` included: the tick changes nothing
     run = board.run_for_viewer()
     if run is None:
         marker = f"idle:{board.busy_note()}"
