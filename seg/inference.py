@@ -36,6 +36,7 @@ from seg.runtime import (
     RuntimeChoice,
     ServingSpec,
     channels_last_on_cpu,
+    code_key,
     fold_batch_norms,
     resolve_runtime,
     serving_module,
@@ -208,6 +209,7 @@ class Predictor:
             calibration_inputs,
             agreement,
             {"task": "semantic", "input_size": [tw, th], "classes": self.classes},
+            code=code_key(self.model),
         )
 
     def _val_logits(self, module: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> torch.Tensor:

@@ -35,6 +35,7 @@ import contextlib
 import copy
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -161,6 +162,19 @@ def weights_key(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def code_key(model: nn.Module) -> str:
+    """sha256 of the source of every module class in the model: the same weights under a changed
+    ``forward`` export to another graph, so a cached export of the old code must not be served."""
+    digest = hashlib.sha256()
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        digest.update(f"{cls.__module__}.{cls.__qualname__};".encode())
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):  # no source at hand (a frozen install): the class's name only
+            pass
+    return digest.hexdigest()
+
+
 def fold_batch_norms(model: nn.Module) -> nn.Module:
     """Each eval-mode BatchNorm that directly follows a convolution in a ``Sequential`` folded into that
     convolution's weights (in place): the same function up to rounding, one pass over the activations
@@ -223,6 +237,7 @@ class ServingSpec:
     ``context``: whatever else the agreement depends on (card settings), part of the record's key.
     ``fallback_parts``: smaller sets of part names, tried in order on a backend whose full set of
     parts fails the agreement (a part that changes the answers is then left to eager PyTorch).
+    ``code``: ``code_key`` of the model; exports live apart per code as well as per weights.
     """
 
     key: str
@@ -232,6 +247,7 @@ class ServingSpec:
     agreement: Callable[[nn.Module], Agreement | None] = lambda module: None
     context: dict[str, Any] = field(default_factory=dict)
     fallback_parts: tuple[tuple[str, ...], ...] = ()
+    code: str = ""
 
 
 @dataclass
@@ -512,9 +528,9 @@ def _serve_deferred(
 # ------------------------------------------------------------------------------ export
 
 
-def export_dir(key: str) -> Path:
-    """Where one set of weights' exports and choice records live."""
-    path = cache_dir() / "runtime" / key[:24]
+def export_dir(key: str, code: str = "") -> Path:
+    """Where one set of weights' exports and choice records live (per model code too, when given)."""
+    path = cache_dir() / "runtime" / (f"{key[:24]}-{code[:8]}" if code else key[:24])
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -685,7 +701,7 @@ def read_int8_params(key: str) -> dict | None:
 
 def _openvino_int8_models(spec: ServingSpec) -> dict[str, Any] | None:
     """The cached OpenVINO int8 export of each part as an ``openvino.Model``; None when one is missing."""
-    folder = export_dir(spec.key)
+    folder = export_dir(spec.key, spec.code)
     if not _int8_files_exist(folder, spec, "openvino-int8"):
         return None
     return {p: _ov_core().read_model(str(folder / f"{_part_file(p)}{_INT8_SUFFIX['openvino']}")) for p in spec.parts}
@@ -850,7 +866,7 @@ def build_serving(
     """
     if backend == EAGER:
         return model
-    folder = export_dir(spec.key)
+    folder = export_dir(spec.key, spec.code)
     cache: dict[str, dict[str, _Captured]] = {"captured": captured} if captured is not None else {}
 
     def capture() -> dict[str, _Captured]:
@@ -918,7 +934,7 @@ def _record_path(spec: ServingSpec, requested: str) -> Path:
         "record": _RECORD_VERSION,
     }
     digest = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return export_dir(spec.key) / f"choice-{requested}-{digest}.json"
+    return export_dir(spec.key, spec.code) / f"choice-{requested}-{digest}.json"
 
 
 def read_choice(spec: ServingSpec, requested: str) -> RuntimeChoice | None:
@@ -989,7 +1005,7 @@ def calibrate(
     """
     say = progress or (lambda message: log.info(message))
     examples = spec.example_inputs()
-    folder = export_dir(spec.key)
+    folder = export_dir(spec.key, spec.code)
     int8_exported = [b for b in ("onnx-int8", "openvino-int8") if _int8_files_exist(folder, spec, b)]
     shipped = read_int8_params(spec.key)
     if shipped and set(spec.parts) <= set(shipped["parts"]) and "openvino-int8" not in int8_exported:
@@ -1184,7 +1200,8 @@ def serving_module(
     if context is not None and context[1]:
         return _serve_deferred(model, spec, runtime, refresh)
     spec = spec() if callable(spec) else spec
-    with exclusive_lock(export_dir(spec.key) / ".lock"):  # processes sharing a cache export and calibrate once
+    # processes sharing a cache export and calibrate once
+    with exclusive_lock(export_dir(spec.key, spec.code) / ".lock"):
         if runtime in BACKENDS:
             return build_serving(model, spec, runtime), RuntimeChoice(runtime, runtime, "backend asked for by name")
         choice = None if refresh else read_choice(spec, runtime)

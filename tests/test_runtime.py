@@ -607,3 +607,29 @@ def test_a_choice_of_some_parts_reads_its_own_timing_and_agreement():
     assert choice.speedup == 2.5
     whole = RuntimeChoice("openvino-int8", "auto", "", {EAGER: 100.0, "openvino-int8": 20.0})
     assert whole.label == "openvino-int8" and whole.speedup == 5.0
+
+
+class _TinySegmenterDoubled(_TinySegmenter):
+    """The same weights as ``_TinySegmenter``, another forward: another exported graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * 2
+
+
+def test_the_same_weights_under_changed_code_export_apart(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    old, new = _TinySegmenter(), _TinySegmenterDoubled()
+    assert runtime.weights_key(old) == runtime.weights_key(new)
+    assert runtime.code_key(old) != runtime.code_key(new)
+    assert runtime.code_key(old) == runtime.code_key(_TinySegmenter())
+    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2))
+    served = {}
+    for model in (old, new):
+        spec = runtime.ServingSpec(runtime.weights_key(model), {"": (0,)}, lambda: [(x,)], code=runtime.code_key(model))
+        served[model] = runtime.build_serving(model, spec, "onnx-fp32")
+    with torch.inference_mode():
+        for model, module in served.items():
+            # each model is served its own graph, although a cached export of the other has the same weights
+            torch.testing.assert_close(module(x), model(x), rtol=1e-4, atol=1e-4)
+    assert len({runtime.export_dir(runtime.weights_key(old), runtime.code_key(m)) for m in (old, new)}) == 2

@@ -53,6 +53,7 @@ from seg.runtime import (
     RuntimeChoice,
     ServingSpec,
     channels_last_on_cpu,
+    code_key,
     exclusive_lock,
     export_dir,
     fold_batch_norms,
@@ -593,6 +594,7 @@ class InstancePredictor:
             agreement,
             context,
             DETECTOR_FALLBACK_PARTS if self.detector else (),
+            code_key(self.model),
         )
 
     def _reference_results(

@@ -45,9 +45,13 @@ class DeepWatershed(nn.Module):
             conv_bn_relu(channels, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, energy_levels, 1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foreground logits (N, 2, H, W) and energy logits (N, K, H, W), each its own tensor."""
         features = self.backbone.forward_features(x)
-        return torch.cat([self.fg_head(features), self.energy_head(features)], dim=1)
+        return self.fg_head(features), self.energy_head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.heads(x), dim=1)
 
 
 def split_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +87,11 @@ class DWTEnsemble(nn.Module):
         self.energy_levels = members[0].energy_levels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        heads = [split_outputs(member(x).float()) for member in self.members]
-        fg = torch.stack([f.softmax(1) for f, _ in heads]).mean(0)
-        energy = torch.stack([e.softmax(1) for _, e in heads]).mean(0)
+        # each member's heads apart: concatenating them only to split them again costs an exported
+        # graph a copy of every member's full-resolution output (a slow split in OpenVINO)
+        heads = [member.heads(x) for member in self.members]
+        fg = torch.stack([f.float().softmax(1) for f, _ in heads]).mean(0)
+        energy = torch.stack([e.float().softmax(1) for _, e in heads]).mean(0)
         return torch.cat([fg, energy], dim=1).clamp_min(1e-12).log()
 
 
