@@ -35,7 +35,6 @@ import contextlib
 import copy
 import hashlib
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -162,16 +162,34 @@ def weights_key(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _code_digest(digest: Any, code: types.CodeType) -> None:
+    """Feed a function's bytecode, names and constants (nested functions too) to ``digest``."""
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_digest(digest, const)
+        elif isinstance(const, frozenset):  # its order follows string hashing, which differs per process
+            digest.update(repr(sorted(map(repr, const))).encode())
+        else:
+            digest.update(repr(const).encode())
+
+
 def code_key(model: nn.Module) -> str:
-    """sha256 of the source of every module class in the model: the same weights under a changed
-    ``forward`` export to another graph, so a cached export of the old code must not be served."""
+    """sha256 of the methods of every module class in the model (their bytecode): the same weights
+    under a changed ``forward`` export to another graph, so a cached export of the old code must not
+    be served. Bytecode rather than source: reading a class's source parses its whole file."""
     digest = hashlib.sha256()
     for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
         digest.update(f"{cls.__module__}.{cls.__qualname__};".encode())
-        try:
-            digest.update(inspect.getsource(cls).encode())
-        except (OSError, TypeError):  # no source at hand (a frozen install): the class's name only
-            pass
+        for klass in cls.__mro__:
+            if klass is nn.Module or klass is object:
+                break
+            for name, value in sorted(vars(klass).items()):
+                function = getattr(value, "__func__", value)  # static and class methods too
+                if isinstance(function, types.FunctionType):
+                    digest.update(f"{klass.__qualname__}.{name}".encode())
+                    _code_digest(digest, function.__code__)
     return digest.hexdigest()
 
 
