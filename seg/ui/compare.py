@@ -300,6 +300,16 @@ def refresh(store: ModelStore | None, choice: str | None, key: str | None, root:
     )
 
 
+def keep_selection(drawn: tuple, choice: str | None, key: str | None) -> tuple:
+    """``refresh``'s answer without the dropdown values that stay as they are (choices still updated)."""
+    drawn = list(drawn)
+    for slot, current in ((0, choice), (3, key)):
+        update = drawn[slot]
+        if isinstance(update, dict) and "value" in update and update["value"] == current:
+            drawn[slot] = {k: v for k, v in update.items() if k != "value"}
+    return tuple(drawn)
+
+
 def build(store: ModelStore, root: str | Path | None = None) -> None:
     gr.Markdown(
         "Experiment runs (`runs/`) and the checkpoints (the shipped ones and any saved), compared by their "
@@ -360,11 +370,16 @@ def build(store: ModelStore, root: str | Path | None = None) -> None:
             log.warning("compare refresh failed: %s: %s", type(err).__name__, err)
             return (gr.skip(),) * 5 + ("The runs could not be read (a card may be half-written); try Refresh.",)
 
-    def poll(choice: str | None, key: str | None, seen: tuple):
+    def poll(seen: tuple):
+        """Timer tick: only notes that the runs on disk changed; ``follow`` then redraws."""
         now = runs_signature(root)
-        if now == seen:
-            return (gr.skip(),) * len(outputs) + (seen,)
-        return (*update(choice, key), now)
+        return gr.skip() if now == seen else now
+
+    def follow(choice: str | None, key: str | None):
+        """The runs changed on disk: redraw what the visitor is looking at. Its inputs are read when the
+        tick has answered, not when it fired, so a pick made meanwhile is what gets drawn; and a pick
+        that is still listed is never set again (a tick answering late would otherwise move it back)."""
+        return keep_selection(update(choice, key), choice, key)
 
     def pick(choice: str | None, evt: gr.SelectData):
         rows = filtered(collect(store, root), choice)
@@ -401,9 +416,8 @@ def build(store: ModelStore, root: str | Path | None = None) -> None:
     gr.api(compare_runs, api_name="compare_runs")
     gr.api(compare_predictions, api_name="compare_predictions")
     timer = gr.Timer(5.0)
-    timer.tick(
-        poll, [experiment, setting, signature], outputs + [signature], api_visibility="private", show_progress="hidden"
-    )
+    timer.tick(poll, [signature], [signature], api_visibility="private", show_progress="hidden")
+    signature.change(follow, [experiment, setting], outputs, api_visibility="private", show_progress="hidden")
 
 
 def _predictions_by_id(store: ModelStore | None, root: str | Path | None, run_id: str):
