@@ -38,6 +38,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import threading
@@ -546,11 +547,63 @@ def _serve_deferred(
 # ------------------------------------------------------------------------------ export
 
 
+#: exports of the same weights made by other model code (an older version of a class, another torch),
+#: untouched this long, are removed when an export for the current code is first made
+STALE_EXPORT_S = 7 * 24 * 3600.0
+
+
 def export_dir(key: str, code: str = "") -> Path:
     """Where one set of weights' exports and choice records live (per model code too, when given)."""
     path = cache_dir() / "runtime" / (f"{key[:24]}-{code[:8]}" if code else key[:24])
+    if code and not path.is_dir():
+        _prune_other_code(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _prune_other_code(path: Path) -> None:
+    """Remove the exports of ``path``'s weights under other code that nothing wrote to for
+    ``STALE_EXPORT_S``, unless a process holds their lock (an export or calibration under way)."""
+    weights = path.name.rsplit("-", 1)[0]
+    now = time.time()
+    for other in path.parent.glob(f"{weights}-*"):
+        if other == path or not other.is_dir():
+            continue
+        try:
+            newest = max([f.stat().st_mtime for f in other.iterdir()] + [other.stat().st_mtime])
+        except OSError:
+            continue
+        if now - newest < STALE_EXPORT_S:
+            continue
+        with _lock_if_free(other / ".lock") as free:
+            if free:
+                shutil.rmtree(other, ignore_errors=True)
+                log.info("removed exports of older model code: %s", other)
+
+
+@contextlib.contextmanager
+def _lock_if_free(path: Path) -> Iterator[bool]:
+    """Whether the advisory lock on ``path`` could be taken at once (held while the block runs)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock
+    except OSError:
+        yield False
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: int8 export names carry the quantisation recipe's version, so a changed recipe is exported afresh

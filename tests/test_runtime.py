@@ -633,3 +633,34 @@ def test_the_same_weights_under_changed_code_export_apart(monkeypatch, tmp_path)
             # each model is served its own graph, although a cached export of the other has the same weights
             torch.testing.assert_close(module(x), model(x), rtol=1e-4, atol=1e-4)
     assert len({runtime.export_dir(runtime.weights_key(old), runtime.code_key(m)) for m in (old, new)}) == 2
+
+
+def test_exports_of_older_model_code_are_removed_once_stale(monkeypatch, tmp_path):
+    import fcntl
+    import os
+    import time
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    key = "ab" * 32
+    old, recent, busy = (runtime.export_dir(key, code) for code in ("0ld0c0de", "4ecen7c0", "b05yc0de"))
+    for folder in (old, recent, busy):
+        (folder / "model.onnx").write_bytes(b"graph")
+    week_ago = time.time() - runtime.STALE_EXPORT_S - 60
+    for folder in (old, busy):
+        for path in (folder / "model.onnx", folder):
+            os.utime(path, (week_ago, week_ago))
+    legacy = runtime.export_dir(key)  # exports made before the code was part of the key; references live there
+    (legacy / "reference-x.json").write_text("{}")
+    with open(busy / ".lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # a calibration under way in another process
+        for path in (busy / ".lock", busy):
+            os.utime(path, (week_ago, week_ago))
+        current = runtime.export_dir(key, "c0de2026")
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    assert current.is_dir() and not old.exists()
+    assert (recent / "model.onnx").is_file() and (busy / "model.onnx").is_file()
+    assert (legacy / "reference-x.json").is_file()
+    # an existing folder is only looked up: nothing is pruned then
+    os.utime(recent / "model.onnx", (week_ago, week_ago))
+    os.utime(recent, (week_ago, week_ago))
+    assert runtime.export_dir(key, "c0de2026") == current and recent.is_dir()
