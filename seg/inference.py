@@ -104,8 +104,14 @@ def labels_at(logits: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor
 
 class Predictor:
     def __init__(
-        self, model: torch.nn.Module, card: dict, device: torch.device | None = None, runtime: str | None = None
+        self,
+        model: torch.nn.Module,
+        card: dict,
+        device: torch.device | None = None,
+        runtime: str | None = None,
+        source: str | Path | None = None,
     ) -> None:
+        """``source``: the checkpoint ``model`` came from, if any (a deferred calibration then runs apart)."""
         self.device = device or get_device()
         self.model = model.to(self.device).eval()
         self.card = card
@@ -118,7 +124,7 @@ class Predictor:
         channels_last_on_cpu(self.model)
         self._lock = threading.Lock()
         self.serving, self.runtime = serving_module(
-            self.model, self.serving_spec, resolve_runtime(runtime), self.device
+            self.model, self.serving_spec, resolve_runtime(runtime), self.device, source=source
         )
 
     @classmethod
@@ -128,7 +134,7 @@ class Predictor:
         """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         dev = torch.device(device) if device else get_device()
         model, card = load_checkpoint(path, device=dev)
-        return cls(fold_batch_norms(model.eval()), card, dev, runtime)
+        return cls(fold_batch_norms(model.eval()), card, dev, runtime, source=path)
 
     @property
     def backend(self) -> str:

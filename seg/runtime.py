@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -59,6 +60,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from seg.config import cache_dir, checkpoint_dir, shipped_checkpoint_dir
 from seg.hardware import cpu_features, runtime_versions
 from seg.io import atomic_write_text
+from seg.memory import release_memory
 
 log = logging.getLogger("seg.runtime")
 
@@ -505,30 +507,75 @@ def _in_background(job: Callable[[], None]) -> None:
         _QUEUE_READY.notify()
 
 
+#: the longest a child process may take to export and calibrate one checkpoint (then it is calibrated in process)
+CHILD_CALIBRATION_TIMEOUT_S = 1800.0
+
+
+def _calibrate_apart(spec: ServingSpec, runtime: str, source: Path) -> bool:
+    """Export and calibrate the checkpoint at ``source`` in a child process (``seglab export``) unless a choice
+    is recorded already; True if the child recorded one.
+
+    Calibration allocates a lot once: the val split, eager references, every candidate backend, the
+    quantiser's libraries. In a long-running server that memory stays with the process (the heap rarely
+    shrinks back to where it was, and the libraries stay imported); in a child it leaves when the child
+    exits, and the server then loads the recorded choice as on any later start. Any failure leaves the
+    calibration to the caller, in process.
+    """
+    if runtime not in ("auto", "onnx", "openvino") or read_choice(spec, runtime) is not None:
+        return False
+    package_root = str(Path(__file__).resolve().parents[1])  # the child imports this same ``seg``
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "seg", "export", "--checkpoint", str(source), "--runtime", runtime]
+    command += ["--threads", str(torch.get_num_threads())]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=CHILD_CALIBRATION_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("calibrating %s in a child process failed (%s); calibrating in process", source.name, err)
+        return False
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        log.warning("calibrating %s in a child process failed (%s); calibrating in process", source.name, last)
+        return False
+    return read_choice(spec, runtime) is not None
+
+
 def _serve_deferred(
-    model: nn.Module, spec: ServingSpec | Callable[[], ServingSpec], runtime: str, refresh: bool
+    model: nn.Module,
+    spec: ServingSpec | Callable[[], ServingSpec],
+    runtime: str,
+    refresh: bool,
+    source: Path | None = None,
 ) -> tuple[nn.Module, RuntimeChoice]:
-    """``model`` wrapped in a ``DeferredServing`` at once; the choice is read or made in the background."""
+    """``model`` wrapped in a ``DeferredServing`` at once; the choice is read or made in the background (in a
+    child process when the model's checkpoint file is known: ``_calibrate_apart``)."""
     holder = DeferredServing(model)
     choice = RuntimeChoice(EAGER, runtime, "eager PyTorch while the serving backend is prepared")
+
+    def prepare() -> tuple[str, RuntimeChoice]:
+        built = spec() if callable(spec) else spec
+        if source is not None and not refresh:
+            _calibrate_apart(built, runtime, source)
+        # exports and capture hooks work on a private copy: requests keep running on ``model``
+        private = copy.deepcopy(model)
+        served, final = serving_module(private, built, runtime, torch.device("cpu"), refresh)
+        if final.backend != EAGER:
+            with torch.inference_mode():  # compile for the serving shape before the first request
+                served(*built.example_inputs()[0])
+            holder.current = served
+        return built.key[:12], final
 
     def job() -> None:
         started = time.perf_counter()
         key = "?"
         try:
-            built = spec() if callable(spec) else spec
-            key = built.key[:12]
-            # exports and capture hooks work on a private copy: requests keep running on ``model``
-            private = copy.deepcopy(model)
-            served, final = serving_module(private, built, runtime, torch.device("cpu"), refresh)
-            if final.backend != EAGER:
-                with torch.inference_mode():  # compile for the serving shape before the first request
-                    served(*built.example_inputs()[0])
-                holder.current = served
-            del private
+            key, final = prepare()
         except Exception as err:  # noqa: BLE001 - serving goes on with eager PyTorch whatever fails here
             log.warning("the serving backend could not be prepared (%s); serving eager PyTorch", err)
             final = RuntimeChoice(EAGER, runtime, "the serving backend could not be prepared: eager PyTorch")
+        # a calibration's val data, references and candidate backends are garbage now: back to the OS
+        release_memory()
         for item in fields(RuntimeChoice):
             setattr(choice, item.name, getattr(final, item.name))
         holder.ready.set()
@@ -1244,6 +1291,7 @@ def serving_module(
     device: torch.device | None = None,
     refresh: bool = False,
     progress: Callable[[str], None] | None = None,
+    source: str | Path | None = None,
 ) -> tuple[nn.Module, RuntimeChoice]:
     """The module to serve ``model`` with for ``runtime`` (see ``resolve_runtime``), and why.
 
@@ -1252,7 +1300,8 @@ def serving_module(
     use the recorded choice, or calibrate (``refresh`` forces a new calibration). A backend
     named exactly (e.g. ``openvino-int8``) is served without the agreement check: for
     benchmarks and experiments. Inside ``serving_defaults(deferred=True)`` all of that happens
-    in the background and a ``DeferredServing`` serves eager PyTorch meanwhile.
+    in the background and a ``DeferredServing`` serves eager PyTorch meanwhile; ``source``, the checkpoint
+    ``model`` was loaded from as ``seglab export`` loads it, lets that calibration run in a child process.
     """
     runtime = resolve_runtime(runtime)
     if device is not None and device.type != "cpu":
@@ -1269,7 +1318,7 @@ def serving_module(
         return model, RuntimeChoice(EAGER, runtime, f"{' and '.join(missing)} not installed: eager PyTorch")
     context = _SERVING_DEFAULTS.get()
     if context is not None and context[1]:
-        return _serve_deferred(model, spec, runtime, refresh)
+        return _serve_deferred(model, spec, runtime, refresh, Path(source).absolute() if source else None)
     spec = spec() if callable(spec) else spec
     # processes sharing a cache export and calibrate once
     with exclusive_lock(export_dir(spec.key, spec.code) / ".lock"):

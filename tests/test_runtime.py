@@ -398,6 +398,52 @@ def test_deferred_serving_answers_at_once_and_swaps_the_chosen_backend_in(monkey
     assert serving_module(model, spec, "onnx", torch.device("cpu"))[1].backend == choice.backend
 
 
+def _tiny_checkpoint(folder):
+    from seg.checkpoints import save_checkpoint
+    from seg.classes import SBD_CLASSES, SBD_PALETTE
+    from seg.models import create
+
+    torch.manual_seed(0)
+    card = {"task": "semantic", "classes": list(SBD_CLASSES), "palette": [list(c) for c in SBD_PALETTE]}
+    return save_checkpoint(folder / "tiny-cnn", create("cnn", num_classes=len(SBD_CLASSES), width=8, stages=2), card)
+
+
+def test_deferred_serving_of_a_checkpoint_calibrates_in_a_child_process(monkeypatch, tmp_path):
+    """What a calibration allocates leaves with the child; the server loads the recorded choice, as on a
+    later start (here calibrating in the serving process would fail)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    monkeypatch.delenv("SEG_DATA_DIR", raising=False)  # no val split: the exact fp32 backends only (quick)
+    stem = _tiny_checkpoint(tmp_path)
+
+    def in_process(*args, **kwargs):
+        raise AssertionError("calibrated in the serving process")
+
+    monkeypatch.setattr(runtime, "calibrate", in_process)
+    with runtime.serving_defaults("onnx"):
+        predictor = Predictor.from_checkpoint(stem)
+    assert isinstance(predictor.serving, runtime.DeferredServing)
+    assert predictor.serving.wait(timeout=300), "the background worker never finished"
+    choice = predictor.runtime
+    assert choice.record and not choice.measured_now, choice.reason  # read from the child's record
+    assert EAGER in choice.timings_ms and "onnx-fp32" in choice.timings_ms
+
+
+def test_a_failed_child_calibration_falls_back_to_calibrating_in_process(monkeypatch, tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(runtime.RUNTIME_ENV, raising=False)
+    monkeypatch.delenv("SEG_DATA_DIR", raising=False)
+    stem = _tiny_checkpoint(tmp_path)
+    monkeypatch.setattr(runtime.sys, "executable", str(tmp_path / "no-such-python"))
+    with caplog.at_level("WARNING", logger="seg.runtime"), runtime.serving_defaults("onnx"):
+        predictor = Predictor.from_checkpoint(stem)
+        assert predictor.serving.wait(timeout=300), "the background worker never finished"
+    assert predictor.runtime.measured_now and predictor.runtime.record
+    assert any("in a child process failed" in r.getMessage() for r in caplog.records)
+
+
 # ---------------------------------------------------------------------- the DWT's mirrored pass in one batch
 
 

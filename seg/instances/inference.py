@@ -398,7 +398,10 @@ class InstancePredictor:
         flip: bool | None = None,
         scales: tuple[float, ...] | None = None,
         runtime: str | None = None,
+        source: str | Path | None = None,
     ) -> None:
+        """``source``: the checkpoint ``model`` came from, served with its card's settings (a deferred
+        calibration then runs apart, as ``seglab export`` would make it)."""
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -417,7 +420,7 @@ class InstancePredictor:
         elif not self.detector:
             channels_last_on_cpu(self.model)
         self.serving, self.runtime = serving_module(
-            self.model, self.serving_spec, resolve_runtime(runtime), module_device(self.model)
+            self.model, self.serving_spec, resolve_runtime(runtime), module_device(self.model), source=source
         )
 
     @classmethod
@@ -436,7 +439,10 @@ class InstancePredictor:
         if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
         model = fold_batch_norms(model.float().eval())
-        return cls(model, card, method=method, flip=flip, scales=scales, runtime=runtime)
+        as_card = method is None and flip is None and scales is None  # what ``seglab export`` calibrates
+        return cls(
+            model, card, method=method, flip=flip, scales=scales, runtime=runtime, source=path if as_card else None
+        )
 
     @property
     def backend(self) -> str:

@@ -29,12 +29,12 @@ import gradio as gr
 from seg.config import REPO_ROOT, checkpoint_dir
 from seg.deploy import Deployment, DeploymentError, add_arguments, describe
 from seg.errors import clean, register_expected
+from seg.memory import limit_malloc_arenas, release_memory
 from seg.modelstore import CheckpointFolder, CheckpointNameTaken, ModelStore, ModelUnavailable, ReadOnlyStore
 from seg.ui.api import build_api
 from seg.ui.messages import guard_events
 from seg.ui.pickers import Serving, VisitorStore, attach_serving, take_watched
 from seg.ui.queues import inference_concurrency
-from seg.ui.scratch import limit_malloc_arenas, release_memory
 
 log = logging.getLogger("seg.ui")
 register_expected(ModelUnavailable, CheckpointNameTaken, ReadOnlyStore)
@@ -243,7 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """``seglab-app`` / ``python app.py``: build the dashboard for this deployment and serve it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
-    limit_malloc_arenas()  # before the server's worker threads exist (see seg.ui.scratch)
+    limit_malloc_arenas()  # before the server's worker threads exist (see seg.memory)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -40,6 +40,7 @@ from seg.deploy import TrainingBounds
 from seg.errors import UserError, user_message
 from seg.instances import INSTANCE_ARCHITECTURES
 from seg.labeling.workspace import DEFAULT_WORKSPACE_NAME, Workspace, WorkspaceError
+from seg.memory import release_memory
 from seg.render import hstack, vstack
 from seg.resume import clear_state
 from seg.ui.api import ModelChoice
@@ -55,7 +56,6 @@ from seg.ui.pickers import (
 from seg.ui.pickers import watch as watch_dropdown
 from seg.ui.queues import TRAIN_QUEUE
 from seg.ui.samples import dataset_available
-from seg.ui.scratch import release_memory
 from seg.ui.style import TOP_LEGEND
 from seg.visitors import RunClaim, visitor_digest
 
