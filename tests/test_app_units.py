@@ -436,6 +436,54 @@ def test_app_builds_without_data_and_says_how_to_get_it(monkeypatch, tmp_path, c
     assert updates[teacher_slot]["choices"][0] == NO_TEACHER and updates[teacher_slot]["value"] == NO_TEACHER
 
 
+def test_opening_the_evaluate_tab_fills_it_from_the_cards(ckpt_dir):
+    """A visitor opening Evaluate sees the cards' comparison at once; a table already filled (say, by a
+    recomputation) is left alone, and values no page sends change nothing and raise nothing."""
+    from seg.ui.app import build_app
+
+    demo = build_app(ckpt_dir)
+    opened = [
+        fn
+        for fn in demo.fns.values()
+        if any(t[1] == "select" for t in fn.targets)
+        and any(getattr(o, "elem_id", None) == "evaluate-table" for o in fn.outputs)
+    ]
+    assert len(opened) == 1
+    fill = opened[0].fn
+    table, *_, note = fill(["tiny-cnn"], "val", None)
+    card = demo.seg_store.card("tiny-cnn")["val_metrics"]
+    assert table["data"][0][:3] == ["tiny-cnn", card_architecture(demo, "tiny-cnn"), "card"]
+    assert table["data"][0][3] == pytest.approx(card["miou"], abs=1e-3) and "cards" in note
+    untouched = fill(["tiny-cnn"], "val", table)
+    assert all(update == gr.skip() for update in untouched)
+    for hostile in (("/etc/passwd", "../../x", {"data": 3}), ([["x"]], 7, "table"), (["tiny-cnn"], "train", None)):
+        assert all(update == gr.skip() for update in fill(*hostile))
+    everything, *_ = fill(None, None, None)  # no choice sent: every model, as the Evaluate button does
+    assert {row[0] for row in everything["data"]} == set(demo.seg_store.names("semantic"))
+
+
+def card_architecture(demo, name: str) -> str:
+    return demo.seg_store.card(name).get("architecture", "?")
+
+
+def test_evaluate_reads_the_split_the_cards_hold():
+    """Card metrics follow the Split choice: the shipped cards hold test metrics besides val, with the
+    8-class protocol of the published results; a split a card lacks is named, not replaced by val."""
+    from seg.config import REPO_ROOT
+    from seg.ui import evaluate as tab
+
+    store = ModelStore(REPO_ROOT / "checkpoints")
+    table, *_, note = tab.evaluate(store, ["unet"], "card", "test")
+    row = dict(zip(tab.TABLE_HEADERS, table["data"][0]))
+    held = store.card("unet")["test_metrics"]
+    assert row["source"] == "card (test)" and "test split" in note
+    assert row["mIoU"] == pytest.approx(held["miou"], abs=1e-3)
+    assert row["pixel acc (8)"] == pytest.approx(held["pixel_accuracy_8"], abs=1e-3)
+    assert row["class acc (8)"] == pytest.approx(held["class_accuracy_8"], abs=1e-3)
+    with pytest.raises(gr.Error, match="no train metrics"):
+        tab.evaluate(store, ["unet"], "card", "train")
+
+
 def test_segment_rerender_uses_cached_labels_only():
     from seg.ui import segment
 

@@ -59,7 +59,8 @@ MAX_FILE_SIZE = "50mb"
 def _build_tab(module_name: str, store: Any) -> list[dict[str, Any]]:
     """Import and build one tab; on failure show why instead of crashing the app.
 
-    Returns the tab's page-load events (``Blocks.load`` arguments), if its ``build`` has any.
+    Returns the tab's events, if its ``build`` has any: ``Blocks.load`` arguments, run on page load,
+    or with ``on="select"``, run each time the tab is opened.
     """
     try:
         module = importlib.import_module(f"seg.ui.{module_name}")
@@ -112,7 +113,12 @@ def build_app(
         with gr.Tabs(overflow_behavior="wrap"):  # on a phone every tab stays in view
             for label, module_name, elem_id in TABS:
                 with gr.Tab(label, id=module_name, elem_id=elem_id) as tab:
-                    page_loads += _build_tab(module_name, tab_store)
+                    events = _build_tab(module_name, tab_store)
+                for event in events:
+                    if event.pop("on", "load") == "select":
+                        tab.select(**event, api_visibility="private")
+                    else:
+                        page_loads.append(event)
                 tabs.append(tab)
         for event in page_loads:
             demo.load(**event, api_visibility="private")

@@ -1,8 +1,9 @@
 """Evaluate tab: compare checkpoints by their cards, or recomputed on a dataset split.
 
-Metrics come from the cards (``val_metrics``) or from the core's
+Metrics come from the cards (``val_metrics``, ``test_metrics``) or from the core's
 ``seg.evaluate.evaluate_predictor``; this module only normalises and plots them, each model in
-its app-wide colour. A recomputation reports images done / total with the time left.
+its app-wide colour. A recomputation reports images done / total with the time left. Opening the
+tab fills it from the cards, so a visitor sees the comparison before choosing anything.
 """
 
 from __future__ import annotations
@@ -32,7 +33,19 @@ from seg.ui.style import TOP_LEGEND, format_ms, model_colour, model_table, theme
 
 EVAL_QUEUE = "evaluate"
 SPLITS = ["val", "test", "train"]
-TABLE_HEADERS = ["model", "architecture", "source", "mIoU", "mAP", "pixel acc", "params (M)", "latency ms"]
+#: The literature's protocol (8 classes, unknown pixels ignored) comes last, so the course's columns keep their places.
+TABLE_HEADERS = [
+    "model",
+    "architecture",
+    "source",
+    "mIoU",
+    "mAP",
+    "pixel acc",
+    "params (M)",
+    "latency ms",
+    "pixel acc (8)",
+    "class acc (8)",
+]
 #: Confusion heatmaps from the page background (transparent) to blue: legible on light and dark themes.
 HEATMAP_SCALE = [[0.0, "rgba(33, 113, 181, 0.0)"], [1.0, "rgba(33, 113, 181, 1.0)"]]
 #: Column titles drawn above the worst-image strips.
@@ -69,7 +82,8 @@ def measure_latency(store: ModelStore, name: str, runs: int = 3) -> float | None
 
 
 def normalise(metrics: dict | None, classes: list[str]) -> dict | None:
-    """Card or ``SegMetrics.compute()`` dict -> {miou, map, pixel_accuracy, iou{}, ap{}, cm, pr{}, worst[]}."""
+    """Card or ``SegMetrics.compute()`` dict -> {miou, map, pixel_accuracy, pixel_accuracy_8, class_accuracy_8,
+    iou{}, ap{}, cm, pr{}, worst[]}."""
     if not metrics:
         return None
     per_class = metrics.get("per_class") or {}
@@ -91,6 +105,8 @@ def normalise(metrics: dict | None, classes: list[str]) -> dict | None:
         "miou": metrics.get("miou"),
         "map": metrics.get("map"),
         "pixel_accuracy": metrics.get("pixel_accuracy"),
+        "pixel_accuracy_8": metrics.get("pixel_accuracy_8"),
+        "class_accuracy_8": metrics.get("class_accuracy_8"),
         "iou": iou,
         "ap": ap,
         "cm": np.asarray(cm, dtype=np.float64) if cm else None,
@@ -121,6 +137,8 @@ def table_rows(
                 _fmt(m.get("pixel_accuracy")),
                 _fmt(params / 1e6, 3) if isinstance(params, (int, float)) else None,
                 _fmt(latency, 1),
+                _fmt(m.get("pixel_accuracy_8")),
+                _fmt(m.get("class_accuracy_8")),
             ]
         )
     return rows
@@ -361,8 +379,8 @@ def evaluate(
     """API endpoint ``evaluate``: comparison table, per-class IoU bars, confusion heatmaps, PR curves,
     worst images (picture and table) and a one-line summary.
 
-    ``mode`` "card" reads the checkpoints' validation metrics; "recompute" evaluates them on
-    ``split`` (at most ``limit`` images, 0 = all) and reports images done / total while it runs.
+    ``mode`` "card" reads the metrics the checkpoints' cards hold for ``split``; "recompute" evaluates
+    them on ``split`` (at most ``limit`` images, 0 = all) and reports images done / total while it runs.
     """
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("semantic")
@@ -391,11 +409,11 @@ def evaluate(
             metrics = metrics.get("metrics", metrics) | per_image
             sources[name] = f"{split} (recomputed)"
         else:
-            metrics = card.get("val_metrics") or card.get("metrics")
-            sources[name] = "card"
+            metrics = card_metrics(card, split)
+            sources[name] = "card" if split == "val" else f"card ({split})"
         m = normalise(metrics, cls)
         if m is None:
-            notes.append(f"{name}: the card has no metrics")
+            notes.append(f"{name}: the card has no {split} metrics (recompute them on the split)")
             continue
         results[name] = m
     if not results:
@@ -409,7 +427,7 @@ def evaluate(
         seconds = time.perf_counter() - tracker.start
         note = f"{count}, metrics from the {split} split (recomputed in {format_ms(seconds * 1000)})"
     else:
-        note = f"{count}, metrics from their cards (validation split)"
+        note = f"{count}, metrics from their cards ({'validation' if split == 'val' else split} split)"
     if notes:
         note += "; " + "; ".join(notes)
     return (
@@ -423,6 +441,13 @@ def evaluate(
     )
 
 
+def card_metrics(card: dict, split: str) -> dict | None:
+    """What a card holds for ``split``: training records val, and test once a run reads it at the end."""
+    if split == "val":
+        return card.get("val_metrics") or card.get("metrics")
+    return card.get(f"{split}_metrics")
+
+
 def _limit(limit: Any) -> int | None:
     """The "max images" field: 0, empty or negative = all; otherwise a whole number."""
     try:
@@ -432,8 +457,29 @@ def _limit(limit: Any) -> int | None:
     return value if value > 0 else None
 
 
-def build(store: ModelStore) -> None:
-    """Components and events of the Evaluate tab."""
+def _has_rows(table: Any) -> bool:
+    """Whether the comparison table already shows models (a DataFrame, or whatever a client sends)."""
+    try:
+        first = list(table.iloc[:, 0]) if hasattr(table, "iloc") else [row[0] for row in (table or {}).get("data", [])]
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return False
+    return any(isinstance(v, str) and v.strip() for v in first)
+
+
+def fill_from_cards(store: ModelStore, models: Any, split: Any, table: Any):
+    """On opening the tab: the cards' comparison for the chosen models and split, unless the table
+    already shows one; nothing (and no error) when there is nothing to show."""
+    skip = tuple(gr.skip() for _ in range(7))
+    if _has_rows(table):
+        return skip
+    try:
+        return evaluate(store, models, "card", split if split in SPLITS else "val", 0)
+    except (gr.Error, KeyError, TypeError, ValueError):  # no page sends those; the Evaluate button says why
+        return skip
+
+
+def build(store: ModelStore) -> list[dict[str, Any]]:
+    """Components and events of the Evaluate tab; returns the event that fills it when it is opened."""
     names = store.names("semantic")
     has_data = dataset_available("sbd") is not None
     with gr.Row():
@@ -487,3 +533,13 @@ def build(store: ModelStore) -> None:
         queue=False,
         show_progress="hidden",
     )
+    fill = {
+        "on": "select",
+        "fn": partial(fill_from_cards, store),
+        "inputs": [models, split, table],
+        "outputs": outputs,
+        "concurrency_id": EVAL_QUEUE,
+        "concurrency_limit": 1,
+        "show_progress": "minimal",
+    }
+    return [fill]
