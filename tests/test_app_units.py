@@ -252,6 +252,26 @@ def test_public_runs_are_bounded_owned_and_stopped_only_by_their_visitor(monkeyp
     assert run.state.status == "stopped" and not serving.slots.active(), "the slot is free again"
 
 
+def test_a_public_train_form_starts_within_the_limits(tmp_path, ckpt_dir):
+    """What a visitor's form shows is what the run gets: the epochs slider ends at the public limit and the
+    image count starts at it; a local form keeps the full range."""
+    from seg.deploy import Deployment
+    from seg.ui.app import build_app
+
+    def form(deployment: Deployment) -> tuple[gr.Slider, gr.Number]:
+        blocks = build_app(ckpt_dir, preload=False, deployment=deployment).blocks.values()
+        by_id = {getattr(b, "elem_id", None): b for b in blocks}
+        return by_id["train-epochs"], by_id["train-limit"]
+
+    public = Deployment(
+        public=True, visitor_root=tmp_path / "visitors", public_max_epochs=3, public_max_train_images=40
+    )
+    epochs, limit = form(public)
+    assert (epochs.maximum, epochs.value, limit.value) == (3, 3, 40) and "at most 40" in limit.label
+    epochs, limit = form(Deployment(labels_root=tmp_path / "labels"))
+    assert (epochs.maximum, epochs.value, limit.value) == (100, 10, 0)
+
+
 def test_form_refusals_are_plain_sentences(tmp_path, monkeypatch):
     from seg.ui import train
 

@@ -846,7 +846,11 @@ def build(store: Any) -> None:
                 label="Model",
                 elem_id="train-model",
             )
-            epochs = gr.Slider(1, 100, value=10, step=1, label="Epochs", elem_id="train-epochs")
+            # a public form starts within the limits, so what it shows is what a run gets
+            most_epochs = serving.deployment.public_max_epochs if public else 100
+            epochs = gr.Slider(
+                1, most_epochs, value=min(10, most_epochs), step=1, label="Epochs", elem_id="train-epochs"
+            )
             lr = gr.Number(2e-3, label="Learning rate")
             batch = gr.Slider(1, 64, value=8, step=1, label="Batch size", elem_id="train-batch")
             crop = gr.Slider(0.05, 1.0, value=0.25, step=0.05, label="Crop fraction (smallest crop area; 1 = no crop)")
@@ -902,7 +906,15 @@ def build(store: Any) -> None:
                     label="Encoder initialisation (ImageNet needs the weights in the torch cache)",
                 )
             with gr.Row():
-                limit = gr.Number(0, precision=0, label="Max images per split (0 = all)", elem_id="train-limit")
+                most_images = serving.deployment.public_max_train_images if public else 0
+                limit = gr.Number(
+                    most_images,
+                    precision=0,
+                    label=f"Max images per split (at most {most_images} here)"
+                    if public
+                    else "Max images per split (0 = all)",
+                    elem_id="train-limit",
+                )
                 seed = gr.Number(0, precision=0, label="Seed")
             name = gr.Textbox(label="Checkpoint name", placeholder="default: <model>-<date>", max_length=60)
             with gr.Accordion("Training data", open=not has_data):
