@@ -637,3 +637,18 @@ def test_the_app_starts_without_torchvision_and_draws_the_augment_grid_on_page_l
     grid, caption = draw()
     assert [c for _, c in grid][0] == "original" and len(grid) == 9 and caption, "the original and 8 augmented"
     assert draw()[0] is grid, "drawn once, then reused"
+
+
+def test_the_compare_tab_places_the_shipped_ensemble_beside_the_trained_models(tmp_path):
+    """The ensemble has no epochs of its own (shown as a dash, not 0) and still has a place on the
+    model axis of the setting plot, like every trained checkpoint."""
+    from seg.config import REPO_ROOT
+    from seg.ui import compare
+
+    rows = compare.collect(ModelStore(REPO_ROOT / "checkpoints"), root=tmp_path / "no-runs")
+    table = {row[0]: row for row in compare.table_rows(rows)}
+    assert table["ensemble"][3] == "–" and table["unet"][3] == str(
+        len(ModelStore(REPO_ROOT / "checkpoints").card("unet")["curve"])
+    )
+    figure = compare.hyper_figure(rows, "model")
+    assert set(figure.data[0].text) == {r.id for r in rows} and "ensemble" in figure.data[0].x

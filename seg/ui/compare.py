@@ -125,7 +125,7 @@ def table_rows(rows: list[Listed]) -> list[list[str]]:
                 r.id,
                 r.experiment,
                 r.status,
-                str(len(r.card.get("curve") or [])),
+                str(len(r.card["curve"])) if r.card.get("curve") else "–",  # an ensemble is built, not trained
                 _fmt(_metric(r.card, "val", "miou")),
                 _fmt(_metric(r.card, "val", "map")),
                 _fmt(_metric(r.card, "test", "miou")),
@@ -174,7 +174,10 @@ def setting_of(row: Listed, key: str) -> Any:
     config = row.card.get("config") or {}
     if key in config:
         return config[key]
-    return (config.get("semantic") or {}).get(key)
+    value = (config.get("semantic") or {}).get(key)
+    if value is None and key == "model":  # a card without a training config (an ensemble) still names its model
+        return row.card.get("architecture")
+    return value
 
 
 def hyper_choices(rows: list[Listed]) -> list[str]:
