@@ -3,6 +3,7 @@ run (with a stand-in trainer, so no dataset is needed), and the drawing helpers.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -255,6 +256,8 @@ def test_public_runs_are_bounded_owned_and_stopped_only_by_their_visitor(monkeyp
 def test_a_public_train_form_starts_within_the_limits(tmp_path, ckpt_dir):
     """What a visitor's form shows is what the run gets: the epochs slider ends at the public limit and the
     image count starts at it; a local form keeps the full range."""
+    from dataclasses import replace
+
     from seg.deploy import Deployment
     from seg.ui.app import build_app
 
@@ -268,6 +271,8 @@ def test_a_public_train_form_starts_within_the_limits(tmp_path, ckpt_dir):
     )
     epochs, limit = form(public)
     assert (epochs.maximum, epochs.value, limit.value) == (3, 3, 40) and "at most 40" in limit.label
+    epochs, _ = form(replace(public, public_max_epochs=1))  # a slider still has two ends
+    assert (epochs.minimum, epochs.maximum, epochs.value) == (1, 2, 1)
     epochs, limit = form(Deployment(labels_root=tmp_path / "labels"))
     assert (epochs.maximum, epochs.value, limit.value) == (100, 10, 0)
 
@@ -652,3 +657,34 @@ def test_the_compare_tab_places_the_shipped_ensemble_beside_the_trained_models(t
     )
     figure = compare.hyper_figure(rows, "model")
     assert set(figure.data[0].text) == {r.id for r in rows} and "ensemble" in figure.data[0].x
+
+
+def test_each_app_process_serves_from_a_gradio_folder_of_its_own(monkeypatch, tmp_path, ckpt_dir):
+    """Gradio names cached pictures by content and deletes what an app created when it stops: two
+    dashboards sharing one folder broke each other's pictures (the same original in an augmentation
+    grid). Each process now claims its own folder, and removes those of processes that no longer run."""
+    import tempfile
+
+    from seg.ui.app import build_app
+    from seg.ui.uploads import OWN_FOLDER_PREFIX, readable_roots
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # unset for this test; restored afterwards
+    shared = tmp_path / "gradio"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that has exited
+    gone.wait()
+    dead, alive = shared / f"{OWN_FOLDER_PREFIX}{gone.pid}", shared / f"{OWN_FOLDER_PREFIX}{os.getppid()}"
+    others = [shared / "0f3a9c", shared / f"{OWN_FOLDER_PREFIX}not-a-pid"]
+    for folder in [dead, alive, *others]:
+        (folder / "cached").mkdir(parents=True)
+        (folder / "cached" / "image.webp").write_bytes(b"x")
+
+    demo = build_app(ckpt_dir, preload=False)
+    own = shared / f"{OWN_FOLDER_PREFIX}{os.getpid()}"
+    assert os.environ["GRADIO_TEMP_DIR"] == str(own) and own.is_dir()
+    assert {Path(b.GRADIO_CACHE) for b in demo.blocks.values()} == {own}, "every component caches there"
+    assert own.resolve() in readable_roots(), "uploads are read from the folder Gradio writes them to"
+    assert not dead.exists() and alive.is_dir() and all(folder.is_dir() for folder in others)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "chosen"))  # a folder the operator names is kept
+    build_app(ckpt_dir, preload=False)
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "chosen")

@@ -35,6 +35,7 @@ from seg.ui.api import build_api
 from seg.ui.messages import guard_events
 from seg.ui.pickers import Serving, VisitorStore, attach_serving, take_watched
 from seg.ui.queues import inference_concurrency
+from seg.ui.uploads import claim_upload_folder
 
 log = logging.getLogger("seg.ui")
 register_expected(ModelUnavailable, CheckpointNameTaken, ReadOnlyStore)
@@ -106,6 +107,7 @@ def build_app(
     # Gradio's queue rebuilds a pandas summary of up to 10,000 past events after every event, for its
     # monitoring page: 5-20 ms of CPU per request on a server that has run a while. Every 1,000 is plenty.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    claim_upload_folder()  # before any component exists: each reads the folder when it is made
     # delete_cache: every hour, drop Gradio's cached uploads/outputs older than two hours.
     with gr.Blocks(title=TITLE, fill_width=True, delete_cache=(3600, 7200)) as demo:
         gr.Markdown(_header(deployment), elem_id="seg-header")

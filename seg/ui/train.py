@@ -848,8 +848,8 @@ def build(store: Any) -> None:
             )
             # a public form starts within the limits, so what it shows is what a run gets
             most_epochs = serving.deployment.public_max_epochs if public else 100
-            epochs = gr.Slider(
-                1, most_epochs, value=min(10, most_epochs), step=1, label="Epochs", elem_id="train-epochs"
+            epochs = gr.Slider(  # a slider needs two ends; a limit of one epoch cuts a 2 with its note
+                1, max(2, most_epochs), value=min(10, most_epochs), step=1, label="Epochs", elem_id="train-epochs"
             )
             lr = gr.Number(2e-3, label="Learning rate")
             batch = gr.Slider(1, 64, value=8, step=1, label="Batch size", elem_id="train-batch")

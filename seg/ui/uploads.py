@@ -10,6 +10,8 @@ under the data root. Anything else is refused without saying whether it exists.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,45 @@ def upload_folder() -> Path:
     from gradio.utils import get_upload_folder
 
     return Path(get_upload_folder()).resolve()
+
+
+#: Prefix of the per-process Gradio folders ``claim_upload_folder`` makes under ``<tmp>/gradio``.
+OWN_FOLDER_PREFIX = "seglab-"
+
+
+def claim_upload_folder() -> Path:
+    """Give this process a Gradio folder of its own, unless ``GRADIO_TEMP_DIR`` names one.
+
+    Gradio names a cached output by its content, and an app deletes every file it created when it
+    shuts down. Two apps sharing the default folder (a second dashboard on the same machine, or a
+    restart that overlaps the old process) would delete pictures the other one is still showing:
+    the same original image in an augmentation grid is the same file for both. Folders left by
+    processes that no longer run (killed before they could clean up) are removed here.
+    """
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return upload_folder()
+    shared = Path(tempfile.gettempdir()) / "gradio"
+    own = shared / f"{OWN_FOLDER_PREFIX}{os.getpid()}"
+    for folder in shared.glob(f"{OWN_FOLDER_PREFIX}*"):
+        pid = folder.name.removeprefix(OWN_FOLDER_PREFIX)
+        if folder != own and pid.isdigit() and not _running(int(pid)) and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+    own.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(own)
+    return upload_folder()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (assumed so where signal 0 is no probe: on Windows it is Ctrl-C)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):  # another user's process, or a name that is no pid
+        return True
+    return True
 
 
 def readable_roots() -> list[Path]:
