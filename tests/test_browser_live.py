@@ -164,6 +164,30 @@ def test_slider_release_changes_augment_grid_without_button(page):
     assert not page.errors, page.errors  # type: ignore[attr-defined]
 
 
+def test_instances_look_at_an_upload_and_a_chosen_image_at_once(page):
+    """As on the Segment tab, no button: a dropped image is looked at, and so is a Penn-Fudan image
+    chosen from the list (with its ground truth first)."""
+    _tab(page, "Instances")
+    if "not available" in page.locator("#tab-instances").inner_text():
+        pytest.skip("no instance checkpoint is served")
+    before = page.evaluate(SRCS, "#instances-gallery")
+    page.locator("#instances-upload input[type=file]").set_input_files(str(PEDESTRIANS))
+    _wait_new_pictures(page, "#instances-gallery", before, timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#instances-summary')?.innerText.includes('found')", timeout=60_000
+    )
+    assert "ground truth" not in page.locator("#instances-gallery").inner_text()  # an upload has none
+    if not page.locator("#instances-sample").is_visible():
+        return  # no Penn-Fudan here: nothing to choose
+    before = page.evaluate(SRCS, "#instances-gallery")
+    page.locator("#instances-sample input").click()
+    page.locator("#instances-sample li[role=option]").nth(1).click()
+    _wait_new_pictures(page, "#instances-gallery", before, timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#instances-gallery')?.innerText.includes('ground truth')", timeout=60_000
+    )
+
+
 def test_instances_truth_and_models_in_one_row(page):
     _tab(page, "Instances")
     panel = page.locator("#tab-instances")

@@ -219,7 +219,7 @@ def build(store: ModelStore) -> None:
         with gr.Column(scale=3, min_width=280):
             source = gr.Radio(list(SOURCES), value=SOURCES[0] if ids else SOURCES[1], label="Source")
             if ids:
-                sample = gr.Dropdown(ids, value=ids[0], label="Penn-Fudan image")
+                sample = gr.Dropdown(ids, value=ids[0], label="Penn-Fudan image", elem_id="instances-sample")
             else:
                 gr.Markdown(missing_dataset_md("pennfudan", "Showing Penn-Fudan images with ground truth"))
                 sample = gr.Dropdown([], value=None, label="Penn-Fudan image", visible=False)
@@ -268,12 +268,19 @@ def build(store: ModelStore) -> None:
     )
     with gr.Accordion("Details (counts, scores, boxes, metrics as JSON)", open=False):
         details = gr.JSON(label="Details", elem_id="instances-details")
-    upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False)
-    run.click(
-        partial(instances, store),
-        [source, sample, upload, models, tta],
-        [gallery, table, details],
-        api_name="instances",
-        concurrency_id=INFERENCE_QUEUE,
-        preprocess=False,
-    ).then(summary_html, details, summary, api_visibility="private", queue=False, show_progress="hidden")
+    find = {
+        "fn": partial(instances, store),
+        "inputs": [source, sample, upload, models, tta],
+        "outputs": [gallery, table, details],
+        "concurrency_id": INFERENCE_QUEUE,
+        "preprocess": False,
+    }
+    describe = {"fn": summary_html, "inputs": details, "outputs": summary, "queue": False, "show_progress": "hidden"}
+    run.click(**find, api_name="instances").then(**describe, api_visibility="private")
+    # a dropped image or a chosen Penn-Fudan image is looked at at once, as on the Segment tab
+    upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False).then(
+        **find, api_visibility="private"
+    ).then(**describe, api_visibility="private")
+    sample.input(lambda: SOURCES[0], None, source, api_visibility="private", queue=False).then(
+        **find, api_visibility="private"
+    ).then(**describe, api_visibility="private")
