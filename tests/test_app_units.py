@@ -688,3 +688,26 @@ def test_each_app_process_serves_from_a_gradio_folder_of_its_own(monkeypatch, tm
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "chosen"))  # a folder the operator names is kept
     build_app(ckpt_dir, preload=False)
     assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "chosen")
+
+
+def test_a_latency_measured_on_eager_is_measured_again_once_the_runtime_serves(monkeypatch, ckpt_dir):
+    """The Evaluate tab's latency column: a model measured while eager PyTorch stood in for its serving
+    runtime (still calibrating) must not keep that figure once the runtime serves it."""
+    from seg.ui import evaluate as tab
+
+    class Served:
+        backend = "eager-fp32"
+        calls = 0
+
+        def predict(self, image):
+            Served.calls += 1
+
+    monkeypatch.setattr(tab, "get_predictor", lambda store, name: Served())
+    monkeypatch.setattr(tab, "_latency_cache", {})  # other tests of this process measured these models
+    store = ModelStore(ckpt_dir)
+    name = store.names("semantic")[0]
+    tab.measure_latency(store, name)
+    tab.measure_latency(store, name)
+    assert Served.calls == 4, "measured once (a warm-up and three runs), then read from the cache"
+    Served.backend = "openvino-int8"
+    assert tab.measure_latency(store, name) is not None and Served.calls == 8

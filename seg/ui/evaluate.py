@@ -53,21 +53,22 @@ STRIP_TITLES = ("image", "truth", "prediction", "errors (red)")
 #: Images per batch when recomputing: small enough for frequent progress, large enough to stay fast.
 EVAL_BATCH = 8
 
-_latency_cache: dict[tuple[str, str], float] = {}
+_latency_cache: dict[tuple[str, str, str], float] = {}
 _latency_lock = threading.Lock()
 
 
 def measure_latency(store: ModelStore, name: str, runs: int = 3) -> float | None:
-    """Median model latency on a 288x224 image (cached per checkpoint file)."""
+    """Median model latency on a 288x224 image, cached per checkpoint file and serving backend: a model
+    measured while eager PyTorch stood in for its runtime (still calibrating) is measured again once served."""
     try:
         entry = store.entry(name)
     except KeyError:
         return None
-    key = (name, str(entry.path))
+    predictor = get_predictor(store, name)
+    key = (name, str(entry.path), str(getattr(predictor, "backend", "")))
     with _latency_lock:
         if key in _latency_cache:
             return _latency_cache[key]
-    predictor = get_predictor(store, name)
     image = np.random.default_rng(0).integers(0, 255, (224, 288, 3), dtype=np.uint8)
     predictor.predict(image)  # warm-up
     times = []
