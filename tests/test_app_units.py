@@ -711,3 +711,15 @@ def test_a_latency_measured_on_eager_is_measured_again_once_the_runtime_serves(m
     assert Served.calls == 4, "measured once (a warm-up and three runs), then read from the cache"
     Served.backend = "openvino-int8"
     assert tab.measure_latency(store, name) is not None and Served.calls == 8
+
+
+def test_the_label_tab_prefills_with_the_most_accurate_model_by_default():
+    """The prefill model starts as the best semantic model by its card (the shipped ensemble, not the
+    first name in the list): the better the prefill, the less a labeller has to paint over."""
+    from seg.config import REPO_ROOT
+    from seg.ui.app import build_app
+
+    demo = build_app(REPO_ROOT / "checkpoints", preload=False)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    store = demo.seg_store
+    assert by_id["label-model"].value == store.best("semantic", 1)[0] != sorted(store.names("semantic"))[0]
