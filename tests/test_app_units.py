@@ -666,7 +666,7 @@ def test_each_app_process_serves_from_a_gradio_folder_of_its_own(monkeypatch, tm
     import tempfile
 
     from seg.ui.app import build_app
-    from seg.ui.uploads import OWN_FOLDER_PREFIX, readable_roots
+    from seg.ui.uploads import OWN_FOLDER_PREFIX, claim_upload_folder, readable_roots
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # unset for this test; restored afterwards
@@ -685,6 +685,8 @@ def test_each_app_process_serves_from_a_gradio_folder_of_its_own(monkeypatch, tm
     assert {Path(b.GRADIO_CACHE) for b in demo.blocks.values()} == {own}, "every component caches there"
     assert own.resolve() in readable_roots(), "uploads are read from the folder Gradio writes them to"
     assert not dead.exists() and alive.is_dir() and all(folder.is_dir() for folder in others)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(alive))  # inherited from the process that started this one
+    assert claim_upload_folder() == own.resolve() and os.environ["GRADIO_TEMP_DIR"] == str(own)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "chosen"))  # a folder the operator names is kept
     build_app(ckpt_dir, preload=False)
     assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "chosen")

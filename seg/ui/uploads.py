@@ -47,12 +47,15 @@ def claim_upload_folder() -> Path:
     shuts down. Two apps sharing the default folder (a second dashboard on the same machine, or a
     restart that overlaps the old process) would delete pictures the other one is still showing:
     the same original image in an augmentation grid is the same file for both. Folders left by
-    processes that no longer run (killed before they could clean up) are removed here.
+    processes that no longer run (killed before they could clean up) are removed here. Another
+    process's own folder, inherited through the environment from the process that started this one,
+    is not a choice: this process claims its own.
     """
-    if os.environ.get("GRADIO_TEMP_DIR"):
-        return upload_folder()
     shared = Path(tempfile.gettempdir()) / "gradio"
     own = shared / f"{OWN_FOLDER_PREFIX}{os.getpid()}"
+    chosen = Path(os.environ.get("GRADIO_TEMP_DIR") or shared)
+    if chosen != shared and not (chosen.parent == shared and chosen.name.startswith(OWN_FOLDER_PREFIX)):
+        return upload_folder()
     for folder in shared.glob(f"{OWN_FOLDER_PREFIX}*"):
         pid = folder.name.removeprefix(OWN_FOLDER_PREFIX)
         if folder != own and pid.isdigit() and not _running(int(pid)) and not folder.is_symlink():
