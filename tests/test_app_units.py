@@ -685,6 +685,8 @@ def test_each_app_process_serves_from_a_gradio_folder_of_its_own(monkeypatch, tm
     assert {Path(b.GRADIO_CACHE) for b in demo.blocks.values()} == {own}, "every component caches there"
     assert own.resolve() in readable_roots(), "uploads are read from the folder Gradio writes them to"
     assert not dead.exists() and alive.is_dir() and all(folder.is_dir() for folder in others)
+    dead.mkdir()  # a process claims once: building a second app does not sweep again
+    assert claim_upload_folder() == own.resolve() and dead.is_dir()
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(alive))  # inherited from the process that started this one
     assert claim_upload_folder() == own.resolve() and os.environ["GRADIO_TEMP_DIR"] == str(own)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "chosen"))  # a folder the operator names is kept

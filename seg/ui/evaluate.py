@@ -467,10 +467,11 @@ def _has_rows(table: Any) -> bool:
     return any(isinstance(v, str) and v.strip() for v in first)
 
 
-def fill_from_cards(store: ModelStore, models: Any, split: Any, table: Any):
-    """On opening the tab: the cards' comparison for the chosen models and split, unless the table
-    already shows one; nothing (and no error) when there is nothing to show."""
-    skip = tuple(gr.skip() for _ in range(7))
+def fill_from_cards(store: ModelStore, outputs: int, models: Any, split: Any, table: Any):
+    """On opening the tab: the cards' comparison for the chosen models and split (``evaluate``'s
+    ``outputs`` values), unless the table already shows one; nothing (and no error) when there is
+    nothing to show."""
+    skip = tuple(gr.skip() for _ in range(outputs))
     if _has_rows(table):
         return skip
     try:
@@ -536,7 +537,7 @@ def build(store: ModelStore) -> list[dict[str, Any]]:
     )
     fill = {
         "on": "select",
-        "fn": partial(fill_from_cards, store),
+        "fn": partial(fill_from_cards, store, len(outputs)),
         "inputs": [models, split, table],
         "outputs": outputs,
         "concurrency_id": EVAL_QUEUE,

@@ -278,9 +278,7 @@ def build(store: ModelStore) -> None:
     describe = {"fn": summary_html, "inputs": details, "outputs": summary, "queue": False, "show_progress": "hidden"}
     run.click(**find, api_name="instances").then(**describe, api_visibility="private")
     # a dropped image or a chosen Penn-Fudan image is looked at at once, as on the Segment tab
-    upload.upload(lambda: SOURCES[1], None, source, api_visibility="private", queue=False).then(
-        **find, api_visibility="private"
-    ).then(**describe, api_visibility="private")
-    sample.input(lambda: SOURCES[0], None, source, api_visibility="private", queue=False).then(
-        **find, api_visibility="private"
-    ).then(**describe, api_visibility="private")
+    for trigger, chosen in ((upload.upload, SOURCES[1]), (sample.input, SOURCES[0])):
+        trigger(lambda chosen=chosen: chosen, None, source, api_visibility="private", queue=False).then(
+            **find, api_visibility="private"
+        ).then(**describe, api_visibility="private")

@@ -699,10 +699,8 @@ def _layout(store: Any, access: WorkspaceAccess) -> LabelTab:
     queue = label_tools.queue_layout()
     with gr.Row():
         names = store.names("semantic") if store is not None else []
-        best = store.best("semantic", 1) if names else []  # the most accurate prefill leaves the least to fix
-        model = gr.Dropdown(
-            names, value=(best or names or [None])[0], label="Model for prefill", scale=3, elem_id="label-model"
-        )
+        best = store.best("semantic", 1) if store is not None else []  # the most accurate prefill leaves least to fix
+        model = gr.Dropdown(names, value=(best or [None])[0], label="Model for prefill", scale=3, elem_id="label-model")
         if store is not None:
             watch(store, model, "semantic")
         prefill_btn = gr.Button("Prefill with model", scale=1, elem_id="label-prefill")

@@ -54,7 +54,8 @@ def claim_upload_folder() -> Path:
     shared = Path(tempfile.gettempdir()) / "gradio"
     own = shared / f"{OWN_FOLDER_PREFIX}{os.getpid()}"
     chosen = Path(os.environ.get("GRADIO_TEMP_DIR") or shared)
-    if chosen != shared and not (chosen.parent == shared and chosen.name.startswith(OWN_FOLDER_PREFIX)):
+    claimed = chosen.parent == shared and chosen.name.startswith(OWN_FOLDER_PREFIX)  # by this process or its parent
+    if chosen == own or (chosen != shared and not claimed):
         return upload_folder()
     for folder in shared.glob(f"{OWN_FOLDER_PREFIX}*"):
         pid = folder.name.removeprefix(OWN_FOLDER_PREFIX)
