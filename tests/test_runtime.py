@@ -635,6 +635,62 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     assert not list(runtime.export_dir(no_data.key).glob("*-openvino-int8-*"))
 
 
+def test_int8_parameters_are_trusted_only_at_a_thread_count_where_they_passed(monkeypatch, tmp_path):
+    """The same int8 graph can score differently with another thread count, so the check is recorded per
+    thread count: exports at two counts merge into one file, and a machine without the dataset serves int8
+    on that record only at a count where it passed."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    verdicts = {1: True, 2: False}  # what the val check says at each thread count
+
+    def agreement(module):
+        passed = verdicts[torch.get_num_threads()]
+        return runtime.Agreement(passed, {"miou": 0.5, "reference_miou": 0.51 if passed else 0.52, "images": 4}, "")
+
+    def spec(with_data: bool) -> runtime.ServingSpec:
+        if with_data:
+            return runtime.ServingSpec(
+                runtime.weights_key(tiny), {"": (0,)}, lambda: calls[:1], lambda: calls, agreement, {"size": 32}
+            )
+        return runtime.ServingSpec(runtime.weights_key(tiny), {"": (0,)}, lambda: calls[:1], context={"size": 32})
+
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(
+        runtime,
+        "time_interleaved",
+        lambda functions, **k: {n: 10.0 if n == "openvino-int8" else 20.0 for n in functions},
+    )
+    folder = tmp_path / "checkpoints" / "int8"
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "built"))
+        records = {}
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            choice = runtime.calibrate(tiny, spec(True), "openvino")
+            assert (choice.backend == "openvino-int8") == verdicts[count]
+            records[count] = json.loads(runtime.write_int8_params(spec(True), choice, folder).read_text())
+        assert list(records[1]["agreement"]["by_threads"]) == ["1"]
+        by_threads = records[2]["agreement"]["by_threads"]
+        assert by_threads["1"]["passed"] and not by_threads["2"]["passed"]
+        assert records[2]["agreement"]["metrics"]["reference_miou"] == 0.51  # the passing check
+        assert records[2]["agreement"]["threads"] == 1
+
+        monkeypatch.setenv("SEG_CHECKPOINT_DIR", str(folder.parent))  # a machine without the dataset
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / f"space-{count}"))
+            served = runtime.calibrate(tiny, spec(False), "openvino")
+            reason = served.agreement.get("openvino-int8", {}).get("reason", "")
+            assert ("shipped parameters" in reason) == verdicts[count], served
+            assert (served.backend == "openvino-int8") == verdicts[count]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_choice_of_some_parts_reads_its_own_timing_and_agreement():
     """A backend serving only some parts is its own candidate: the record's figures for it, not for the
     whole backend (which failed the contract), are the chosen one's."""
