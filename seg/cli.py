@@ -30,6 +30,7 @@ SEMANTIC_ONLY = {
     "zoom_out": None,
     "rotate": None,
     "lovasz": None,
+    "rare_repeat": None,
     "distill_from": None,
     "distill_weight": None,
     "distill_temperature": None,
@@ -52,6 +53,7 @@ FLAG_NAMES = {
     "zoom_out": "--zoom-out",
     "rotate": "--rotate",
     "lovasz": "--lovasz",
+    "rare_repeat": "--rare-repeat",
     "distill_from": "--distill-from",
     "distill_weight": "--distill-weight",
     "distill_temperature": "--distill-temperature",
@@ -215,6 +217,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="weight of a Lovasz-softmax (IoU surrogate) term beside the weighted cross entropy (default 0)",
+    )
+    sem.add_argument(
+        "--rare-repeat",
+        dest="rare_repeat",
+        type=float,
+        default=None,
+        metavar="T",
+        help="repeat factor sampling: an image whose rarest class is in a share f < T of the train images is "
+        "drawn sqrt(T / f) times an epoch (e.g. 0.3; default 0: each image once)",
     )
     sem.add_argument(
         "--distill-from",

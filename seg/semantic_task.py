@@ -32,6 +32,20 @@ from seg.transforms import IGNORE, JointAugment
 BATCH_SIZE = 8
 
 
+def repeat_factors(masks: torch.Tensor, num_classes: int, threshold: float) -> torch.Tensor:
+    """Each image's repeat factor (LVIS's repeat factor sampling): max over the classes it holds of
+    max(1, sqrt(threshold / f_c)), f_c the share of images holding class c; all ones when ``threshold`` is 0."""
+    if threshold <= 0 or len(masks) == 0:
+        return torch.ones(len(masks))
+    flat = masks.flatten(1).long()
+    present = torch.zeros(len(masks), num_classes, dtype=torch.bool)
+    for c in range(num_classes):
+        present[:, c] = (flat == c).any(1)
+    share = present.float().mean(0).clamp_min(1e-12)
+    per_class = (threshold / share).sqrt().clamp_min(1.0)
+    return torch.where(present, per_class, torch.ones(())).amax(1)
+
+
 class SemanticTask:
     """Batches of augmented uint8 crops; loss is weighted CE; validation is the full metric set."""
 
@@ -64,13 +78,30 @@ class SemanticTask:
             rotate=options.rotate,
         )
 
+        self.repeat = repeat_factors(train.masks, self.num_classes, options.rare_repeat)
+        #: images drawn per epoch: fixed, so the schedule knows its steps
+        self.epoch_images = max(1, round(float(self.repeat.sum()))) if options.rare_repeat > 0 else len(train)
+
     def steps_per_epoch(self, world: int = 1) -> int:
-        per_rank = -(-len(self.train) // world)
+        per_rank = -(-self.epoch_images // world)
         return max(1, -(-per_rank // self.batch_size))
 
-    def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The images of one epoch, shuffled: each once, or in proportion to ``repeat_factors`` (systematic
+        sampling over a shuffled order: ``epoch_images`` evenly spaced draws, so an image whose share is 1.4
+        draws comes once or twice, and the epoch's length is fixed)."""
         g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = torch.randperm(len(self.train), generator=g)[rank::world]
+        order = torch.randperm(len(self.train), generator=g)
+        if self.options.rare_repeat <= 0:
+            return order
+        ends = torch.cumsum(self.repeat[order].double(), 0)
+        step = float(ends[-1]) / self.epoch_images
+        positions = (torch.rand(1, generator=g, dtype=torch.float64) + torch.arange(self.epoch_images)) * step
+        drawn = order[torch.searchsorted(ends, positions, right=True).clamp_(max=len(order) - 1)]
+        return drawn[torch.randperm(len(drawn), generator=g)]
+
+    def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
+        order = self.epoch_order(epoch)[rank::world]
         bs = self.batch_size
         for i in range(0, len(order), bs):
             idx = order[i : i + bs]

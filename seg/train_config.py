@@ -24,6 +24,10 @@ class SemanticOptions:
     zoom_out: float = 1.0
     rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
     lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
+    #: repeat factor sampling (LVIS): an image is drawn max(1, sqrt(t / f)) times an epoch, f the share of
+    #: train images holding its rarest class; 0 = every image once. Pixel weights alone leave an image
+    #: with a rare class as rarely seen as before.
+    rare_repeat: float = 0.0
     #: a semantic checkpoint (e.g. the ensemble) whose softened answers the model also learns; None = none
     distill_from: str | None = None
     distill_weight: float = 1.0  # weight of the distillation term (only with ``distill_from``)
@@ -42,6 +46,8 @@ class SemanticOptions:
             raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
         if self.distill_weight < 0:
             raise ValueError(f"--distill-weight must be 0 or more, got {self.distill_weight:g}")
+        if not 0 <= self.rare_repeat <= 1:
+            raise ValueError(f"--rare-repeat is a share of images in [0, 1], got {self.rare_repeat:g}")
 
 
 @dataclass

@@ -404,3 +404,42 @@ def test_distillation_flags_are_checked(sbd_root, tmp_path, capsys):
         _teacher("unet", ["a", "b"])
     with pytest.raises(ValueError, match="--distill-from prior: choose a model that looks at the image"):
         _teacher("prior", ["sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc"])
+
+
+def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(capsys):
+    """LVIS's rule on a toy split: a class in 1 of 8 images with t = 0.5 gives its image a factor of sqrt(4) = 2;
+    an epoch holds round(sum of factors) images (a fixed length: the schedule counts on it), each drawn in
+    proportion to its factor, and the order follows the seed."""
+    from seg.data.sbd import SegSplit
+    from seg.semantic_task import repeat_factors
+
+    masks = torch.zeros(8, 4, 4, dtype=torch.uint8)
+    masks[:, 0] = 1  # class 1 in every image
+    masks[0, 1] = 2  # class 2 in one image of eight
+    masks[1:4, 2] = 3  # class 3 in three
+    factors = repeat_factors(masks, 4, 0.5)
+    assert factors[0] == pytest.approx(2.0)  # sqrt(0.5 / 0.125)
+    assert factors[1:4].tolist() == pytest.approx([(0.5 / 0.375) ** 0.5] * 3)
+    assert factors[4:].tolist() == [1.0] * 4
+    assert repeat_factors(masks, 4, 0.0).tolist() == [1.0] * 8
+
+    split = SegSplit(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), masks, [str(i) for i in range(8)], list("abcd"))
+    task = SemanticTask(split, split, SemanticOptions(rare_repeat=0.5), None, batch_size=2)
+    assert task.epoch_images == round(factors.sum().item()) == 9 and task.steps_per_epoch() == 5
+    counts = torch.zeros(8)
+    for epoch in range(200):
+        order = task.epoch_order(epoch)
+        per_image = torch.bincount(order, minlength=8)
+        assert len(order) == 9 and per_image[0] in (1, 2) and per_image[4:].max() <= 1
+        counts += per_image
+    share = 200 * 9 / factors.sum().item()  # draws per unit of factor over the 200 epochs
+    assert counts[0].item() == pytest.approx(2 * share, rel=0.03)
+    assert counts[1:4].mean().item() == pytest.approx(factors[1].item() * share, rel=0.05)
+    assert counts[4:].mean().item() == pytest.approx(share, rel=0.05)
+    assert torch.equal(task.epoch_order(3), task.epoch_order(3))
+    with pytest.raises(ValueError, match="--rare-repeat"):
+        SemanticOptions(rare_repeat=2.0)
+    plain = SemanticTask(split, split, SemanticOptions(), None, batch_size=2)
+    assert sorted(plain.epoch_order(0).tolist()) == list(range(8))
+    assert main(["train", "--model", "dwt", "--out", "x", "--rare-repeat", "0.3"]) == 2
+    assert "--rare-repeat applies to semantic models only" in capsys.readouterr().err
