@@ -225,7 +225,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="T",
         help="repeat factor sampling: an image whose rarest class is in a share f < T of the train images is "
-        "drawn sqrt(T / f) times an epoch (e.g. 0.3; default 0: each image once)",
+        "drawn about sqrt(T / f) times an epoch (e.g. 0.3; default 0: each image once)",
     )
     sem.add_argument(
         "--distill-from",

@@ -900,11 +900,12 @@ def write_int8_params(spec: ServingSpec, choice: RuntimeChoice, folder: Path) ->
         and _jsonable_context((before.get("agreement") or {}).get("context")) == _jsonable_context(spec.context)
     )
     by_threads = dict((before.get("agreement") or {}).get("by_threads") or {}) if same_graph else {}
-    by_threads[str(torch.get_num_threads())] = {**check, "passed": bool(check.get("passed"))}
+    here = str(torch.get_num_threads())
+    by_threads[here] = {**check, "passed": bool(check.get("passed"))}
     passing = {n: c for n, c in by_threads.items() if c["passed"]}
     if not passing:
         raise ValueError("OpenVINO int8 has not passed the agreement contract on val here for this checkpoint")
-    threads = str(torch.get_num_threads()) if str(torch.get_num_threads()) in passing else min(passing, key=int)
+    threads = here if here in passing else min(passing, key=int)
     params = {
         "format": FORMAT,
         "key": spec.key,

@@ -24,9 +24,9 @@ class SemanticOptions:
     zoom_out: float = 1.0
     rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
     lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
-    #: repeat factor sampling (LVIS): an image is drawn max(1, sqrt(t / f)) times an epoch, f the share of
-    #: train images holding its rarest class; 0 = every image once. Pixel weights alone leave an image
-    #: with a rare class as rarely seen as before.
+    #: repeat factor sampling (LVIS): an image is drawn in proportion to max(1, sqrt(t / f)), f the share of
+    #: train images holding its rarest class, an epoch holding the factors' sum; 0 = every image once. Pixel
+    #: weights alone leave an image with a rare class as rarely seen as before.
     rare_repeat: float = 0.0
     #: a semantic checkpoint (e.g. the ensemble) whose softened answers the model also learns; None = none
     distill_from: str | None = None
