@@ -37,10 +37,8 @@ def repeat_factors(masks: torch.Tensor, num_classes: int, threshold: float) -> t
     max(1, sqrt(threshold / f_c)), f_c the share of images holding class c; all ones when ``threshold`` is 0."""
     if threshold <= 0 or len(masks) == 0:
         return torch.ones(len(masks))
-    flat = masks.flatten(1).long()
-    present = torch.zeros(len(masks), num_classes, dtype=torch.bool)
-    for c in range(num_classes):
-        present[:, c] = (flat == c).any(1)
+    flat = masks.flatten(1)  # compared in its own dtype: a widened copy of the train masks would be 8x their size
+    present = torch.stack([(flat == c).any(1) for c in range(num_classes)], 1)
     share = present.float().mean(0).clamp_min(1e-12)
     per_class = (threshold / share).sqrt().clamp_min(1.0)
     return torch.where(present, per_class, torch.ones(())).amax(1)
