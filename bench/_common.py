@@ -12,6 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from seg.config import dataset_dir  # noqa: E402
+from seg.memory import reuse_freed_memory  # noqa: E402
+
+reuse_freed_memory()  # as the seglab command does (seg.memory)
 
 
 def sbd_dir_or_exit() -> Path:

@@ -19,6 +19,7 @@ from seg import experiments
 from seg.config import dataset_dir, resolve_checkpoint
 from seg.instances import cli as instances_cli
 from seg.labeling import cli as labeling_cli
+from seg.memory import reuse_freed_memory
 
 PROG = "seglab"
 
@@ -831,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    reuse_freed_memory()  # batch work: freed activations are reused, not handed back and zeroed again
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded verbatim on checkpoint cards
     return int(args.func(args) or 0)

@@ -16,10 +16,13 @@ except ImportError:  # not POSIX: no locks (``_cpu_share``)
     fcntl = None
 
 from seg.config import dataset_dir
+from seg.memory import reuse_freed_memory
 
 # Each pytest-xdist worker gets its share of the cores (the fast loop runs one per core: see the hook below).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+# Batch work, as in the seglab command: freed tensors are reused instead of faulted in again.
+reuse_freed_memory()
 # Tests compare against eager PyTorch, the reference: the dashboard's and predict's default (the runtime
 # measured fastest, calibrated on first use) would export and time every model in each test process.
 # Tests of the serving runtimes ask for it by name; subprocesses (the app, predict) inherit this.
