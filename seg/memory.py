@@ -9,8 +9,8 @@ app limits the arenas at start-up and trims the heap after such work; both do no
 Batch work (training, evaluation, prediction: the ``seglab`` command, the tests) wants the opposite:
 glibc hands every block of 128 kB and up (the threshold adapts, to 32 MB at most) to the OS when it is
 freed and trims the heap's top past 128 kB, so each step's activations come back as fresh pages that
-the kernel zeroes again. ``reuse_freed_memory`` keeps them: the DWT's eager val pass spent a fifth of its
-time in the kernel and ran 1.2x faster, a U-Net training epoch 1.14x (docs/experiments.md, "malloc").
+the kernel zeroes again. ``reuse_freed_memory`` keeps them: the DWT's eager val pass, which spent a sixth
+of its time in the kernel, runs about 1.14x faster (docs/experiments.md, "Reusing freed memory").
 """
 
 from __future__ import annotations
