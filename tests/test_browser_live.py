@@ -85,6 +85,15 @@ def _click_slider(page, elem_id: str, fraction: float) -> None:
     track.click(position={"x": max(2.0, min(box["width"] - 2, box["width"] * fraction)), "y": box["height"] / 2})
 
 
+def _segmented(page) -> None:
+    """An image segmented on the Segment tab: an earlier test's, or the scene uploaded now (pytest-xdist's
+    work stealing may run a test of this module on another worker's fresh page)."""
+    if not page.locator("#segment-gallery img").count():
+        before = page.evaluate(SRCS, "#segment-gallery")
+        page.locator("#segment-image input[type=file]").set_input_files(str(SCENE))
+        _wait_new_pictures(page, "#segment-gallery", before)
+
+
 def _same_top(boxes: list[dict]) -> bool:
     return max(b["top"] for b in boxes) - min(b["top"] for b in boxes) <= 1.0
 
@@ -118,10 +127,7 @@ def test_segment_runs_on_upload_and_on_model_change(page):
 def test_overlays_share_one_row_at_1400px(page):
     """Every selected model (up to four) side by side: the overlays' boxes share a top edge."""
     _tab(page, "Segment")
-    if not page.locator("#segment-gallery img").count():
-        before = page.evaluate(SRCS, "#segment-gallery")
-        page.locator("#segment-image input[type=file]").set_input_files(str(SCENE))
-        _wait_new_pictures(page, "#segment-gallery", before)
+    _segmented(page)
     page.wait_for_timeout(500)
     boxes = page.evaluate(BOXES, "#segment-gallery")
     assert 1 <= len(boxes) <= 4
@@ -134,10 +140,7 @@ def test_overlays_share_one_row_at_1400px(page):
 
 def test_opacity_release_redraws_without_inference(page):
     _tab(page, "Segment")
-    if not page.locator("#segment-gallery img").count():  # work stealing may run it on a fresh page
-        before = page.evaluate(SRCS, "#segment-gallery")
-        page.locator("#segment-image input[type=file]").set_input_files(str(SCENE))
-        _wait_new_pictures(page, "#segment-gallery", before)
+    _segmented(page)
     assert page.locator("#segment-gallery img").count()
     before = page.evaluate(SRCS, "#segment-gallery")
     _click_slider(page, "segment-alpha", 0.9)
