@@ -28,6 +28,8 @@ CHANGED = """([sel, before, n]) => {
     return imgs.length >= n && imgs.map(i => i.src).join('|') !== before
         && imgs.slice(0, n).every(i => i.complete && i.naturalWidth > 0);  // lazy ones load when scrolled to
 }"""
+#: True once no event is running or queued for the component (Gradio's status text on it is gone).
+SETTLED = "sel => !/processing|queue/.test(document.querySelector(sel)?.innerText ?? '')"
 #: Bounding boxes of a gallery's pictures.
 BOXES = """sel => [...document.querySelectorAll(sel + ' .thumbnail-item img')].map(i => {
     const r = i.getBoundingClientRect(); return {top: r.top, left: r.left, width: r.width, height: r.height};
@@ -154,10 +156,13 @@ def test_slider_release_changes_augment_grid_without_button(page):
         before = page.evaluate(SRCS, grid)
         page.locator("#augment-upload input[type=file]").set_input_files(str(SCENE))
         _wait_new_pictures(page, grid, before, 2)
+    # a fresh page may still be drawing its first grid: the slider's pictures must not be taken for it
+    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
     caption = page.locator("#augment-caption")
     before = page.evaluate(SRCS, grid)
     _click_slider(page, "augment-crop", 0.8)  # crop 0.25 -> 0.8
     _wait_new_pictures(page, grid, before, 2, timeout=60_000)
+    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
     assert "crop 0.80" in caption.inner_text()
     # the seed follows too, however large
     before = page.evaluate(SRCS, grid)
@@ -165,6 +170,7 @@ def test_slider_release_changes_augment_grid_without_button(page):
     seed.fill("123456789012345678901234567890")
     seed.press("Tab")
     _wait_new_pictures(page, grid, before, 2, timeout=60_000)
+    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
     text = caption.inner_text()
     assert "used as" in text, text
     assert "Overflow" not in page.locator("body").inner_text()
