@@ -232,6 +232,10 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+#: state-dict prefix of a U-Net's deep-supervision classifiers (trained beside it, unused at inference)
+AUX_PREFIX = "aux_heads."
+
+
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     """Start from an earlier checkpoint; returns what the card records about it.
 
@@ -239,7 +243,8 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     ``backbone`` (the DWT) also takes a checkpoint of its backbone's architecture (e.g. the
     Stanford Background ``unet``) for its body, everything but the semantic head: transfer
     from the project's own scene-parsing model, whose "foreground object" class includes
-    people. Shapes must match exactly; nothing is skipped silently.
+    people. Shapes must match exactly; nothing is skipped silently (deep-supervision heads, added
+    or dropped between rounds, are named in what the card records).
     """
     previous, card = load_checkpoint(path)
     arch = card.get("architecture")
@@ -250,14 +255,21 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
         its_val_metrics={k: v for k, v in (card.get("val_metrics") or {}).items() if isinstance(v, (int, float))},
     )
     if arch == getattr(model, "arch_name", None):
-        model.load_state_dict(previous.state_dict())
-        return dict(source, loaded="all weights (warm restart)")
+        state, own = previous.state_dict(), model.state_dict()
+        # deep supervision's classifiers (``aux_heads.``) may be added or dropped between rounds
+        aux = {k for k in set(own) ^ set(state) if k.startswith(AUX_PREFIX)}
+        if not aux or (set(own) ^ set(state)) - aux:  # anything else that differs is refused by the strict load
+            model.load_state_dict(state)
+            return dict(source, loaded="all weights (warm restart)")
+        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
+        return dict(source, loaded=f"all weights (warm restart); its deep-supervision heads {fresh}")
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(
             f"--init-from {path}: architecture {arch!r} cannot initialise a {getattr(model, 'arch_name', None)!r} model"
         )
-    state = {k: v for k, v in previous.state_dict().items() if not k.startswith("head.")}
+    state = {k: v for k, v in previous.state_dict().items() if not k.startswith(("head.", AUX_PREFIX))}
     own = body.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in state if k in own and own[k].shape != state[k].shape]

@@ -31,6 +31,7 @@ SEMANTIC_ONLY = {
     "zoom_out": None,
     "rotate": None,
     "lovasz": None,
+    "deep_supervision": None,
     "rare_repeat": None,
     "distill_from": None,
     "distill_weight": None,
@@ -54,6 +55,7 @@ FLAG_NAMES = {
     "zoom_out": "--zoom-out",
     "rotate": "--rotate",
     "lovasz": "--lovasz",
+    "deep_supervision": "--deep-supervision",
     "rare_repeat": "--rare-repeat",
     "distill_from": "--distill-from",
     "distill_weight": "--distill-weight",
@@ -220,6 +222,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="weight of a Lovasz-softmax (IoU surrogate) term beside the weighted cross entropy (default 0)",
     )
     sem.add_argument(
+        "--deep-supervision",
+        dest="deep_supervision",
+        type=float,
+        default=None,
+        metavar="W",
+        help="unet: classifiers on the coarser decoder stages, their weighted cross entropy added with weight W at "
+        "half resolution, halved for each coarser stage (e.g. 0.5; default 0: off; unused at inference)",
+    )
+    sem.add_argument(
         "--rare-repeat",
         dest="rare_repeat",
         type=float,
@@ -327,6 +338,8 @@ def config_from_args(args: argparse.Namespace):
             )
     if args.distill_from is None and (args.distill_weight is not None or args.distill_temperature is not None):
         raise ValueError("--distill-weight and --distill-temperature need --distill-from CHECKPOINT")
+    if args.deep_supervision and args.model != "unet":
+        raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {args.model}")
     options_type = SemanticOptions if task == "semantic" else InstanceOptions
     options = options_type(
         **{f.name: getattr(args, f.name) for f in fields(options_type) if getattr(args, f.name, None) is not None}

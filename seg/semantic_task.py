@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from seg.cards import can_teach
@@ -118,6 +119,8 @@ class SemanticTask:
         weight = self.weight.to(device) if self.weight is not None else None
         target = masks.to(device).long()
         loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE)
+        if self.options.deep_supervision > 0:
+            loss = loss + self._deep_supervision_loss(model, target, weight)
         if self.options.lovasz > 0:
             # every other pixel each way: the same surrogate at a quarter of its sorting cost
             sub = lovasz_softmax(logits[..., ::2, ::2], target[..., ::2, ::2], ignore_index=IGNORE)
@@ -129,6 +132,20 @@ class SemanticTask:
             kd = distillation_loss(logits, teacher_logits, target != IGNORE, self.options.distill_temperature)
             loss = loss + self.options.distill_weight * kd
         return loss
+
+    def _deep_supervision_loss(
+        self, model: nn.Module, target: torch.Tensor, weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The auxiliary classifiers' weighted cross entropy at the labels' size, finest stage first, each
+        coarser one at half the weight of the one before."""
+        core = getattr(model, "module", model)  # under DistributedDataParallel
+        aux, core.aux_logits = core.aux_logits, []  # taken, so the graph is not held past the step
+        total = target.new_zeros((), dtype=torch.float32)
+        for i, logits in enumerate(reversed(aux)):
+            up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            scale = self.options.deep_supervision / 2**i
+            total = total + scale * weighted_cross_entropy(up, target, weight, ignore_index=IGNORE)
+        return total
 
     def _teacher_on(self, device: torch.device) -> nn.Module:
         """The teacher on ``device``, laid out as the engine lays out the student (channels_last on a CPU)."""
@@ -204,6 +221,10 @@ def build_stages(config: TrainConfig) -> list[Stage]:
 
 def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     kwargs = dict(config.model_kwargs)
+    if config.semantic.deep_supervision > 0:
+        if config.model != "unet":
+            raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {config.model}")
+        kwargs["aux_heads"] = True
     if config.model == "resunet":
         kwargs["encoder_init"] = config.encoder_init
     elif config.encoder_init != "none":

@@ -24,6 +24,9 @@ class SemanticOptions:
     zoom_out: float = 1.0
     rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
     lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
+    #: deep supervision (unet): weight of the weighted cross entropy of the classifier on the decoder stage at
+    #: half resolution, halved for each coarser one; 0 = off. The deep layers then get a gradient of their own.
+    deep_supervision: float = 0.0
     #: repeat factor sampling (LVIS): an image is drawn in proportion to max(1, sqrt(t / f)), f the share of
     #: train images holding its rarest class, an epoch holding the factors' sum; 0 = every image once. Pixel
     #: weights alone leave an image with a rare class as rarely seen as before.
@@ -46,6 +49,8 @@ class SemanticOptions:
             raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
         if self.distill_weight < 0:
             raise ValueError(f"--distill-weight must be 0 or more, got {self.distill_weight:g}")
+        if self.deep_supervision < 0:
+            raise ValueError(f"--deep-supervision must be 0 or more, got {self.deep_supervision:g}")
         if not 0 <= self.rare_repeat <= 1:
             raise ValueError(f"--rare-repeat is a share of images in [0, 1], got {self.rare_repeat:g}")
 

@@ -443,3 +443,42 @@ def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(capsys):
     assert sorted(plain.epoch_order(0).tolist()) == list(range(8))
     assert main(["train", "--model", "dwt", "--out", "x", "--rare-repeat", "0.3"]) == 2
     assert "--rare-repeat applies to semantic models only" in capsys.readouterr().err
+
+
+def test_deep_supervision_trains_decoder_classifiers_that_inference_never_runs(sbd_root, tmp_path, capsys):
+    from seg.checkpoints import load_checkpoint, warm_start
+    from seg.models import create
+
+    model = create("unet", num_classes=9, base_channels=4, depth=3, aux_heads=True).train()
+    logits = model(torch.rand(2, 3, 64, 48))
+    # one classifier per decoder stage but the last, coarsest first: 1/4 then 1/2 of the input
+    assert [tuple(a.shape) for a in model.aux_logits] == [(2, 9, 16, 12), (2, 9, 32, 24)]
+    assert logits.shape == (2, 9, 64, 48)
+    plain = create("unet", num_classes=9, base_channels=4, depth=3).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
+    model.eval().aux_logits = []
+    x = torch.rand(1, 3, 64, 48)
+    assert torch.equal(model(x), plain(x)) and model.aux_logits == [], "inference is the plain U-Net's"
+
+    settings = dict(model="unet", epochs=1, seed=3, model_kwargs={"base_channels": 4, "depth": 3})
+    with_ds = tiny_cnn(sbd_root, out=str(tmp_path / "ds"), semantic=SemanticOptions(deep_supervision=0.5), **settings)
+    without = tiny_cnn(sbd_root, out=str(tmp_path / "plain"), **settings)
+    first = [next(e for e in list(train(c, log_every=1)) if e["type"] == "step") for c in (without, with_ds)]
+    assert first[1]["loss"] > first[0]["loss"], "the classifiers' cross entropy is added on top of the plain loss"
+    card = json.loads((tmp_path / "ds.json").read_text())
+    assert card["arch_kwargs"]["aux_heads"] is True and card["config"]["semantic"]["deep_supervision"] == 0.5
+    trained, _ = load_checkpoint(tmp_path / "ds")
+    assert not torch.equal(trained.aux_heads[0].weight, model.aux_heads[0].weight)
+
+    # warm restarts may drop the classifiers or add fresh ones; any other difference is still refused
+    assert "heads are dropped" in warm_start(plain, tmp_path / "ds")["loaded"]
+    assert "heads start fresh" in warm_start(model, tmp_path / "plain")["loaded"]
+    with pytest.raises(RuntimeError):
+        warm_start(create("unet", num_classes=9, base_channels=8, depth=3, aux_heads=True), tmp_path / "plain")
+
+    assert main(["train", "--model", "cnn", "--out", "x", "--deep-supervision", "0.5"]) == 2
+    assert "--deep-supervision is for unet" in capsys.readouterr().err
+    assert main(["train", "--model", "dwt", "--out", "x", "--deep-supervision", "0.5"]) == 2
+    assert "--deep-supervision applies to semantic models only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--deep-supervision must be 0 or more"):
+        SemanticOptions(deep_supervision=-1.0)

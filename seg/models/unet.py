@@ -3,6 +3,10 @@
 Encoder: DoubleConv blocks with max-pool between them; decoder: bilinear upsampling,
 concatenation with the skip at the same scale, DoubleConv. ``forward_features`` returns
 the last decoder map, so other heads (e.g. the instance model) can reuse the body.
+
+With ``aux_heads`` (deep supervision, Lee et al. 2015) each coarser decoder stage also gets a 1x1
+classifier; in training mode their logits are left in ``aux_logits`` for the loss, so the deep
+layers get a gradient of their own. They never run in eval mode (or in an exported graph).
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from seg.models.common import DoubleConv, Normalize
 
 class UNet(nn.Module):
     def __init__(
-        self, num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1, norm: str = "batch"
+        self,
+        num_classes: int = 9,
+        base_channels: int = 32,
+        depth: int = 4,
+        dropout: float = 0.1,
+        norm: str = "batch",
+        aux_heads: bool = False,
     ) -> None:
         super().__init__()
         self.normalize = Normalize()
@@ -29,6 +39,13 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))])
         self.out_channels = chans[0]
         self.head = nn.Conv2d(chans[0], num_classes, 1)
+        #: one classifier per decoder stage but the last, coarsest first (the order of ``aux_logits``)
+        self.aux_heads = (
+            nn.ModuleList([nn.Conv2d(chans[i], num_classes, 1) for i in reversed(range(1, depth))])
+            if aux_heads
+            else None
+        )
+        self.aux_logits: list[torch.Tensor] = []
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
@@ -39,10 +56,14 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = self.dropout(skips.pop())
+        stages = []
         for block in self.up:
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
+            stages.append(x)
+        if self.aux_heads is not None and self.training:
+            self.aux_logits = [head(stage) for head, stage in zip(self.aux_heads, stages)]
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +72,11 @@ class UNet(nn.Module):
 
 @register("unet")
 def build_unet(
-    num_classes: int = 9, base_channels: int = 32, depth: int = 4, dropout: float = 0.1, norm: str = "batch"
+    num_classes: int = 9,
+    base_channels: int = 32,
+    depth: int = 4,
+    dropout: float = 0.1,
+    norm: str = "batch",
+    aux_heads: bool = False,
 ) -> UNet:
-    return UNet(num_classes, base_channels, depth, dropout, norm)
+    return UNet(num_classes, base_channels, depth, dropout, norm, aux_heads)
