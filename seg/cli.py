@@ -32,6 +32,7 @@ SEMANTIC_ONLY = {
     "rotate": None,
     "lovasz": None,
     "deep_supervision": None,
+    "focal_gamma": None,
     "rare_repeat": None,
     "distill_from": None,
     "distill_weight": None,
@@ -56,6 +57,7 @@ FLAG_NAMES = {
     "rotate": "--rotate",
     "lovasz": "--lovasz",
     "deep_supervision": "--deep-supervision",
+    "focal_gamma": "--focal-gamma",
     "rare_repeat": "--rare-repeat",
     "distill_from": "--distill-from",
     "distill_weight": "--distill-weight",
@@ -220,6 +222,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="weight of a Lovasz-softmax (IoU surrogate) term beside the weighted cross entropy (default 0)",
+    )
+    sem.add_argument(
+        "--focal-gamma",
+        dest="focal_gamma",
+        type=float,
+        default=None,
+        metavar="G",
+        help="focal loss: each pixel's weighted cross entropy times (1 - p)^G, so the pixels already right "
+        "count less (e.g. 2; default 0: plain weighted cross entropy)",
     )
     sem.add_argument(
         "--deep-supervision",

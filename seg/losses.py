@@ -13,11 +13,15 @@ def weighted_cross_entropy(
     weight: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    focal_gamma: float = 0.0,
 ) -> torch.Tensor:
     """-w[y] * log softmax(logits)[y], averaged with the weights as ``F.cross_entropy`` does.
 
     ``logits`` (N,C,...) and ``target`` (N,...). The mean divides by the sum of the
     weights of the non-ignored pixels, so a weighted loss is comparable across batches.
+    ``focal_gamma`` > 0 scales each pixel's term by (1 - p[y])^gamma (the focal loss, Lin et al.
+    2017): pixels the model already gets right count less, so the hard ones (often of rare
+    classes) weigh more than their numbers.
     """
     log_probs = F.log_softmax(logits.float(), dim=1)
     valid = target != ignore_index
@@ -26,6 +30,8 @@ def weighted_cross_entropy(
     w = torch.ones_like(picked) if weight is None else weight.to(log_probs)[safe_target]
     w = w * valid
     losses = -picked * w
+    if focal_gamma > 0:
+        losses = losses * (1.0 - picked.exp()).clamp(min=0.0).pow(focal_gamma)
     if reduction == "none":
         return losses
     if reduction == "sum":

@@ -118,7 +118,8 @@ class SemanticTask:
         logits = model(x)
         weight = self.weight.to(device) if self.weight is not None else None
         target = masks.to(device).long()
-        loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE)
+        focal = self.options.focal_gamma
+        loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE, focal_gamma=focal)
         if self.options.deep_supervision > 0:
             loss = loss + self._deep_supervision_loss(model, target, weight)
         if self.options.lovasz > 0:
@@ -144,7 +145,8 @@ class SemanticTask:
         for i, logits in enumerate(reversed(aux)):
             up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
             scale = self.options.deep_supervision / 2**i
-            total = total + scale * weighted_cross_entropy(up, target, weight, ignore_index=IGNORE)
+            term = weighted_cross_entropy(up, target, weight, ignore_index=IGNORE, focal_gamma=self.options.focal_gamma)
+            total = total + scale * term
         return total
 
     def _teacher_on(self, device: torch.device) -> nn.Module:

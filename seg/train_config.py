@@ -24,6 +24,8 @@ class SemanticOptions:
     zoom_out: float = 1.0
     rotate: float = 0.0  # random rotation up to +- this many degrees (the corners ignored)
     lovasz: float = 0.0  # weight of a Lovasz-softmax term added to the weighted cross entropy
+    #: focal exponent of the weighted cross entropy: (1 - p)^gamma on each pixel's term; 0 = plain cross entropy
+    focal_gamma: float = 0.0
     #: deep supervision (unet): weight of the weighted cross entropy of the classifier on the decoder stage at
     #: half resolution, halved for each coarser one; 0 = off. The deep layers then get a gradient of their own.
     deep_supervision: float = 0.0
@@ -49,6 +51,8 @@ class SemanticOptions:
             raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
         if self.distill_weight < 0:
             raise ValueError(f"--distill-weight must be 0 or more, got {self.distill_weight:g}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"--focal-gamma must be 0 or more, got {self.focal_gamma:g}")
         if self.deep_supervision < 0:
             raise ValueError(f"--deep-supervision must be 0 or more, got {self.deep_supervision:g}")
         if not 0 <= self.rare_repeat <= 1:

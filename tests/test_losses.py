@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seg.losses import class_weights, weighted_cross_entropy
+from seg.train_config import SemanticOptions
 
 
 @pytest.mark.parametrize("use_weight", [False, True])
@@ -37,6 +38,32 @@ def test_gradients_match():
     logits.grad = None
     F.cross_entropy(logits, target, weight=w).backward()
     assert torch.allclose(ours, logits.grad, atol=1e-6)
+
+
+def test_focal_gamma_scales_each_pixel_by_how_wrong_it_is():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 9, 8, 6, generator=g) * 3
+    target = torch.randint(0, 9, (2, 8, 6), generator=g)
+    target[1, :2] = 255
+    weight = torch.rand(9, generator=g) + 0.1
+    assert torch.equal(
+        weighted_cross_entropy(logits, target, weight, 255, focal_gamma=0.0),
+        weighted_cross_entropy(logits, target, weight, 255),
+    )
+    valid = target != 255
+    ce = F.cross_entropy(logits, torch.where(valid, target, 0), reduction="none")  # -log p[y], torch's
+    w = weight[torch.where(valid, target, 0)] * valid
+    expected = (w * (1 - torch.exp(-ce)) ** 2 * ce).sum() / w.sum()
+    focal = weighted_cross_entropy(logits, target, weight, 255, focal_gamma=2.0)
+    assert torch.allclose(focal, expected, atol=1e-6)
+    # a pixel already right counts far less than under the plain loss, a wrong one nearly as much
+    per_plain = weighted_cross_entropy(logits, target, weight, 255, "none")
+    per_focal = weighted_cross_entropy(logits, target, weight, 255, "none", focal_gamma=2.0)
+    right, wrong = valid & (ce < 0.05), valid & (ce > 3.0)
+    assert right.any() and wrong.any()
+    assert (per_focal[right] < 0.01 * per_plain[right]).all() and (per_focal[wrong] > 0.9 * per_plain[wrong]).all()
+    with pytest.raises(ValueError, match="--focal-gamma must be 0 or more"):
+        SemanticOptions(focal_gamma=-1.0)
 
 
 def test_class_weights_favour_rare_classes_and_are_capped():

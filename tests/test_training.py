@@ -263,6 +263,8 @@ def test_flags_of_the_other_task_are_refused(capsys):
     assert "--frozen-epochs applies to semantic models only" in capsys.readouterr().err
     assert main(["train", "--model", "dwt", "--out", "x", "--lovasz", "0.5"]) == 2
     assert "--lovasz applies to semantic models only" in capsys.readouterr().err
+    assert main(["train", "--model", "maskrcnn", "--out", "x", "--focal-gamma", "2"]) == 2
+    assert "--focal-gamma applies to semantic models only" in capsys.readouterr().err
 
 
 def _train_until_first_epoch_then_signal(cmd: list[str], sig: int) -> tuple[int, str]:
