@@ -130,8 +130,16 @@ def measure_bf16_training(steps: int = 6, batch: int = 8, size: tuple[int, int] 
     """Time U-Net training steps (forward, backward, AdamW) in fp32 and bf16 autocast, interleaved.
 
     Two copies of one model, same data; the first two steps of each are warm-up. Interleaving
-    makes a neighbour's load hit both precisions alike.
+    makes a neighbour's load hit both precisions alike. It runs on a forked random state: the
+    first run on a CPU measures in the middle of a seeded training run, which must not notice.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _measure_bf16_training(steps, batch, size)
+
+
+def _measure_bf16_training(steps: int, batch: int, size: tuple[int, int]) -> Bf16Measurement:
     import torch
     import torch.nn.functional as F
 

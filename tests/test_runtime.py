@@ -331,11 +331,15 @@ def test_bf16_training_decision(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_training_measurement_runs():
+def test_bf16_training_measurement_runs_and_leaves_the_random_state_alone():
     from seg.hardware import measure_bf16_training
 
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
     result = measure_bf16_training(steps=2, batch=2, size=(64, 80))
     assert result.fp32_s > 0 and result.bf16_s > 0 and result.speedup > 0
+    # the first training run on a CPU measures after seeding: its weights must not depend on that
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 # ---------------------------------------------------------------------- serving defaults and deferred serving
