@@ -349,8 +349,6 @@ def config_from_args(args: argparse.Namespace):
             )
     if args.distill_from is None and (args.distill_weight is not None or args.distill_temperature is not None):
         raise ValueError("--distill-weight and --distill-temperature need --distill-from CHECKPOINT")
-    if args.deep_supervision and args.model != "unet":
-        raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {args.model}")
     options_type = SemanticOptions if task == "semantic" else InstanceOptions
     options = options_type(
         **{f.name: getattr(args, f.name) for f in fields(options_type) if getattr(args, f.name, None) is not None}

@@ -223,9 +223,7 @@ def build_stages(config: TrainConfig) -> list[Stage]:
 
 def _build_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
     kwargs = dict(config.model_kwargs)
-    if config.semantic.deep_supervision > 0:
-        if config.model != "unet":
-            raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {config.model}")
+    if config.semantic.deep_supervision > 0:  # unet only (``TrainConfig`` refuses the others)
         kwargs["aux_heads"] = True
     if config.model == "resunet":
         kwargs["encoder_init"] = config.encoder_init

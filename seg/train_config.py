@@ -92,6 +92,10 @@ class TrainConfig:
     semantic: SemanticOptions = field(default_factory=SemanticOptions)
     instances: InstanceOptions = field(default_factory=InstanceOptions)
 
+    def __post_init__(self) -> None:
+        if self.semantic.deep_supervision > 0 and self.model != "unet":
+            raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {self.model}")
+
     @property
     def task(self) -> str:
         return task_of(self.model)
