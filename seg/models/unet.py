@@ -19,6 +19,7 @@ from seg.models import register
 from seg.models.common import DoubleConv, Normalize
 
 
+@register("unet")
 class UNet(nn.Module):
     def __init__(
         self,
@@ -68,15 +69,3 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-
-@register("unet")
-def build_unet(
-    num_classes: int = 9,
-    base_channels: int = 32,
-    depth: int = 4,
-    dropout: float = 0.1,
-    norm: str = "batch",
-    aux_heads: bool = False,
-) -> UNet:
-    return UNet(num_classes, base_channels, depth, dropout, norm, aux_heads)
