@@ -257,8 +257,9 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     if arch == getattr(model, "arch_name", None):
         state, own = previous.state_dict(), model.state_dict()
         # deep supervision's classifiers (``aux_heads.``) may be added or dropped between rounds
-        aux = {k for k in set(own) ^ set(state) if k.startswith(AUX_PREFIX)}
-        if not aux or (set(own) ^ set(state)) - aux:  # anything else that differs is refused by the strict load
+        differ = set(own) ^ set(state)
+        aux = {k for k in differ if k.startswith(AUX_PREFIX)}
+        if not aux or differ - aux:  # anything else that differs is refused by the strict load
             model.load_state_dict(state)
             return dict(source, loaded="all weights (warm restart)")
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

@@ -118,8 +118,7 @@ class SemanticTask:
         logits = model(x)
         weight = self.weight.to(device) if self.weight is not None else None
         target = masks.to(device).long()
-        focal = self.options.focal_gamma
-        loss = weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE, focal_gamma=focal)
+        loss = self._cross_entropy(logits, target, weight)
         if self.options.deep_supervision > 0:
             loss = loss + self._deep_supervision_loss(model, target, weight)
         if self.options.lovasz > 0:
@@ -145,9 +144,12 @@ class SemanticTask:
         for i, logits in enumerate(reversed(aux)):
             up = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
             scale = self.options.deep_supervision / 2**i
-            term = weighted_cross_entropy(up, target, weight, ignore_index=IGNORE, focal_gamma=self.options.focal_gamma)
-            total = total + scale * term
+            total = total + scale * self._cross_entropy(up, target, weight)
         return total
+
+    def _cross_entropy(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """The weighted cross entropy every output is trained with (focal when ``--focal-gamma`` is set)."""
+        return weighted_cross_entropy(logits, target, weight, ignore_index=IGNORE, focal_gamma=self.options.focal_gamma)
 
     def _teacher_on(self, device: torch.device) -> nn.Module:
         """The teacher on ``device``, laid out as the engine lays out the student (channels_last on a CPU)."""

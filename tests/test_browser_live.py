@@ -87,6 +87,11 @@ def _click_slider(page, elem_id: str, fraction: float) -> None:
     track.click(position={"x": max(2.0, min(box["width"] - 2, box["width"] * fraction)), "y": box["height"] / 2})
 
 
+def _settled(page, selector: str) -> None:
+    """Wait until no event is running or queued for the component at ``selector``."""
+    page.wait_for_function(SETTLED, arg=selector, timeout=60_000)
+
+
 def _segmented(page) -> None:
     """An image segmented on the Segment tab: an earlier test's, or the scene uploaded now (pytest-xdist's
     work stealing may run a test of this module on another worker's fresh page)."""
@@ -157,12 +162,12 @@ def test_slider_release_changes_augment_grid_without_button(page):
         page.locator("#augment-upload input[type=file]").set_input_files(str(SCENE))
         _wait_new_pictures(page, grid, before, 2)
     # a fresh page may still be drawing its first grid: the slider's pictures must not be taken for it
-    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
+    _settled(page, "#augment-caption")
     caption = page.locator("#augment-caption")
     before = page.evaluate(SRCS, grid)
     _click_slider(page, "augment-crop", 0.8)  # crop 0.25 -> 0.8
     _wait_new_pictures(page, grid, before, 2, timeout=60_000)
-    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
+    _settled(page, "#augment-caption")
     assert "crop 0.80" in caption.inner_text()
     # the seed follows too, however large
     before = page.evaluate(SRCS, grid)
@@ -170,7 +175,7 @@ def test_slider_release_changes_augment_grid_without_button(page):
     seed.fill("123456789012345678901234567890")
     seed.press("Tab")
     _wait_new_pictures(page, grid, before, 2, timeout=60_000)
-    page.wait_for_function(SETTLED, arg="#augment-caption", timeout=60_000)
+    _settled(page, "#augment-caption")
     text = caption.inner_text()
     assert "used as" in text, text
     assert "Overflow" not in page.locator("body").inner_text()

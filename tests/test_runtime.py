@@ -338,7 +338,7 @@ def test_bf16_training_measurement_runs_and_leaves_the_random_state_alone():
     before = torch.get_rng_state()
     result = measure_bf16_training(steps=2, batch=2, size=(64, 80))
     assert result.fp32_s > 0 and result.bf16_s > 0 and result.speedup > 0
-    # the first training run on a CPU measures after seeding: its weights must not depend on that
+    # the first training run on a CPU measures after seeding: its random draws must not depend on that
     assert torch.equal(torch.get_rng_state(), before)
 
 
