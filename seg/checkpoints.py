@@ -232,8 +232,9 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-#: state-dict prefix of a U-Net's deep-supervision classifiers (trained beside it, unused at inference)
-AUX_PREFIX = "aux_heads."
+#: state-dict prefixes of training-only heads (unused at inference), which warm restarts may add or
+#: drop: a U-Net's deep-supervision classifiers, a DWT's direction head
+AUX_PREFIXES = ("aux_heads.", "direction_head.")
 
 
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
@@ -243,8 +244,8 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     ``backbone`` (the DWT) also takes a checkpoint of its backbone's architecture (e.g. the
     Stanford Background ``unet``) for its body, everything but the semantic head: transfer
     from the project's own scene-parsing model, whose "foreground object" class includes
-    people. Shapes must match exactly; nothing is skipped silently (deep-supervision heads, added
-    or dropped between rounds, are named in what the card records).
+    people. Shapes must match exactly; nothing is skipped silently (training-only heads, added or
+    dropped between rounds, are named in what the card records).
     """
     previous, card = load_checkpoint(path)
     arch = card.get("architecture")
@@ -256,21 +257,22 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     )
     if arch == getattr(model, "arch_name", None):
         state, own = previous.state_dict(), model.state_dict()
-        # deep supervision's classifiers (``aux_heads.``) may be added or dropped between rounds
+        # training-only heads may be added or dropped between rounds
         differ = set(own) ^ set(state)
-        aux = {k for k in differ if k.startswith(AUX_PREFIX)}
+        aux = {k for k in differ if k.startswith(AUX_PREFIXES)}
         if not aux or differ - aux:  # anything else that differs is refused by the strict load
             model.load_state_dict(state)
             return dict(source, loaded="all weights (warm restart)")
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
-        return dict(source, loaded=f"all weights (warm restart); its deep-supervision heads {fresh}")
+        kind = "deep-supervision" if any(k.startswith(AUX_PREFIXES[0]) for k in aux) else "direction"
+        return dict(source, loaded=f"all weights (warm restart); its {kind} heads {fresh}")
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(
             f"--init-from {path}: architecture {arch!r} cannot initialise a {getattr(model, 'arch_name', None)!r} model"
         )
-    state = {k: v for k, v in previous.state_dict().items() if not k.startswith(("head.", AUX_PREFIX))}
+    state = {k: v for k, v in previous.state_dict().items() if not k.startswith(("head.", *AUX_PREFIXES))}
     own = body.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
@@ -284,7 +286,7 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     # transfer from another task: its epochs are not this model's, so no running totals
     return dict(
         source,
-        loaded=f"the {arch} body (all but its semantic head); both DWT heads start fresh",
+        loaded=f"the {arch} body (all but its semantic head); the DWT's heads start fresh",
         total_epochs=None,
         total_training_time_s=None,
     )

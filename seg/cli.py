@@ -47,6 +47,7 @@ INSTANCE_ONLY = {
     "crop": "--crop-fraction",
     "work_height": "--train-size",
     "fg_balance": "--class-weights",
+    "direction": None,
     "val_images": "--limit",
 }
 FLAG_NAMES = {
@@ -70,6 +71,7 @@ FLAG_NAMES = {
     "crop": "--inst-crop",
     "work_height": "--inst-work-height",
     "fg_balance": "--inst-fg-balance",
+    "direction": "--inst-direction",
     "val_images": "--inst-val-images",
 }
 
@@ -320,6 +322,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="dwt: weight of an extra foreground term over pedestrian pixels weighted 1/sqrt(instance "
         "area), so small pedestrians count (default 0: plain cross entropy)",
+    )
+    inst.add_argument(
+        "--inst-direction",
+        dest="direction",
+        type=float,
+        default=None,
+        help="dwt: weight of the loss of a training-only head that predicts the direction away from the "
+        "nearest boundary (the paper's direction network; inference never runs it; default 0: no head)",
     )
     inst.add_argument(
         "--inst-val-images", dest="val_images", type=int, default=None, help="validate on the first N val images"

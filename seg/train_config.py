@@ -66,6 +66,7 @@ class InstanceOptions:
     crop: int | None = None  # training crop side in px (dwt 224, maskrcnn 320)
     work_height: int | None = None  # dwt: image height it is trained and run at (default 224)
     fg_balance: float | None = None  # dwt: size-balanced foreground loss term
+    direction: float | None = None  # dwt: weight of the direction head's loss (0: no such head)
     val_images: int | None = None  # validate on the first N val images
 
 
@@ -95,6 +96,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.semantic.deep_supervision > 0 and self.model != "unet":
             raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {self.model}")
+        if (self.instances.direction or 0) < 0:
+            raise ValueError(f"--inst-direction must be 0 or more, got {self.instances.direction:g}")
 
     @property
     def task(self) -> str:

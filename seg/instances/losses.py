@@ -6,11 +6,14 @@ sqrt(area), not area, and the lowest levels weighted up because a mistake near a
 boundary is what merges two people. Foreground: cross entropy on every pixel, plus
 optionally (``fg_balance``) the same cross entropy over pedestrian pixels weighted like the
 energy term: in plain cross entropy a 300-px pedestrian far away is lost among the big ones.
+Direction (optional, ``direction_loss``): the paper's direction network's target, the unit
+vector away from the nearest boundary, learnt by a training-only head beside the energy.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from seg.losses import weighted_cross_entropy
 
@@ -61,3 +64,35 @@ def dwt_loss(
     energy_loss = (per_pixel * w).sum() / total_w if total_w > 0 else energy_logits.sum() * 0.0
     loss = fg_loss + energy_factor * energy_loss
     return loss, {"fg_loss": float(fg_loss.detach()), "energy_loss": float(energy_loss.detach())}
+
+
+def direction_target(distance: torch.Tensor, instances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) distance to the own instance's boundary and ids -> (N, 2, H, W) unit vectors (dy, dx)
+    pointing away from the nearest boundary (the distance's gradient, by central differences), and
+    the (N, H, W) pixels where that direction is defined: a pedestrian whose four neighbours are in
+    the same instance, off the ridge where the gradient vanishes."""
+    d = F.pad(distance[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    ids = F.pad(instances[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    dy = (d[:, 2:, 1:-1] - d[:, :-2, 1:-1]) / 2
+    dx = (d[:, 1:-1, 2:] - d[:, 1:-1, :-2]) / 2
+    own = instances.float()
+    same = (
+        (ids[:, 2:, 1:-1] == own) & (ids[:, :-2, 1:-1] == own) & (ids[:, 1:-1, 2:] == own) & (ids[:, 1:-1, :-2] == own)
+    )
+    norm = torch.sqrt(dy * dy + dx * dx)
+    valid = (instances > 0) & same & (norm > 0.25)
+    vectors = torch.stack([dy, dx], 1) / norm.clamp_min(1e-6)[:, None]
+    return vectors, valid
+
+
+def direction_loss(direction_logits: torch.Tensor, distance: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    """Mean of 1 - cos(angle) between the predicted and the true direction over the pixels where it is
+    defined, each weighted 1/sqrt(instance area) as the energy term is (a smooth stand-in for the
+    paper's squared angular error)."""
+    target, valid = direction_target(distance, instances)
+    w = instance_pixel_weights(instances) * valid
+    total_w = w.sum()
+    if total_w <= 0:
+        return direction_logits.sum() * 0.0
+    cos = (F.normalize(direction_logits.float(), dim=1, eps=1e-6) * target).sum(1)
+    return ((1.0 - cos) * w).sum() / total_w

@@ -30,9 +30,15 @@ from seg.models.encoders import load_encoder_weights
 
 
 class DeepWatershed(nn.Module):
-    """Backbone features -> foreground logits (2) and energy-level logits (K)."""
+    """Backbone features -> foreground logits (2) and energy-level logits (K).
 
-    def __init__(self, backbone: nn.Module, energy_levels: int) -> None:
+    With ``direction_head`` a third head predicts, on pedestrian pixels, the direction away from the
+    nearest boundary (the paper's direction network, here a training signal beside the energy): in
+    training mode its (N, 2, H, W) output is left in ``direction_logits`` for the loss; inference
+    never runs it, so exports are the two-head DWT's.
+    """
+
+    def __init__(self, backbone: nn.Module, energy_levels: int, direction_head: bool = False) -> None:
         super().__init__()
         channels = int(backbone.out_channels)
         if hasattr(backbone, "head"):
@@ -44,10 +50,16 @@ class DeepWatershed(nn.Module):
         self.energy_head = nn.Sequential(
             conv_bn_relu(channels, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, energy_levels, 1)
         )
+        self.direction_head = (
+            nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1)) if direction_head else None
+        )
+        self.direction_logits: torch.Tensor | None = None
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Foreground logits (N, 2, H, W) and energy logits (N, K, H, W), each its own tensor."""
         features = self.backbone.forward_features(x)
+        if self.direction_head is not None and self.training:
+            self.direction_logits = self.direction_head(features)
         return self.fg_head(features), self.energy_head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +73,11 @@ def split_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register("dwt", task="instances")
 def build_dwt(
-    num_classes: int = 2, backbone: str = "unet", energy_levels: int = len(ENERGY_EDGES), **backbone_kwargs
+    num_classes: int = 2,
+    backbone: str = "unet",
+    energy_levels: int = len(ENERGY_EDGES),
+    direction_head: bool = False,
+    **backbone_kwargs,
 ) -> DeepWatershed:
     """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it."""
     if num_classes != 2:
@@ -69,7 +85,7 @@ def build_dwt(
     body = create(backbone, num_classes=2, **backbone_kwargs)
     if not hasattr(body, "forward_features"):
         raise ValueError(f"backbone {backbone!r} has no forward_features; use unet or resunet")
-    return DeepWatershed(body, energy_levels)
+    return DeepWatershed(body, energy_levels, direction_head)
 
 
 class DWTEnsemble(nn.Module):

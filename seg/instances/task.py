@@ -42,7 +42,7 @@ from seg.instances.inference import (
     score_maps,
     with_mirror,
 )
-from seg.instances.losses import dwt_loss, level_weights
+from seg.instances.losses import direction_loss, dwt_loss, level_weights
 from seg.instances.models import split_outputs
 from seg.instances.postprocess import PostprocessParams
 from seg.instances.targets import ENERGY_EDGES, cached_distance, quantise
@@ -73,9 +73,11 @@ FINE_CUT_LEVELS = (2, 2.5, 3, 3.5, 4, 5, 6)
 FINE_MIN_SEEDS = (0, 100, 200, 300, 450, 600)
 FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800)
 FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
-FG_BALANCE_NOTE = (
+LOSS_NOTE = (
     "foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
-    "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy"
+    "pixels weighted 1/sqrt(instance area) (normalised by the weights' sum); 0 = plain cross entropy. "
+    "direction: weight of a training-only head's loss, 1 - cos between its vector and the direction "
+    "away from the nearest boundary, over pedestrian pixels weighted as the energy term; 0 = no such head"
 )
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
 
@@ -270,10 +272,12 @@ class DWTTask:
         energy_edges: tuple[float, ...] = ENERGY_EDGES,
         work_height: int = WORK_HEIGHT,
         fg_balance: float = 0.0,
+        direction: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         # training loss only: the val loss stays the plain (paper's) loss, comparable across checkpoints
         self.fg_balance = float(fg_balance)
+        self.direction = float(direction)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.energy_edges = tuple(energy_edges)
         self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
@@ -295,7 +299,7 @@ class DWTTask:
             "split_fractions": list(SPLIT_FRACTIONS),
             "train_images": len(self.train),
             "val_images": len(self.val),
-            "loss": {"fg_balance": self.fg_balance, "note": FG_BALANCE_NOTE},
+            "loss": {"fg_balance": self.fg_balance, "direction": self.direction, "note": LOSS_NOTE},
         }
 
     def steps_per_epoch(self, world: int = 1) -> int:
@@ -305,17 +309,20 @@ class DWTTask:
         for group in _batches(self.train, self.augment, self.batch_size, epoch, self.seed, rank, world):
             ids = torch.from_numpy(np.stack([s.instances for s in group])).long()
             levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
-            yield {"images": _stack_images(group), "instances": ids, "levels": levels}
+            batch = {"images": _stack_images(group), "instances": ids, "levels": levels}
+            if self.direction > 0:
+                batch["distance"] = torch.from_numpy(np.stack([s.distance for s in group]))
+            yield batch
 
     def train_step(self, model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+        instances = batch["instances"].to(device)
         loss, _ = dwt_batch_loss(
-            model,
-            batch["images"].to(device),
-            batch["instances"].to(device),
-            batch["levels"].to(device),
-            self.level_weight,
-            self.fg_balance,
+            model, batch["images"].to(device), instances, batch["levels"].to(device), self.level_weight, self.fg_balance
         )
+        if self.direction > 0:
+            core = getattr(model, "module", model)  # under DistributedDataParallel
+            logits, core.direction_logits = core.direction_logits, None  # taken: no graph held past the step
+            loss = loss + self.direction * direction_loss(logits, batch["distance"].to(device), instances)
         return loss
 
     def validate(self, model: nn.Module, device: torch.device) -> dict:
@@ -439,6 +446,7 @@ def make_task(
     val_images: int | None = None,
     work_height: int | None = None,
     fg_balance: float | None = None,
+    direction: float | None = None,
 ) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
     common = {"seed": seed, "max_images": max_images, "val_images": val_images}
@@ -449,12 +457,15 @@ def make_task(
             crop=crop or 224,
             work_height=work_height or WORK_HEIGHT,
             fg_balance=fg_balance or 0.0,
+            direction=direction or 0.0,
             **common,
         )
     if work_height:
         raise ValueError("--inst-work-height is a DWT setting (Mask R-CNN resizes inside the model: min_size)")
     if fg_balance:
         raise ValueError("--inst-fg-balance is a DWT loss setting (Mask R-CNN has its own losses)")
+    if direction:
+        raise ValueError("--inst-direction is a DWT loss setting (Mask R-CNN has its own losses)")
     if model_name == "maskrcnn":
         return MaskRCNNTask(Path(data_dir), batch_size=batch_size or 2, crop=crop or MASKRCNN_HEIGHT, **common)
     raise ValueError(f"no instance task for model {model_name!r}")
@@ -462,6 +473,8 @@ def make_task(
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
     kwargs = dict(config.model_kwargs)
+    if config.model == "dwt" and config.instances.direction:
+        kwargs["direction_head"] = True
     if config.model == "maskrcnn" or kwargs.get("backbone") == "resunet":
         kwargs["encoder_init"] = config.encoder_init
     elif config.encoder_init != "none":
@@ -482,6 +495,7 @@ def prepare_instances(config: TrainConfig) -> Prepared:
         options.val_images or config.limit,
         options.work_height,
         options.fg_balance,
+        options.direction,
     )
     model = build_model(config)
     source = warm_start(model, config.init_from) if config.init_from else None
