@@ -1,11 +1,12 @@
-"""The DWT loss: 1/sqrt(area) pixel weighting, boosted low levels, foreground term."""
+"""The DWT loss: 1/sqrt(area) pixel weighting, boosted low levels, foreground term, direction term."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from seg.instances.losses import dwt_loss, instance_pixel_weights, level_weights
+from seg.instances.losses import direction_loss, direction_target, dwt_loss, instance_pixel_weights, level_weights
+from seg.instances.targets import instance_distance
 
 
 def _scene() -> torch.Tensor:
@@ -108,3 +109,44 @@ def test_fg_balance_makes_a_missed_small_pedestrian_count():
     # the small pedestrian now costs a fifth of the big one in the extra term, not a sixteenth
     big_extra = _fg_loss_missing(ids, 1, 1.0) - _fg_loss_missing(ids, 1, 0.0)
     assert big_extra == pytest.approx((16.0 * wrong + 4.0 * right) / 20.0, rel=1e-4)
+
+
+def _touching_discs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two discs that touch (ids 1 and 2), their distance map, and per pixel the unit vector to its disc's centre."""
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(60.0), indexing="ij")
+    ids = torch.zeros(1, 40, 60, dtype=torch.long)
+    ids[0][(yy - 20) ** 2 + (xx - 18) ** 2 < 12**2] = 1
+    ids[0][(yy - 20) ** 2 + (xx - 41) ** 2 < 12**2] = 2  # touches the first between x = 29 and 30
+    distance = torch.from_numpy(instance_distance(ids[0].numpy()))[None]
+    cx = torch.where(ids[0] == 1, 18.0, 41.0)
+    to_centre = torch.stack([20.0 - yy, cx - xx])
+    return ids, distance, to_centre / to_centre.norm(dim=0).clamp_min(1e-6)
+
+
+def test_direction_target_points_away_from_the_boundary_of_each_pedestrian():
+    ids, distance, to_centre = _touching_discs()
+    vectors, valid = direction_target(distance, ids)
+    assert torch.allclose(vectors.norm(dim=1)[valid], torch.ones(int(valid.sum())), atol=1e-5)
+    cos = (vectors[0] * to_centre).sum(0)[valid[0]]
+    assert cos.mean() > 0.97 and cos.min() > 0.7, "towards the centre: away from the nearest boundary"
+    assert not valid[ids == 0].any(), "background has no direction"
+    seam = (ids[0, :, 29] == 1) & (ids[0, :, 30] == 2)
+    assert seam.any() and not valid[0, :, 29][seam].any(), "a pixel beside another pedestrian has none"
+    assert valid.sum() > 0.7 * (ids > 0).sum()
+
+
+def test_direction_loss_is_one_minus_cosine_weighted_like_the_energy():
+    ids, distance, to_centre = _touching_discs()
+    target, valid = direction_target(distance, ids)
+    assert float(direction_loss(5 * target, distance, ids)) == pytest.approx(0.0, abs=1e-5)  # the length is free
+    assert float(direction_loss(-target, distance, ids)) == pytest.approx(2.0, abs=1e-5)
+    assert float(direction_loss(torch.zeros(1, 2, 40, 60), distance, ids)) == pytest.approx(1.0)
+    # wrong on the small disc only: it counts sqrt(area) in total, not area (as the energy term weighs it)
+    logits = torch.where((ids == 2)[:, None], -target, target)
+    w = instance_pixel_weights(ids) * valid
+    expected = 2.0 * w[ids == 2].sum() / w.sum()
+    assert float(direction_loss(logits, distance, ids)) == pytest.approx(float(expected), rel=1e-5)
+    logits = torch.zeros(1, 2, 40, 60, requires_grad=True)
+    direction_loss(logits + target, distance, ids).backward()
+    assert logits.grad[:, :, ~valid[0]].abs().sum() == 0 and logits.grad.abs().sum() > 0
+    assert float(direction_loss(target, torch.zeros(1, 40, 60), torch.zeros(1, 40, 60, dtype=torch.long))) == 0.0

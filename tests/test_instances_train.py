@@ -187,6 +187,54 @@ def test_dwt_fg_balance_reaches_the_training_loss_and_the_card(pennfudan_root):
         make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, fg_balance=1.0)
 
 
+def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it(
+    pennfudan_root, dwt_checkpoint, tmp_path, capsys
+):
+    from seg.checkpoints import warm_start
+
+    torch.manual_seed(0)
+    model = create("dwt", num_classes=2, base_channels=4, direction_head=True).train()
+    x = torch.rand(2, 3, 64, 48)
+    out = model(x)
+    assert model.direction_logits.shape == (2, 2, 64, 48) and out.shape[:2] == (2, 2 + model.energy_levels)
+    plain = create("dwt", num_classes=2, base_channels=4).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("direction_head.")})
+    model.eval().direction_logits = None
+    assert torch.equal(model(x), plain(x)) and model.direction_logits is None, "inference is the two-head DWT's"
+
+    plain_task = make_task("dwt", pennfudan_root, max_images=2, val_images=1)
+    task = make_task("dwt", pennfudan_root, max_images=2, val_images=1, direction=1.0)
+    assert task.card_info()["loss"]["direction"] == 1.0 and plain_task.card_info()["loss"]["direction"] == 0.0
+    batch = next(iter(task.train_batches(1)))
+    assert batch["distance"].shape == batch["instances"].shape and "distance" not in next(
+        iter(plain_task.train_batches(1))
+    )
+    model.train()
+    with torch.no_grad():  # same batch, same weights: the direction term is added on top of the plain loss
+        with_direction = float(task.train_step(model, batch, torch.device("cpu")))
+        assert model.direction_logits is None, "the step takes the head's output: no graph held past it"
+        assert with_direction > float(plain_task.train_step(plain.train(), batch, torch.device("cpu")))
+
+    flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=4"
+    assert train_dwt(pennfudan_root, tmp_path / "dir", flags + " --inst-direction 1") == 0
+    card = json.loads((tmp_path / "dir.json").read_text())
+    assert card["arch_kwargs"]["direction_head"] is True and card["config"]["instances"]["direction"] == 1.0
+    trained, _ = load_checkpoint(tmp_path / "dir")
+    assert trained.direction_head is not None
+    assert InstancePredictor(trained, card).predict(np.zeros((120, 90, 3), np.uint8)).instances.shape == (120, 90)
+    # warm restarts may drop the head or add a fresh one, and the card says which
+    assert "direction heads are dropped" in warm_start(plain, tmp_path / "dir")["loaded"]
+    with_head = create("dwt", num_classes=2, base_channels=8, direction_head=True)
+    assert "direction heads start fresh" in warm_start(with_head, dwt_checkpoint)["loaded"]
+
+    with pytest.raises(ValueError, match="DWT loss setting"):
+        make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, direction=1.0)
+    assert main(["train", "--model", "unet", "--out", "x", "--inst-direction", "1"]) == 2
+    assert "--inst-direction applies to instance models only" in capsys.readouterr().err
+    assert main(["train", "--model", "dwt", "--out", "x", "--inst-direction", "-1"]) == 2
+    assert "--inst-direction must be 0 or more" in capsys.readouterr().err
+
+
 def test_maskrcnn_backbone_from_a_local_file(tmp_path):
     from torchvision.models import resnet18
 
