@@ -12,6 +12,7 @@ from PIL import Image
 from seg.checkpoints import load_checkpoint
 from seg.cli import main
 from seg.instances.data import ids_for_split, load_sample
+from seg.instances.ensemble import combine
 from seg.instances.inference import TTA_OPTIONS, InstancePredictor, params_from_card
 from seg.instances.task import make_task
 from seg.instances.tune import TUNE_MIN_GAIN
@@ -215,7 +216,7 @@ def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it
         assert model.direction_logits is None, "the step takes the head's output: no graph held past it"
         assert with_direction > float(plain_task.train_step(plain.train(), batch, torch.device("cpu")))
 
-    flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=4"
+    flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8"
     assert train_dwt(pennfudan_root, tmp_path / "dir", flags + " --inst-direction 1") == 0
     card = json.loads((tmp_path / "dir.json").read_text())
     assert card["arch_kwargs"]["direction_head"] is True and card["config"]["instances"]["direction"] == 1.0
@@ -223,9 +224,15 @@ def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it
     assert trained.direction_head is not None
     assert InstancePredictor(trained, card).predict(np.zeros((120, 90, 3), np.uint8)).instances.shape == (120, 90)
     # warm restarts may drop the head or add a fresh one, and the card says which
-    assert "direction heads are dropped" in warm_start(plain, tmp_path / "dir")["loaded"]
+    plain8 = create("dwt", num_classes=2, base_channels=8)
+    assert "direction heads are dropped" in warm_start(plain8, tmp_path / "dir")["loaded"]
     with_head = create("dwt", num_classes=2, base_channels=8, direction_head=True)
     assert "direction heads start fresh" in warm_start(with_head, dwt_checkpoint)["loaded"]
+    # members with and without the head combine into one ensemble, which has none
+    ensemble_card = combine([tmp_path / "dir", dwt_checkpoint], tmp_path / "both")
+    assert "direction_head" not in ensemble_card["arch_kwargs"]
+    ensemble, _ = load_checkpoint(tmp_path / "both")
+    assert all(member.direction_head is None for member in ensemble.members)
 
     with pytest.raises(ValueError, match="DWT loss setting"):
         make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, direction=1.0)

@@ -44,6 +44,11 @@ def _init_summary(card: dict) -> str:
     return start + (f", then {restarts} warm restart(s)" if restarts else "")
 
 
+def _shared_kwargs(card: dict) -> dict:
+    """The architecture members must share (the training-only direction head is not part of it)."""
+    return {k: v for k, v in (card.get("arch_kwargs") or {}).items() if k not in ("num_classes", "direction_head")}
+
+
 def combine(paths: list[str | Path], out: str | Path) -> dict:
     """Write the ensemble of ``paths`` to ``out`` (stem); returns its card."""
     if len(paths) < 2:
@@ -53,12 +58,13 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
         model, card = load_checkpoint(path)
         if card.get("architecture") != "dwt":
             raise ValueError(f"{path}: a {card.get('architecture')!r} checkpoint; only dwt checkpoints combine")
+        model.direction_head = None  # trained only, never run at inference: members with and without combine
         models.append(model.float())
         cards.append(card)
     first = cards[0]
-    kwargs = {k: v for k, v in (first.get("arch_kwargs") or {}).items() if k != "num_classes"}
+    kwargs = _shared_kwargs(first)
     for path, card in zip(paths[1:], cards[1:]):
-        other = {k: v for k, v in (card.get("arch_kwargs") or {}).items() if k != "num_classes"}
+        other = _shared_kwargs(card)
         if other != kwargs or card.get("energy_edges") != first.get("energy_edges"):
             raise ValueError(f"{path}: architecture or energy levels differ from {paths[0]}")
     ensemble = DWTEnsemble(models)
