@@ -233,8 +233,9 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
 
 
 #: state-dict prefixes of training-only heads (unused at inference), which warm restarts may add or
-#: drop: a U-Net's deep-supervision classifiers, a DWT's direction head
-AUX_PREFIXES = ("aux_heads.", "direction_head.")
+#: drop, with what the card calls them
+TRAINING_ONLY_HEADS = {"aux_heads.": "deep-supervision", "direction_head.": "direction"}
+AUX_PREFIXES = tuple(TRAINING_ONLY_HEADS)
 
 
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
@@ -265,8 +266,9 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
             return dict(source, loaded="all weights (warm restart)")
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
-        kind = "deep-supervision" if any(k.startswith(AUX_PREFIXES[0]) for k in aux) else "direction"
-        return dict(source, loaded=f"all weights (warm restart); its {kind} heads {fresh}")
+        named = [name for prefix, name in TRAINING_ONLY_HEADS.items() if any(k.startswith(prefix) for k in aux)]
+        kinds = " and ".join(named)
+        return dict(source, loaded=f"all weights (warm restart); its {kinds} heads {fresh}")
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(

@@ -321,7 +321,9 @@ class DWTTask:
         )
         if self.direction > 0:
             core = getattr(model, "module", model)  # under DistributedDataParallel
-            logits, core.direction_logits = core.direction_logits, None  # taken: no graph held past the step
+            logits, core.direction_logits = getattr(core, "direction_logits", None), None  # taken: no graph held
+            if logits is None:
+                raise ValueError("a direction loss needs a DWT built with direction_head=True (as train builds it)")
             loss = loss + self.direction * direction_loss(logits, batch["distance"].to(device), instances)
         return loss
 
