@@ -28,8 +28,22 @@ def stem_of(path: str | Path) -> Path:
     return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
 
 
+def beside(path: str | Path, suffix: str) -> Path:
+    """The checkpoint's file with ``suffix`` (``.json``, ``.safetensors``, ...), appended to its stem.
+
+    Appended, not swapped with ``Path.with_suffix``: a stem such as ``runs/unet-lr0.5`` has a dot,
+    and ``with_suffix`` would name ``runs/unet-lr0.json``, another run's card.
+    """
+    stem = stem_of(path)
+    return stem.with_name(stem.name + suffix)
+
+
 def card_path(path: str | Path) -> Path:
-    return stem_of(path).with_suffix(".json")
+    return beside(path, ".json")
+
+
+def weights_path(path: str | Path) -> Path:
+    return beside(path, ".safetensors")
 
 
 def jsonable(value: Any, strict: bool = False) -> Any:

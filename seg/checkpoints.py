@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save
 
 import seg
-from seg.cards import CheckpointError, jsonable, read_card, stem_of, write_card
+from seg.cards import CheckpointError, jsonable, read_card, stem_of, weights_path, write_card
 from seg.config import checkpoint_dir
 from seg.io import atomic_write_bytes, sha256_file
 from seg.models import create
@@ -124,7 +124,7 @@ def save_checkpoint(
     }
     full_card.update(jsonable({k: v for k, v in card.items() if k not in ("architecture", "arch_kwargs")}))
     stem.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(stem.with_suffix(".safetensors"), save(state, metadata={"format": "pt"}))
+    atomic_write_bytes(weights_path(stem), save(state, metadata={"format": "pt"}))
     write_card(stem, full_card)
     return stem
 
@@ -142,7 +142,7 @@ def quantize_checkpoint(source: str | Path, out: str | Path) -> dict:
     model, card = load_checkpoint(source)
     if card.get("member_checkpoints"):
         raise CheckpointError("an ensemble's weights are its members': quantize the members, then rebuild it")
-    size = stem_of(source).with_suffix(".safetensors").stat().st_size
+    size = weights_path(source).stat().st_size
     kept = {k: v for k, v in card.items() if k not in GENERATED_CARD_KEYS}
     kept["quantized_from"] = {
         "checkpoint": stem_of(source).name,
@@ -159,7 +159,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model from its card and load its weights (fp32 in memory); model in eval mode."""
     stem = stem_of(path)
     card = read_card(stem)
-    weights = stem.with_suffix(".safetensors")
+    weights = weights_path(stem)
     if not weights.is_file():
         raise CheckpointError(f"weights {weights.name} are missing")
     kwargs = dict(card.get("arch_kwargs") or {})
@@ -214,7 +214,7 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
         if not _MEMBER_NAME.fullmatch(name):
             raise CheckpointError(f"ensemble member {name!r} is not a checkpoint name in the ensemble's folder")
         member_stem = stem.parent / name
-        weights = member_stem.with_suffix(".safetensors")
+        weights = weights_path(member_stem)
         if not weights.is_file():
             raise CheckpointError(f"ensemble member {name!r} is missing from {stem.parent}")
         if sha256_file(weights) != member.get("sha256"):
@@ -342,10 +342,10 @@ def list_checkpoints(directory: str | Path | None = None) -> list[CheckpointInfo
     if not folder.is_dir():
         return infos
     for card_path in sorted(folder.glob("*.json")):
-        stem = card_path.with_suffix("")
+        stem = stem_of(card_path)
         try:
             card = read_card(stem)
-            _check_weights_header(stem.with_suffix(".safetensors"))
+            _check_weights_header(weights_path(stem))
             infos.append(CheckpointInfo(stem.name, stem, card))
         except CheckpointError as err:
             infos.append(CheckpointInfo(stem.name, stem, None, str(err)))

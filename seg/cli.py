@@ -727,7 +727,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from seg.cards import CheckpointError, stem_of, update_card
+    from seg.cards import CheckpointError, stem_of, update_card, weights_path
     from seg.checkpoints import quantize_checkpoint
 
     try:
@@ -738,7 +738,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     before = card["quantized_from"]["bytes"]
-    after = out.with_suffix(".safetensors").stat().st_size
+    after = weights_path(out).stat().st_size
     print(f"wrote {out} ({before:,} -> {after:,} bytes)")
     if card.get("task", "semantic") == "semantic" and card.get("val_metrics"):
         from seg.evaluate import card_metrics, evaluate_semantic_checkpoint

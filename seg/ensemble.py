@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg.cards import CheckpointError, stem_of
+from seg.cards import CheckpointError, stem_of, weights_path
 from seg.checkpoints import INIT_ARGUMENTS, load_checkpoint, save_checkpoint
 from seg.io import sha256_file
 from seg.models import create
@@ -63,7 +63,7 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     members = [
         {
             "checkpoint": stem.name,
-            "sha256": sha256_file(stem.with_suffix(".safetensors")),
+            "sha256": sha256_file(weights_path(stem)),
             "architecture": card["architecture"],
             "command": card.get("command"),
             "encoder_init": card.get("encoder_init"),

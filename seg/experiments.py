@@ -60,7 +60,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from seg.cards import jsonable, update_card, write_json
+from seg.cards import beside, card_path, jsonable, update_card, write_json
 from seg.config import dataset_dir
 from seg.runs import (
     MANIFEST,
@@ -381,7 +381,7 @@ def _read_progress(folder: Path) -> dict:
 def _clean(spec: RunSpec) -> None:
     """A run starting afresh drops what an attempt that never finished an epoch left behind."""
     for suffix in (".json", ".safetensors"):
-        spec.out.with_suffix(suffix).unlink(missing_ok=True)
+        beside(spec.out, suffix).unlink(missing_ok=True)
     (spec.folder / PROGRESS).unlink(missing_ok=True)
 
 
@@ -472,7 +472,7 @@ def run_one(
                 elif kind == "done":
                     stopped = bool(event["stopped"])
             save_progress()
-            if stopped or not spec.out.with_suffix(".json").is_file():
+            if stopped or not card_path(spec.out).is_file():
                 report({"run": spec.name, "kind": "done", "status": "stopped"})
                 return "stopped"
             update_card(spec.out, {"experiment": _experiment_section(spec, progress, trained=True)})

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from seg.cards import beside
 from seg.checkpoints import list_checkpoints
 from seg.config import checkpoint_dir
 from seg.inference import Predictor
@@ -98,7 +99,7 @@ def _stamp(stem: Path | None) -> tuple:
     out = []
     for suffix in (".json", ".safetensors"):
         try:
-            st = Path(stem).with_suffix(suffix).stat()
+            st = beside(stem, suffix).stat()
             out.append((st.st_mtime_ns, st.st_size))
         except OSError:
             out.append(None)
@@ -231,7 +232,7 @@ class ModelStore:
         """Whether any folder holds a checkpoint of this name (usable, broken or shadowed), as of now."""
         stem = Path(name).name
         return stem in self._taken or any(
-            (f.path / stem).with_suffix(s).exists() for f in self.folders for s in (".json", ".safetensors")
+            beside(f.path / stem, s).exists() for f in self.folders for s in (".json", ".safetensors")
         )
 
     def path_for_new(self, name: str) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg.cards import CheckpointError, jsonable, read_card
+from seg.cards import CheckpointError, card_path, jsonable, read_card
 from seg.config import REPO_ROOT
 
 RUNS_ENV = "SEG_RUNS_DIR"
@@ -68,7 +68,7 @@ def run_status(spec: RunSpec, evaluate: list[str]) -> str:
 
     made_with = None
     card = None
-    if spec.out.with_suffix(".json").is_file():
+    if card_path(spec.out).is_file():
         with contextlib.suppress(CheckpointError):
             card = read_card(spec.out)
     if has_state(spec.out):
@@ -137,7 +137,7 @@ def experiment_runs(name: str, root: str | Path | None = None) -> tuple[dict, li
         )
         card = None
         with contextlib.suppress(CheckpointError):
-            if spec.out.with_suffix(".json").is_file():
+            if card_path(spec.out).is_file():
                 card = read_card(spec.out)
         records.append(RunRecord(name, spec.name, spec.folder, card, run_status(spec, evaluate), spec.settings))
     return manifest, records

@@ -104,3 +104,27 @@ def test_a_scale_without_its_int8_weight_is_refused(tmp_path):
     save_file(stored, str(tmp_path / "q.safetensors"))
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(tmp_path / "q")
+
+
+def test_a_dot_in_a_checkpoint_name_is_part_of_the_name(tmp_path):
+    """``runs/unet-lr0.5`` and ``runs/unet-lr0.4`` are two checkpoints, not both ``runs/unet-lr0``."""
+    from seg.checkpoints import quantize_checkpoint
+    from seg.ensemble import combine
+
+    first = create("cnn", width=4).eval()
+    second = create("cnn", width=6).eval()
+    save_checkpoint(tmp_path / "cnn-lr0.5", first, {"classes": ["a"] * 9, "seed": 5})
+    save_checkpoint(tmp_path / "cnn-lr0.4", second, {"classes": ["a"] * 9, "seed": 4})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cnn-lr0.4.json", "cnn-lr0.4.safetensors", "cnn-lr0.5.json", "cnn-lr0.5.safetensors"]
+    assert load_checkpoint(tmp_path / "cnn-lr0.5")[1]["seed"] == 5
+    assert load_checkpoint(tmp_path / "cnn-lr0.4.json")[1]["arch_kwargs"]["width"] == 6
+    assert sorted(info.name for info in list_checkpoints(tmp_path)) == ["cnn-lr0.4", "cnn-lr0.5"]
+
+    card = quantize_checkpoint(tmp_path / "cnn-lr0.5", tmp_path / "cnn-lr0.5-int8.v2")
+    assert card["quantized_from"]["checkpoint"] == "cnn-lr0.5"
+    assert (tmp_path / "cnn-lr0.5-int8.v2.safetensors").is_file()
+    ensemble = combine([tmp_path / "cnn-lr0.5", tmp_path / "cnn-lr0.4"], tmp_path / "both.e1")
+    assert [m["checkpoint"] for m in ensemble["member_checkpoints"]] == ["cnn-lr0.5", "cnn-lr0.4"]
+    assert load_checkpoint(tmp_path / "both.e1")[1]["architecture"] == "ensemble"
+    assert not (tmp_path / "cnn-lr0.json").exists() and not (tmp_path / "both.json").exists()

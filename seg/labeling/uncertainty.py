@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from seg.cards import card_path, weights_path
 from seg.labeling.workspace import Workspace
 
 log = logging.getLogger("seg.labeling.uncertainty")
@@ -96,7 +97,7 @@ def _stamp(entry: Any) -> float:
     path = getattr(entry, "path", None)
     if path is None:
         return 0.0
-    for candidate in (Path(path), Path(path).with_suffix(".safetensors"), Path(path).with_suffix(".json")):
+    for candidate in (Path(path), weights_path(path), card_path(path)):
         try:
             return candidate.stat().st_mtime
         except OSError:

@@ -20,6 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from seg.cards import weights_path
 from seg.classes import colorize
 from seg.config import dataset_dir
 from seg.modelstore import ModelStore, ModelUnavailable
@@ -235,7 +236,7 @@ def sample_predictions(row: Listed, store: ModelStore | None, count: int = 3) ->
     """Image | truth | prediction for the first ``count`` val images, and a caption (or the reason there are none)."""
     from seg.inference import Predictor
 
-    if row.stem is None or not Path(row.stem).with_suffix(".safetensors").is_file():
+    if row.stem is None or not weights_path(row.stem).is_file():
         return None, f"**{row.id}** has no checkpoint yet: it has not finished an epoch."
     data = _val_images(count)
     if data is None:
