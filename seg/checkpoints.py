@@ -258,6 +258,12 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     )
     if arch == getattr(model, "arch_name", None):
         state, own = previous.state_dict(), model.state_dict()
+        wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+        if wrong:
+            raise ValueError(
+                f"--init-from {path}: {len(wrong)} of its tensors have other shapes than this model's "
+                f"(first: {wrong[0]}); use the --arch values on its card: {card.get('arch_kwargs')}"
+            )
         # training-only heads may be added or dropped between rounds
         differ = set(own) ^ set(state)
         aux = {k for k in differ if k.startswith(AUX_PREFIXES)}

@@ -242,6 +242,45 @@ def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it
     assert "--inst-direction must be 0 or more" in capsys.readouterr().err
 
 
+def test_dwt_foreground_gate_feeds_the_energy_head_and_keeps_its_architecture(pennfudan_root, dwt_checkpoint, tmp_path):
+    from seg.checkpoints import warm_start
+
+    torch.manual_seed(0)
+    gated = create("dwt", num_classes=2, base_channels=4, fg_gate=True).eval()
+    plain = create("dwt", num_classes=2, base_channels=4).eval()
+    assert gated.energy_head[0][0].in_channels == plain.energy_head[0][0].in_channels + 1
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        before = gated(x)
+        gated.fg_head[-1].bias.copy_(torch.tensor([-20.0, 20.0]))  # foreground everywhere: the gate opens
+        after = gated(x)
+        plain_before = plain(x)
+        plain.fg_head[-1].bias.copy_(torch.tensor([-20.0, 20.0]))
+        plain_after = plain(x)
+    assert not torch.allclose(before[:, 2:], after[:, 2:]), "the gated energy reads the foreground head"
+    assert torch.equal(plain_before[:, 2:], plain_after[:, 2:]), "the plain energy does not"
+    gated.train()
+    gated(torch.rand(2, 3, 48, 64))[:, 2:].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in gated.fg_head.parameters()), "the gate is detached"
+
+    flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --arch fg_gate=true"
+    assert train_dwt(pennfudan_root, tmp_path / "gated", flags) == 0
+    card = json.loads((tmp_path / "gated.json").read_text())
+    assert card["arch_kwargs"]["fg_gate"] is True
+    trained, _ = load_checkpoint(tmp_path / "gated")
+    assert trained.fg_gate
+    assert InstancePredictor(trained, card).predict(np.zeros((120, 90, 3), np.uint8)).instances.shape == (120, 90)
+    # a plain DWT's energy head does not fit a gated one: said, not a shape error from deep inside torch
+    with pytest.raises(ValueError, match="use the --arch values on its card"):
+        warm_start(create("dwt", num_classes=2, base_channels=8, fg_gate=True), dwt_checkpoint)
+    assert (
+        "warm restart"
+        in warm_start(create("dwt", num_classes=2, base_channels=8, fg_gate=True), tmp_path / "gated")["loaded"]
+    )
+    with pytest.raises(ValueError, match="architecture or energy levels differ"):
+        combine([tmp_path / "gated", dwt_checkpoint], tmp_path / "mixed")
+
+
 def test_maskrcnn_backbone_from_a_local_file(tmp_path):
     from torchvision.models import resnet18
 

@@ -36,9 +36,16 @@ class DeepWatershed(nn.Module):
     nearest boundary (the paper's direction network, here a training signal beside the energy): in
     training mode its (N, 2, H, W) output is left in ``direction_logits`` for the loss; inference
     never runs it, so exports are the two-head DWT's.
+
+    With ``fg_gate`` the energy head sees the features gated by the foreground head's own
+    probability, and that probability beside them (the paper gates its direction network's input
+    by a semantic segmentation): the energy, read only inside the foreground, need not model the
+    background. The probability is detached, so the energy loss does not train the foreground head.
     """
 
-    def __init__(self, backbone: nn.Module, energy_levels: int, direction_head: bool = False) -> None:
+    def __init__(
+        self, backbone: nn.Module, energy_levels: int, direction_head: bool = False, fg_gate: bool = False
+    ) -> None:
         super().__init__()
         channels = int(backbone.out_channels)
         if hasattr(backbone, "head"):
@@ -47,8 +54,11 @@ class DeepWatershed(nn.Module):
         self.energy_levels = energy_levels
         self.fg_head = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1))
         # the energy needs a wider view (how far to the boundary), hence two 3x3 layers
+        self.fg_gate = fg_gate
         self.energy_head = nn.Sequential(
-            conv_bn_relu(channels, channels), conv_bn_relu(channels, channels), nn.Conv2d(channels, energy_levels, 1)
+            conv_bn_relu(channels + int(fg_gate), channels),
+            conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, energy_levels, 1),
         )
         self.direction_head = (
             nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1)) if direction_head else None
@@ -60,7 +70,11 @@ class DeepWatershed(nn.Module):
         features = self.backbone.forward_features(x)
         if self.direction_head is not None and self.training:
             self.direction_logits = self.direction_head(features)
-        return self.fg_head(features), self.energy_head(features)
+        fg = self.fg_head(features)
+        if not self.fg_gate:
+            return fg, self.energy_head(features)
+        gate = fg.detach().float().softmax(1)[:, 1:].to(features.dtype)
+        return fg, self.energy_head(torch.cat([features * gate, gate], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.heads(x), dim=1)
@@ -77,15 +91,19 @@ def build_dwt(
     backbone: str = "unet",
     energy_levels: int = len(ENERGY_EDGES),
     direction_head: bool = False,
+    fg_gate: bool = False,
     **backbone_kwargs,
 ) -> DeepWatershed:
-    """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it."""
+    """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it.
+
+    ``fg_gate``: the energy head reads the features gated by the foreground probability (``DeepWatershed``).
+    """
     if num_classes != 2:
         raise ValueError("the DWT separates one class (pedestrian) from background: num_classes must be 2")
     body = create(backbone, num_classes=2, **backbone_kwargs)
     if not hasattr(body, "forward_features"):
         raise ValueError(f"backbone {backbone!r} has no forward_features; use unet or resunet")
-    return DeepWatershed(body, energy_levels, direction_head)
+    return DeepWatershed(body, energy_levels, direction_head, bool(fg_gate))
 
 
 class DWTEnsemble(nn.Module):
