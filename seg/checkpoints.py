@@ -232,6 +232,11 @@ def _member_states(stem: Path, card: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+class ShapeMismatch(ValueError, RuntimeError):
+    """A warm restart from weights of other shapes: a refusal the CLI reports (``ValueError``), and the
+    ``RuntimeError`` that ``load_state_dict`` raises for it, for callers that caught that."""
+
+
 #: state-dict prefixes of training-only heads (unused at inference), which warm restarts may add or
 #: drop, with what the card calls them
 TRAINING_ONLY_HEADS = {"aux_heads.": "deep-supervision", "direction_head.": "direction"}
@@ -260,7 +265,7 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
         state, own = previous.state_dict(), model.state_dict()
         wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
         if wrong:
-            raise ValueError(
+            raise ShapeMismatch(
                 f"--init-from {path}: {len(wrong)} of its tensors have other shapes than this model's "
                 f"(first: {wrong[0]}); use the --arch values on its card: {card.get('arch_kwargs')}"
             )

@@ -262,6 +262,15 @@ def test_dwt_foreground_gate_feeds_the_energy_head_and_keeps_its_architecture(pe
     gated.train()
     gated(torch.rand(2, 3, 48, 64))[:, 2:].sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in gated.fg_head.parameters()), "the gate is detached"
+    concat = create("dwt", num_classes=2, base_channels=4, fg_gate="concat").eval()
+    with torch.no_grad():
+        gated.fg_head[-1].bias.zero_()  # a gate that is not all open
+        # the same weights, the features not gated: another energy, the same foreground
+        concat.load_state_dict(gated.state_dict())
+        assert torch.equal(concat(x)[:, :2], gated.eval()(x)[:, :2])
+        assert not torch.allclose(concat(x)[:, 2:], gated(x)[:, 2:])
+    with pytest.raises(ValueError, match="fg_gate is one of"):
+        create("dwt", num_classes=2, fg_gate="sometimes")
 
     flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --arch fg_gate=true"
     assert train_dwt(pennfudan_root, tmp_path / "gated", flags) == 0

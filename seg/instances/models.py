@@ -28,6 +28,15 @@ from seg.models import create, register
 from seg.models.common import conv_bn_relu
 from seg.models.encoders import load_encoder_weights
 
+#: ``fg_gate`` values -> how the energy head reads the foreground probability (None: it does not)
+FG_GATES: dict[bool | str, str | None] = {
+    False: None,
+    "none": None,
+    True: "multiply",
+    "multiply": "multiply",
+    "concat": "concat",
+}
+
 
 class DeepWatershed(nn.Module):
     """Backbone features -> foreground logits (2) and energy-level logits (K).
@@ -37,14 +46,15 @@ class DeepWatershed(nn.Module):
     training mode its (N, 2, H, W) output is left in ``direction_logits`` for the loss; inference
     never runs it, so exports are the two-head DWT's.
 
-    With ``fg_gate`` the energy head sees the features gated by the foreground head's own
-    probability, and that probability beside them (the paper gates its direction network's input
-    by a semantic segmentation): the energy, read only inside the foreground, need not model the
-    background. The probability is detached, so the energy loss does not train the foreground head.
+    ``fg_gate`` gives the energy head the foreground head's own probability as one more input
+    channel (the paper feeds its direction network a semantic segmentation): ``"multiply"`` (or
+    ``True``) also gates the features by it, the paper's gating, so the energy, read only inside
+    the foreground, need not model the background; ``"concat"`` leaves the features as they are.
+    The probability is detached, so the energy loss does not train the foreground head.
     """
 
     def __init__(
-        self, backbone: nn.Module, energy_levels: int, direction_head: bool = False, fg_gate: bool = False
+        self, backbone: nn.Module, energy_levels: int, direction_head: bool = False, fg_gate: bool | str = False
     ) -> None:
         super().__init__()
         channels = int(backbone.out_channels)
@@ -54,9 +64,9 @@ class DeepWatershed(nn.Module):
         self.energy_levels = energy_levels
         self.fg_head = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1))
         # the energy needs a wider view (how far to the boundary), hence two 3x3 layers
-        self.fg_gate = fg_gate
+        self.fg_gate = FG_GATES[fg_gate]
         self.energy_head = nn.Sequential(
-            conv_bn_relu(channels + int(fg_gate), channels),
+            conv_bn_relu(channels + int(self.fg_gate is not None), channels),
             conv_bn_relu(channels, channels),
             nn.Conv2d(channels, energy_levels, 1),
         )
@@ -71,10 +81,11 @@ class DeepWatershed(nn.Module):
         if self.direction_head is not None and self.training:
             self.direction_logits = self.direction_head(features)
         fg = self.fg_head(features)
-        if not self.fg_gate:
+        if self.fg_gate is None:
             return fg, self.energy_head(features)
         gate = fg.detach().float().softmax(1)[:, 1:].to(features.dtype)
-        return fg, self.energy_head(torch.cat([features * gate, gate], dim=1))
+        gated = features * gate if self.fg_gate == "multiply" else features
+        return fg, self.energy_head(torch.cat([gated, gate], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.heads(x), dim=1)
@@ -91,19 +102,22 @@ def build_dwt(
     backbone: str = "unet",
     energy_levels: int = len(ENERGY_EDGES),
     direction_head: bool = False,
-    fg_gate: bool = False,
+    fg_gate: bool | str = False,
     **backbone_kwargs,
 ) -> DeepWatershed:
     """``backbone`` is a registered body with ``forward_features`` (unet, resunet); extra kwargs go to it.
 
-    ``fg_gate``: the energy head reads the features gated by the foreground probability (``DeepWatershed``).
+    ``fg_gate``: the energy head also reads the foreground probability, ``"multiply"`` (``true``) gating
+    the features by it or ``"concat"`` beside them (``DeepWatershed``).
     """
     if num_classes != 2:
         raise ValueError("the DWT separates one class (pedestrian) from background: num_classes must be 2")
     body = create(backbone, num_classes=2, **backbone_kwargs)
     if not hasattr(body, "forward_features"):
         raise ValueError(f"backbone {backbone!r} has no forward_features; use unet or resunet")
-    return DeepWatershed(body, energy_levels, direction_head, bool(fg_gate))
+    if fg_gate not in FG_GATES:
+        raise ValueError(f"fg_gate is one of {sorted(map(str, FG_GATES))}, got {fg_gate!r}")
+    return DeepWatershed(body, energy_levels, direction_head, fg_gate)
 
 
 class DWTEnsemble(nn.Module):
