@@ -91,6 +91,17 @@ def _crop_fraction(text: str) -> tuple[float, float] | None:
     raise argparse.ArgumentTypeError("crop fraction is a number or 'min,max'")
 
 
+def _positive_int(text: str) -> int:
+    """A count of 1 or more (threads, images, workers): 0 or less is a mistake, not a default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -186,12 +197,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--limit",
         "--inst-max-images",
         dest="limit",
-        type=int,
+        type=_positive_int,
         default=None,
         help="use only the first N images of each split (smoke tests)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--precision",
         default="auto",
@@ -484,8 +495,10 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
         help="also record the metrics on the checkpoint's card (<split>_metrics; the results table reads "
         "them); refused with --limit",
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="only the first N images of the split (smoke tests)"
+    )
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     inst = p.add_argument_group("instance checkpoints")
     inst.add_argument(
         "--method",
@@ -607,7 +620,7 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
     p.add_argument(
         "--probs", action="store_true", help="semantic: also save per-class probabilities (float16 .npy, C x H x W)"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--runtime",
         default=None,
@@ -616,8 +629,10 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
         "once on this CPU and keeps the fastest that agrees with eager; eager is the reference",
     )
     p.add_argument("--resume", action="store_true", help="skip images whose outputs already exist")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: one per spare core)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per network call (semantic)")
+    p.add_argument(
+        "--workers", type=_positive_int, default=None, help="decoding processes (default: one per spare core)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per network call (semantic)")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -673,7 +688,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         choices=("onnx", "openvino", "auto"),
         help="backend families to choose among (default $SEG_RUNTIME, else auto: every installed one)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the choice is per thread count)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (the choice is per thread count)"
+    )
     p.add_argument(
         "--int8-params",
         metavar="DIR",
@@ -769,7 +786,7 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("members", nargs="+", help="two or more checkpoint names or path stems, in one folder")
     p.add_argument("--out", required=True, help="ensemble name or path stem, in the members' folder")
     p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_ensemble)
 

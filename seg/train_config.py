@@ -3,6 +3,7 @@ and ``Prepared`` (what a task hands the engine). ``seg.training.train`` runs the
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -47,6 +48,15 @@ class SemanticOptions:
 
     def __post_init__(self) -> None:
         # checked where the options are made, so the CLI, the dashboard, the API and --resume all refuse them
+        _in_range("--flip-p", self.flip_p, 0.0, 1.0)
+        _in_range("--color-jitter", self.color_jitter, 0.0, 1.0)
+        _in_range("--zoom-out", self.zoom_out, 1.0, 8.0)
+        _in_range("--rotate", self.rotate, 0.0, 180.0)
+        _in_range("--lovasz", self.lovasz, 0.0)
+        _in_range("--encoder-lr-ratio", self.encoder_lr_ratio, 0.0)
+        _at_least("--frozen-epochs", self.frozen_epochs, 0)
+        if self.train_size is not None and min(self.train_size) < 1:
+            raise ValueError(f"--train-size needs a width and height of 1 px or more, got {self.train_size}")
         if self.distill_temperature <= 0:
             raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
         if self.distill_weight < 0:
@@ -68,6 +78,30 @@ class InstanceOptions:
     fg_balance: float | None = None  # dwt: size-balanced foreground loss term
     direction: float | None = None  # dwt: weight of the direction head's loss (0: no such head)
     val_images: int | None = None  # validate on the first N val images
+
+    def __post_init__(self) -> None:
+        _at_least("--inst-crop", self.crop, 16)
+        _at_least("--inst-work-height", self.work_height, 32)
+        _in_range("--inst-fg-balance", self.fg_balance, 0.0)
+        _in_range("--inst-direction", self.direction, 0.0)
+        _at_least("--inst-val-images", self.val_images, 1)
+
+
+def _in_range(flag: str, value: float | None, low: float, high: float = math.inf) -> None:
+    """Refuse a setting outside [low, high] (or not a number) by its flag's name; None is the default."""
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        limits = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f"{low:g} or more"
+        raise ValueError(f"{flag} must be {limits}, got {value!r}")
+
+
+def _at_least(flag: str, value: int | None, low: int) -> None:
+    """Refuse a count below ``low`` (or not a whole number) by its flag's name; None is the default."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{flag} must be a whole number, {low} or more, got {value!r}")
 
 
 @dataclass
@@ -94,10 +128,15 @@ class TrainConfig:
     instances: InstanceOptions = field(default_factory=InstanceOptions)
 
     def __post_init__(self) -> None:
+        _at_least("--epochs", self.epochs, 1)
+        _in_range("--lr", self.lr, 0.0, 1e3)  # 0 keeps the weights (e.g. to refresh batch-norm statistics)
+        _in_range("--weight-decay", self.weight_decay, 0.0)
+        _at_least("--batch-size", self.batch_size, 1)
+        _at_least("--limit", self.limit, 1)
+        if self.ema_decay is not None:
+            _in_range("--ema-decay", self.ema_decay, 0.0, 0.999999)
         if self.semantic.deep_supervision > 0 and self.model != "unet":
             raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {self.model}")
-        if (self.instances.direction or 0) < 0:
-            raise ValueError(f"--inst-direction must be 0 or more, got {self.instances.direction:g}")
 
     @property
     def task(self) -> str:

@@ -267,6 +267,49 @@ def test_flags_of_the_other_task_are_refused(capsys):
     assert "--focal-gamma applies to semantic models only" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        ("--epochs 0", "--epochs must be a whole number, 1 or more, got 0"),
+        ("--lr -1", "--lr must be in [0, 1000]"),
+        ("--lr nan", "--lr must be in [0, 1000]"),
+        ("--batch-size 0", "--batch-size must be a whole number, 1 or more"),
+        ("--weight-decay -0.1", "--weight-decay must be 0 or more"),
+        ("--flip-p 1.5", "--flip-p must be in [0, 1]"),
+        ("--color-jitter -1", "--color-jitter must be in [0, 1]"),
+        ("--zoom-out 0.5", "--zoom-out must be in [1, 8]"),
+        ("--rotate 400", "--rotate must be in [0, 180]"),
+        ("--train-size 0x10", "--train-size needs a width and height of 1 px or more"),
+        ("--model dwt --inst-crop 4", "--inst-crop must be a whole number, 16 or more"),
+        ("--model dwt --inst-work-height 8", "--inst-work-height must be a whole number, 32 or more"),
+        ("--model dwt --inst-val-images 0", "--inst-val-images must be a whole number, 1 or more"),
+        ("--model dwt --inst-fg-balance -1", "--inst-fg-balance must be 0 or more"),
+    ],
+)
+def test_settings_out_of_range_are_refused_by_their_flag_before_training(flags, said, capsys, tmp_path):
+    """A run that would train nothing (0 epochs), diverge at once or fail inside torch is refused up front."""
+    model = [] if "--model" in flags else ["--model", "cnn"]
+    assert main(["train", *model, "--out", str(tmp_path / "x"), *flags.split()]) == 2
+    assert said in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing was written"
+
+
+def test_counts_below_one_are_refused_by_the_parser_and_the_api(capsys):
+    for command in (
+        ["train", "--model", "cnn", "--out", "x", "--threads", "0"],
+        ["eval", "--checkpoint", "unet", "--limit", "0"],
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(command)
+        assert stopped.value.code == 2 and "expected 1 or more, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--epochs must be a whole number"):
+        TrainConfig(model="cnn", epochs=0)
+    with pytest.raises(ValueError, match="--limit must be a whole number"):
+        TrainConfig(model="cnn", limit=-3)
+    with pytest.raises(ValueError, match="--batch-size must be a whole number"):
+        TrainConfig(model="cnn", batch_size=2.5)
+
+
 def _train_until_first_epoch_then_signal(cmd: list[str], sig: int) -> tuple[int, str]:
     """Run ``cmd``, send ``sig`` once it reports its first epoch, return (exit code, output)."""
     import signal as _signal  # noqa: F401 - the caller passes its members
