@@ -546,6 +546,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from seg.cards import CheckpointError, jsonable, write_json
 
     _threads(args)
+    if args.json and Path(args.json).is_dir():  # said before minutes of evaluation, not after
+        print(f"error: --json {args.json} is a folder; give a file name", file=sys.stderr)
+        return 2
+    if args.record and args.limit:
+        print("error: --record measures the whole split; drop --limit", file=sys.stderr)
+        return 2
     try:
         checkpoint = resolve_checkpoint(args.checkpoint, args.checkpoint_dir)
         if _card_task(checkpoint) == "instances":
@@ -573,13 +579,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     print(text)
     if args.record:
-        if args.limit:
-            print("error: --record measures the whole split; drop --limit", file=sys.stderr)
-            return 2
         key = record_metrics(checkpoint, args.split, public, getattr(args, "candidates", "card"))
         print(f"recorded {key} on {checkpoint.name}.json")
     if args.json:
-        write_json(args.json, public)
+        try:
+            write_json(args.json, public)
+        except OSError as err:
+            print(json.dumps(jsonable(public), indent=2))  # the metrics are not lost
+            print(f"error: could not write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 
@@ -639,6 +647,13 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _threads(args)
+    out = Path(args.out)
+    try:  # before the model loads: a wrong --out is said at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = "is a file, not a folder" if out.exists() else f"cannot be made ({err.strerror or err})"
+        print(f"error: --out {out} {what}", file=sys.stderr)
+        return 2
     checkpoint = _readable_checkpoint(args)  # the predictor loaded from the card knows its task
     if checkpoint is None:
         return 1

@@ -108,3 +108,25 @@ def test_quantize_re_measures_a_semantic_checkpoint_on_val(tmp_path, sbd_root):
     fresh = evaluate_semantic_checkpoint(tmp_path / "q", sbd_root, "val")
     assert card["val_metrics"]["miou"] == pytest.approx(fresh["miou"]) == pytest.approx(card["val_metrics"]["score"])
     assert "val_loss" not in card["val_metrics"]  # not re-measured: only in the "before" record
+
+
+def test_a_wrong_output_path_is_said_before_any_work(tmp_path, capsys, monkeypatch):
+    """``--out`` that is a file, ``--json`` that is a folder, ``--record`` of part of a split: refused at
+    once, with the flag named, before a model is loaded or a split evaluated (no traceback after minutes)."""
+    import seg.cli
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    loaded = []
+    monkeypatch.setattr(seg.cli, "_readable_checkpoint", lambda args: loaded.append(args) or None)
+    assert main(["predict", "--checkpoint", "unet", str(image), "--out", str(image)]) == 2
+    assert f"--out {image} is a file, not a folder" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", "unet", str(image), "--out", str(image / "sub")]) == 2
+    assert "cannot be made" in capsys.readouterr().err
+    assert not loaded
+
+    monkeypatch.setattr(seg.cli, "resolve_checkpoint", lambda *a: pytest.fail("evaluated before refusing"))
+    assert main(["eval", "--checkpoint", "unet", "--json", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "unet", "--record", "--limit", "3"]) == 2
+    assert "--record measures the whole split; drop --limit" in capsys.readouterr().err
