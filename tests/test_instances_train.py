@@ -271,6 +271,8 @@ def test_dwt_foreground_gate_feeds_the_energy_head_and_keeps_its_architecture(pe
         assert not torch.allclose(concat(x)[:, 2:], gated(x)[:, 2:])
     with pytest.raises(ValueError, match="fg_gate is one of"):
         create("dwt", num_classes=2, fg_gate="sometimes")
+    with pytest.raises(ValueError, match="fg_gate is one of"):
+        create("dwt", num_classes=2, fg_gate=[1])
 
     flags = "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --arch fg_gate=true"
     assert train_dwt(pennfudan_root, tmp_path / "gated", flags) == 0

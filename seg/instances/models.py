@@ -115,7 +115,7 @@ def build_dwt(
     body = create(backbone, num_classes=2, **backbone_kwargs)
     if not hasattr(body, "forward_features"):
         raise ValueError(f"backbone {backbone!r} has no forward_features; use unet or resunet")
-    if fg_gate not in FG_GATES:
+    if not isinstance(fg_gate, (bool, str)) or fg_gate not in FG_GATES:
         raise ValueError(f"fg_gate is one of {sorted(map(str, FG_GATES))}, got {fg_gate!r}")
     return DeepWatershed(body, energy_levels, direction_head, fg_gate)
 
