@@ -30,6 +30,7 @@ from seg.checkpoints import load_checkpoint
 from seg.classes import SBD_CLASSES, SBD_PALETTE
 from seg.config import dataset_dir, get_device
 from seg.data.sbd import IMAGE_SIZE, load_semantic_split
+from seg.io import check_rgb
 from seg.metrics import confusion_matrix, mean_iou
 from seg.runtime import (
     Agreement,
@@ -83,8 +84,7 @@ def prepare_input(image: np.ndarray, input_size: tuple[int, int]) -> torch.Tenso
     What ``Predictor.predict`` feeds the model; ``seg.batch_predict`` runs it in its decoding
     workers so that batches hold exactly what a single prediction would.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H,W,3) uint8 RGB image, got {image.shape} {image.dtype}")
+    check_rgb(image)
     h, w = image.shape[:2]
     owned = image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
     x = torch.from_numpy(owned).permute(2, 0, 1).unsqueeze(0).float().div_(255)

@@ -89,6 +89,19 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def check_rgb(image: object) -> np.ndarray:
+    """``image`` itself when it is what the predictors take, an (H, W, 3) uint8 RGB array with pixels;
+    otherwise a ValueError that says what it is. A float or 16-bit array would be scaled as if it were
+    8-bit and answered wrongly without a word; ``load_image`` converts any of them."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an (H,W,3) uint8 RGB image (numpy array), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(
+            f"expected an (H,W,3) uint8 RGB image, got {image.shape} {image.dtype} (seg.io.load_image converts)"
+        )
+    return image
+
+
 def load_image(source, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
     """Decode any image-like input to an (H, W, 3) uint8 RGB array.
 

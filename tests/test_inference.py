@@ -64,3 +64,26 @@ def test_input_checks_and_a_read_only_image(unet):
     image.setflags(write=False)
     assert unet.predict(image).label.shape == (50, 70)
     assert unet.backend == "eager-fp32"
+
+
+@pytest.mark.parametrize("name", ["dwt", "maskrcnn"])
+def test_instance_predictors_refuse_what_the_semantic_one_refuses(unet, name):
+    """A float, 16-bit, grey, RGBA or empty array, or no array at all: the same plain refusal from every
+    predictor, instead of an answer computed as if the pixels were 8-bit (a float image came back
+    with no pedestrians) or an error from deep inside torch."""
+    from seg.instances.inference import InstancePredictor
+
+    predictor = InstancePredictor.from_checkpoint(REPO_ROOT / "checkpoints" / name, runtime="eager")
+    wrong = [
+        np.random.default_rng(0).random((60, 80, 3), dtype=np.float32),
+        np.zeros((60, 80, 3), np.uint16),
+        np.zeros((60, 80), np.uint8),
+        np.zeros((60, 80, 4), np.uint8),
+        np.zeros((0, 80, 3), np.uint8),
+        [[0, 0, 0]],
+    ]
+    for image in wrong:
+        for model in (unet, predictor):
+            with pytest.raises(ValueError, match=r"expected an \(H,W,3\) uint8 RGB image"):
+                model.predict(image)
+    assert predictor.predict(np.zeros((1, 1, 3), np.uint8)).instances.shape == (1, 1)

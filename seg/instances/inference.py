@@ -46,7 +46,7 @@ from seg.instances.data import (
 )
 from seg.instances.models import is_detector, split_outputs
 from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
-from seg.io import atomic_write_text
+from seg.io import atomic_write_text, check_rgb
 from seg.runtime import (
     CALIBRATION_IMAGES,
     Agreement,
@@ -456,6 +456,7 @@ class InstancePredictor:
         (``result.candidates()``), as the card says; they never change the id map, so a
         caller that only shows or saves the partition leaves them off.
         """
+        check_rgb(rgb)
         start = time.perf_counter()
         if self.detector:
             result = self._predict_detector(rgb)
