@@ -85,3 +85,32 @@ def test_mismatched_or_missing_weights_file(tmp_path):
         create("resunet", encoder_init=str(tmp_path / "bad.safetensors"))
     with pytest.raises(EncoderWeightsError, match="not found"):
         create("resunet", encoder_init=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "said"),
+    [
+        ("unet", {"num_classes": 0}, "num_classes must be a whole number, 1 or more"),
+        ("unet", {"base_channels": 0}, "unet: base_channels must be a whole number, 1 or more"),
+        ("unet", {"depth": 0}, "unet: depth must be a whole number in [1, 6]"),
+        ("unet", {"depth": 9}, "unet: depth must be a whole number in [1, 6]"),
+        ("unet", {"base_channels": 64, "depth": 6}, "widest stage would have 4096 channels; at most 2048"),
+        ("cnn", {"stages": 0}, "cnn: stages must be a whole number in [1, 6]"),
+        ("cnn", {"width": 2.5}, "cnn: width must be a whole number"),
+        ("cnn", {"width": 512, "stages": 4}, "widest stage would have 4096 channels"),
+        ("dwt", {"num_classes": 2, "depth": 8}, "unet: depth must be a whole number in [1, 6]"),
+    ],
+)
+def test_architectures_that_build_nothing_or_too_much_are_refused_before_allocating(name, kwargs, said):
+    """``--arch depth=9`` once allocated a U-Net whose bottom stage had 16,384 channels until the
+    process was killed for memory; zero channels or stages built a model that failed on its first input."""
+    with pytest.raises(ValueError) as refused:
+        create(name, **kwargs)
+    assert said in str(refused.value)
+
+
+def test_the_widest_allowed_models_and_numpy_counts_still_build():
+    import numpy as np
+
+    assert create("cnn", width=np.int64(8), stages=np.int64(6)).classifier.in_channels == 256
+    assert create("unet", num_classes=np.int64(3), base_channels=1, depth=6).head.out_channels == 3

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import Normalize, conv_bn_relu
+from seg.models.common import Normalize, check_widths, conv_bn_relu
 
 
 class BasicCNN(nn.Module):
     def __init__(self, num_classes: int = 9, width: int = 32, stages: int = 4, norm: str = "batch") -> None:
+        check_widths("cnn", ("width", "stages"), width, stages, 1, 6, doubled=-1)
         super().__init__()
         self.normalize = Normalize()
         layers: list[nn.Module] = []

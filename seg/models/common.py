@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -23,6 +25,29 @@ class Normalize(nn.Module):
 
 #: normalisation layers ``conv_bn_relu`` can use; "none" (a biased conv) is for overfitting tests
 NORMS = ("batch", "none")
+
+#: the widest stage a model may have: a U-Net of base 32 and depth 6 (126 M parameters, 500 MB in fp32);
+#: a wider one does not train on a CPU and can exhaust its memory just being built
+MAX_STAGE_CHANNELS = 2048
+
+
+def check_widths(
+    name: str, keys: tuple[str, str], first: object, stages: object, low: int, high: int, doubled: int = 0
+) -> None:
+    """Refuse, saying why, a channel or stage count that builds nothing, or a widest stage (``first``
+    channels doubled ``stages + doubled`` times) over ``MAX_STAGE_CHANNELS``: before any tensor is
+    allocated, since an oversized ``--arch`` would otherwise be killed for memory. ``keys``: the two
+    arguments' names, as ``--arch`` spells them."""
+    if not isinstance(first, numbers.Integral) or isinstance(first, bool) or first < 1:
+        raise ValueError(f"{name}: {keys[0]} must be a whole number, 1 or more, got {first!r}")
+    if not isinstance(stages, numbers.Integral) or isinstance(stages, bool) or not low <= stages <= high:
+        raise ValueError(f"{name}: {keys[1]} must be a whole number in [{low}, {high}], got {stages!r}")
+    widest = first * 2 ** (stages + doubled)
+    if widest > MAX_STAGE_CHANNELS:
+        raise ValueError(
+            f"{name}: its widest stage would have {widest} channels; at most {MAX_STAGE_CHANNELS}: "
+            f"lower {keys[0]} or {keys[1]}"
+        )
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import DoubleConv, Normalize
+from seg.models.common import DoubleConv, Normalize, check_widths
 
 
 @register("unet")
@@ -30,6 +30,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         aux_heads: bool = False,
     ) -> None:
+        check_widths("unet", ("base_channels", "depth"), base_channels, depth, 1, 6)
         super().__init__()
         self.normalize = Normalize()
         chans = [base_channels * 2**i for i in range(depth + 1)]
