@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from seg import experiments
-from seg.config import dataset_dir, resolve_checkpoint
+from seg.config import dataset_dir, positive_int, resolve_checkpoint
 from seg.instances import cli as instances_cli
 from seg.labeling import cli as labeling_cli
 from seg.memory import reuse_freed_memory
@@ -89,17 +89,6 @@ def _crop_fraction(text: str) -> tuple[float, float] | None:
     if len(parts) == 2:
         return (parts[0], parts[1])
     raise argparse.ArgumentTypeError("crop fraction is a number or 'min,max'")
-
-
-def _positive_int(text: str) -> int:
-    """A count of 1 or more (threads, images, workers): 0 or less is a mistake, not a default."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -197,12 +186,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--limit",
         "--inst-max-images",
         dest="limit",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use only the first N images of each split (smoke tests)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--precision",
         default="auto",
@@ -496,9 +485,9 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
         "them); refused with --limit",
     )
     p.add_argument(
-        "--limit", type=_positive_int, default=None, help="only the first N images of the split (smoke tests)"
+        "--limit", type=positive_int, default=None, help="only the first N images of the split (smoke tests)"
     )
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     inst = p.add_argument_group("instance checkpoints")
     inst.add_argument(
         "--method",
@@ -628,7 +617,7 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
     p.add_argument(
         "--probs", action="store_true", help="semantic: also save per-class probabilities (float16 .npy, C x H x W)"
     )
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument(
         "--runtime",
         default=None,
@@ -638,9 +627,9 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
     )
     p.add_argument("--resume", action="store_true", help="skip images whose outputs already exist")
     p.add_argument(
-        "--workers", type=_positive_int, default=None, help="decoding processes (default: one per spare core)"
+        "--workers", type=positive_int, default=None, help="decoding processes (default: one per spare core)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per network call (semantic)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per network call (semantic)")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_predict)
 
@@ -704,7 +693,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="backend families to choose among (default $SEG_RUNTIME, else auto: every installed one)",
     )
     p.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch CPU threads (the choice is per thread count)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (the choice is per thread count)"
     )
     p.add_argument(
         "--int8-params",
@@ -801,7 +790,7 @@ def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("members", nargs="+", help="two or more checkpoint names or path stems, in one folder")
     p.add_argument("--out", required=True, help="ensemble name or path stem, in the members' folder")
     p.add_argument("--data", help="the dataset's own folder (overrides $SEG_DATA_DIR)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     _checkpoint_dir_flag(p)
     p.set_defaults(func=cmd_ensemble)
 

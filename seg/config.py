@@ -6,6 +6,7 @@ change environment variables on the fly.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,3 +116,15 @@ def get_device(prefer: str | None = None) -> torch.device:
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def positive_int(text: str) -> int:
+    """A command-line count of 1 or more (threads, images, workers, jobs): 0 or less is a mistake, not a
+    default, so the parser refuses it by the flag's name."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value

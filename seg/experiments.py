@@ -61,7 +61,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from seg.cards import beside, card_path, jsonable, update_card, write_json
-from seg.config import dataset_dir
+from seg.config import dataset_dir, positive_int
 from seg.runs import (
     MANIFEST,
     PROGRESS,
@@ -760,10 +760,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("file", help="experiment file (TOML), e.g. experiments/q1_augmentation.toml")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, each in its own process")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch threads per run (default: the file's threads, else the CPUs split between the jobs)",
     )

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from seg.config import positive_int
+
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,8 +28,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "none", "flip", "scales", "flip+scales"),
         help="test-time augmentation: auto tries every setting and keeps the best mask AP on the split",
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of the split (smoke tests)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="only the first N images of the split (smoke tests)"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_tune_instances)
 
     p = subparsers.add_parser(
