@@ -298,10 +298,13 @@ def test_counts_below_one_are_refused_by_the_parser_and_the_api(capsys):
     for command in (
         ["train", "--model", "cnn", "--out", "x", "--threads", "0"],
         ["eval", "--checkpoint", "unet", "--limit", "0"],
+        ["predict", "--checkpoint", "unet", "x.png", "--out", "o", "--workers", "0"],
+        ["tune-instances", "--checkpoint", "dwt", "--threads", "-1"],
+        ["experiment", "sweep.toml", "--jobs", "0"],
     ):
         with pytest.raises(SystemExit) as stopped:
             main(command)
-        assert stopped.value.code == 2 and "expected 1 or more, got 0" in capsys.readouterr().err
+        assert stopped.value.code == 2 and "expected 1 or more, got" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--epochs must be a whole number"):
         TrainConfig(model="cnn", epochs=0)
     with pytest.raises(ValueError, match="--limit must be a whole number"):
