@@ -851,8 +851,16 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 def cmd_results(args: argparse.Namespace) -> int:
     from seg.report import results_markdown, update_readme
 
+    folder = Path(args.checkpoints) if args.checkpoints else None
+    if folder is not None and not folder.is_dir():
+        print(f"error: --checkpoints {folder} is not a folder", file=sys.stderr)
+        return 2
     if args.write:
-        changed = update_readme(args.write, args.checkpoints)
+        try:
+            changed = update_readme(args.write, args.checkpoints)
+        except (OSError, ValueError) as err:  # a missing file, a folder, a file without the results block
+            print(f"error: --write {args.write}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+            return 1
         print(f"{args.write}: {'updated' if changed else 'already current'}")
     else:
         print(results_markdown(args.checkpoints))

@@ -130,3 +130,17 @@ def test_a_wrong_output_path_is_said_before_any_work(tmp_path, capsys, monkeypat
     assert "is a folder; give a file name" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", "unet", "--record", "--limit", "3"]) == 2
     assert "--record measures the whole split; drop --limit" in capsys.readouterr().err
+
+
+def test_results_table_says_what_is_wrong_with_its_paths(tmp_path, capsys):
+    plain = tmp_path / "plain.md"
+    plain.write_text("no results block here\n")
+    assert main(["results-table", "--write", str(tmp_path / "missing.md")]) == 1
+    assert "No such file or directory" in capsys.readouterr().err
+    assert main(["results-table", "--write", str(tmp_path)]) == 1
+    assert "Is a directory" in capsys.readouterr().err
+    assert main(["results-table", "--write", str(plain)]) == 1
+    assert "has no <!-- results:start -->" in capsys.readouterr().err
+    assert plain.read_text() == "no results block here\n"
+    assert main(["results-table", "--checkpoints", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
