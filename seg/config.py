@@ -7,6 +7,7 @@ change environment variables on the fly.
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,3 +129,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
+
+
+def require_whole(label: str, value: object, low: int, high: int | None = None) -> None:
+    """Refuse ``value`` by ``label`` unless it is a whole number in [low, high] (numpy integers count,
+    booleans do not): the one check behind every count a model, a run or a command takes."""
+    if (
+        not isinstance(value, numbers.Integral)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        span = f" in [{low}, {high}]" if high is not None else f", {low} or more,"
+        raise ValueError(f"{label} must be a whole number{span} got {value!r}")

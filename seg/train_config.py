@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from seg.config import require_whole
 from seg.models import task_of
 
 
@@ -98,10 +99,8 @@ def _in_range(flag: str, value: float | None, low: float, high: float = math.inf
 
 def _at_least(flag: str, value: int | None, low: int) -> None:
     """Refuse a count below ``low`` (or not a whole number) by its flag's name; None is the default."""
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{flag} must be a whole number, {low} or more, got {value!r}")
+    if value is not None:
+        require_whole(flag, value, low)
 
 
 @dataclass

@@ -10,11 +10,12 @@ distribution's ``seglab.models`` entry point, and any subpackage of ``seg`` with
 from __future__ import annotations
 
 import importlib
-import numbers
 import pkgutil
 from collections.abc import Callable
 
 from torch import nn
+
+from seg.config import require_whole
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _TASKS: dict[str, str] = {}
@@ -84,8 +85,7 @@ def create(name: str, num_classes: int = 9, **kwargs) -> nn.Module:
     _load_providers()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a whole number, 1 or more, got {num_classes!r}")
+    require_whole("num_classes", num_classes, 1)
     model = _REGISTRY[name](num_classes=num_classes, **kwargs)
     model.arch_name = name  # type: ignore[attr-defined]
     model.arch_kwargs = dict(kwargs, num_classes=num_classes)  # type: ignore[attr-defined]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
+
+from seg.config import require_whole
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,10 +38,8 @@ def check_widths(
     channels doubled ``stages + doubled`` times) over ``MAX_STAGE_CHANNELS``: before any tensor is
     allocated, since an oversized ``--arch`` would otherwise be killed for memory. ``keys``: the two
     arguments' names, as ``--arch`` spells them."""
-    if not isinstance(first, numbers.Integral) or isinstance(first, bool) or first < 1:
-        raise ValueError(f"{name}: {keys[0]} must be a whole number, 1 or more, got {first!r}")
-    if not isinstance(stages, numbers.Integral) or isinstance(stages, bool) or not low <= stages <= high:
-        raise ValueError(f"{name}: {keys[1]} must be a whole number in [{low}, {high}], got {stages!r}")
+    require_whole(f"{name}: {keys[0]}", first, 1)
+    require_whole(f"{name}: {keys[1]}", stages, low, high)
     widest = first * 2 ** (stages + doubled)
     if widest > MAX_STAGE_CHANNELS:
         raise ValueError(
