@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seg.cards import card_path, stem_of
+
 if TYPE_CHECKING:
     import torch
 
@@ -82,14 +84,8 @@ def resolve_checkpoint(name: str | Path, directory: str | Path | None = None) ->
     place that was searched.
     """
     text = str(name)
-    stem = Path(
-        text[: -len(".json")]
-        if text.endswith(".json")
-        else text[: -len(".safetensors")]
-        if text.endswith(".safetensors")
-        else text
-    ).expanduser()
-    if Path(f"{stem}.json").is_file():
+    stem = stem_of(Path(text).expanduser())
+    if card_path(stem).is_file():
         return stem
     searched: list[Path] = []
     candidates = [Path(directory).expanduser()] if directory else []
@@ -101,7 +97,7 @@ def resolve_checkpoint(name: str | Path, directory: str | Path | None = None) ->
     if stem.name == text and "/" not in text:
         for folder in candidates:
             searched.append(folder)
-            if (folder / f"{text}.json").is_file():
+            if card_path(folder / text).is_file():
                 return folder / text
     places = ", ".join(str(p) for p in searched) or "no checkpoint folder"
     raise FileNotFoundError(

@@ -60,14 +60,10 @@ class SemanticOptions:
             raise ValueError(f"--train-size needs a width and height of 1 px or more, got {self.train_size}")
         if self.distill_temperature <= 0:
             raise ValueError(f"--distill-temperature must be above 0, got {self.distill_temperature:g}")
-        if self.distill_weight < 0:
-            raise ValueError(f"--distill-weight must be 0 or more, got {self.distill_weight:g}")
-        if self.focal_gamma < 0:
-            raise ValueError(f"--focal-gamma must be 0 or more, got {self.focal_gamma:g}")
-        if self.deep_supervision < 0:
-            raise ValueError(f"--deep-supervision must be 0 or more, got {self.deep_supervision:g}")
-        if not 0 <= self.rare_repeat <= 1:
-            raise ValueError(f"--rare-repeat is a share of images in [0, 1], got {self.rare_repeat:g}")
+        _in_range("--distill-weight", self.distill_weight, 0.0)
+        _in_range("--focal-gamma", self.focal_gamma, 0.0)
+        _in_range("--deep-supervision", self.deep_supervision, 0.0)
+        _in_range("--rare-repeat", self.rare_repeat, 0.0, 1.0)  # a share of images
 
 
 @dataclass
@@ -132,8 +128,7 @@ class TrainConfig:
         _in_range("--weight-decay", self.weight_decay, 0.0)
         _at_least("--batch-size", self.batch_size, 1)
         _at_least("--limit", self.limit, 1)
-        if self.ema_decay is not None:
-            _in_range("--ema-decay", self.ema_decay, 0.0, 0.999999)
+        _in_range("--ema-decay", self.ema_decay, 0.0, 0.999999)
         if self.semantic.deep_supervision > 0 and self.model != "unet":
             raise ValueError(f"--deep-supervision is for unet (classifiers on its decoder stages), not {self.model}")
 
