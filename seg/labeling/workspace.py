@@ -55,6 +55,8 @@ from seg.labeling.names import UnsafePathError, check_workspace_name, is_safe_na
 LABEL_ENV = "SEG_LABEL_DIR"
 SPLIT_DIRS = ("train", "val", "test")
 UNLABELED_DIR = "unlabeled"
+#: Listings an image lookup reads before it calls the image missing (see ``Workspace.item``).
+ITEM_LOOKUPS = 3
 VERSIONS_DIR = ".versions"
 CLASSES_FILE = "classes.txt"
 #: Split folders every workspace has from its creation on (``is_workspace`` requires them).
@@ -341,9 +343,12 @@ class Workspace:
 
     def item(self, name: str) -> Item:
         self._check_name(name)
-        for it in self.items():
-            if it.name == name:
-                return it
+        # Another session's save may move the image from unlabeled/ into a split folder between the
+        # scans of the two folders (the listing then misses it): only a few misses in a row mean it is gone.
+        for _ in range(ITEM_LOOKUPS):
+            for it in self.items():
+                if it.name == name:
+                    return it
         raise WorkspaceError(f"no image named {name!r} in the workspace")
 
     def _name_taken(self, name: str) -> bool:
