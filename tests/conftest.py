@@ -27,6 +27,9 @@ reuse_freed_memory()
 # measured fastest, calibrated on first use) would export and time every model in each test process.
 # Tests of the serving runtimes ask for it by name; subprocesses (the app, predict) inherit this.
 os.environ.setdefault("SEG_RUNTIME", "eager")
+# Likewise training's ``auto`` precision: fp32, instead of a few seconds of bf16-vs-fp32 training steps
+# measured again in every test process and cache (tests of that decision clear this variable).
+os.environ.setdefault("SEG_BF16_TRAINING", "0")
 # The run's start, set where pytest starts (before pytest-xdist starts its workers, which inherit it).
 os.environ.setdefault("SEG_TEST_RUN_STARTED", repr(time.time()))
 

@@ -169,10 +169,11 @@ def test_torchrun_two_processes(sbd_root, tmp_path):
     assert card["val_metrics"]["num_images"] == 8
 
 
-def test_bf16_precision_trains_and_is_recorded(sbd_root):
+def test_bf16_precision_trains_and_is_recorded(sbd_root, monkeypatch):
     from seg.engine import resolve_precision
-    from seg.hardware import bf16_training_pays
+    from seg.hardware import BF16_TRAINING_ENV, bf16_training_pays
 
+    monkeypatch.delenv(BF16_TRAINING_ENV, raising=False)  # the CPU decides, as outside the tests
     auto = resolve_precision("auto", torch.device("cpu"))  # bf16 only where it pays (AMX, or measured)
     assert auto == (torch.bfloat16 if bf16_training_pays() else None)
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16

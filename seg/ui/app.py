@@ -160,10 +160,15 @@ def _wire_model_lists(tabs: list, store: Any) -> None:
         store.refresh()
         return [w.update(store, cur) for w, cur in zip(watched, current)]
 
-    for tab in tabs:
-        tab.select(
-            refresh, inputs=outputs, outputs=outputs, api_visibility="private", queue=False, show_progress="hidden"
-        )
+    gr.on(  # one event for every tab's select
+        [tab.select for tab in tabs],
+        refresh,
+        inputs=outputs,
+        outputs=outputs,
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 # -- visitor spaces expire -------------------------------------------------------------------------------

@@ -814,8 +814,7 @@ def _wire(c: LabelTab, store: Any, access: WorkspaceAccess) -> None:
     for event in label_io.wire(c.io, partial(_require, access), access.serving.labels, state=c.state):
         event.then(partial(do_reopen, access), [c.io.created, c.state], reopened, **private).then(**load)
     c.history_btn.click(do_history, [c.history, *display], [c.state, *views, c.status], **private)
-    c.opacity.release(do_redraw, display, views, **private)
-    c.show_changes.change(do_redraw, display, views, **private)
+    gr.on([c.opacity.release, c.show_changes.change], do_redraw, display, views, **private)
 
     save_inputs = [c.editor, c.tool, *display]
     save_outputs = [c.state, c.preview, c.status, c.progress, c.history]

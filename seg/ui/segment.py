@@ -319,16 +319,16 @@ def build(store: ModelStore) -> None:
         preprocess=False,
     )
     # models.input, not .change: the lists' refresh on a tab switch must not re-run the models
-    for trigger in (image.change, models.input):
-        trigger(
-            partial(segment_live, store),
-            [image, models, alpha, highlight, state],
-            outputs,
-            api_visibility="private",
-            concurrency_id=INFERENCE_QUEUE,
-            trigger_mode="always_last",
-            preprocess=False,
-        )
+    gr.on(
+        [image.change, models.input],
+        partial(segment_live, store),
+        [image, models, alpha, highlight, state],
+        outputs,
+        api_visibility="private",
+        concurrency_id=INFERENCE_QUEUE,
+        trigger_mode="always_last",
+        preprocess=False,
+    )
     api_button.click(
         partial(segment_one, store),
         [image, api_model],
@@ -337,13 +337,13 @@ def build(store: ModelStore) -> None:
         concurrency_id=INFERENCE_QUEUE,
         preprocess=False,
     )
-    for trigger in (alpha.release, highlight.change):
-        trigger(
-            rerender,
-            [state, alpha, highlight],
-            gallery,
-            api_visibility="private",
-            show_progress="hidden",
-            queue=False,  # a few milliseconds of work: straight to the handler, no queue round trips
-            trigger_mode="always_last",
-        )
+    gr.on(
+        [alpha.release, highlight.change],
+        rerender,
+        [state, alpha, highlight],
+        gallery,
+        api_visibility="private",
+        show_progress="hidden",
+        queue=False,  # a few milliseconds of work: straight to the handler, no queue round trips
+        trigger_mode="always_last",
+    )
