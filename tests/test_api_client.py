@@ -27,13 +27,13 @@ ENDPOINTS = ["/segment", "/segment_compare", "/augment", "/evaluate", "/instance
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from seg.ui.devserver import launch_background, make_tiny_checkpoints
+    from seg.ui.devserver import close_app, launch_background, make_tiny_checkpoints
 
     folder = tmp_path_factory.mktemp("checkpoints")
     make_tiny_checkpoints(folder)
     demo, url = launch_background(folder)
     yield demo, url, folder
-    demo.close()
+    close_app(demo)
 
 
 @pytest.fixture(scope="module")

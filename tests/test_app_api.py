@@ -29,13 +29,13 @@ PEDESTRIANS = REPO / "assets" / "examples" / "pedestrians-1.png"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from seg.ui.devserver import launch_background, make_tiny_checkpoints
+    from seg.ui.devserver import close_app, launch_background, make_tiny_checkpoints
 
     ckpt = tmp_path_factory.mktemp("checkpoints")
     make_tiny_checkpoints(ckpt)
     demo, url = launch_background(ckpt)
     yield demo, url
-    demo.close()
+    close_app(demo)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ def test_new_runs_are_drawn_and_the_visitors_pick_stays(browser, tmp_path):
     gr = pytest.importorskip("gradio")
     from seg.modelstore import ModelStore
     from seg.ui import compare
+    from seg.ui.devserver import close_app
 
     root = tmp_path / "runs"
     _add_run(root, "first", "a1")
@@ -60,7 +61,7 @@ def test_new_runs_are_drawn_and_the_visitors_pick_stays(browser, tmp_path):
         assert picker.input_value() == "second"
         page.close()
     finally:
-        demo.close()
+        close_app(demo)
 
 
 def test_a_redraw_after_new_runs_sets_no_dropdown_value_that_stays():

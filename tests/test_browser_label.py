@@ -23,7 +23,7 @@ def served(tmp_path_factory):
     """(url, workspace, checkpoint folder) for the standalone Label tab."""
     from seg.labeling.workspace import Workspace
     from seg.modelstore import ModelStore
-    from seg.ui.devserver import free_port, make_tiny_checkpoints, wait_http
+    from seg.ui.devserver import close_app, free_port, make_tiny_checkpoints, wait_http
     from seg.ui.label import standalone
 
     root = tmp_path_factory.mktemp("label-browser")
@@ -50,7 +50,7 @@ def served(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     wait_http(url)
     yield url, ws, ckpts
-    demo.close()
+    close_app(demo)
 
 
 T0 = time.monotonic()

@@ -55,7 +55,7 @@ def served(tmp_path_factory):
     from seg.deploy import Deployment
     from seg.labeling.workspace import SPLIT_FRACTIONS
     from seg.ui.app import build_app
-    from seg.ui.devserver import free_port, make_tiny_checkpoints, wait_http
+    from seg.ui.devserver import close_app, free_port, make_tiny_checkpoints, wait_http
 
     assert split_of(NAMES[1], SPLIT_FRACTIONS) == "train", "the second labelled image must land in train/"
     root = tmp_path_factory.mktemp("label-flow")
@@ -74,7 +74,7 @@ def served(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     wait_http(url)
     yield url, root / "labels", files, root
-    demo.close()
+    close_app(demo)
 
 
 def _wait_text(page, selector: str, text: str, timeout_ms: int = 60_000) -> str:

@@ -40,7 +40,7 @@ BOXES = """sel => [...document.querySelectorAll(sel + ' .thumbnail-item img')].m
 def app_url(tmp_path_factory):
     from seg.config import checkpoint_dir
     from seg.modelstore import ModelStore
-    from seg.ui.devserver import launch_background, make_tiny_checkpoints
+    from seg.ui.devserver import close_app, launch_background, make_tiny_checkpoints
 
     shipped = checkpoint_dir()
     if ModelStore(shipped).names("semantic"):
@@ -50,7 +50,7 @@ def app_url(tmp_path_factory):
         make_tiny_checkpoints(directory, broken=False)
     demo, url = launch_background(directory)
     yield url
-    demo.close()
+    close_app(demo)
 
 
 def _open(browser, url: str, width: int, height: int = 1000, theme: str | None = None, phone: bool = False):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def app_url(tmp_path_factory, sbd_root):
     from seg.deploy import Deployment
     from seg.ui.app import build_app
-    from seg.ui.devserver import free_port, wait_http
+    from seg.ui.devserver import close_app, free_port, wait_http
 
     root = tmp_path_factory.mktemp("train-browser")
     demo = build_app(root / "checkpoints", preload=False, deployment=Deployment(labels_root=root / "labels"))
@@ -29,7 +29,7 @@ def app_url(tmp_path_factory, sbd_root):
     url = f"http://127.0.0.1:{port}/"
     wait_http(url)
     yield url
-    demo.close()
+    close_app(demo)
 
 
 def _set_number(page, selector: str, value: int) -> None:

@@ -235,7 +235,7 @@ def test_the_compare_tab_lists_the_runs_through_gradio_client(tiny_sweep):
     gr = pytest.importorskip("gradio")
     from seg.modelstore import ModelStore
     from seg.ui import compare
-    from seg.ui.devserver import connect
+    from seg.ui.devserver import close_app, connect
 
     store = ModelStore(REPO / "checkpoints")
     with gr.Blocks() as demo:
@@ -255,7 +255,7 @@ def test_the_compare_tab_lists_the_runs_through_gradio_client(tiny_sweep):
         assert "val mIoU" in caption and "image | truth | prediction" in caption
         assert "No run" in client.predict("tiny/missing", api_name="/compare_predictions")
     finally:
-        demo.close()
+        close_app(demo)
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def connect(url: str, **kwargs):
 
 
 def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127.0.0.1", port: int | None = None):
-    """Build and launch the app without blocking; returns (demo, url). Close with ``demo.close()``."""
+    """Build and launch the app without blocking; returns (demo, url). Close with ``close_app(demo)``."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -72,6 +72,23 @@ def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127
     url = f"http://{host}:{port}/"
     wait_http(url)
     return demo, url
+
+
+def close_app(demo, wait_s: float = 30.0) -> None:
+    """Close an app and wait until its server has shut down and deleted its cached files.
+
+    Gradio's ``close`` waits 5 s for the server thread. A page still connected (its event stream stays
+    open) holds the server up longer, and its clean-up then runs later, deleting the files it cached:
+    Gradio names a cached file by its content, so a newer app in the same process that has since cached
+    the same picture loses it. Open connections get one second here, then the clean-up runs at once.
+    """
+    server = getattr(demo, "server", None)
+    if server is not None and getattr(server, "config", None) is not None:
+        server.config.timeout_graceful_shutdown = 1
+    demo.close()
+    thread = getattr(server, "thread", None)
+    if thread is not None:
+        thread.join(wait_s)
 
 
 def _fake_metrics(seed: int) -> dict:
