@@ -152,7 +152,11 @@ def _cpu_share(request, tmp_path_factory):
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         fcntl.flock(turnstile, fcntl.LOCK_UN)
+        threads = torch.get_num_threads()
+        if exclusive:  # the cores are its own while it runs: all of them
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
         try:
             yield
         finally:
+            torch.set_num_threads(threads)
             fcntl.flock(lock, fcntl.LOCK_UN)
