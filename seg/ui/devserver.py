@@ -12,6 +12,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from seg.classes import SBD_CLASSES, SBD_PALETTE
 
@@ -74,7 +75,7 @@ def launch_background(checkpoint_dir: str | Path | None = None, host: str = "127
     return demo, url
 
 
-def close_app(demo, wait_s: float = 30.0) -> None:
+def close_app(demo: Any, wait_s: float = 30.0) -> None:
     """Close an app and wait until its server has shut down and deleted its cached files.
 
     Gradio's ``close`` waits 5 s for the server thread. A page still connected (its event stream stays
