@@ -55,8 +55,6 @@ from seg.labeling.names import UnsafePathError, check_workspace_name, is_safe_na
 LABEL_ENV = "SEG_LABEL_DIR"
 SPLIT_DIRS = ("train", "val", "test")
 UNLABELED_DIR = "unlabeled"
-#: Listings an image lookup reads before it calls the image missing (see ``Workspace.item``).
-ITEM_LOOKUPS = 3
 VERSIONS_DIR = ".versions"
 CLASSES_FILE = "classes.txt"
 #: Split folders every workspace has from its creation on (``is_workspace`` requires them).
@@ -315,22 +313,26 @@ class Workspace:
 
     # -- listing ----------------------------------------------------------------------------
     def items(self) -> list[Item]:
-        """Every image (labelled or not), sorted by name; cheap: no decoding."""
+        """Every image (labelled or not), sorted by name; cheap: no decoding.
+
+        ``unlabeled/`` is read first: an image's only move is its first save's, from there into a split
+        folder, so while another session saves, this listing sees a moving image in one folder or both
+        (the split folder wins), never in neither."""
         found: dict[str, Item] = {}
+        folder = self.root / UNLABELED_DIR
+        if folder.is_dir():
+            for path in _jpegs(folder):
+                if is_safe_name(path.stem):
+                    found[path.stem] = Item(path.stem, path, None, None)
         for split in SPLIT_DIRS:
             folder = self.root / split
             if not folder.is_dir():
                 continue
             for path in _jpegs(folder):
-                if not is_safe_name(path.stem) or path.stem in found:
+                if not is_safe_name(path.stem) or (path.stem in found and found[path.stem].split is not None):
                     continue
                 label = path.with_suffix(".png")
                 found[path.stem] = Item(path.stem, path, label if label.is_file() else None, split)
-        folder = self.root / UNLABELED_DIR
-        if folder.is_dir():
-            for path in _jpegs(folder):
-                if is_safe_name(path.stem) and path.stem not in found:
-                    found[path.stem] = Item(path.stem, path, None, None)
         return [found[k] for k in sorted(found)]
 
     def names(self) -> list[str]:
@@ -343,12 +345,9 @@ class Workspace:
 
     def item(self, name: str) -> Item:
         self._check_name(name)
-        # Another session's save may move the image from unlabeled/ into a split folder between the
-        # scans of the two folders (the listing then misses it): only a few misses in a row mean it is gone.
-        for _ in range(ITEM_LOOKUPS):
-            for it in self.items():
-                if it.name == name:
-                    return it
+        for it in self.items():
+            if it.name == name:
+                return it
         raise WorkspaceError(f"no image named {name!r} in the workspace")
 
     def _name_taken(self, name: str) -> bool:
