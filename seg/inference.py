@@ -216,6 +216,7 @@ class Predictor:
             agreement,
             {"task": "semantic", "input_size": [tw, th], "classes": self.classes},
             code=code_key(self.model),
+            int8_float_ops=(),  # every op int8: the U-Nets' skip connections too (recipe 3)
         )
 
     def _val_logits(self, module: torch.nn.Module, images: torch.Tensor, batch: int = 16) -> torch.Tensor:

@@ -216,9 +216,9 @@ def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_che
     quantised: list[int] = []
     real = runtime._quantise_openvino
 
-    def counting(onnx_path, calibration, out):  # how many images each quantisation was calibrated on
+    def counting(onnx_path, calibration, out, *recipe):  # how many images each quantisation was calibrated on
         quantised.append(len(calibration))
-        real(onnx_path, calibration, out)
+        real(onnx_path, calibration, out, *recipe)
 
     monkeypatch.setattr(runtime, "_quantise_openvino", counting)
     checked: list[runtime.RuntimePart] = []
@@ -615,7 +615,9 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "space"))
     quantised: list[int] = []
     real = runtime._quantise_openvino
-    monkeypatch.setattr(runtime, "_quantise_openvino", lambda o, c, out: (quantised.append(len(c)), real(o, c, out)))
+    monkeypatch.setattr(
+        runtime, "_quantise_openvino", lambda o, c, out, *r: (quantised.append(len(c)), real(o, c, out, *r))
+    )
     no_data = runtime.ServingSpec(with_data.key, {"": (0,)}, lambda: calls[:1], context={"input_size": [32, 48]})
     choice = runtime.calibrate(tiny, no_data, "openvino")
     assert choice.backend == "openvino-int8", choice
@@ -770,3 +772,61 @@ def test_exports_of_older_model_code_are_removed_once_stale(monkeypatch, tmp_pat
     os.utime(recent / "model.onnx", (week_ago, week_ago))
     os.utime(recent, (week_ago, week_ago))
     assert runtime.export_dir(key, "c0de2026") == current and recent.is_dir()
+
+
+class _TinySkipNet(torch.nn.Module):
+    """A U-Net in miniature: a skip connection joined to the deeper path by a Concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.deep = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Conv2d(16, 4, 1)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(x)
+        return self.head(torch.cat([skip, self.deep(skip)], 1))
+
+
+def test_each_int8_recipe_exports_apart_and_quantises_concat_only_where_it_says(monkeypatch, tmp_path):
+    """Recipe 2 (instances) leaves Concat in float, recipe 3 (semantic) quantises its inputs; the two exports
+    and their shipped parameters never stand in for each other."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SEG_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    model = _TinySkipNet()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    metrics = {"miou": 0.5, "reference_miou": 0.5, "pixel_agreement": 1.0, "images": 4}
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(
+        runtime, "time_interleaved", lambda functions, **k: {n: 1.0 if n == "openvino-int8" else 5.0 for n in functions}
+    )
+    quantised_into_concat = {}
+    for float_ops in (("Concat",), ()):
+        spec = runtime.ServingSpec(
+            runtime.weights_key(model),
+            {"": (0,)},
+            lambda: calls[:1],
+            lambda: calls,
+            lambda module: runtime.Agreement(True, metrics, ""),
+            {"size": 32},
+            int8_float_ops=float_ops,
+        )
+        recipe = runtime.int8_recipe(spec)
+        choice = runtime.calibrate(model, spec, "openvino")
+        assert choice.backend == "openvino-int8"
+        xml = runtime.export_dir(spec.key, spec.code) / f"model-openvino-int8-r{recipe}.xml"
+        graph = runtime._ov_core().read_model(str(xml))
+        quantised_into_concat[recipe] = sum(
+            op.get_type_name() == "FakeQuantize"
+            and any(t.get_node().get_type_name() == "Concat" for out in op.outputs() for t in out.get_target_inputs())
+            for op in graph.get_ops()
+        )
+        runtime.write_int8_params(spec, choice, tmp_path / "checkpoints" / "int8")  # one file per weights
+        other = 5 - recipe
+        assert runtime.read_int8_params(spec.key, recipe)["recipe"] == recipe
+        assert runtime.read_int8_params(spec.key, other) is None, "another recipe's parameters are never used"
+    assert quantised_into_concat == {2: 0, 3: 2}, quantised_into_concat
