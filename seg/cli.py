@@ -610,7 +610,12 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
         if alias_of
         else "segment images: class-id palette PNGs (semantic) or instance-id PNGs + JSON (instances)"
     )
-    p = sub.add_parser(name, help=what)
+    p = sub.add_parser(
+        name,
+        help=what,
+        epilog="An input that cannot be read or segmented is named at the end and the others are still "
+        "written; the exit status is then 1, so a script sees that something was left out.",
+    )
     p.add_argument("--checkpoint", required=True, help="a name (see --checkpoint-dir) or a path stem")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
@@ -664,7 +669,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not os.environ.get("SEG_NO_PROGRESS"),
     )
     print(report.summary())
-    return 1 if report.failures and not report.written and not report.skipped_existing else 0
+    return 1 if report.failures else 0  # the rest was written; a script must still see what was not
 
 
 def _say_runtime_progress() -> None:

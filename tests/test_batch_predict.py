@@ -97,6 +97,22 @@ def test_outputs_equal_one_by_one_prediction_and_failures_are_reported(image_fol
     assert "10 already there" in again.summary() and "broken.jpg" in again.summary()
 
 
+def test_the_command_writes_every_readable_image_and_exits_1_naming_the_rest(image_folder, tmp_path, capsys):
+    """``seglab predict`` on a folder with a corrupt file: every other image is written, the corrupt one is
+    named, and the exit status says that something was left out (a script cannot miss it)."""
+    from seg.cli import main
+
+    out = tmp_path / "cli"
+    args = ["predict", "--checkpoint", str(UNET), str(image_folder), "--out", str(out), "--runtime", "eager"]
+    assert main([*args, "--workers", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert "10 written" in printed and "1 failed" in printed and "broken.jpg" in printed
+    assert len(list(out.rglob("*.png"))) == 10
+    fine = ["predict", "--checkpoint", str(UNET), str(image_folder / "b"), "--out", str(tmp_path / "b")]
+    assert main([*fine, "--runtime", "eager", "--workers", "1"]) == 0  # nothing left out: 0
+    assert "0 failed" in capsys.readouterr().out
+
+
 def test_probabilities_on_request(image_folder, tmp_path, unet):
     source = sorted((image_folder / "a").glob("*.jpg"))[0]
     report = predict_inputs(UNET, [source], tmp_path, probs=True, workers=0, predictor=unet, progress=False)
