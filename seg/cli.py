@@ -614,7 +614,9 @@ def _add_predict(sub: argparse._SubParsersAction, name: str = "predict", alias_o
         name,
         help=what,
         epilog="An input that cannot be read or segmented is named at the end and the others are still "
-        "written; the exit status is then 1, so a script sees that something was left out.",
+        "written; the exit status is then 1, so a script sees that something was left out. Under torchrun "
+        "each process names the failures of its share and exits 1 only if none of its share was written "
+        "(a process that fails makes torchrun stop the others).",
     )
     p.add_argument("--checkpoint", required=True, help="a name (see --checkpoint-dir) or a path stem")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
@@ -669,6 +671,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not os.environ.get("SEG_NO_PROGRESS"),
     )
     print(report.summary())
+    if report.world > 1:  # torchrun stops every process once one fails: only a share with nothing done fails
+        return 1 if report.failures and not report.written and not report.skipped_existing else 0
     return 1 if report.failures else 0  # the rest was written; a script must still see what was not
 
 

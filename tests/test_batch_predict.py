@@ -113,6 +113,25 @@ def test_the_command_writes_every_readable_image_and_exits_1_naming_the_rest(ima
     assert "0 failed" in capsys.readouterr().out
 
 
+def test_under_torchrun_a_share_with_a_failure_still_exits_0(image_folder, tmp_path, capsys, monkeypatch):
+    """torchrun stops every process once one exits non-zero, so a rank whose share held the corrupt file
+    names it and exits 0 (the other rank may still be writing); only a share with nothing written fails."""
+    from seg.cli import main
+
+    out = tmp_path / "ranks"
+    args = ["predict", "--checkpoint", str(UNET), str(image_folder), "--out", str(out), "--runtime", "eager"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    printed = ""
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main([*args, "--workers", "1"]) == 0
+        printed += capsys.readouterr().out
+    assert printed.count("1 failed") == 1 and "broken.jpg" in printed
+    assert len(list(out.rglob("*.png"))) == 10
+    monkeypatch.setenv("RANK", "0")
+    assert main(["predict", "--checkpoint", str(UNET), str(image_folder / "a" / "broken.jpg"), "--out", str(out)]) == 1
+
+
 def test_probabilities_on_request(image_folder, tmp_path, unet):
     source = sorted((image_folder / "a").glob("*.jpg"))[0]
     report = predict_inputs(UNET, [source], tmp_path, probs=True, workers=0, predictor=unet, progress=False)
