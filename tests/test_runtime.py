@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -830,3 +831,33 @@ def test_each_int8_recipe_exports_apart_and_quantises_concat_only_where_it_says(
         assert runtime.read_int8_params(spec.key, recipe)["recipe"] == recipe
         assert runtime.read_int8_params(spec.key, other) is None, "another recipe's parameters are never used"
     assert quantised_into_concat == {2: 0, 3: 2}, quantised_into_concat
+
+
+@pytest.mark.parametrize("backend", ["onnx-fp32", "openvino-fp32", "openvino-int8"])
+def test_a_served_answer_never_changes_under_its_caller(monkeypatch, tmp_path, backend):
+    """The OpenVINO engine reuses one infer request per compiled shape; every answer must still be the
+    caller's own tensor, untouched by the next call (from this thread or another)."""
+    pytest.importorskip("onnxruntime" if backend.startswith("onnx") else "openvino")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = _TinySkipNet()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    spec = runtime.ServingSpec(runtime.weights_key(model), {"": (0,)}, lambda: calls[:1], lambda: calls)
+    served = runtime.build_serving(model, spec, backend)
+    with torch.inference_mode():
+        first = served(*calls[0])
+        kept = first.clone()
+        second = served(*calls[1])
+        assert not torch.equal(first, second)
+        assert torch.equal(first, kept), "the second call wrote into the first answer"
+        answers = {}
+
+        def ask(i: int) -> None:
+            answers[i] = served(*calls[i % 2])
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, answer in answers.items():
+        torch.testing.assert_close(answer, (kept if i % 2 == 0 else second), rtol=0, atol=0)
