@@ -1164,12 +1164,18 @@ def _relative_difference(reference: list[torch.Tensor], candidate: list[torch.Te
 
 
 def time_interleaved(
-    functions: dict[str, Callable[[], Any]], rounds: int = 7, warmup: int = 2, budget_s: float = 30.0
+    functions: dict[str, Callable[[], Any]],
+    rounds: int = 7,
+    warmup: int = 2,
+    budget_s: float = 30.0,
+    until_clear: bool = False,
 ) -> dict[str, float]:
     """Median milliseconds per call for each function, called in rotating order each round.
 
     Interleaving means a neighbour's burst of load hits every function alike, so the ratios
     hold even on a shared machine; ``budget_s`` ends the rounds early (at least three).
+    ``until_clear``: also end them after three rounds once the fastest function is beyond doubt
+    (its slowest call faster than every other function's fastest), which is all a choice needs.
     """
     names = list(functions)
     with torch.inference_mode():
@@ -1184,9 +1190,17 @@ def time_interleaved(
                 t0 = time.perf_counter()
                 functions[name]()
                 times[name].append(time.perf_counter() - t0)
-            if r >= 2 and time.perf_counter() - start > budget_s:
+            if r >= 2 and (time.perf_counter() - start > budget_s or (until_clear and _fastest_is_clear(times))):
                 break
     return {n: statistics.median(v) * 1000.0 for n, v in times.items()}
+
+
+def _fastest_is_clear(times: dict[str, list[float]]) -> bool:
+    """True when the function of the lowest median never took as long as any other's fastest call."""
+    if len(times) < 2:
+        return False
+    fastest = min(times, key=lambda n: statistics.median(times[n]))
+    return max(times[fastest]) < min(min(v) for n, v in times.items() if n != fastest)
 
 
 def _first_line(err: BaseException) -> str:
@@ -1244,6 +1258,7 @@ def calibrate(
         {b: (lambda m=m: [m(*call) for call in examples]) for b, m in served.items()},
         warmup=TIMING_WARMUP,
         budget_s=TIMING_BUDGET_S,
+        until_clear=True,
     )
     eager_ms = timings[EAGER]
     agreement: dict[str, dict] = {}

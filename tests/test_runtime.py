@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -861,3 +862,30 @@ def test_a_served_answer_never_changes_under_its_caller(monkeypatch, tmp_path, b
             t.join()
     for i, answer in answers.items():
         torch.testing.assert_close(answer, (kept if i % 2 == 0 else second), rtol=0, atol=0)
+
+
+def test_a_calibration_stops_timing_once_the_fastest_is_beyond_doubt():
+    """Three rounds suffice when the fastest backend's slowest call beats every other's fastest; while
+    the order is in doubt the rounds go on, so a choice is never made on a lucky round."""
+    import time
+
+    calls = {"fast": 0, "slow": 0, "uneven": 0}
+
+    def timed(name: str, seconds: Callable[[int], float]) -> Callable[[], None]:
+        def call() -> None:
+            calls[name] += 1
+            time.sleep(seconds(calls[name]))
+
+        return call
+
+    clear = runtime.time_interleaved(
+        {"fast": timed("fast", lambda n: 0.001), "slow": timed("slow", lambda n: 0.05)}, warmup=1, until_clear=True
+    )
+    assert calls["fast"] == calls["slow"] == 1 + 3 and clear["fast"] < clear["slow"]
+    # its median is the lowest, but every other call takes 10 ms: never clearly faster than 5 ms
+    runtime.time_interleaved(
+        {"uneven": timed("uneven", lambda n: 0.001 if n % 2 else 0.01), "slow": timed("slow", lambda n: 0.005)},
+        warmup=1,
+        until_clear=True,
+    )
+    assert calls["uneven"] == 1 + 7
