@@ -684,7 +684,11 @@ _ORT_INT8_RECIPE = 2
 def int8_recipe(spec: ServingSpec) -> int:
     """The number of ``spec``'s int8 recipe: it marks the export files and the shipped parameters, so a
     changed recipe is exported afresh and never served on another recipe's parameters."""
-    return INT8_RECIPES[tuple(spec.int8_float_ops)]
+    return _recipe_number(spec.int8_float_ops)
+
+
+def _recipe_number(float_ops: Sequence[str]) -> int:
+    return INT8_RECIPES[tuple(float_ops)]
 
 
 def _int8_suffix(family: str, recipe: int) -> str:
@@ -785,7 +789,7 @@ def _export_onnx(
 
 
 def _quantise_openvino(
-    onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path, float_ops: Sequence[str] = ("Concat",)
+    onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]], out: Path, float_ops: Sequence[str]
 ) -> None:
     """NNCF post-training int8 (mixed preset: asymmetric activations) on the training images;
     ops of the types ``float_ops`` stay float."""
@@ -841,16 +845,15 @@ def int8_params_paths(key: str) -> list[Path]:
     return [folder / "int8" / f"{key[:24]}.json" for folder in folders]
 
 
-def read_int8_params(key: str, recipe: int | None = None) -> dict | None:
-    """The int8 parameters of these weights for the quantisation ``recipe`` (None: any in ``INT8_RECIPES``),
-    if any are shipped."""
-    recipes = set(INT8_RECIPES.values()) if recipe is None else {recipe}
+def read_int8_params(key: str, recipe: int) -> dict | None:
+    """The int8 parameters of these weights for the quantisation ``recipe`` (``int8_recipe``), if any are
+    shipped."""
     for path in int8_params_paths(key):
         try:
             params = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(params, dict) and params.get("key") == key and params.get("recipe") in recipes:
+        if isinstance(params, dict) and params.get("key") == key and params.get("recipe") == recipe:
             if isinstance(params.get("parts"), dict):
                 return params
     return None
@@ -1005,9 +1008,9 @@ def _build_part(
     calibration: Callable[[], list[tuple] | None],
     backend: str,
     folder: Path,
-    draft: bool = False,
-    params: dict[str, dict] | None = None,
-    float_ops: Sequence[str] = ("Concat",),
+    draft: bool,
+    params: dict[str, dict] | None,
+    float_ops: Sequence[str],
 ) -> RuntimePart:
     """Export (once, cached) and load one part for one backend; ``capture`` runs only when an export is
     missing, ``calibration`` (this part's int8 calibration inputs) only when an int8 file must be made.
@@ -1030,7 +1033,7 @@ def _build_part(
     # regions (a detector's RoI heads) would recompile on every new count, so it stays dynamic
     static = dynamic == (0,) and not part
     if precision == "int8":
-        recipe = INT8_RECIPES[tuple(float_ops)]
+        recipe = _recipe_number(float_ops)
         path = folder / f"{_part_file(part)}{_DRAFT if draft else ''}{_int8_suffix(family, recipe)}"
         if not path.is_file() and family == "openvino" and not draft and part in (params or {}):
             try:

@@ -102,7 +102,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(r
         predictor = Predictor.from_checkpoint(SHIPPED / name, device="cpu", runtime="eager")
     spec = predictor.serving_spec()
     assert spec.calibration_inputs() is None and spec.agreement(predictor.model) is None
-    params = runtime.read_int8_params(spec.key)
+    params = runtime.read_int8_params(spec.key, runtime.int8_recipe(spec))
     remake = f"seglab export --checkpoint {name} --int8-params checkpoints/int8"
     assert params, f"checkpoints/int8 has no parameters for these weights: {remake}"
     recorded = params["agreement"]["metrics"]
