@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -119,18 +120,117 @@ def run_started() -> float:
 
 
 #: Modules whose tests share an eager val reference through the serving cache (the DWT's: about two
-#: minutes). Queued together near the front of one worker, the second test reads what the first wrote
-#: instead of another worker waiting on the lock while it is computed.
+#: minutes). Queued together on one worker, the second test reads what the first wrote instead of
+#: another worker waiting on the lock while it is computed.
 SHARED_REFERENCE = ("test_shipped_checkpoints.py", "test_shipped_runtime.py")
+
+#: Each test's seconds in a whole parallel run (setup, call and teardown), the order's cost estimate;
+#: ``pytest --store-durations`` rewrites it. A test not listed counts as ``UNLISTED_S``.
+DURATIONS = Path(__file__).with_name("durations.json")
+UNLISTED_S = 0.1
+#: A module group at least this long starts a worker's queue (work stealing never takes it away).
+HEAVY_S = 5.0
+#: Seconds of short tests that start every other slice: longer than the uncontended test's own setup
+#: (its app and browser), so the exclusive lock never waits for a long test that started meanwhile.
+LEAD_S = 10.0
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help=f"write each test's duration in this run to {DURATIONS.name} (the order's cost estimate)",
+    )
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     """Modules with an ``uncontended`` test run first, so it waits for the other workers' first
     (short) tests rather than for whatever long test they are in; then the ``SHARED_REFERENCE``
-    modules, which pytest-xdist's work stealing leaves on the worker that starts them (it steals from
-    the end of a queue); modules stay contiguous."""
+    modules; modules stay contiguous. Under pytest-xdist, the order is then balanced across workers
+    (``balanced_order``)."""
     first = {item.module for item in items if item.get_closest_marker("uncontended")}
     items.sort(key=lambda item: (item.module not in first, item.path.name not in SHARED_REFERENCE))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = balanced_order(items, workers, _stored_durations(), first)
+
+
+def _stored_durations() -> dict[str, float]:
+    try:
+        return {str(k): float(v) for k, v in json.loads(DURATIONS.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def balanced_order(items: list, workers: int, durations: dict[str, float], first: set) -> list:
+    """``items`` reordered for pytest-xdist's work stealing, which hands worker k the k-th of ``workers``
+    contiguous slices (equal counts) and lets an idle worker steal from the end of a busy one's queue.
+
+    The long module groups (``HEAVY_S`` and up) are spread over the slices, longest first, each to the
+    slice with the least long work so far, and start their slice; the short ones fill each slice up to
+    its count, where stealing balances what is left. Slice 0 starts with the ``uncontended`` modules
+    and every other slice with ``LEAD_S`` of short tests, so the exclusive lock waits for short tests only.
+    """
+    groups: list[list] = []
+    for item in items:  # contiguous module groups; the SHARED_REFERENCE modules form one group
+        key = "shared" if item.path.name in SHARED_REFERENCE else item.module
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(item)
+        else:
+            groups.append([key, [item]])
+
+    def cost(group: list) -> float:
+        return sum(durations.get(item.nodeid, UNLISTED_S) for item in group)
+
+    sizes, remaining = [], len(items)
+    for k in range(workers):  # as pytest-xdist splits the collection among idle workers
+        sizes.append(remaining // (workers - k))
+        remaining -= sizes[-1]
+    heads: list[list] = [[] for _ in range(workers)]
+    long_work = [0.0] * workers
+    starters = [group for key, group in groups if key in first]
+    for group in starters:
+        heads[0] += group
+    rest = [group for key, group in groups if key not in first]
+    heavy = sorted((g for g in rest if cost(g) >= HEAVY_S), key=cost, reverse=True)
+    for group in heavy:
+        fits = [k for k in range(workers) if len(heads[k]) + len(group) <= sizes[k]]
+        if not fits:  # no slice has room: it stays among the short groups
+            continue
+        k = min(fits, key=lambda k: long_work[k])
+        heads[k] += group
+        long_work[k] += cost(group)
+    placed = {id(item) for head in heads for item in head}
+    short = [item for group in rest for item in group if id(item) not in placed]
+    order: list = []
+    for k in range(workers):
+        room = sizes[k] - len(heads[k])
+        fill, short = short[:room], short[room:]
+        lead = 0  # short tests ahead of the long ones while slice 0 sets up its uncontended test (see above)
+        if k > 0 and starters:
+            ahead = 0.0
+            while lead < len(fill) and ahead < LEAD_S:
+                ahead += durations.get(fill[lead].nodeid, UNLISTED_S)
+                lead += 1
+        order += fill[:lead] + heads[k] + fill[lead:]
+    return order + short
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Each test's setup, call and teardown seconds, kept for ``--store-durations``."""
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001
+    """``--store-durations``: the run's durations (over 0.2 s; the rest count as ``UNLISTED_S``), written once,
+    by the process that saw every test (pytest-xdist's controller, or pytest itself)."""
+    if not session.config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    kept = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(_measured.items()) if seconds > 0.2}
+    DURATIONS.write_text(json.dumps(kept, indent=0) + "\n", encoding="utf-8")
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001
