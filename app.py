@@ -4,9 +4,11 @@ Also the ``app_file`` of the Hugging Face Space (which runs it as is, with no fl
 turns itself on there). Everything happens in ``seg.ui.app.main``.
 """
 
+import gc
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
+gc.disable()  # while gradio, torch and the tabs load: main() freezes what they made, then collects again
 
 from seg.ui.app import main  # noqa: E402  (after the env is set)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -143,6 +144,19 @@ def pytest_addoption(parser) -> None:
     )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):  # noqa: ARG001
+    """Collection imports torch, gradio and OpenVINO and builds every test: the garbage collector's passes
+    over that growing heap took about 1.5 s a process. It is paused while collecting; what exists then is
+    frozen (modules, classes, tests: never garbage, and walked by no later pass)."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     """Modules with an ``uncontended`` test run first, so it waits for the other workers' first
     (short) tests rather than for whatever long test they are in; then the ``SHARED_REFERENCE``
@@ -224,13 +238,19 @@ def pytest_runtest_logreport(report) -> None:
     _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
 
 
+@pytest.hookimpl(trylast=True)  # after the session's fixtures are torn down
 def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001
     """``--store-durations``: the run's durations (over 0.2 s; the rest count as ``UNLISTED_S``), written once,
-    by the process that saw every test (pytest-xdist's controller, or pytest itself)."""
-    if not session.config.getoption("--store-durations") or os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    kept = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(_measured.items()) if seconds > 0.2}
-    DURATIONS.write_text(json.dumps(kept, indent=0) + "\n", encoding="utf-8")
+    by the process that saw every test (pytest-xdist's controller, or pytest itself).
+
+    Then what is still alive is frozen out of the garbage collector: pytest's last sweep for unraisable
+    exceptions collects five times, and each pass walked every object of torch, gradio and OpenVINO
+    (about 2 s a worker at the end of every run); garbage is still collected."""
+    if session.config.getoption("--store-durations") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        kept = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(_measured.items()) if seconds > 0.2}
+        DURATIONS.write_text(json.dumps(kept, indent=0) + "\n", encoding="utf-8")
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_xdist_auto_num_workers(config) -> int:  # noqa: ARG001

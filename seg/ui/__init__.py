@@ -5,9 +5,20 @@ Importing ``seg.ui`` needs gradio; the core ``seg`` package never imports it.
 
 from __future__ import annotations
 
+import gc
+
 
 def build_app(checkpoint_dir=None):  # re-exported lazily so `import seg.ui` stays cheap
     """See ``seg.ui.app.build_app``."""
     from seg.ui.app import build_app as _build
 
     return _build(checkpoint_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``seglab-app``: ``seg.ui.app.main`` with the garbage collector paused while gradio, torch and the tabs
+    load, as ``python app.py`` does (``seg.ui.app.main`` freezes what they made, then collects again)."""
+    gc.disable()
+    from seg.ui.app import main as _main
+
+    _main(argv)
