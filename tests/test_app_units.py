@@ -3,6 +3,7 @@ run (with a stand-in trainer, so no dataset is needed), and the drawing helpers.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -542,6 +543,38 @@ def test_app_builds_with_no_checkpoints_at_all(tmp_path):
     assert "could not be built" not in texts
     # the queue's per-event statistics summary (a pandas table of past events) is rebuilt rarely
     assert demo._queue.ANAYLTICS_CACHE_FREQUENCY >= 1000
+
+
+def test_the_apps_entry_points_pause_the_collector_for_the_imports_and_main_resumes_it_frozen():
+    """``python app.py`` and ``seglab-app`` import the app with the garbage collector paused; after the
+    server starts, what exists is frozen out of later passes and collection goes on."""
+    import tomllib
+
+    from seg.config import REPO_ROOT
+    from seg.ui.app import settle_startup_heap
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["seglab-app"] == "seg.ui:main"
+    probe = (  # the real seg.ui.app.main would serve: a stand-in reports the collector's state instead
+        "import gc, runpy, sys, types\n"
+        "sys.modules['seg.ui.app'] = types.SimpleNamespace(main=lambda argv=None: print(gc.isenabled()))\n"
+        "{}\n"
+    )
+    for start in ("runpy.run_path('app.py', run_name='__main__')", "import seg.ui; seg.ui.main([])"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe.format(start)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "False", (start, done.stdout)  # paused until main settles the heap
+    was_enabled, frozen = gc.isenabled(), gc.get_freeze_count()
+    gc.disable()
+    try:
+        settle_startup_heap()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        if not was_enabled:
+            gc.disable()
 
 
 def test_command_line_sets_mode_and_login(tmp_path):
