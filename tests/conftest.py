@@ -18,6 +18,7 @@ except ImportError:  # not POSIX: no locks (``_cpu_share``)
     fcntl = None
 
 from seg.config import dataset_dir
+from seg.io import atomic_write_text
 from seg.memory import reuse_freed_memory
 
 # Each pytest-xdist worker gets its share of the cores (the fast loop runs one per core: see the hook below).
@@ -157,6 +158,7 @@ def pytest_collection(session):  # noqa: ARG001
         gc.enable()
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: the slices are of what runs
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
     """Modules with an ``uncontended`` test run first, so it waits for the other workers' first
     (short) tests rather than for whatever long test they are in; then the ``SHARED_REFERENCE``
@@ -248,7 +250,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001
     (about 2 s a worker at the end of every run); garbage is still collected."""
     if session.config.getoption("--store-durations") and not os.environ.get("PYTEST_XDIST_WORKER"):
         kept = {nodeid: round(seconds, 1) for nodeid, seconds in sorted(_measured.items()) if seconds > 0.2}
-        DURATIONS.write_text(json.dumps(kept, indent=0) + "\n", encoding="utf-8")
+        atomic_write_text(DURATIONS, json.dumps(kept, indent=0) + "\n")
     gc.collect()
     gc.freeze()
 
