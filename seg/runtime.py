@@ -1134,6 +1134,7 @@ def _record_path(spec: ServingSpec, requested: str) -> Path:
     context = {
         "spec": spec.context,
         "parts": spec.parts,
+        "int8_recipe": int8_recipe(spec),  # a choice made for one recipe's graph says nothing of another's
         "cpu": features.model,
         "flags": features.flags,
         "threads": torch.get_num_threads(),

@@ -4,6 +4,7 @@ every shipped model under the runtime its calibration chose, re-measured here.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -818,8 +819,12 @@ def test_each_int8_recipe_exports_apart_and_quantises_concat_only_where_it_says(
             int8_float_ops=float_ops,
         )
         recipe = runtime.int8_recipe(spec)
+        other_spec = dataclasses.replace(spec, int8_float_ops=("Concat",) if not float_ops else ())
         choice = runtime.calibrate(model, spec, "openvino")
         assert choice.backend == "openvino-int8"
+        assert runtime.read_choice(spec, "openvino").backend == "openvino-int8"
+        if recipe == 2:  # not calibrated yet under recipe 3: another recipe's record is never read
+            assert runtime.read_choice(other_spec, "openvino") is None
         xml = runtime.export_dir(spec.key, spec.code) / f"model-openvino-int8-r{recipe}.xml"
         graph = runtime._ov_core().read_model(str(xml))
         quantised_into_concat[recipe] = sum(
