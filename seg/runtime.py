@@ -32,6 +32,7 @@ keep calling an ``nn.Module``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import hashlib
@@ -510,6 +511,8 @@ def _worker_loop() -> None:
             while not _QUEUE:
                 _QUEUE_READY.wait()
             job = _QUEUE.popleft()
+        if _EXITING.is_set():  # no new export or compile while the interpreter shuts down
+            return
         job()
 
 
@@ -528,6 +531,39 @@ def _in_background(job: Callable[[], None]) -> None:
 #: the longest a child process may take to export and calibrate one checkpoint (then it is calibrated in process)
 CHILD_CALIBRATION_TIMEOUT_S = 1800.0
 
+#: calibration children still running, stopped when this process exits (``_stop_children``)
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+_EXITING = threading.Event()
+
+
+class CalibrationStopped(RuntimeError):
+    """A calibration child was stopped from outside (a signal, or this process exiting): not redone in process."""
+
+
+def _stop_children() -> None:
+    """At exit, stop the calibration children: an orphan would go on for minutes on the cores of whatever
+    runs next (and, stopped, it is not redone in process while the interpreter shuts down)."""
+    _EXITING.set()
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+atexit.register(_stop_children)
+
+
+def _export_command(source: Path, runtime: str) -> list[str]:
+    """``seglab export`` for ``source`` at this process's thread count, as a child process runs it."""
+    command = [sys.executable, "-m", "seg", "export", "--checkpoint", str(source), "--runtime", runtime]
+    return command + ["--threads", str(torch.get_num_threads())]
+
 
 def _calibrate_apart(spec: ServingSpec, runtime: str, source: Path) -> bool:
     """Export and calibrate the checkpoint at ``source`` in a child process (``seglab export``) unless a choice
@@ -537,23 +573,38 @@ def _calibrate_apart(spec: ServingSpec, runtime: str, source: Path) -> bool:
     quantiser's libraries. In a long-running server that memory stays with the process (the heap rarely
     shrinks back to where it was, and the libraries stay imported); in a child it leaves when the child
     exits, and the server then loads the recorded choice as on any later start. Any failure leaves the
-    calibration to the caller, in process.
+    calibration to the caller, in process, except a stop from outside (``CalibrationStopped``): a child
+    killed by a signal (Ctrl-C reaches the whole process group) or this process exiting.
     """
     if runtime not in ("auto", "onnx", "openvino") or read_choice(spec, runtime) is not None:
         return False
+    if _EXITING.is_set():
+        raise CalibrationStopped("the process is exiting")
     package_root = str(Path(__file__).resolve().parents[1])  # the child imports this same ``seg``
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, "-m", "seg", "export", "--checkpoint", str(source), "--runtime", runtime]
-    command += ["--threads", str(torch.get_num_threads())]
     try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, env=env, timeout=CHILD_CALIBRATION_TIMEOUT_S, check=False
+        child = subprocess.Popen(
+            _export_command(source, runtime), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
-    except (OSError, subprocess.SubprocessError) as err:
+    except OSError as err:
         log.warning("calibrating %s in a child process failed (%s); calibrating in process", source.name, err)
         return False
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    with _CHILDREN_LOCK:
+        _CHILDREN.add(child)
+    try:
+        _, stderr = child.communicate(timeout=CHILD_CALIBRATION_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        log.warning("calibrating %s in a child process took too long; calibrating in process", source.name)
+        return False
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(child)
+    if _EXITING.is_set() or child.returncode < 0:
+        raise CalibrationStopped(f"calibrating {source.name} was stopped")
+    if child.returncode != 0:
+        last = (stderr.strip().splitlines() or ["no message"])[-1]
         log.warning("calibrating %s in a child process failed (%s); calibrating in process", source.name, last)
         return False
     return read_choice(spec, runtime) is not None
@@ -589,6 +640,9 @@ def _serve_deferred(
         key = "?"
         try:
             key, final = prepare()
+        except CalibrationStopped as err:  # stopped from outside: nothing went wrong
+            log.info("%s; serving eager PyTorch", err)
+            final = RuntimeChoice(EAGER, runtime, f"{err}: eager PyTorch")
         except Exception as err:  # noqa: BLE001 - serving goes on with eager PyTorch whatever fails here
             log.warning("the serving backend could not be prepared (%s); serving eager PyTorch", err)
             final = RuntimeChoice(EAGER, runtime, "the serving backend could not be prepared: eager PyTorch")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -894,3 +895,36 @@ def test_a_calibration_stops_timing_once_the_fastest_is_beyond_doubt():
         until_clear=True,
     )
     assert calls["uneven"] == 1 + 7
+
+
+def test_a_calibration_child_stops_with_its_parent_and_a_stopped_one_is_not_redone_in_process(monkeypatch):
+    """``_calibrate_apart``'s child (``seglab export``) must not outlive the process that started it, and a
+    child stopped by a signal is not calibrated again in process; a failing child is."""
+    script = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from seg import runtime\n"
+        "runtime._export_command = lambda source, rt: [sys.executable, '-c', 'import time; time.sleep(120)']\n"
+        "runtime.read_choice = lambda spec, rt: None\n"
+        "threading.Thread(target=runtime._calibrate_apart, args=(None, 'auto', Path('x')), daemon=True).start()\n"
+        "deadline = time.time() + 60\n"
+        "while not runtime._CHILDREN and time.time() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print(next(iter(runtime._CHILDREN)).pid, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = int(done.stdout.split()[-1])
+    with pytest.raises(ProcessLookupError):  # stopped and reaped when its parent exited
+        os.kill(child, 0)
+
+    monkeypatch.setattr(runtime, "read_choice", lambda spec, rt: None)
+    signalled = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    monkeypatch.setattr(runtime, "_export_command", lambda source, rt: signalled)
+    with pytest.raises(runtime.CalibrationStopped):
+        runtime._calibrate_apart(None, "auto", REPO_ROOT / "x")
+    failing = [sys.executable, "-c", "raise SystemExit('no dataset')"]
+    monkeypatch.setattr(runtime, "_export_command", lambda source, rt: failing)
+    assert runtime._calibrate_apart(None, "auto", REPO_ROOT / "x") is False  # the caller calibrates in process
