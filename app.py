@@ -8,7 +8,7 @@ import gc
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
-gc.disable()  # while gradio, torch and the tabs load: main() freezes what they made, then collects again
+gc.disable()  # while gradio, torch and the tabs load: main() freezes what they made and turns it back on
 
 from seg.ui.app import main  # noqa: E402  (after the env is set)
 

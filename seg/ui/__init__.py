@@ -17,7 +17,7 @@ def build_app(checkpoint_dir=None):  # re-exported lazily so `import seg.ui` sta
 
 def main(argv: list[str] | None = None) -> None:
     """``seglab-app``: ``seg.ui.app.main`` with the garbage collector paused while gradio, torch and the tabs
-    load, as ``python app.py`` does (``seg.ui.app.main`` freezes what they made, then collects again)."""
+    load, as ``python app.py`` does (``seg.ui.app.main`` freezes what they made and turns it back on)."""
     gc.disable()
     from seg.ui.app import main as _main
 

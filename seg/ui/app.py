@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def settle_startup_heap() -> None:
     """Freeze the objects made at start-up (modules, the page's components) out of the garbage collector,
-    and collect again if the caller paused it for the imports (``python app.py``, ``seglab-app``).
+    and turn it back on if the caller paused it for the imports (``python app.py``, ``seglab-app``).
 
     A full collection walked all of them each time: 0.25 s per pass, a pause in whichever request
     triggered it; paused, gradio, torch and the tabs load about a quarter faster. The start-up's own
