@@ -577,6 +577,15 @@ def test_the_apps_entry_points_pause_the_collector_for_the_imports_and_main_resu
             gc.disable()
 
 
+def test_seglab_app_without_the_app_extra_says_what_to_install():
+    from seg.config import REPO_ROOT
+
+    probe = "import sys\nsys.modules['gradio'] = None  # not installed\nfrom seg.ui import main\nmain(['--help'])\n"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "seglab-app: the dashboard needs gradio: pip install 'seglab[app]'"
+
+
 def test_command_line_sets_mode_and_login(tmp_path):
     from seg.deploy import Deployment
     from seg.ui.app import deployment_launch_kwargs, parse_args

@@ -19,6 +19,14 @@ def main(argv: list[str] | None = None) -> None:
     """``seglab-app``: ``seg.ui.app.main`` with the garbage collector paused while gradio, torch and the tabs
     load, as ``python app.py`` does (``seg.ui.app.main`` freezes what they made and turns it back on)."""
     gc.disable()
-    from seg.ui.app import main as _main
-
+    try:
+        from seg.ui.app import main as _main
+    except ModuleNotFoundError as err:
+        if err.name not in APP_PACKAGES:
+            raise
+        raise SystemExit(f"seglab-app: the dashboard needs {err.name}: pip install 'seglab[app]'") from None
     _main(argv)
+
+
+#: what the dashboard imports beyond the core (the ``app`` extra)
+APP_PACKAGES = ("gradio", "gradio_client", "plotly")
