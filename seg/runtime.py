@@ -403,9 +403,10 @@ class _OpenVinoEngine:
     """An OpenVINO model compiled for one precision; static shapes compiled per input shape when
     the part's spatial size is fixed (a few percent faster than a dynamic compile).
 
-    Each compiled model keeps one infer request, used by one call at a time: a new request per call
-    set up its input and output tensors afresh each time (0.7 of a served U-Net's 6.4 ms). ``infer``
-    copies the outputs out of the request, so an answer never changes under its caller.
+    Each compiled model keeps one infer request: a new request per call set up its input and output
+    tensors afresh each time (0.7 of a served U-Net's 6.4 ms). Calls come one at a time (``RuntimePart``
+    serialises them); ``infer`` copies the outputs out of the request, so an answer never changes under
+    its caller.
     """
 
     MAX_STATIC = 4
@@ -419,7 +420,6 @@ class _OpenVinoEngine:
             "PERFORMANCE_HINT": "LATENCY",
         }
         self.static = static
-        self._lock = threading.Lock()
         self.dynamic = None
         if not static:
             compiled = core.compile_model(self.model, "CPU", self.config)
@@ -442,10 +442,9 @@ class _OpenVinoEngine:
         return entry
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        with self._lock:
-            compiled, request = self._for(tuple(a.shape for a in arrays))
-            result = request.infer(arrays)  # outputs copied out of the request (share_outputs=False)
-            return [result[out] for out in compiled.outputs]
+        compiled, request = self._for(tuple(a.shape for a in arrays))
+        result = request.infer(arrays)  # outputs copied out of the request (share_outputs=False)
+        return [result[out] for out in compiled.outputs]
 
 
 class RuntimePart(nn.Module):

@@ -1,11 +1,15 @@
 """The Gradio dashboard: one module per tab, small shared modules by concern, assembly in ``app``.
 
-Importing ``seg.ui`` needs gradio; the core ``seg`` package never imports it.
+The tabs and ``seg.ui.app`` need gradio; ``import seg.ui`` itself does not (its names import lazily), and
+the core ``seg`` package never imports the UI.
 """
 
 from __future__ import annotations
 
 import gc
+
+#: what the dashboard imports beyond the core (the ``app`` extra)
+APP_PACKAGES = ("gradio", "gradio_client", "plotly")
 
 
 def build_app(checkpoint_dir=None):  # re-exported lazily so `import seg.ui` stays cheap
@@ -26,7 +30,3 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(f"seglab-app: the dashboard needs {err.name}: pip install 'seglab[app]'") from None
     _main(argv)
-
-
-#: what the dashboard imports beyond the core (the ``app`` extra)
-APP_PACKAGES = ("gradio", "gradio_client", "plotly")
