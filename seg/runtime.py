@@ -1169,8 +1169,11 @@ def _int8_files_exist(folder: Path, spec: ServingSpec, backend: str) -> bool:
     return all((folder / f"{_part_file(p)}{suffix}").is_file() for p in spec.parts)
 
 
-def _calibration_inputs(model: nn.Module, spec: ServingSpec) -> dict[str, list[tuple]] | None:
-    calls = spec.calibration_inputs()
+def _calibration_inputs(
+    model: nn.Module, spec: ServingSpec, calls: list[tuple] | None = None
+) -> dict[str, list[tuple]] | None:
+    """Each part's int8 calibration inputs for ``calls`` (default: all of ``spec.calibration_inputs()``)."""
+    calls = spec.calibration_inputs() if calls is None else calls
     if not calls:
         return None
     if list(spec.parts) == [""]:  # the whole model is the one part: its inputs are the calls, no forward needed
@@ -1276,8 +1279,9 @@ def calibrate(
 
     An int8 backend not yet exported is first quantised on one calibration image and timed as such
     (the graph, hence the speed, is the same); only a candidate that comes up for the agreement check
-    is quantised on every calibration image. Quantisation is most of a cold calibration, and only
-    one int8 backend is usually checked.
+    is quantised on every calibration image, whose inputs are gathered only then (a part's inputs cost a
+    forward pass of the whole model per image). Quantisation is most of a cold calibration, and only one
+    int8 backend is usually checked.
     """
     say = progress or (lambda message: log.info(message))
     examples = spec.example_inputs()
@@ -1286,11 +1290,20 @@ def calibrate(
     shipped = read_int8_params(spec.key, int8_recipe(spec))
     if shipped and set(spec.parts) <= set(shipped["parts"]) and "openvino-int8" not in int8_exported:
         int8_exported.append("openvino-int8")  # rebuilt from the shipped parameters, never a draft
-    calibration = None if len(int8_exported) == 2 else _calibration_inputs(model, spec)
-    backends = candidate_backends(requested, int8=calibration is not None or bool(int8_exported))
-    if calibration is None:  # without training images only what exists (or is shipped) can be int8
+    calls = spec.calibration_inputs() if len(int8_exported) < 2 else None
+    # a draft needs one image's inputs; a part's inputs can cost a forward pass of the whole model each
+    one_image = _calibration_inputs(model, spec, calls[:1]) if calls else None
+    everything: dict[str, dict[str, list[tuple]] | None] = {}
+
+    def calibration() -> dict[str, list[tuple]] | None:
+        """Every calibration image's inputs: gathered once, only when an int8 candidate is quantised in full."""
+        if "all" not in everything:
+            everything["all"] = _calibration_inputs(model, spec, calls) if calls else None
+        return everything["all"]
+
+    backends = candidate_backends(requested, int8=one_image is not None or bool(int8_exported))
+    if one_image is None:  # without training images only what exists (or is shipped) can be int8
         backends = [b for b in backends if not b.endswith("int8") or b in int8_exported]
-    one_image = {part: calls[:1] for part, calls in calibration.items()} if calibration else None
     captured = capture_parts(model, list(spec.parts), examples[:1])
     served: dict[str, nn.Module] = {EAGER: model}
     skipped: dict[str, str] = {}
@@ -1299,9 +1312,7 @@ def calibrate(
         draft = backend.endswith("int8") and backend not in int8_exported and one_image is not None
         say(f"exporting for {backend}" + (" (a draft quantised on one image, to time)" if draft else ""))
         try:
-            served[backend] = build_serving(
-                model, spec, backend, captured, one_image if draft else calibration, draft=draft
-            )
+            served[backend] = build_serving(model, spec, backend, captured, one_image if draft else None, draft=draft)
             if draft:
                 drafts.add(backend)
         except Exception as err:  # noqa: BLE001 - a backend that cannot export is simply not a candidate
@@ -1331,7 +1342,7 @@ def calibrate(
         if label in drafts:  # the fastest left: quantise it on every calibration image before checking it
             say(f"quantising {label} on every calibration image")
             try:
-                served[label] = build_serving(model, spec, backend, captured, calibration)
+                served[label] = build_serving(model, spec, backend, captured, calibration())
             except Exception as err:  # noqa: BLE001 - as for a failed export
                 log.warning("%s is not usable for this model: %s", label, err)
                 skipped[label] = f"export failed: {_first_line(err)}"
@@ -1384,7 +1395,9 @@ def calibrate(
             for subset in spec.fallback_parts:
                 fallback = part_label(backend, subset)
                 try:
-                    served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
+                    served[fallback] = build_serving(
+                        model, spec, backend, captured, everything.get("all"), parts=subset
+                    )  # without the inputs, a part's int8 file not yet made has them gathered there
                 except Exception as err:  # noqa: BLE001 - as for a whole backend
                     skipped[fallback] = f"export failed: {_first_line(err)}"
                     continue
