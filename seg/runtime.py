@@ -83,6 +83,8 @@ CALIBRATION_IMAGES = 32
 #: interleaved rounds for up to this many seconds (at least three). A large model's gaps between
 #: backends are wide; small models get their seven rounds within a second or two.
 TIMING_WARMUP, TIMING_BUDGET_S = 1, 15.0
+#: A candidate this many times slower than the fastest after one timed round is timed no further.
+TIMING_DROP_BEYOND = 2.0
 #: Packages each backend family needs: both export through ``torch.onnx``, which needs ``onnx``.
 _PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 _RECORD_VERSION = 1
@@ -1229,6 +1231,8 @@ def time_interleaved(
     warmup: int = 2,
     budget_s: float = 30.0,
     until_clear: bool = False,
+    drop_beyond: float | None = None,
+    keep: Sequence[str] = (),
 ) -> dict[str, float]:
     """Median milliseconds per call for each function, called in rotating order each round.
 
@@ -1236,6 +1240,8 @@ def time_interleaved(
     hold even on a shared machine; ``budget_s`` ends the rounds early (at least three).
     ``until_clear``: also end them after three rounds once the fastest function is beyond doubt
     (its slowest call faster than every other function's fastest), which is all a choice needs.
+    ``drop_beyond``: after the first timed round, a function slower than this many times the fastest
+    (unless in ``keep``) is not called again: one call ranks it, and the slowest cost the most to time.
     """
     names = list(functions)
     with torch.inference_mode():
@@ -1250,6 +1256,9 @@ def time_interleaved(
                 t0 = time.perf_counter()
                 functions[name]()
                 times[name].append(time.perf_counter() - t0)
+            if r == 0 and drop_beyond is not None:
+                fastest = min(v[0] for v in times.values())
+                names = [n for n in names if n in keep or times[n][0] <= drop_beyond * fastest]
             if r >= 2 and (time.perf_counter() - start > budget_s or (until_clear and _fastest_is_clear(times))):
                 break
     return {n: statistics.median(v) * 1000.0 for n, v in times.items()}
@@ -1327,6 +1336,8 @@ def calibrate(
         warmup=TIMING_WARMUP,
         budget_s=TIMING_BUDGET_S,
         until_clear=True,
+        drop_beyond=TIMING_DROP_BEYOND,
+        keep=[EAGER],  # every speed-up is a ratio to it
     )
     eager_ms = timings[EAGER]
     agreement: dict[str, dict] = {}

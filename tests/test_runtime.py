@@ -897,6 +897,36 @@ def test_a_calibration_stops_timing_once_the_fastest_is_beyond_doubt():
     assert calls["uneven"] == 1 + 7
 
 
+def test_a_calibration_times_a_candidate_far_slower_than_the_fastest_once():
+    """After one timed round, a candidate over ``drop_beyond`` times the fastest is called no more (its one
+    call ranks it) unless it is kept, as eager is; the others go on for their rounds."""
+    import time
+
+    calls = {"fast": 0, "near": 0, "far": 0, "kept": 0}
+
+    def sleeps(name: str, seconds: float) -> Callable[[], None]:
+        def call() -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return call
+
+    timings = runtime.time_interleaved(
+        {
+            "fast": sleeps("fast", 0.002),
+            "near": sleeps("near", 0.003),
+            "far": sleeps("far", 0.03),
+            "kept": sleeps("kept", 0.03),
+        },
+        rounds=5,
+        warmup=1,
+        drop_beyond=2.0,
+        keep=["kept"],
+    )
+    assert calls == {"fast": 1 + 5, "near": 1 + 5, "far": 1 + 1, "kept": 1 + 5}
+    assert set(timings) == set(calls) and timings["fast"] < timings["near"] < timings["far"]
+
+
 def test_a_calibration_child_stops_with_its_parent_and_a_stopped_one_is_not_redone_in_process(monkeypatch):
     """``_calibrate_apart``'s child (``seglab export``) must not outlive the process that started it, and a
     child stopped by a signal is not calibrated again in process; a failing child is."""
