@@ -252,6 +252,41 @@ def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_che
         assert served(calls[0][0]).shape == tiny(calls[0][0]).shape
 
 
+@pytest.mark.parametrize("fastest", ["openvino-fp32", "openvino-int8"])
+def test_every_images_int8_inputs_are_gathered_only_for_a_draft_that_is_checked(monkeypatch, tmp_path, fastest):
+    """A draft is quantised on one image's inputs, so only that image's are gathered to time it (a part's
+    inputs cost a forward pass of the whole model each); every image's only when the draft comes up for
+    its check, and not at all when another candidate wins."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    gathered: list[int] = []
+    real = runtime._calibration_inputs
+
+    def counting(model, spec, calls=None):
+        inputs = real(model, spec, calls)
+        gathered.append(len(next(iter(inputs.values()))))
+        return inputs
+
+    monkeypatch.setattr(runtime, "_calibration_inputs", counting)
+    spec = runtime.ServingSpec(
+        runtime.weights_key(tiny),
+        {"": (0,)},
+        lambda: calls[:1],
+        lambda: calls,
+        agreement=lambda module: runtime.Agreement(True, {}, ""),  # the fastest is checked, and passes
+    )
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
+    monkeypatch.setattr(
+        runtime, "time_interleaved", lambda functions, **k: {n: 10.0 if n == fastest else 20.0 for n in functions}
+    )
+    choice = runtime.calibrate(tiny, spec, "openvino")
+    assert choice.backend == fastest
+    assert gathered == ([1, len(calls)] if fastest == "openvino-int8" else [1])
+
+
 def test_calibration_inputs_of_a_whole_model_are_its_calls_without_a_forward():
     tiny = _TinySegmenter()
     calls = [(torch.rand(1, 3, 32, 48),) for _ in range(3)]
