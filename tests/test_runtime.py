@@ -209,14 +209,35 @@ def test_without_val_data_only_an_exact_backend_is_chosen_and_the_choice_is_reco
     assert choice.measured_now and not again_choice.measured_now  # what the shipped-model tests rely on
 
 
-def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_checked(monkeypatch, tmp_path):
-    """A cold calibration quantises each int8 backend on one image to time it; the candidate that comes
-    up for the agreement check is quantised on every calibration image first, and no draft file is left."""
+def _tiny_calibration(monkeypatch, tmp_path, fastest: str, checked: list | None = None) -> tuple:
+    """(model, its four calibration calls, its spec) for a calibration where ``fastest`` times fastest and
+    every candidate checked passes (and is appended to ``checked``)."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
     tiny = _TinySegmenter()
     calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+
+    def agreement(module):
+        if checked is not None:
+            checked.append(module)
+        return runtime.Agreement(True, {}, "")
+
+    spec = runtime.ServingSpec(
+        runtime.weights_key(tiny), {"": (0,)}, lambda: calls[:1], lambda: calls, agreement=agreement
+    )
+    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)  # a tiny model gains nothing: check whatever is fastest
+    monkeypatch.setattr(
+        runtime, "time_interleaved", lambda functions, **k: {n: 10.0 if n == fastest else 20.0 for n in functions}
+    )
+    return tiny, calls, spec
+
+
+def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_checked(monkeypatch, tmp_path):
+    """A cold calibration quantises each int8 backend on one image to time it; the candidate that comes
+    up for the agreement check is quantised on every calibration image first, and no draft file is left."""
+    checked: list[runtime.RuntimePart] = []
+    tiny, calls, spec = _tiny_calibration(monkeypatch, tmp_path, "openvino-int8", checked)
     quantised: list[int] = []
     real = runtime._quantise_openvino
 
@@ -225,21 +246,6 @@ def test_int8_is_timed_as_a_one_image_draft_and_quantised_in_full_only_to_be_che
         real(onnx_path, calibration, out, *recipe)
 
     monkeypatch.setattr(runtime, "_quantise_openvino", counting)
-    checked: list[runtime.RuntimePart] = []
-
-    def agreement(module):  # every candidate passes: the fastest one is checked, and chosen
-        checked.append(module)
-        return runtime.Agreement(True, {}, "")
-
-    spec = runtime.ServingSpec(
-        runtime.weights_key(tiny), {"": (0,)}, lambda: calls[:1], lambda: calls, agreement=agreement
-    )
-    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)  # a tiny model gains nothing: check whatever is fastest
-    monkeypatch.setattr(
-        runtime,
-        "time_interleaved",
-        lambda functions, **k: {n: 10.0 if n == "openvino-int8" else 20.0 for n in functions},
-    )
     choice = runtime.calibrate(tiny, spec, "openvino")
     assert choice.backend == "openvino-int8" and len(checked) == 1
     assert quantised == [1, len(calls)], "a one-image draft to time, then the full quantisation to check and serve"
@@ -257,31 +263,16 @@ def test_every_images_int8_inputs_are_gathered_only_for_a_draft_that_is_checked(
     """A draft is quantised on one image's inputs, so only that image's are gathered to time it (a part's
     inputs cost a forward pass of the whole model each); every image's only when the draft comes up for
     its check, and not at all when another candidate wins."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
-    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
-    tiny = _TinySegmenter()
-    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    tiny, calls, spec = _tiny_calibration(monkeypatch, tmp_path, fastest)
     gathered: list[int] = []
     real = runtime._calibration_inputs
 
-    def counting(model, spec, calls=None):
-        inputs = real(model, spec, calls)
+    def counting(model, of, images=None):  # how many images each gathering covers
+        inputs = real(model, of, images)
         gathered.append(len(next(iter(inputs.values()))))
         return inputs
 
     monkeypatch.setattr(runtime, "_calibration_inputs", counting)
-    spec = runtime.ServingSpec(
-        runtime.weights_key(tiny),
-        {"": (0,)},
-        lambda: calls[:1],
-        lambda: calls,
-        agreement=lambda module: runtime.Agreement(True, {}, ""),  # the fastest is checked, and passes
-    )
-    monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
-    monkeypatch.setattr(
-        runtime, "time_interleaved", lambda functions, **k: {n: 10.0 if n == fastest else 20.0 for n in functions}
-    )
     choice = runtime.calibrate(tiny, spec, "openvino")
     assert choice.backend == fastest
     assert gathered == ([1, len(calls)] if fastest == "openvino-int8" else [1])
