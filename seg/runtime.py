@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -1114,15 +1115,17 @@ def build_serving(
     spec: ServingSpec,
     backend: str,
     captured: dict[str, _Captured] | None = None,
-    calibration: dict[str, list[tuple]] | None = None,
+    calibration: dict[str, list[tuple]] | Callable[[], dict[str, list[tuple]] | None] | None = None,
     parts: Sequence[str] | None = None,
     draft: bool = False,
 ) -> nn.Module:
     """The model served by ``backend``: the model itself for eager, else with each part replaced.
 
     ``parts``: only these of the spec's parts (None: all). Exports already in the cache are loaded
-    as they are: no example input is run then. ``draft``: int8 parts quantised on ``calibration`` as
-    given, into files of their own (see ``_build_part``).
+    as they are: no example input is run then. ``calibration``: each part's int8 calibration inputs,
+    or a function giving them, called only when an int8 file is made (None: gathered here then).
+    ``draft``: int8 parts quantised on ``calibration`` as given, into files of their own (see
+    ``_build_part``).
     """
     if backend == EAGER:
         return model
@@ -1134,12 +1137,13 @@ def build_serving(
             cache["captured"] = capture_parts(model, list(spec.parts), spec.example_inputs()[:1])
         return cache["captured"]
 
-    calls: dict[str, dict[str, list[tuple]] | None] = {} if calibration is None else {"all": calibration}
+    calls: dict[str, dict[str, list[tuple]] | None] = {"all": calibration} if isinstance(calibration, dict) else {}
+    gather = calibration if callable(calibration) else lambda: _calibration_inputs(model, spec)
 
     def calibration_of(part: str) -> Callable[[], list[tuple] | None]:
         def inputs() -> list[tuple] | None:
             if "all" not in calls:  # only when an int8 file is made, and neither the cache nor parameters had it
-                calls["all"] = _calibration_inputs(model, spec)
+                calls["all"] = gather()
             return (calls["all"] or {}).get(part)
 
         return inputs
@@ -1302,13 +1306,11 @@ def calibrate(
     calls = spec.calibration_inputs() if len(int8_exported) < 2 else None
     # a draft needs one image's inputs; a part's inputs can cost a forward pass of the whole model each
     one_image = _calibration_inputs(model, spec, calls[:1]) if calls else None
-    everything: dict[str, dict[str, list[tuple]] | None] = {}
 
+    @functools.cache
     def calibration() -> dict[str, list[tuple]] | None:
-        """Every calibration image's inputs: gathered once, only when an int8 candidate is quantised in full."""
-        if "all" not in everything:
-            everything["all"] = _calibration_inputs(model, spec, calls) if calls else None
-        return everything["all"]
+        """Every calibration image's inputs: gathered once, only when an int8 file is made in full."""
+        return _calibration_inputs(model, spec, calls) if calls else None
 
     backends = candidate_backends(requested, int8=one_image is not None or bool(int8_exported))
     if one_image is None:  # without training images only what exists (or is shipped) can be int8
@@ -1321,7 +1323,9 @@ def calibrate(
         draft = backend.endswith("int8") and backend not in int8_exported and one_image is not None
         say(f"exporting for {backend}" + (" (a draft quantised on one image, to time)" if draft else ""))
         try:
-            served[backend] = build_serving(model, spec, backend, captured, one_image if draft else None, draft=draft)
+            served[backend] = build_serving(
+                model, spec, backend, captured, one_image if draft else calibration, draft=draft
+            )
             if draft:
                 drafts.add(backend)
         except Exception as err:  # noqa: BLE001 - a backend that cannot export is simply not a candidate
@@ -1353,7 +1357,7 @@ def calibrate(
         if label in drafts:  # the fastest left: quantise it on every calibration image before checking it
             say(f"quantising {label} on every calibration image")
             try:
-                served[label] = build_serving(model, spec, backend, captured, calibration())
+                served[label] = build_serving(model, spec, backend, captured, calibration)
             except Exception as err:  # noqa: BLE001 - as for a failed export
                 log.warning("%s is not usable for this model: %s", label, err)
                 skipped[label] = f"export failed: {_first_line(err)}"
@@ -1406,9 +1410,7 @@ def calibrate(
             for subset in spec.fallback_parts:
                 fallback = part_label(backend, subset)
                 try:
-                    served[fallback] = build_serving(
-                        model, spec, backend, captured, everything.get("all"), parts=subset
-                    )  # without the inputs, a part's int8 file not yet made has them gathered there
+                    served[fallback] = build_serving(model, spec, backend, captured, calibration, parts=subset)
                 except Exception as err:  # noqa: BLE001 - as for a whole backend
                     skipped[fallback] = f"export failed: {_first_line(err)}"
                     continue
