@@ -28,11 +28,15 @@ def at_checked_threads(request, spec: runtime.ServingSpec) -> None:
     can depend on it: the shipped Mask R-CNN's int8 graph keeps the contract at 2 threads but not at 1
     (its parameters record both), and at 1 a slower backend is chosen after every int8 one is checked."""
     params = runtime.read_int8_params(spec.key, runtime.int8_recipe(spec))
-    if params is None or params["agreement"]["threads"] > (os.cpu_count() or 1):
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(params["agreement"]["threads"])
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    if params is not None and params["agreement"]["threads"] <= (os.cpu_count() or 1):
+        threads_for_this_test(request, params["agreement"]["threads"])
+
+
+def threads_for_this_test(request, threads: int) -> None:
+    """torch's thread count set to ``threads`` until the test ends."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    request.addfinalizer(lambda: torch.set_num_threads(before))
 
 
 @pytest.mark.slow
@@ -128,9 +132,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(r
     assert params["agreement"]["passed"] and recorded["passed"] and recorded["images"] >= 25
     assert params["agreement"]["context"] == json.loads(json.dumps(spec.context))
     assert {"1", "2"} <= set(params["agreement"]["by_threads"]), remake + " --threads N, for N = 1 and 2"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(params["agreement"]["threads"])  # the count its passing check was made at
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    threads_for_this_test(request, params["agreement"]["threads"])  # the count its passing check was made at
 
     # fastest on record: checked on its recorded agreement, chosen, and built from the shipped ranges
     monkeypatch.setattr(
