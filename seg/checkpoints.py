@@ -241,6 +241,9 @@ class ShapeMismatch(ValueError, RuntimeError):
 #: drop, with what the card calls them
 TRAINING_ONLY_HEADS = {"aux_heads.": "deep-supervision", "direction_head.": "direction"}
 AUX_PREFIXES = tuple(TRAINING_ONLY_HEADS)
+#: state-dict prefixes of blocks that start as an identity (``GlobalContext``): a warm restart may add
+#: them to a model trained without, never drop them (that would change its answers)
+IDENTITY_AT_START = {"context.": "global-context"}
 
 
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
@@ -269,17 +272,23 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
                 f"--init-from {path}: {len(wrong)} of its tensors have other shapes than this model's "
                 f"(first: {wrong[0]}); use the --arch values on its card: {card.get('arch_kwargs')}"
             )
-        # training-only heads may be added or dropped between rounds
+        # training-only heads may be added or dropped between rounds, identity blocks added
         differ = set(own) ^ set(state)
         aux = {k for k in differ if k.startswith(AUX_PREFIXES)}
-        if not aux or differ - aux:  # anything else that differs is refused by the strict load
+        added = {k for k in differ - aux if k.startswith(tuple(IDENTITY_AT_START)) and k in own}
+        if (not aux and not added) or differ - aux - added:  # anything else is refused by the strict load
             model.load_state_dict(state)
             return dict(source, loaded="all weights (warm restart)")
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
-        named = [name for prefix, name in TRAINING_ONLY_HEADS.items() if any(k.startswith(prefix) for k in aux)]
-        kinds = " and ".join(named)
-        return dict(source, loaded=f"all weights (warm restart); its {kinds} heads {fresh}")
+        notes = []
+        if aux:
+            fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
+            named = [name for prefix, name in TRAINING_ONLY_HEADS.items() if any(k.startswith(prefix) for k in aux)]
+            notes.append(f"its {' and '.join(named)} heads {fresh}")
+        if added:
+            named = [name for prefix, name in IDENTITY_AT_START.items() if any(k.startswith(prefix) for k in added)]
+            notes.append(f"a {' and '.join(named)} block added as an identity")
+        return dict(source, loaded="all weights (warm restart); " + "; ".join(notes))
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
         raise ValueError(

@@ -156,6 +156,24 @@ def test_fp32_backends_reproduce_eager(sbd_root, unet_parts, backend):
     np.testing.assert_array_equal(eager.predict(image).label, served.predict(image).label)
 
 
+@pytest.mark.parametrize("backend", ["onnx-fp32", "openvino-fp32"])
+def test_a_global_context_block_exports_and_serves_like_eager(backend):
+    pytest.importorskip("onnxruntime" if backend.startswith("onnx") else "openvino")
+    from seg.classes import SBD_CLASSES, SBD_PALETTE
+    from seg.models import create
+
+    torch.manual_seed(0)
+    model = create("unet", num_classes=len(SBD_CLASSES), base_channels=4, depth=3, context=True).eval()
+    torch.nn.init.normal_(model.context.expand.weight, std=0.5)  # as if trained: not an identity
+    card = {"task": "semantic", "classes": list(SBD_CLASSES), "palette": [list(c) for c in SBD_PALETTE]}
+    card |= {"architecture": "unet", "input_size": {"width": 96, "height": 64}}
+    eager = Predictor(model, card, torch.device("cpu"), runtime="eager")
+    served = Predictor(model, card, torch.device("cpu"), runtime=backend)
+    assert served.backend == backend and served.serving is not served.model
+    images = torch.rand(3, 3, 64, 96)
+    assert torch.allclose(eager.predict_probs_batch(images), served.predict_probs_batch(images), atol=1e-4)
+
+
 class _TinySegmenter(torch.nn.Module):
     """A two-layer conv net: fast enough to export, time and serve within a test."""
 

@@ -494,6 +494,39 @@ def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(capsys):
     assert "--rare-repeat applies to semantic models only" in capsys.readouterr().err
 
 
+def test_a_global_context_block_joins_a_trained_model_as_an_identity_and_reads_the_whole_image(sbd_root, tmp_path):
+    from seg.checkpoints import load_checkpoint, warm_start
+    from seg.models import create
+    from seg.models.common import GlobalContext
+
+    settings = dict(model="unet", epochs=1, seed=3, model_kwargs={"base_channels": 4, "depth": 3})
+    list(train(tiny_cnn(sbd_root, out=str(tmp_path / "plain"), **settings)))
+    trained, _ = load_checkpoint(tmp_path / "plain")
+    widened = create("unet", num_classes=9, base_channels=4, depth=3, context=True)
+    assert "global-context block added as an identity" in warm_start(widened, tmp_path / "plain")["loaded"]
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.equal(widened.eval()(x), trained.eval()(x)), "a warm restart starts from the model's answers"
+
+    # a round with the block trains it; dropping it again would change the answers, so it is refused
+    context = dict(settings, model_kwargs=settings["model_kwargs"] | {"context": True})
+    list(train(tiny_cnn(sbd_root, out=str(tmp_path / "ctx"), init_from=str(tmp_path / "plain"), **context)))
+    with_block, card = load_checkpoint(tmp_path / "ctx")
+    assert card["arch_kwargs"]["context"] is True and with_block.context.expand.weight.abs().sum() > 0
+    with pytest.raises(RuntimeError):
+        warm_start(create("unet", num_classes=9, base_channels=4, depth=3), tmp_path / "ctx")
+
+    # every position hears about a change anywhere in the map, at any size
+    block = GlobalContext(8).eval()
+    torch.nn.init.normal_(block.expand.weight)
+    feats = torch.rand(1, 8, 5, 7)
+    changed = feats.clone()
+    changed[..., 0, 0] += 1.0
+    with torch.no_grad():
+        far = block(changed)[..., 4, 6] - block(feats)[..., 4, 6]
+    assert far.abs().max() > 0 and torch.equal(changed[..., 4, 6], feats[..., 4, 6])
+
+
 def test_deep_supervision_trains_decoder_classifiers_that_inference_never_runs(sbd_root, tmp_path, capsys):
     from seg.checkpoints import load_checkpoint, warm_start
     from seg.models import create

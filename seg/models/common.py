@@ -66,5 +66,29 @@ class DoubleConv(nn.Sequential):
         super().__init__(conv_bn_relu(cin, cout, norm=norm), conv_bn_relu(cout, cout, norm=norm))
 
 
+class GlobalContext(nn.Module):
+    """Image-level context added to every position of a feature map (ParseNet, Liu et al. 2015;
+    the additive form of GCNet, Cao et al. 2019).
+
+    A convolutional bottleneck sees a window of the image, not all of it; the spatial mean of the map,
+    sent through a small two-layer transform, tells each position what the whole scene holds (a
+    mountain range behind the building, water below the sky). The last layer starts at zero, so the
+    block is an identity when added to a trained model, and a warm restart starts from that model's
+    answers. A mean over the map exports to every serving runtime at any input size.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 8)
+        self.squeeze = nn.Conv2d(channels, hidden, 1)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+        nn.init.zeros_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return x + self.expand(torch.relu(self.squeeze(pooled)))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

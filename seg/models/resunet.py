@@ -4,6 +4,7 @@ The encoder's five scales (1/2 stem, 1/4 layer1, 1/8 layer2, 1/16 layer3, 1/32 l
 feed a decoder that upsamples and concatenates at each scale, then a light full-
 resolution block. Encoder parameter names start with ``encoder.``, so the training
 schedule can freeze them (stage 1) and unfreeze them with a lower learning rate (stage 2).
+With ``context`` the 1/32 map also gets the image's global context (``GlobalContext``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import Normalize, conv_bn_relu
+from seg.models.common import GlobalContext, Normalize, conv_bn_relu
 from seg.models.encoders import load_encoder_weights
 
 
@@ -34,6 +35,7 @@ class ResUNet(nn.Module):
         encoder_init: str = "none",
         decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16),
         dropout: float = 0.1,
+        context: bool = False,
     ) -> None:
         super().__init__()
         # torchvision imported here, not with the module: it pulls in torch._dynamo (seconds)
@@ -45,6 +47,8 @@ class ResUNet(nn.Module):
         self.encoder_init = load_encoder_weights(self.encoder, encoder_init, ResNet18_Weights.IMAGENET1K_V1)
         d1, d2, d3, d4, d5 = decoder_channels
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        if context:  # only when asked: checkpoints without it keep their state-dict keys
+            self.context = GlobalContext(512)
         self.dec4 = DecoderBlock(512, 256, d1)  # -> 1/16
         self.dec3 = DecoderBlock(d1, 128, d2)  # -> 1/8
         self.dec2 = DecoderBlock(d2, 64, d3)  # -> 1/4
@@ -61,7 +65,10 @@ class ResUNet(nn.Module):
         s1 = e.layer1(e.maxpool(s0))  # 1/4, 64
         s2 = e.layer2(s1)  # 1/8, 128
         s3 = e.layer3(s2)  # 1/16, 256
-        s4 = self.dropout(e.layer4(s3))  # 1/32, 512
+        s4 = e.layer4(s3)  # 1/32, 512
+        if hasattr(self, "context"):
+            s4 = self.context(s4)
+        s4 = self.dropout(s4)
         y = self.dec4(s4, s3)
         y = self.dec3(y, s2)
         y = self.dec2(y, s1)
@@ -78,5 +85,6 @@ def build_resunet(
     encoder_init: str = "none",
     decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16),
     dropout: float = 0.1,
+    context: bool = False,
 ) -> ResUNet:
-    return ResUNet(num_classes, encoder_init, tuple(decoder_channels), dropout)
+    return ResUNet(num_classes, encoder_init, tuple(decoder_channels), dropout, context)

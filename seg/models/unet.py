@@ -7,6 +7,9 @@ the last decoder map, so other heads (e.g. the instance model) can reuse the bod
 With ``aux_heads`` (deep supervision, Lee et al. 2015) each coarser decoder stage also gets a 1x1
 classifier; in training mode their logits are left in ``aux_logits`` for the loss, so the deep
 layers get a gradient of their own. They never run in eval mode (or in an exported graph).
+
+With ``context`` the bottleneck also gets the image's global context (``GlobalContext``) before the
+decoder reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import DoubleConv, Normalize, check_widths
+from seg.models.common import DoubleConv, GlobalContext, Normalize, check_widths
 
 
 @register("unet")
@@ -29,6 +32,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         norm: str = "batch",
         aux_heads: bool = False,
+        context: bool = False,
     ) -> None:
         check_widths("unet", ("base_channels", "depth"), base_channels, depth, 1, 6)
         super().__init__()
@@ -38,6 +42,8 @@ class UNet(nn.Module):
             [DoubleConv(3, chans[0], norm)] + [DoubleConv(chans[i - 1], chans[i], norm) for i in range(1, depth + 1)]
         )
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        if context:  # only when asked: checkpoints without it keep their state-dict keys
+            self.context = GlobalContext(chans[-1])
         self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))])
         self.out_channels = chans[0]
         self.head = nn.Conv2d(chans[0], num_classes, 1)
@@ -57,7 +63,10 @@ class UNet(nn.Module):
                 x = F.max_pool2d(x, 2, ceil_mode=True)
             x = block(x)
             skips.append(x)
-        x = self.dropout(skips.pop())
+        x = skips.pop()
+        if hasattr(self, "context"):
+            x = self.context(x)
+        x = self.dropout(x)
         stages = []
         for block in self.up:
             skip = skips.pop()
