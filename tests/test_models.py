@@ -18,13 +18,36 @@ def test_registry_lists_semantic_models_and_rejects_unknown():
 
 
 @pytest.mark.parametrize(
-    "name,kwargs", [("cnn", {"width": 8}), ("unet", {"base_channels": 8}), ("resunet", {}), ("prior", {})]
+    "name,kwargs",
+    [
+        ("cnn", {"width": 8}),
+        ("unet", {"base_channels": 8}),
+        ("unet", {"base_channels": 8, "context": True}),
+        ("resunet", {}),
+        ("resunet", {"context": True}),
+        ("prior", {}),
+    ],
 )
 def test_output_shape_matches_input(name, kwargs):
     model = create(name, num_classes=9, **kwargs).eval()
     with torch.no_grad():
         for h, w in ((224, 288), (100, 75)):  # odd sizes too
             assert model(torch.rand(2, 3, h, w)).shape == (2, 9, h, w)
+
+
+def test_a_resunet_gains_a_global_context_block_as_an_identity(tmp_path):
+    from seg.checkpoints import save_checkpoint, warm_start
+
+    torch.manual_seed(0)
+    plain = create("resunet", num_classes=9).eval()
+    save_checkpoint(tmp_path / "plain", plain, {"task": "semantic"}, fp16=False)
+    widened = create("resunet", num_classes=9, context=True).eval()
+    assert "global-context block added as an identity" in warm_start(widened, tmp_path / "plain")["loaded"]
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.equal(widened(x), plain(x))
+        torch.nn.init.normal_(widened.context.expand.weight)
+        assert not torch.equal(widened(x), plain(x)), "the block sits on the path to the output"
 
 
 def test_prior_fit_is_per_pixel_frequency():
