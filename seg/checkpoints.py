@@ -246,6 +246,11 @@ AUX_PREFIXES = tuple(TRAINING_ONLY_HEADS)
 IDENTITY_AT_START = {"context.": "global-context"}
 
 
+def _kinds(prefixes: dict[str, str], keys: set[str]) -> str:
+    """What the card calls the blocks whose state-dict ``keys`` start with one of ``prefixes``."""
+    return " and ".join(name for prefix, name in prefixes.items() if any(k.startswith(prefix) for k in keys))
+
+
 def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
     """Start from an earlier checkpoint; returns what the card records about it.
 
@@ -283,11 +288,9 @@ def warm_start(model: torch.nn.Module, path: str | Path) -> dict:
         notes = []
         if aux:
             fresh = "start fresh" if any(k in own for k in aux) else "are dropped"
-            named = [name for prefix, name in TRAINING_ONLY_HEADS.items() if any(k.startswith(prefix) for k in aux)]
-            notes.append(f"its {' and '.join(named)} heads {fresh}")
+            notes.append(f"its {_kinds(TRAINING_ONLY_HEADS, aux)} heads {fresh}")
         if added:
-            named = [name for prefix, name in IDENTITY_AT_START.items() if any(k.startswith(prefix) for k in added)]
-            notes.append(f"a {' and '.join(named)} block added as an identity")
+            notes.append(f"a {_kinds(IDENTITY_AT_START, added)} block added as an identity")
         return dict(source, loaded="all weights (warm restart); " + "; ".join(notes))
     body = getattr(model, "backbone", None)
     if body is None or arch != getattr(body, "arch_name", None):
