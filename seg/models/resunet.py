@@ -47,8 +47,8 @@ class ResUNet(nn.Module):
         self.encoder_init = load_encoder_weights(self.encoder, encoder_init, ResNet18_Weights.IMAGENET1K_V1)
         d1, d2, d3, d4, d5 = decoder_channels
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        if context:  # only when asked: checkpoints without it keep their state-dict keys
-            self.context = GlobalContext(512)
+        # an Identity has no weights, so checkpoints without the block keep their state-dict keys
+        self.context = GlobalContext(512) if context else nn.Identity()
         self.dec4 = DecoderBlock(512, 256, d1)  # -> 1/16
         self.dec3 = DecoderBlock(d1, 128, d2)  # -> 1/8
         self.dec2 = DecoderBlock(d2, 64, d3)  # -> 1/4
@@ -65,10 +65,7 @@ class ResUNet(nn.Module):
         s1 = e.layer1(e.maxpool(s0))  # 1/4, 64
         s2 = e.layer2(s1)  # 1/8, 128
         s3 = e.layer3(s2)  # 1/16, 256
-        s4 = e.layer4(s3)  # 1/32, 512
-        if hasattr(self, "context"):
-            s4 = self.context(s4)
-        s4 = self.dropout(s4)
+        s4 = self.dropout(self.context(e.layer4(s3)))  # 1/32, 512
         y = self.dec4(s4, s3)
         y = self.dec3(y, s2)
         y = self.dec2(y, s1)

@@ -42,8 +42,8 @@ class UNet(nn.Module):
             [DoubleConv(3, chans[0], norm)] + [DoubleConv(chans[i - 1], chans[i], norm) for i in range(1, depth + 1)]
         )
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        if context:  # only when asked: checkpoints without it keep their state-dict keys
-            self.context = GlobalContext(chans[-1])
+        # an Identity has no weights, so checkpoints without the block keep their state-dict keys
+        self.context = GlobalContext(chans[-1]) if context else nn.Identity()
         self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))])
         self.out_channels = chans[0]
         self.head = nn.Conv2d(chans[0], num_classes, 1)
@@ -63,10 +63,7 @@ class UNet(nn.Module):
                 x = F.max_pool2d(x, 2, ceil_mode=True)
             x = block(x)
             skips.append(x)
-        x = skips.pop()
-        if hasattr(self, "context"):
-            x = self.context(x)
-        x = self.dropout(x)
+        x = self.dropout(self.context(skips.pop()))
         stages = []
         for block in self.up:
             skip = skips.pop()
