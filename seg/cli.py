@@ -48,6 +48,7 @@ INSTANCE_ONLY = {
     "work_height": "--train-size",
     "fg_balance": "--class-weights",
     "direction": None,
+    "copy_paste": None,
     "val_images": "--limit",
 }
 FLAG_NAMES = {
@@ -72,6 +73,7 @@ FLAG_NAMES = {
     "work_height": "--inst-work-height",
     "fg_balance": "--inst-fg-balance",
     "direction": "--inst-direction",
+    "copy_paste": "--inst-copy-paste",
     "val_images": "--inst-val-images",
 }
 
@@ -330,6 +332,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="dwt: weight of the loss of a training-only head that predicts the direction away from the "
         "nearest boundary (the paper's direction network; inference never runs it; default 0: no head)",
+    )
+    inst.add_argument(
+        "--inst-copy-paste",
+        dest="copy_paste",
+        type=float,
+        default=None,
+        help="share of training crops that get some of another crop's pedestrians pasted over them "
+        "(Simple Copy-Paste; default 0)",
     )
     inst.add_argument(
         "--inst-val-images", dest="val_images", type=int, default=None, help="validate on the first N val images"

@@ -74,6 +74,7 @@ class InstanceOptions:
     work_height: int | None = None  # dwt: image height it is trained and run at (default 224)
     fg_balance: float | None = None  # dwt: size-balanced foreground loss term
     direction: float | None = None  # dwt: weight of the direction head's loss (0: no such head)
+    copy_paste: float | None = None  # share of crops with another crop's pedestrians pasted in
     val_images: int | None = None  # validate on the first N val images
 
     def __post_init__(self) -> None:
@@ -81,6 +82,7 @@ class InstanceOptions:
         _at_least("--inst-work-height", self.work_height, 32)
         _in_range("--inst-fg-balance", self.fg_balance, 0.0)
         _in_range("--inst-direction", self.direction, 0.0)
+        _in_range("--inst-copy-paste", self.copy_paste, 0.0, 1.0)
         _at_least("--inst-val-images", self.val_images, 1)
 
 

@@ -9,11 +9,13 @@ import pytest
 
 from seg.instances.data import (
     InstanceAugment,
+    InstanceSample,
     boxes_from_ids,
     ids_for_split,
     list_ids,
     load_instance_split,
     load_sample,
+    paste_instances,
     relabel_sequential,
     resize_sample,
 )
@@ -131,3 +133,47 @@ def test_resize_rescales_distance():
     s = InstanceSample("x", np.zeros((40, 40, 3), np.uint8), ids, instance_distance(ids))
     half = resize_sample(s, (20, 20))
     assert half.distance.max() == pytest.approx(s.distance.max() / 2, abs=1)
+
+
+def _painted(ids: np.ndarray, colour: int) -> InstanceSample:
+    return InstanceSample("x", np.full((*ids.shape, 3), colour, np.uint8), ids, instance_distance(ids))
+
+
+def test_copy_paste_covers_the_target_and_keeps_the_energy_exact():
+    target_ids = np.zeros((40, 60), np.int32)
+    target_ids[5:35, 4:20], target_ids[5:35, 30:40], target_ids[20:24, 52:56] = 1, 2, 3
+    source_ids = np.zeros((40, 60), np.int32)
+    source_ids[2:38, 12:26] = 1  # over the right part of target 1 and the gap beside it
+    source_ids[18:26, 50:58] = 2  # covers all of target 3
+    target, source = _painted(target_ids, 10), _painted(source_ids, 200)
+    pasted_both = None
+    for seed in range(20):  # a random half of the source's pedestrians: find the draw that takes both
+        out = paste_instances(target, source, np.random.default_rng(seed), min_area=8)
+        if out.image[20, 15, 0] == out.image[20, 54, 0] == 200:
+            pasted_both = out
+            break
+    assert pasted_both is not None
+    out = pasted_both
+    covered = source_ids > 0
+    assert np.all(out.image[covered] == 200) and np.all(out.image[~covered] == 10)
+    assert np.all(out.instances[covered] > 0) and out.num_instances == 4  # 3 + 2 - the covered one
+    # target 1 keeps its uncovered columns, target 2 is untouched, target 3 (fully covered) is gone
+    kept = out.instances[5:35, 4:12]
+    assert np.unique(kept).size == 1 and kept[0, 0] != out.instances[10, 15]
+    assert np.array_equal(out.instances[5:35, 30:40] > 0, target_ids[5:35, 30:40] > 0)
+    assert np.unique(out.instances[target_ids == 2]).size == 1
+    # the cut pedestrian's distance now ends where the pasted one begins, as if computed on the result
+    np.testing.assert_allclose(out.distance, instance_distance(out.instances), atol=1e-5)
+    assert out.distance[20, 11] == 0 and target.distance[20, 11] > 0
+    # target untouched by the call
+    assert np.array_equal(target.instances, target_ids) and np.all(target.image == 10)
+
+
+def test_copy_paste_takes_at_least_one_pedestrian_and_skips_what_it_cannot_paste():
+    ids = np.zeros((20, 20), np.int32)
+    ids[2:10, 2:10] = 1
+    target = _painted(np.zeros((20, 20), np.int32), 0)
+    for seed in range(8):
+        assert paste_instances(target, _painted(ids, 99), np.random.default_rng(seed)).num_instances == 1
+    assert paste_instances(target, _painted(np.zeros((20, 20), np.int32), 9), np.random.default_rng(0)) is target
+    assert paste_instances(target, _painted(np.zeros((20, 30), np.int32), 9), np.random.default_rng(0)) is target

@@ -188,6 +188,35 @@ def test_dwt_fg_balance_reaches_the_training_loss_and_the_card(pennfudan_root):
         make_task("maskrcnn", pennfudan_root, max_images=1, val_images=1, fg_balance=1.0)
 
 
+def test_copy_paste_reaches_the_batches_of_both_tasks_and_their_cards(pennfudan_root):
+    from seg.cli import build_parser
+    from seg.training import InstanceOptions
+
+    args = build_parser().parse_args(["train", "--model", "maskrcnn", "--out", "x", "--inst-copy-paste", "0.5"])
+    assert args.copy_paste == 0.5
+    with pytest.raises(ValueError, match="--inst-copy-paste"):
+        InstanceOptions(copy_paste=1.5)
+    plain = make_task("dwt", pennfudan_root, max_images=6, val_images=1)
+    again = make_task("dwt", pennfudan_root, max_images=6, val_images=1, copy_paste=0.0)
+    pasted = make_task("dwt", pennfudan_root, max_images=6, val_images=1, copy_paste=1.0)
+    assert plain.card_info()["copy_paste"] == 0.0 and pasted.card_info()["copy_paste"] == 1.0
+    first = [next(iter(t.train_batches(1))) for t in (plain, again, pasted)]
+    assert torch.equal(first[0]["images"], first[1]["images"])  # off: the same draws as before it existed
+    count = [sum(int(ids.max()) for ids in b["instances"]) for b in first]
+    assert count[2] > count[0]  # every crop got pedestrians from another image
+    for ids, levels in zip(first[2]["instances"], first[2]["levels"]):
+        assert torch.all(levels[ids == 0] == 0) and torch.all(levels[ids > 0] >= 0)
+    detector = make_task("maskrcnn", pennfudan_root, max_images=4, val_images=1, copy_paste=1.0)
+    assert detector.card_info()["copy_paste"] == 1.0
+    batch = next(iter(detector.train_batches(1)))
+    for target in batch["targets"]:
+        masks, boxes = target["masks"].bool(), target["boxes"]
+        assert len(masks) == len(boxes) >= 1 and masks.flatten(1).sum(1).min() >= 100  # slivers dropped
+        for mask, box in zip(masks, boxes):  # each box is its mask's, after the paste covered some pixels
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
 def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it(
     pennfudan_root, dwt_checkpoint, tmp_path, capsys
 ):

@@ -30,6 +30,7 @@ from seg.instances.data import (
     InstanceSample,
     boxes_from_ids,
     load_instance_split,
+    paste_instances,
 )
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
@@ -80,6 +81,10 @@ LOSS_NOTE = (
     "away from the nearest boundary, over pedestrian pixels weighted as the energy term; 0 = no such head"
 )
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
+COPY_PASTE_NOTE = (
+    "share of training crops that get a random half of another augmented crop's pedestrians pasted over "
+    "them at the same place (Simple Copy-Paste, Ghiasi et al. 2021); 0 = none"
+)
 
 
 def _batches(
@@ -90,12 +95,21 @@ def _batches(
     seed: int,
     rank: int,
     world: int,
+    copy_paste: float = 0.0,
 ) -> Iterator[list[InstanceSample]]:
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(samples))[rank::world]
     aug_rng = np.random.default_rng([seed, epoch, rank, 1])
+
+    def sample(i: int) -> InstanceSample:
+        out = augment(samples[i], aug_rng)
+        if copy_paste > 0 and len(samples) > 1 and aug_rng.random() < copy_paste:
+            other = (i + int(aug_rng.integers(1, len(samples)))) % len(samples)  # any image but this one
+            out = paste_instances(out, augment(samples[other], aug_rng), aug_rng, augment.min_area)
+        return out
+
     for start in range(0, len(order), batch_size):
-        yield [augment(samples[i], aug_rng) for i in order[start : start + batch_size]]
+        yield [sample(i) for i in order[start : start + batch_size]]
 
 
 def _steps(num_samples: int, batch_size: int, world: int) -> int:
@@ -273,8 +287,10 @@ class DWTTask:
         work_height: int = WORK_HEIGHT,
         fg_balance: float = 0.0,
         direction: float = 0.0,
+        copy_paste: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.copy_paste = float(copy_paste)
         # training loss only: the val loss stays the plain (paper's) loss, comparable across checkpoints
         self.fg_balance = float(fg_balance)
         self.direction = float(direction)
@@ -300,13 +316,17 @@ class DWTTask:
             "train_images": len(self.train),
             "val_images": len(self.val),
             "loss": {"fg_balance": self.fg_balance, "direction": self.direction, "note": LOSS_NOTE},
+            "copy_paste": self.copy_paste,
+            "copy_paste_note": COPY_PASTE_NOTE,
         }
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return _steps(len(self.train), self.batch_size, world)
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
-        for group in _batches(self.train, self.augment, self.batch_size, epoch, self.seed, rank, world):
+        for group in _batches(
+            self.train, self.augment, self.batch_size, epoch, self.seed, rank, world, self.copy_paste
+        ):
             ids = torch.from_numpy(np.stack([s.instances for s in group])).long()
             levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
             batch = {"images": _stack_images(group), "instances": ids, "levels": levels}
@@ -365,8 +385,10 @@ class MaskRCNNTask:
         max_images: int | None = None,
         val_images: int | None = None,
         work_height: int = MASKRCNN_HEIGHT,
+        copy_paste: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.copy_paste = float(copy_paste)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
         self.val = load_instance_split(self.data_dir, "val", work_height, val_images)
@@ -388,13 +410,17 @@ class MaskRCNNTask:
             "train_images": len(self.train),
             "val_images": len(self.val),
             "score_threshold": DETECTION_SCORE_THRESHOLD,
+            "copy_paste": self.copy_paste,
+            "copy_paste_note": COPY_PASTE_NOTE,
         }
 
     def steps_per_epoch(self, world: int = 1) -> int:
         return _steps(len(self.train), self.batch_size, world)
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
-        for group in _batches(self.train, self.augment, self.batch_size, epoch, self.seed, rank, world):
+        for group in _batches(
+            self.train, self.augment, self.batch_size, epoch, self.seed, rank, world, self.copy_paste
+        ):
             images, targets = [], []
             for s in group:
                 images.append(torch.from_numpy(s.image).permute(2, 0, 1).contiguous())
@@ -449,9 +475,10 @@ def make_task(
     work_height: int | None = None,
     fg_balance: float | None = None,
     direction: float | None = None,
+    copy_paste: float | None = None,
 ) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
-    common = {"seed": seed, "max_images": max_images, "val_images": val_images}
+    common = {"seed": seed, "max_images": max_images, "val_images": val_images, "copy_paste": copy_paste or 0.0}
     if model_name == "dwt":
         return DWTTask(
             Path(data_dir),
@@ -498,6 +525,7 @@ def prepare_instances(config: TrainConfig) -> Prepared:
         options.work_height,
         options.fg_balance,
         options.direction,
+        options.copy_paste,
     )
     model = build_model(config)
     source = warm_start(model, config.init_from) if config.init_from else None
