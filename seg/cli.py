@@ -34,6 +34,7 @@ SEMANTIC_ONLY = {
     "deep_supervision": None,
     "focal_gamma": None,
     "rare_repeat": None,
+    "class_mix": "--inst-copy-paste",
     "distill_from": None,
     "distill_weight": None,
     "distill_temperature": None,
@@ -48,7 +49,7 @@ INSTANCE_ONLY = {
     "work_height": "--train-size",
     "fg_balance": "--class-weights",
     "direction": None,
-    "copy_paste": None,
+    "copy_paste": "--class-mix",
     "val_images": "--limit",
 }
 FLAG_NAMES = {
@@ -61,6 +62,7 @@ FLAG_NAMES = {
     "deep_supervision": "--deep-supervision",
     "focal_gamma": "--focal-gamma",
     "rare_repeat": "--rare-repeat",
+    "class_mix": "--class-mix",
     "distill_from": "--distill-from",
     "distill_weight": "--distill-weight",
     "distill_temperature": "--distill-temperature",
@@ -253,6 +255,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="T",
         help="repeat factor sampling: an image whose rarest class is in a share f < T of the train images is "
         "drawn about sqrt(T / f) times an epoch (e.g. 0.3; default 0: each image once)",
+    )
+    sem.add_argument(
+        "--class-mix",
+        dest="class_mix",
+        type=float,
+        default=None,
+        metavar="P",
+        help="ClassMix: a share P of the crops get the pixels of a random half of the classes of another crop "
+        "in the batch pasted over them, labels with them (e.g. 0.5; default 0)",
     )
     sem.add_argument(
         "--distill-from",

@@ -27,7 +27,7 @@ from seg.losses import class_weights, distillation_loss, lovasz_softmax, weighte
 from seg.metrics import SegMetrics
 from seg.models import create
 from seg.train_config import Prepared, SemanticOptions, TrainConfig, default_command
-from seg.transforms import IGNORE, JointAugment
+from seg.transforms import IGNORE, JointAugment, class_mix
 
 #: the default batch size of semantic models (the instance models have their own)
 BATCH_SIZE = 8
@@ -102,10 +102,13 @@ class SemanticTask:
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1):
         order = self.epoch_order(epoch)[rank::world]
         bs = self.batch_size
+        # its own generator: runs without class mixing draw exactly what they drew before it existed
+        mixing = torch.Generator().manual_seed(self.seed * 1000 + epoch * 10 + rank + 1)
         for i in range(0, len(order), bs):
             idx = order[i : i + bs]
             pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]
-            yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            yield class_mix(images, masks, self.options.class_mix, mixing)
 
     @staticmethod
     def _to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:

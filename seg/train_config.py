@@ -35,6 +35,8 @@ class SemanticOptions:
     #: train images holding its rarest class, an epoch holding the factors' sum; 0 = every image once. Pixel
     #: weights alone leave an image with a rare class as rarely seen as before.
     rare_repeat: float = 0.0
+    #: ClassMix: the share of crops that get a random half of the classes of the batch's next crop pasted in
+    class_mix: float = 0.0
     #: a semantic checkpoint (e.g. the ensemble) whose softened answers the model also learns; None = none
     distill_from: str | None = None
     distill_weight: float = 1.0  # weight of the distillation term (only with ``distill_from``)
@@ -64,6 +66,7 @@ class SemanticOptions:
         _in_range("--focal-gamma", self.focal_gamma, 0.0)
         _in_range("--deep-supervision", self.deep_supervision, 0.0)
         _in_range("--rare-repeat", self.rare_repeat, 0.0, 1.0)  # a share of images
+        _in_range("--class-mix", self.class_mix, 0.0, 1.0)
 
 
 @dataclass

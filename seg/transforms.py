@@ -149,3 +149,33 @@ def augment_samples(
     finally:
         torch.random.set_rng_state(state)
     return out
+
+
+def class_mix(
+    images: torch.Tensor, masks: torch.Tensor, share: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClassMix (Olsson et al., WACV 2021): a ``share`` of a batch's crops get the pixels of a random half of
+    the classes in the next crop of the batch, labels with them.
+
+    Scenes become new combinations of the dataset's own regions, with exact labels, so a class is seen
+    against backgrounds it never had (a lake below a building, a car on grass). ``IGNORE`` pixels are
+    never pasted. Returns new tensors; the inputs are left as they are.
+    """
+    n = len(images)
+    if n < 2 or share <= 0:
+        return images, masks
+    mixed_images, mixed_masks = images.clone(), masks.clone()
+    chosen = torch.rand(n, generator=generator) < share
+    for i in torch.nonzero(chosen).flatten().tolist():
+        j = (i + 1) % n
+        classes = masks[j].unique()
+        classes = classes[classes != IGNORE]
+        if len(classes) == 0:
+            continue
+        picked = classes[torch.rand(len(classes), generator=generator) < 0.5]
+        if len(picked) == 0:
+            picked = classes[torch.randint(len(classes), (1,), generator=generator)]
+        region = torch.isin(masks[j], picked)
+        mixed_images[i][:, region] = images[j][:, region]
+        mixed_masks[i][region] = masks[j][region]
+    return mixed_images, mixed_masks

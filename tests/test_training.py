@@ -455,6 +455,29 @@ def test_distillation_flags_are_checked(sbd_root, tmp_path, capsys):
         _teacher("prior", ["sky", "tree", "road", "grass", "water", "building", "mountain", "foreground", "misc"])
 
 
+def test_class_mix_reaches_the_batches_and_leaves_other_runs_as_they_were(capsys):
+    from seg.data.sbd import SegSplit
+
+    masks = torch.arange(8, dtype=torch.uint8)[:, None, None].expand(8, 16, 16).clone()  # one class an image
+    images = (masks * 30)[:, None].expand(8, 3, 16, 16).clone()
+    split = SegSplit(images, masks, [str(i) for i in range(8)], list("abcdefgh"))
+    options = {"crop_fraction": None, "color_jitter": 0.0, "flip_p": 0.0}
+
+    def first_batch(**extra) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        task = SemanticTask(split, split, SemanticOptions(**options, **extra), None, batch_size=4)
+        return next(iter(task.train_batches(0)))
+
+    plain, off, mixed = first_batch(), first_batch(class_mix=0.0), first_batch(class_mix=1.0)
+    assert torch.equal(plain[0], off[0]) and torch.equal(plain[1], off[1])
+    # one class an image: every crop became the next crop of the batch, image and labels alike
+    assert torch.equal(mixed[1], plain[1].roll(-1, 0)) and torch.equal(mixed[0], plain[0].roll(-1, 0))
+    with pytest.raises(ValueError, match="--class-mix"):
+        SemanticOptions(class_mix=1.5)
+    assert main(["train", "--model", "dwt", "--out", "x", "--class-mix", "0.5"]) == 2
+    assert "--class-mix applies to semantic models only; for dwt use --inst-copy-paste" in capsys.readouterr().err
+
+
 def test_repeat_factor_sampling_draws_images_of_rare_classes_more_often(capsys):
     """LVIS's rule on a toy split: a class in 1 of 8 images with t = 0.5 gives its image a factor of sqrt(4) = 2;
     an epoch holds round(sum of factors) images (a fixed length: the schedule counts on it), each drawn in

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg.transforms import JointAugment, augment_samples
+from seg.transforms import IGNORE, JointAugment, augment_samples, class_mix
 
 
 def _blocky_pair(h: int = 96, w: int = 128):
@@ -91,3 +91,34 @@ def test_zoom_out_and_rotation_ranges_are_checked():
         JointAugment(zoom_out=0.5)
     with pytest.raises(ValueError, match="rotation"):
         JointAugment(rotate=90)
+
+
+def test_class_mix_pastes_whole_classes_of_the_next_crop_with_their_labels():
+    """Each crop's red channel encodes its labels (20 * class + crop), so a pasted pixel shows where it came from."""
+    n, h, w = 4, 24, 32
+    masks = torch.zeros(n, h, w, dtype=torch.uint8)
+    for i in range(n):
+        masks[i, :, : w // 2], masks[i, :, w // 2 :] = i, i + 4  # two classes a crop, none shared with the next
+        masks[i, :2] = IGNORE
+    red = (masks.int() * 20 + torch.arange(n)[:, None, None]) % 256  # the class and the crop it is from
+    images = torch.stack([red, torch.zeros_like(red), torch.zeros_like(red)], 1).to(torch.uint8)
+    before_images, before_masks = images.clone(), masks.clone()
+    mixed_images, mixed_masks = class_mix(images, masks, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(images, before_images) and torch.equal(masks, before_masks)  # inputs untouched
+    for i in range(n):
+        j = (i + 1) % n
+        changed = mixed_masks[i] != masks[i]
+        assert changed.any()  # at least one class of the next crop came in
+        # every changed pixel carries the next crop's label and colour, and whole classes came, never IGNORE
+        assert torch.equal(mixed_masks[i][changed], masks[j][changed])
+        assert torch.equal(mixed_images[i][:, changed], images[j][:, changed])
+        for c in masks[j][changed].unique():
+            assert torch.equal(changed & (masks[j] == c), masks[j] == c)
+        assert torch.equal(mixed_masks[i][:2], masks[i][:2])
+    same = class_mix(images, masks, 0.0, torch.Generator().manual_seed(0))
+    assert same[0] is images and same[1] is masks
+    # about half the crops at a share of 0.5, over many batches
+    g, hits = torch.Generator().manual_seed(1), 0
+    for _ in range(200):
+        hits += int((class_mix(images, masks, 0.5, g)[1] != masks).flatten(1).any(1).sum())
+    assert 0.4 < hits / (200 * n) < 0.6
