@@ -537,6 +537,38 @@ def test_ensemble_averages_its_members_and_round_trips(tmp_path, pennfudan_root)
     assert main(["ensemble-instances", str(paths[0]), str(tmp_path / "sem"), "--out", str(tmp_path / "bad")]) == 1
 
 
+def test_a_member_taken_out_of_an_ensemble_trains_on_and_recombines(tmp_path, pennfudan_root, dwt_checkpoint):
+    from seg.instances.ensemble import combine
+
+    combine([dwt_checkpoint, dwt_checkpoint], tmp_path / "pair")
+    ensemble, _ = load_checkpoint(tmp_path / "pair")
+    assert main(["ensemble-instances", str(tmp_path / "pair"), "--take", "1", "--out", str(tmp_path / "m1")]) == 0
+    member, card = load_checkpoint(tmp_path / "m1")
+    taken = ensemble.members[1].state_dict()
+    assert all(torch.equal(v, taken[k]) for k, v in member.state_dict().items())  # its weights, unchanged
+    original = load_checkpoint(dwt_checkpoint)[1]
+    assert card["architecture"] == "dwt" and card["pretrained"] is False
+    assert card["encoder_init"] == original["encoder_init"]  # where the member's weights first came from
+    assert card["init_from"]["architecture"] == "dwt_ensemble" and card["init_from"]["checkpoint"] == "pair"
+    assert card["init_from"]["command"] == original["command"] and "--take 1" in card["command"]
+    # trained further, its lineage leads back through the ensemble; the new ensemble says so
+    assert (
+        train_dwt(
+            pennfudan_root,
+            tmp_path / "m1b",
+            "--inst-max-images 2 --inst-val-images 1 --arch base_channels=8 --inst-copy-paste 1",
+            init_from=tmp_path / "m1",
+        )
+        == 0
+    )
+    again = combine([tmp_path / "m1b", dwt_checkpoint], tmp_path / "pair2")
+    assert again["encoder_init"].startswith("members: 1x a member of this project's 'pair' DWT ensemble, then 1 warm")
+    assert load_checkpoint(tmp_path / "m1b")[1]["copy_paste"] == 1.0
+    for bad in ([str(tmp_path / "pair"), "--take", "2"], [str(tmp_path / "pair"), str(dwt_checkpoint), "--take", "0"]):
+        assert main(["ensemble-instances", *bad, "--out", str(tmp_path / "x")]) == 1
+    assert main(["ensemble-instances", str(dwt_checkpoint), "--take", "0", "--out", str(tmp_path / "x")]) == 1
+
+
 def test_predictor_ranks_alternatives_after_the_partition(dwt_checkpoint, pennfudan_root):
     from dataclasses import replace
 

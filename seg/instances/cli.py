@@ -1,4 +1,4 @@
-"""The instance models' own commands: ``tune-instances`` and ``ensemble-instances``.
+"""The instance models' own commands: ``tune-instances`` and ``ensemble-instances`` (which also takes a member out).
 
 Training, evaluation and prediction of instance checkpoints go through the shared
 ``train``/``eval``/``predict`` commands of ``seg.cli``, which dispatch on the card's task.
@@ -35,10 +35,20 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_tune_instances)
 
     p = subparsers.add_parser(
-        "ensemble-instances", help="combine DWT checkpoints into one ensemble checkpoint (then tune-instances)"
+        "ensemble-instances",
+        help="combine DWT checkpoints into one ensemble checkpoint (then tune-instances), or take one member out",
     )
-    p.add_argument("members", nargs="+", help="two or more dwt checkpoints of the same architecture")
+    p.add_argument(
+        "members", nargs="+", help="two or more dwt checkpoints of the same architecture (with --take: one ensemble)"
+    )
     p.add_argument("--out", required=True, help="output checkpoint stem")
+    p.add_argument(
+        "--take",
+        type=int,
+        default=None,
+        metavar="K",
+        help="write member K (from 0) of the one dwt_ensemble given as a plain dwt checkpoint, to train it further",
+    )
     p.set_defaults(func=cmd_ensemble_instances)
 
 
@@ -62,9 +72,15 @@ def cmd_tune_instances(args: argparse.Namespace) -> int:
 
 def cmd_ensemble_instances(args: argparse.Namespace) -> int:
     from seg.checkpoints import CheckpointError
-    from seg.instances.ensemble import combine
+    from seg.instances.ensemble import combine, take_member
 
     try:
+        if args.take is not None:
+            if len(args.members) != 1:
+                raise ValueError("--take reads one ensemble checkpoint")
+            take_member(args.members[0], args.take, args.out)
+            print(f"wrote {args.out} (member {args.take} of {args.members[0]})")
+            return 0
         card = combine(args.members, args.out)
     except (FileNotFoundError, ValueError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,10 +1,11 @@
-"""Combine trained DWT checkpoints into one ``dwt_ensemble`` checkpoint.
+"""Combine trained DWT checkpoints into one ``dwt_ensemble`` checkpoint, or take one member out.
 
 Each member is a checkpoint trained by ``python -m seg train --model dwt``; the ensemble
 averages their foreground and energy-level probabilities (see ``DWTEnsemble``). Members
 must share the architecture and the energy levels; the card keeps every member's
 command, initialisation and validation scores, and says the post-processing must be
-re-tuned (``tune-instances``) for the averaged maps.
+re-tuned (``tune-instances``) for the averaged maps. ``take_member`` writes one member back
+out as a plain DWT, so an ensemble's members can be trained further and combined again.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def _init_summary(card: dict) -> str:
     source, restarts = card.get("init_from") or {}, 0
     while source.get("architecture") == "dwt":  # follow warm restarts back to the first start
         source, restarts = source.get("earlier") or {}, restarts + 1
-    if source.get("architecture") is not None:
+    if source.get("architecture") == "dwt_ensemble":  # a member taken out (its own start is on its card)
+        start = f"a member of this project's {source.get('checkpoint')!r} DWT ensemble"
+    elif source.get("architecture") is not None:
         start = f"body from this project's {source.get('dataset')} {source.get('checkpoint')!r} checkpoint"
     elif card.get("pretrained"):
         start = str(card.get("encoder_init"))
@@ -106,3 +109,52 @@ def combine(paths: list[str | Path], out: str | Path) -> dict:
     )
     save_checkpoint(out, ensemble, card)
     return card
+
+
+def take_member(ensemble: str | Path, index: int, out: str | Path) -> dict:
+    """Write member ``index`` (from 0) of a ``dwt_ensemble`` checkpoint to ``out`` as a plain DWT; returns its card.
+
+    The weights are the member's, unchanged. The ensemble keeps each member's last command and
+    initialisation, not its whole card, so the new card's ``init_from`` names the ensemble and
+    carries what it knew of the member; ``encoder_init`` is the member's own.
+    """
+    model, card = load_checkpoint(ensemble)
+    if card.get("architecture") != "dwt_ensemble":
+        raise ValueError(f"{ensemble}: a {card.get('architecture')!r} checkpoint; members come from a dwt_ensemble")
+    count = len(model.members)
+    if not 0 <= index < count:
+        raise ValueError(f"{ensemble} has {count} members (0 to {count - 1}); there is no member {index}")
+    member = model.members[index]
+    member.arch_name = "dwt"
+    info = (card.get("members") or [{}] * count)[index]
+    source = {
+        "checkpoint": Path(ensemble).name,  # the name it is known by (a shipped ensemble keeps its build name)
+        "architecture": "dwt_ensemble",
+        "dataset": card.get("dataset"),
+        "member": index,
+        "member_checkpoint": info.get("checkpoint"),
+        "command": info.get("command"),
+        "its_encoder_init": info.get("encoder_init"),
+        "its_val_metrics": {"mask_ap": info.get("val_mask_ap")},
+        "pretrained": bool(card.get("pretrained")),
+        "epochs": info.get("epochs_run"),
+        "training_time_s": info.get("training_time_s"),
+        "loaded": f"member {index}'s weights, unchanged",
+    }
+    new = {k: card[k] for k in SHARED_KEYS if k in card}
+    new.update(
+        {
+            "architecture": "dwt",
+            "arch_kwargs": {k: v for k, v in card["arch_kwargs"].items() if k != "members"},
+            "method": "one member of a DWT ensemble: " + str(card.get("method", "")),
+            "encoder_init": info.get("encoder_init") or card.get("encoder_init"),
+            "pretrained": bool(card.get("pretrained")),
+            "init_from": source,
+            "epochs_run": info.get("epochs_run"),
+            "training_time_s": info.get("training_time_s"),
+            "command": f"python -m seg ensemble-instances {ensemble} --take {index} --out {out}",
+            "postprocess_note": "tune on val before serving alone: python -m seg tune-instances --checkpoint <out>",
+        }
+    )
+    save_checkpoint(out, member, new)
+    return new
