@@ -99,7 +99,10 @@ def test_shipped_dwt_card_is_honest_and_its_val_metrics_reproduce(serving_cache,
     card = _shipped_instance_card("dwt", "no ImageNet or COCO")
     if card["architecture"] == "dwt_ensemble":  # every member's own training is on the card
         assert len(card["members"]) == card["arch_kwargs"]["members"] >= 2
-        assert all(m["command"].startswith("python -m seg train --model dwt") for m in card["members"])
+        assert all(
+            m["command"].startswith(("python -m seg train --model dwt", "seglab train --model dwt"))
+            for m in card["members"]
+        )
     predictor = InstancePredictor.from_checkpoint(SHIPPED / "dwt", runtime="eager")
     ids = ids_for_split(pennfudan_root, "val")
     recomputed = predictor.eager_val_results(pennfudan_root, ids, since=run_started)
