@@ -103,7 +103,9 @@ class SemanticTask:
         order = self.epoch_order(epoch)[rank::world]
         bs = self.batch_size
         # its own generator: runs without class mixing draw exactly what they drew before it existed
-        mixing = torch.Generator().manual_seed(self.seed * 1000 + epoch * 10 + rank + 1)
+        mixing = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, epoch, rank]).generate_state(1)[0])
+        )
         for i in range(0, len(order), bs):
             idx = order[i : i + bs]
             pairs = [self.augment(self.train.images[j], self.train.masks[j]) for j in idx.tolist()]

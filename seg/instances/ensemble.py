@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from seg.checkpoints import load_checkpoint, save_checkpoint
+from seg.checkpoints import load_checkpoint, save_checkpoint, stem_of
 from seg.instances.models import DWTEnsemble
 
 #: card keys copied from the first member (they describe the data and the method, not one run)
@@ -126,9 +126,10 @@ def take_member(ensemble: str | Path, index: int, out: str | Path) -> dict:
         raise ValueError(f"{ensemble} has {count} members (0 to {count - 1}); there is no member {index}")
     member = model.members[index]
     member.arch_name = "dwt"
-    info = (card.get("members") or [{}] * count)[index]
+    listed = card.get("members") or []
+    info = listed[index] if index < len(listed) else {}  # what the ensemble's card knew of the member
     source = {
-        "checkpoint": Path(ensemble).name,  # the name it is known by (a shipped ensemble keeps its build name)
+        "checkpoint": stem_of(ensemble).name,  # the name it is known by (a shipped ensemble keeps its build name)
         "architecture": "dwt_ensemble",
         "dataset": card.get("dataset"),
         "member": index,
@@ -146,7 +147,8 @@ def take_member(ensemble: str | Path, index: int, out: str | Path) -> dict:
         {
             "architecture": "dwt",
             "arch_kwargs": {k: v for k, v in card["arch_kwargs"].items() if k != "members"},
-            "method": "one member of a DWT ensemble: " + str(card.get("method", "")),
+            "method": "one Deep Watershed Transform of a DWT ensemble, taken out alone (foreground and energy "
+            "heads; seeds cut from the expected energy, grown back by watershed)",
             "encoder_init": info.get("encoder_init") or card.get("encoder_init"),
             "pretrained": bool(card.get("pretrained")),
             "init_from": source,
