@@ -50,6 +50,7 @@ INSTANCE_ONLY = {
     "fg_balance": "--class-weights",
     "direction": None,
     "copy_paste": "--class-mix",
+    "paste_shrink": None,
     "val_images": "--limit",
 }
 FLAG_NAMES = {
@@ -76,6 +77,7 @@ FLAG_NAMES = {
     "fg_balance": "--inst-fg-balance",
     "direction": "--inst-direction",
     "copy_paste": "--inst-copy-paste",
+    "paste_shrink": "--inst-paste-shrink",
     "val_images": "--inst-val-images",
 }
 
@@ -351,6 +353,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="share of training crops that get some of another crop's pedestrians pasted over them "
         "(Simple Copy-Paste; default 0)",
+    )
+    inst.add_argument(
+        "--inst-paste-shrink",
+        dest="paste_shrink",
+        type=float,
+        default=None,
+        help="scale pasted pedestrians by a random factor in [S, 1] and place them at random, so the model "
+        "meets small pedestrians (default 1: same size, same place)",
     )
     inst.add_argument(
         "--inst-val-images", dest="val_images", type=int, default=None, help="validate on the first N val images"

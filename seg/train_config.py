@@ -78,6 +78,7 @@ class InstanceOptions:
     fg_balance: float | None = None  # dwt: size-balanced foreground loss term
     direction: float | None = None  # dwt: weight of the direction head's loss (0: no such head)
     copy_paste: float | None = None  # share of crops with another crop's pedestrians pasted in
+    paste_shrink: float | None = None  # pasted pedestrians scaled by a random factor in [this, 1], placed at random
     val_images: int | None = None  # validate on the first N val images
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ class InstanceOptions:
         _in_range("--inst-fg-balance", self.fg_balance, 0.0)
         _in_range("--inst-direction", self.direction, 0.0)
         _in_range("--inst-copy-paste", self.copy_paste, 0.0, 1.0)
+        _in_range("--inst-paste-shrink", self.paste_shrink, 0.05, 1.0)
         _at_least("--inst-val-images", self.val_images, 1)
 
 

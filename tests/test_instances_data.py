@@ -177,3 +177,27 @@ def test_copy_paste_takes_at_least_one_pedestrian_and_skips_what_it_cannot_paste
         assert paste_instances(target, _painted(ids, 99), np.random.default_rng(seed)).num_instances == 1
     assert paste_instances(target, _painted(np.zeros((20, 20), np.int32), 9), np.random.default_rng(0)) is target
     assert paste_instances(target, _painted(np.zeros((20, 30), np.int32), 9), np.random.default_rng(0)) is target
+
+
+def test_copy_paste_shrink_pastes_smaller_pedestrians_anywhere_with_exact_energy():
+    source_ids = np.zeros((60, 80), np.int32)
+    source_ids[4:56, 10:30], source_ids[4:56, 30:44] = 1, 2  # two touching pedestrians, 52 px tall
+    source = _painted(source_ids, 200)
+    target = _painted(np.zeros((60, 80), np.int32), 10)
+    heights, places = [], set()
+    for seed in range(30):
+        out = paste_instances(target, source, np.random.default_rng(seed), min_area=4, shrink=0.3)
+        pasted = out.image[..., 0] == 200
+        assert np.array_equal(pasted, out.instances > 0) and 1 <= out.num_instances <= 2
+        rows, cols = np.nonzero(pasted)
+        heights.append(rows.max() - rows.min() + 1)
+        places.add((rows.min(), cols.min()))
+        # nothing was in the target, so the energy is exactly that of the pasted ids (touching ones included)
+        np.testing.assert_allclose(out.distance, instance_distance(out.instances), atol=1e-5)
+    assert min(heights) < 30 and max(heights) <= 52 and len(places) > 10  # smaller, and not always in place
+    # shrink 1 keeps the old draws: the same pedestrians at the same place
+    for seed in range(5):
+        plain = paste_instances(target, source, np.random.default_rng(seed), min_area=4)
+        same = paste_instances(target, source, np.random.default_rng(seed), min_area=4, shrink=1.0)
+        assert np.array_equal(plain.instances, same.instances) and np.array_equal(plain.image, same.image)
+        assert np.all(source_ids[plain.instances > 0] > 0)  # in place: only where the source had them

@@ -217,6 +217,25 @@ def test_copy_paste_reaches_the_batches_of_both_tasks_and_their_cards(pennfudan_
             assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
+def test_paste_shrink_reaches_the_batches_and_the_card_and_needs_copy_paste(pennfudan_root):
+    from seg.cli import build_parser
+    from seg.training import InstanceOptions
+
+    argv = ["train", "--model", "dwt", "--out", "x", "--inst-copy-paste", "0.5", "--inst-paste-shrink", "0.3"]
+    assert build_parser().parse_args(argv).paste_shrink == 0.3
+    with pytest.raises(ValueError, match="--inst-paste-shrink"):
+        InstanceOptions(paste_shrink=0.0)
+    with pytest.raises(ValueError, match="--inst-copy-paste"):
+        make_task("dwt", pennfudan_root, max_images=2, val_images=1, paste_shrink=0.5)
+    same = make_task("dwt", pennfudan_root, max_images=6, val_images=1, copy_paste=1.0)
+    shrunk = make_task("dwt", pennfudan_root, max_images=6, val_images=1, copy_paste=1.0, paste_shrink=0.3)
+    assert same.card_info()["copy_paste_shrink"] == 1.0 and shrunk.card_info()["copy_paste_shrink"] == 0.3
+    first = [next(iter(t.train_batches(1))) for t in (same, shrunk)]
+    assert not torch.equal(first[0]["instances"], first[1]["instances"])
+    for ids, levels in zip(first[1]["instances"], first[1]["levels"]):
+        assert torch.all(levels[ids == 0] == 0) and int(ids.max()) >= 1
+
+
 def test_dwt_direction_head_trains_beside_the_energy_and_inference_never_runs_it(
     pennfudan_root, dwt_checkpoint, tmp_path, capsys
 ):

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from seg.data.split import split_of
+from seg.instances.targets import instance_distance
 from seg.io import load_image
 
 #: Penn-Fudan's split fractions (train, val, test), by the shared hash rule.
@@ -216,14 +217,21 @@ def _jitter(image: np.ndarray, amount: float, rng: np.random.Generator) -> np.nd
 
 
 def paste_instances(
-    target: InstanceSample, source: InstanceSample, rng: np.random.Generator, min_area: int = 40
+    target: InstanceSample,
+    source: InstanceSample,
+    rng: np.random.Generator,
+    min_area: int = 40,
+    shrink: float = 1.0,
 ) -> InstanceSample:
     """Simple Copy-Paste (Ghiasi et al., CVPR 2021): some of ``source``'s pedestrians pasted over ``target``.
 
-    Both samples are already augmented crops of the same size; the pasted pedestrians keep their place.
-    A random non-empty half of them is pasted, without blending. Target pedestrians they cover lose
-    those pixels (and are dropped under ``min_area``); their distance to the boundary is cut where
-    the new occluder begins, so the DWT's energy stays exact.
+    Both samples are already augmented crops of the same size. A random non-empty half of the
+    source's pedestrians is pasted, without blending. With ``shrink`` below 1 they are scaled
+    by a random factor in [shrink, 1] and placed at a random spot, so the model meets small
+    pedestrians it rarely sees (Penn-Fudan's are mostly near the camera); otherwise they keep
+    their place. Target pedestrians they cover lose those pixels (and are dropped under
+    ``min_area``); their distance to the boundary is cut where the new occluder begins, so the
+    DWT's energy stays exact.
     """
     count = source.num_instances
     if count == 0 or source.instances.shape != target.instances.shape:
@@ -231,7 +239,13 @@ def paste_instances(
     chosen = np.nonzero(rng.random(count) < 0.5)[0] + 1
     if len(chosen) == 0:
         chosen = np.array([int(rng.integers(1, count + 1))])
-    pasted = np.isin(source.instances, chosen)
+    if shrink < 1.0:
+        source = _shrunk_layer(source, chosen, float(rng.uniform(shrink, 1.0)), rng, min_area)
+        pasted = source.instances > 0
+        if not pasted.any():
+            return target
+    else:
+        pasted = np.isin(source.instances, chosen)
     image = target.image.copy()
     image[pasted] = source.image[pasted]
     instances = target.instances.copy()
@@ -244,3 +258,24 @@ def paste_instances(
         distance = np.where(pasted, source.distance, np.minimum(target.distance, to_pasted)).astype(np.float32)
         distance[instances == 0] = 0
     return InstanceSample(target.id, image, instances, distance)
+
+
+def _shrunk_layer(
+    source: InstanceSample, chosen: np.ndarray, scale: float, rng: np.random.Generator, min_area: int
+) -> InstanceSample:
+    """The ``chosen`` pedestrians of ``source`` scaled by ``scale``, at a random spot of a canvas of the
+    source's size; their distances recomputed on the scaled ids (exact, not resampled)."""
+    h, w = source.instances.shape
+    ids = np.where(np.isin(source.instances, chosen), source.instances, 0)
+    rows, cols = np.nonzero(ids.any(axis=1))[0], np.nonzero(ids.any(axis=0))[0]
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    bh, bw = ids[box].shape
+    size = (max(1, round(bh * scale)), max(1, round(bw * scale)))
+    small = resize_sample(InstanceSample(source.id, source.image[box], ids[box]), size)
+    small_ids = relabel_sequential(small.instances, min_area)
+    y0, x0 = int(rng.integers(0, h - size[0] + 1)), int(rng.integers(0, w - size[1] + 1))
+    place = (slice(y0, y0 + size[0]), slice(x0, x0 + size[1]))
+    image, instances = np.zeros_like(source.image), np.zeros((h, w), np.int32)
+    image[place], instances[place] = small.image, small_ids
+    distance = instance_distance(instances) if source.distance is not None else None
+    return InstanceSample(source.id, image, instances, distance)

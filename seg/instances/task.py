@@ -83,7 +83,8 @@ LOSS_NOTE = (
 MASKRCNN_HEIGHT = 320  # Mask R-CNN's min_size: images are fed at this height
 COPY_PASTE_NOTE = (
     "share of training crops that get a random half of another augmented crop's pedestrians pasted over "
-    "them at the same place (Simple Copy-Paste, Ghiasi et al. 2021); 0 = none"
+    "them (Simple Copy-Paste, Ghiasi et al. 2021); 0 = none. copy_paste_shrink: 1 pastes them at the "
+    "same place; below 1 scales them by a random factor in [shrink, 1] and places them at random"
 )
 
 
@@ -96,6 +97,7 @@ def _batches(
     rank: int,
     world: int,
     copy_paste: float = 0.0,
+    paste_shrink: float = 1.0,
 ) -> Iterator[list[InstanceSample]]:
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(samples))[rank::world]
@@ -105,7 +107,7 @@ def _batches(
         out = augment(samples[i], aug_rng)
         if copy_paste > 0 and len(samples) > 1 and aug_rng.random() < copy_paste:
             other = (i + int(aug_rng.integers(1, len(samples)))) % len(samples)  # any image but this one
-            out = paste_instances(out, augment(samples[other], aug_rng), aug_rng, augment.min_area)
+            out = paste_instances(out, augment(samples[other], aug_rng), aug_rng, augment.min_area, paste_shrink)
         return out
 
     for start in range(0, len(order), batch_size):
@@ -288,9 +290,10 @@ class DWTTask:
         fg_balance: float = 0.0,
         direction: float = 0.0,
         copy_paste: float = 0.0,
+        paste_shrink: float = 1.0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.copy_paste = float(copy_paste)
+        self.copy_paste, self.paste_shrink = float(copy_paste), float(paste_shrink)
         # training loss only: the val loss stays the plain (paper's) loss, comparable across checkpoints
         self.fg_balance = float(fg_balance)
         self.direction = float(direction)
@@ -317,6 +320,7 @@ class DWTTask:
             "val_images": len(self.val),
             "loss": {"fg_balance": self.fg_balance, "direction": self.direction, "note": LOSS_NOTE},
             "copy_paste": self.copy_paste,
+            "copy_paste_shrink": self.paste_shrink,
             "copy_paste_note": COPY_PASTE_NOTE,
         }
 
@@ -325,7 +329,15 @@ class DWTTask:
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
         for group in _batches(
-            self.train, self.augment, self.batch_size, epoch, self.seed, rank, world, self.copy_paste
+            self.train,
+            self.augment,
+            self.batch_size,
+            epoch,
+            self.seed,
+            rank,
+            world,
+            self.copy_paste,
+            self.paste_shrink,
         ):
             ids = torch.from_numpy(np.stack([s.instances for s in group])).long()
             levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
@@ -386,9 +398,10 @@ class MaskRCNNTask:
         val_images: int | None = None,
         work_height: int = MASKRCNN_HEIGHT,
         copy_paste: float = 0.0,
+        paste_shrink: float = 1.0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.copy_paste = float(copy_paste)
+        self.copy_paste, self.paste_shrink = float(copy_paste), float(paste_shrink)
         self.batch_size, self.seed, self.work_height = batch_size, seed, work_height
         self.train = load_instance_split(self.data_dir, "train", work_height, max_images)
         self.val = load_instance_split(self.data_dir, "val", work_height, val_images)
@@ -411,6 +424,7 @@ class MaskRCNNTask:
             "val_images": len(self.val),
             "score_threshold": DETECTION_SCORE_THRESHOLD,
             "copy_paste": self.copy_paste,
+            "copy_paste_shrink": self.paste_shrink,
             "copy_paste_note": COPY_PASTE_NOTE,
         }
 
@@ -419,7 +433,15 @@ class MaskRCNNTask:
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
         for group in _batches(
-            self.train, self.augment, self.batch_size, epoch, self.seed, rank, world, self.copy_paste
+            self.train,
+            self.augment,
+            self.batch_size,
+            epoch,
+            self.seed,
+            rank,
+            world,
+            self.copy_paste,
+            self.paste_shrink,
         ):
             images, targets = [], []
             for s in group:
@@ -476,9 +498,18 @@ def make_task(
     fg_balance: float | None = None,
     direction: float | None = None,
     copy_paste: float | None = None,
+    paste_shrink: float | None = None,
 ) -> DWTTask | MaskRCNNTask:
     """The task for ``dwt`` or ``maskrcnn`` with each model's own defaults for unset sizes."""
-    common = {"seed": seed, "max_images": max_images, "val_images": val_images, "copy_paste": copy_paste or 0.0}
+    if paste_shrink is not None and paste_shrink < 1.0 and not copy_paste:
+        raise ValueError("--inst-paste-shrink scales what --inst-copy-paste pastes; set a copy-paste share too")
+    common = {
+        "seed": seed,
+        "max_images": max_images,
+        "val_images": val_images,
+        "copy_paste": copy_paste or 0.0,
+        "paste_shrink": 1.0 if paste_shrink is None else paste_shrink,
+    }
     if model_name == "dwt":
         return DWTTask(
             Path(data_dir),
@@ -526,6 +557,7 @@ def prepare_instances(config: TrainConfig) -> Prepared:
         options.fg_balance,
         options.direction,
         options.copy_paste,
+        options.paste_shrink,
     )
     model = build_model(config)
     source = warm_start(model, config.init_from) if config.init_from else None
