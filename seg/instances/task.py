@@ -72,10 +72,7 @@ MIN_SIZES = (50, 100, 300, 600)
 #: foreground threshold jointly, then the minimum size. Coordinate search on this grid gets stuck.
 FINE_CUT_LEVELS = (2, 2.5, 3, 3.5, 4, 5, 6)
 FINE_MIN_SEEDS = (0, 100, 200, 300, 450, 600)
-FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800, 1000, 1200, 1500, 2000)
-#: tune-instances takes the minimum size that counts best among those within this much val mask AP of
-#: the best: a floor a little higher drops fragments users would count as pedestrians, at no real AP cost
-COUNT_AP_SLACK = 0.005
+FINE_MIN_SIZES = (50, 100, 200, 300, 450, 600, 800)
 FG_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
 LOSS_NOTE = (
     "foreground loss = cross entropy over all pixels + fg_balance x cross entropy over pedestrian "
@@ -153,14 +150,6 @@ def dwt_logits_loss(
     return loss
 
 
-def counts_best_near_top(scored: dict[int, tuple[float, float]], slack: float = COUNT_AP_SLACK) -> int:
-    """The key whose (mask AP, -count error) counts best among those within ``slack`` of the best AP;
-    equal counts go to the higher AP, then to the first key."""
-    top = max(ap for ap, _ in scored.values())
-    near = [key for key, (ap, _) in scored.items() if ap >= top - slack]
-    return max(near, key=lambda key: scored[key][::-1])
-
-
 class DWTValidation:
     """The DWT's val split: loss, maps, COCO metrics, and the post-processing search.
 
@@ -231,9 +220,8 @@ class DWTValidation:
         alternatives ranked below the partition (``ranked_candidates``) add to it.
 
         ``thorough`` (tune-instances): cut level, seed size and foreground threshold on a finer
-        joint grid, then the minimum size that counts best within ``COUNT_AP_SLACK`` of the best
-        AP (spurious low-ranked fragments barely move AP, but users count them). Elsewhere ties in
-        AP go to the smaller counting error.
+        joint grid, then the minimum size. Ties in AP (spurious low-ranked fragments barely
+        move it) go to the smaller counting error.
         """
 
         def ap(p: PostprocessParams) -> tuple[float, float]:
@@ -252,9 +240,7 @@ class DWTValidation:
                 ),
                 key=ap,
             )
-            best = replace(
-                best, min_size=counts_best_near_top({m: ap(replace(best, min_size=m)) for m in px(FINE_MIN_SIZES)})
-            )
+            best = max((replace(best, min_size=m) for m in px(FINE_MIN_SIZES)), key=ap)
         else:
             best = max((replace(best, cut_level=c) for c in CUT_LEVELS), key=ap)
             best = max((replace(best, min_seed=m) for m in px(MIN_SEEDS)), key=ap)
