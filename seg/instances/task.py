@@ -114,6 +114,21 @@ def _batches(
         yield [sample(i) for i in order[start : start + batch_size]]
 
 
+def _task_batches(task: DWTTask | MaskRCNNTask, epoch: int, rank: int, world: int) -> Iterator[list[InstanceSample]]:
+    """``_batches`` with an instance task's own samples, augmentation and copy-paste settings."""
+    return _batches(
+        task.train,
+        task.augment,
+        task.batch_size,
+        epoch,
+        task.seed,
+        rank,
+        world,
+        task.copy_paste,
+        task.paste_shrink,
+    )
+
+
 def _steps(num_samples: int, batch_size: int, world: int) -> int:
     per_rank = -(-num_samples // world)  # ceiling divisions
     return max(1, -(-per_rank // batch_size))
@@ -328,17 +343,7 @@ class DWTTask:
         return _steps(len(self.train), self.batch_size, world)
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
-        for group in _batches(
-            self.train,
-            self.augment,
-            self.batch_size,
-            epoch,
-            self.seed,
-            rank,
-            world,
-            self.copy_paste,
-            self.paste_shrink,
-        ):
+        for group in _task_batches(self, epoch, rank, world):
             ids = torch.from_numpy(np.stack([s.instances for s in group])).long()
             levels = torch.from_numpy(np.stack([quantise(s.distance, self.energy_edges) for s in group]))
             batch = {"images": _stack_images(group), "instances": ids, "levels": levels}
@@ -432,17 +437,7 @@ class MaskRCNNTask:
         return _steps(len(self.train), self.batch_size, world)
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterable[Any]:
-        for group in _batches(
-            self.train,
-            self.augment,
-            self.batch_size,
-            epoch,
-            self.seed,
-            rank,
-            world,
-            self.copy_paste,
-            self.paste_shrink,
-        ):
+        for group in _task_batches(self, epoch, rank, world):
             images, targets = [], []
             for s in group:
                 images.append(torch.from_numpy(s.image).permute(2, 0, 1).contiguous())
