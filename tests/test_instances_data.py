@@ -195,7 +195,7 @@ def test_copy_paste_shrink_pastes_smaller_pedestrians_anywhere_with_exact_energy
         # nothing was in the target, so the energy is exactly that of the pasted ids (touching ones included)
         np.testing.assert_allclose(out.distance, instance_distance(out.instances), atol=1e-5)
     assert min(heights) < 30 and max(heights) <= 52 and len(places) > 10  # smaller, and not always in place
-    # shrink 1 keeps the old draws: the same pedestrians at the same place
+    # shrink 1 is the default: the pasted pedestrians stay where the source had them
     for seed in range(5):
         plain = paste_instances(target, source, np.random.default_rng(seed), min_area=4)
         same = paste_instances(target, source, np.random.default_rng(seed), min_area=4, shrink=1.0)
