@@ -87,7 +87,7 @@ class InstanceOptions:
         _in_range("--inst-fg-balance", self.fg_balance, 0.0)
         _in_range("--inst-direction", self.direction, 0.0)
         _in_range("--inst-copy-paste", self.copy_paste, 0.0, 1.0)
-        _in_range("--inst-paste-shrink", self.paste_shrink, 0.05, 1.0)
+        _in_range("--inst-paste-shrink", self.paste_shrink, 0.05, 1.0)  # under 5 % a pedestrian is a few px
         _at_least("--inst-val-images", self.val_images, 1)
 
 
