@@ -530,7 +530,7 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
         "--tta",
         default="card",
         choices=("card", "none", "flip", "scales", "flip+scales"),
-        help="DWT test-time augmentation: as tuned on the card (default), or a fixed one",
+        help="test-time augmentation: as tuned on the card (default), or a fixed one",
     )
     inst.add_argument(
         "--candidates",

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seg.instances.inference import components_from_foreground
+from seg.instances.inference import components_from_foreground, mask_ious, merge_detections
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
 from seg.instances.synthetic import disc_scene, ideal_maps, pedestrian_scene
 
@@ -224,3 +224,51 @@ def test_an_extra_pass_adds_what_the_main_maps_missed():
     assert _ap50(truth, masks, ranked) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="size"):
         ranked_candidates(main_fg, energy, params, [(fg[:-1], energy[:-1])])
+
+
+def test_mask_ious_count_every_pair_directly():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((7, 40, 50), bool)  # the last one stays empty
+    for k in range(6):
+        y, x, h, w = rng.integers(0, 30), rng.integers(0, 40), rng.integers(3, 20), rng.integers(3, 20)
+        masks[k, y : y + h, x : x + w] = rng.random((40, 50))[y : y + h, x : x + w] > 0.2
+    union = (masks[:, None] | masks[None]).sum((2, 3))
+    direct = np.where(union > 0, (masks[:, None] & masks[None]).sum((2, 3)) / np.maximum(union, 1), 0.0)
+    np.fill_diagonal(direct, 1.0)
+    np.testing.assert_allclose(mask_ious(masks), direct, rtol=1e-6)
+    assert (direct[np.triu_indices(7, 1)] > 0).any()  # some pairs overlap
+
+
+def _box_mask(shape: tuple[int, int], y0: int, x0: int, y1: int, x1: int, value: float = 0.9) -> np.ndarray:
+    mask = np.zeros(shape, np.float32)
+    mask[y0:y1, x0:x1] = value
+    return mask
+
+
+def test_merge_detections_groups_one_pedestrian_across_views_and_halves_the_unseen():
+    shape = (60, 80)
+    p, q = _box_mask(shape, 5, 5, 45, 25), _box_mask(shape, 10, 50, 50, 70)
+    p_shifted, r = _box_mask(shape, 6, 6, 46, 26, 0.7), _box_mask(shape, 30, 30, 55, 45)
+    plain = (np.array([0.9, 0.6], np.float32), np.stack([p, q]))
+    mirrored = (np.array([0.4, 0.8], np.float32), np.stack([r, p_shifted]))
+    scores, masks = merge_detections([plain, mirrored])
+    np.testing.assert_allclose(scores, [0.85, 0.3, 0.2])  # p with p', q alone, r alone
+    np.testing.assert_allclose(masks[0], (p + p_shifted) / 2)
+    np.testing.assert_array_equal(masks[1], q)
+    np.testing.assert_array_equal(masks[2], r)
+    # two overlapping detections of one view stay two, whatever their overlap
+    twice = (np.array([0.9, 0.8], np.float32), np.stack([p, p_shifted]))
+    scores, _ = merge_detections([twice, (np.zeros(0, np.float32), np.zeros((0, *shape), np.float32))])
+    np.testing.assert_allclose(scores, [0.45, 0.4])
+    # a lower IoU bar joins what the default keeps apart
+    near = _box_mask(shape, 5, 12, 45, 32)  # IoU with p: 13/27
+    apart, _ = merge_detections([plain, (np.array([0.5], np.float32), near[None])])
+    joined, _ = merge_detections([plain, (np.array([0.5], np.float32), near[None])], iou_threshold=0.4)
+    assert len(apart) == 3 and len(joined) == 2 and joined[0] == pytest.approx(0.7)
+    # one view is its own detections, best first; no detection at all is an empty set of the image's size
+    scores, masks = merge_detections([(np.array([0.2, 0.7], np.float32), np.stack([q, p]))])
+    np.testing.assert_allclose(scores, [0.7, 0.2])
+    np.testing.assert_array_equal(masks[0], p)
+    empty = (np.zeros(0, np.float32), np.zeros((0, *shape), np.float32))
+    scores, masks = merge_detections([empty, empty])
+    assert scores.shape == (0,) and masks.shape == (0, *shape)

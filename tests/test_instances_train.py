@@ -154,6 +154,34 @@ def test_maskrcnn_trains_validates_and_round_trips(pennfudan_root, tmp_path):
     assert len(result.scores) == result.instances.max()
 
 
+def test_mask_rcnn_views_are_mirrored_and_rescaled_back_onto_the_image(pennfudan_root):
+    """Each test-time view's masks land on the image: the mirrored view of an image is the plain view
+    of its mirror, flipped back; a 1.25x view is resized back and leaves the model's own size alone.
+    With mirroring, the prediction of a mirrored image is the mirror of the prediction."""
+    from seg.config import REPO_ROOT
+    from seg.instances.inference import detector_views
+
+    stem = REPO_ROOT / "checkpoints" / "maskrcnn"
+    predictor = InstancePredictor.from_checkpoint(stem, flip=True, scales=(1.0,))
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    mirror = np.ascontiguousarray(rgb[:, ::-1])
+    views = detector_views(predictor.serving, rgb, True, (1.0, 1.25))
+    assert len(views) == 4 and all(masks.shape == (len(scores), *rgb.shape[:2]) for scores, masks in views)
+    assert predictor.model.transform.min_size == (320,) and predictor.model.transform.max_size == 560
+    assert len(views[0][0]) > 0 and not np.array_equal(views[0][1], views[2][1][: len(views[0][1])])
+    ((mirror_scores, mirror_masks),) = detector_views(predictor.serving, mirror, False, (1.0,))
+    np.testing.assert_allclose(views[1][0], mirror_scores, atol=1e-3)
+    assert np.mean((views[1][1] > 0.5) == (mirror_masks[:, :, ::-1] > 0.5)) > 0.999
+    result, of_mirror = predictor.predict(rgb), predictor.predict(mirror)
+    assert result.num_instances == of_mirror.num_instances > 0
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(of_mirror.scores), atol=1e-3)
+    assert np.mean((result.instances > 0) == (of_mirror.instances[:, ::-1] > 0)) > 0.999
+    # tta=False for one call is a predictor without test-time views
+    plain = InstancePredictor.from_checkpoint(stem, flip=False, scales=(1.0,)).predict(rgb)
+    np.testing.assert_array_equal(predictor.predict(rgb, tta=False).instances, plain.instances)
+    assert not np.array_equal(result.all_scores, plain.all_scores)
+
+
 def test_dwt_work_height_sets_the_training_and_card_height(pennfudan_root):
     from seg.cli import build_parser
 
@@ -667,10 +695,11 @@ def test_eval_ranks_alternatives_as_the_card_says_or_the_partition_alone(dwt_che
 
 
 @pytest.mark.slow
-def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfudan_root, tmp_path):
+def test_tune_chooses_mask_rcnn_proposals_and_views_on_val_and_the_model_keeps_them(pennfudan_root, tmp_path):
     """``tune-instances`` on a Mask R-CNN: the fewest proposals within ``TUNE_MIN_GAIN`` of the best val
-    mask AP, recorded in ``arch_kwargs`` so every loader builds the model with it; the training's val
-    metrics stay on the card; the DWT's ``--tta`` is refused."""
+    mask AP, recorded in ``arch_kwargs`` so every loader builds the model with it; then, with them,
+    the cheapest test-time augmentation within ``TUNE_MIN_GAIN`` of the best, recorded as the DWT's
+    is; the training's val metrics stay on the card; ``--tta NAME`` tries that setting alone."""
     import shutil
 
     from seg.config import REPO_ROOT
@@ -682,10 +711,11 @@ def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfu
         shutil.copy(REPO_ROOT / "checkpoints" / f"maskrcnn{suffix}", stem.with_suffix(suffix))
     card = json.loads(stem.with_suffix(".json").read_text())
     card["arch_kwargs"].pop("test_proposals", None)  # as trained: torchvision's 1,000
+    for key in ("tta_flip", "tta_scales"):
+        card.pop(key, None)
     stem.with_suffix(".json").write_text(json.dumps(card))
     assert proposal_count(load_checkpoint(stem)[0]) == 1000
     flags = ["--checkpoint", str(stem), "--data", str(pennfudan_root), "--limit", "3"]
-    assert main(["tune-instances", *flags, "--tta", "flip"]) == 1
     assert main(["tune-instances", *flags]) == 0
     tuned = json.loads(stem.with_suffix(".json").read_text())
     tuning, chosen = tuned["postprocess_tuning"], tuned["arch_kwargs"]["test_proposals"]
@@ -695,11 +725,26 @@ def test_tune_chooses_mask_rcnn_proposals_on_val_and_the_model_keeps_them(pennfu
     best = max(compared.values())
     assert compared[chosen] >= best - TUNE_MIN_GAIN
     assert all(compared[n] < best - TUNE_MIN_GAIN for n in PROPOSAL_OPTIONS if n < chosen)
+    # the views, with the chosen proposals: "none" is the proposals' own result
+    views = {name: c["mask_ap"] for name, c in tuning["tta_compared"].items()}
+    assert list(views) == list(TTA_OPTIONS) and views["none"] == compared[chosen]
+    view, order, best_view = tuning["tta"], list(TTA_OPTIONS), max(views.values())
+    assert views[view] >= best_view - TUNE_MIN_GAIN
+    assert all(views[n] < best_view - TUNE_MIN_GAIN for n in order[: order.index(view)])
+    assert (tuned["tta_flip"], tuple(tuned["tta_scales"])) == TTA_OPTIONS[view]
     assert tuned["training_val_metrics"] == card.get("training_val_metrics", card["val_metrics"])  # kept once
-    assert tuned["val_metrics"]["mask_ap"] == compared[chosen] and tuned["val_metrics"]["test_proposals"] == chosen
+    assert tuned["val_metrics"]["mask_ap"] == views[view] and tuned["val_metrics"]["test_proposals"] == chosen
+    assert tuned["val_metrics"]["tta"] == view
     model, _ = load_checkpoint(stem)
     assert proposal_count(model) == chosen
-    assert proposal_count(InstancePredictor.from_checkpoint(stem).model) == chosen
+    predictor = InstancePredictor.from_checkpoint(stem)
+    assert proposal_count(predictor.model) == chosen
+    assert (predictor.flip, predictor.scales) == TTA_OPTIONS[view]
+    # a fixed setting is the only one tried
+    assert main(["tune-instances", *flags, "--tta", "flip"]) == 0
+    fixed = json.loads(stem.with_suffix(".json").read_text())
+    assert list(fixed["postprocess_tuning"]["tta_compared"]) == ["flip"]
+    assert (fixed["tta_flip"], fixed["tta_scales"]) == (True, [1.0])
 
 
 def test_the_eager_reference_is_computed_once_since_a_given_time(dwt_checkpoint, pennfudan_root, monkeypatch, tmp_path):

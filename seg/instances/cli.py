@@ -17,7 +17,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "tune-instances",
         help="choose an instance checkpoint's inference settings on val and store them in its card "
-        "(DWT: post-processing and test-time augmentation; Mask R-CNN: region proposals)",
+        "(DWT: post-processing and test-time augmentation; Mask R-CNN: region proposals and test-time augmentation)",
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="the PennFudanPed folder (overrides $SEG_DATA_DIR)")

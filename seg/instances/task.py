@@ -464,11 +464,17 @@ class MaskRCNNTask:
         return []
 
 
-def detector_val_metrics(model: nn.Module, samples: list[InstanceSample], work_height: int) -> dict:
+def detector_val_metrics(
+    model: nn.Module,
+    samples: list[InstanceSample],
+    work_height: int,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+) -> dict:
     """A Mask R-CNN's COCO metrics on ``samples`` (already at ``work_height``): its validation, as training
-    and ``tune-instances`` measure it."""
+    and ``tune-instances`` measure it, with the test-time views ``flip`` and ``scales``."""
     was_training = model.training
-    predictor = InstancePredictor(model, {"work_height": work_height})
+    predictor = InstancePredictor(model, {"work_height": work_height}, flip=flip, scales=scales)
     ev = InstanceEvaluator()
     try:
         for s in samples:

@@ -2,7 +2,8 @@
 
 A DWT's post-processing and test-time augmentation: the training's per-epoch search is coarse
 (it runs every epoch); ``tune_checkpoint`` runs the thorough one once, on the finished model,
-over every test-time setting. A Mask R-CNN's count of region proposals at inference.
+over every test-time setting. A Mask R-CNN's count of region proposals at inference and its
+test-time augmentation.
 """
 
 from __future__ import annotations
@@ -50,9 +51,7 @@ def tune_checkpoint(
 
     model, card = load_checkpoint(checkpoint)
     if card.get("architecture") == "maskrcnn":
-        if tta != "auto":
-            raise ValueError("--tta is the DWT's test-time augmentation; a Mask R-CNN has none to choose")
-        return tune_proposals(checkpoint, model, card, data_dir, split, limit)
+        return tune_detector(checkpoint, model, card, data_dir, split, limit, tta)
     if card.get("architecture") not in DWT_ARCHITECTURES:
         raise ValueError("only DWT and Mask R-CNN checkpoints have inference settings to tune")
     samples = load_instance_split(data_dir, split, int(card.get("work_height", WORK_HEIGHT)), limit)
@@ -100,14 +99,25 @@ def tune_checkpoint(
     return card["postprocess_tuning"] | {"postprocess": card["postprocess"]}
 
 
-def tune_proposals(
-    checkpoint: str | Path, model: nn.Module, card: dict, data_dir: Path, split: str, limit: int | None
+def tune_detector(
+    checkpoint: str | Path,
+    model: nn.Module,
+    card: dict,
+    data_dir: Path,
+    split: str,
+    limit: int | None,
+    tta: str = "auto",
 ) -> dict:
-    """Keep the fewest Mask R-CNN proposals within ``TUNE_MIN_GAIN`` of the best val mask AP: every
-    proposal is pooled by the box and mask heads, so that is most of a served image's time, while a
-    few pedestrians per image rarely need a thousand. Writes ``arch_kwargs.test_proposals``."""
+    """A Mask R-CNN's proposals, then its test-time augmentation, each the cheapest option within
+    ``TUNE_MIN_GAIN`` of the best val mask AP.
+
+    Every proposal is pooled by the box and mask heads, so that is most of a served image's time,
+    while a few pedestrians per image rarely need a thousand. Proposals are chosen without
+    test-time views; ``tta`` (``auto``: every ``TTA_OPTIONS`` entry) is then chosen with them.
+    Writes ``arch_kwargs.test_proposals``, ``tta_flip`` and ``tta_scales``.
+    """
     from seg.instances.data import load_instance_split
-    from seg.instances.inference import set_proposal_count
+    from seg.instances.inference import TTA_OPTIONS, set_proposal_count
     from seg.instances.task import MASKRCNN_HEIGHT, detector_val_metrics
 
     work_height = int(card.get("work_height", MASKRCNN_HEIGHT))
@@ -117,15 +127,36 @@ def tune_proposals(
     for count in PROPOSAL_OPTIONS:
         set_proposal_count(model, count)
         results[count] = detector_val_metrics(model, samples, work_height)
-    chosen = cheapest_near_best({n: results[n]["mask_ap"] for n in PROPOSAL_OPTIONS})
-    card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=chosen)
+    proposals = cheapest_near_best({n: results[n]["mask_ap"] for n in PROPOSAL_OPTIONS})
+    set_proposal_count(model, proposals)
+    options = list(TTA_OPTIONS) if tta == "auto" else [tta]
+    with_views = {}
+    for name in options:
+        if name == "none":  # measured above
+            with_views[name] = results[proposals]
+        else:
+            with_views[name] = detector_val_metrics(model, samples, work_height, *TTA_OPTIONS[name])
+    chosen = cheapest_near_best({name: with_views[name]["mask_ap"] for name in options})
+    flip, scales = TTA_OPTIONS[chosen]
+    card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=proposals)
+    card["tta_flip"], card["tta_scales"] = flip, list(scales)
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "count_error")
     tuning = {
-        "test_proposals": chosen,
-        **{k: results[chosen][k] for k in keys},
+        "test_proposals": proposals,
+        "tta": chosen,
+        "tta_flip": flip,
+        "tta_scales": list(scales),
+        **{k: with_views[chosen][k] for k in keys},
         "compared": {str(n): {k: results[n][k] for k in keys} for n in PROPOSAL_OPTIONS},
+        "tta_compared": {name: {k: with_views[name][k] for k in keys} for name in options},
     }
-    _record_tuning(checkpoint, card, split, len(samples), results[chosen] | {"test_proposals": chosen}, tuning)
+    val_metrics = with_views[chosen] | {
+        "test_proposals": proposals,
+        "tta": chosen,
+        "tta_flip": flip,
+        "tta_scales": list(scales),
+    }
+    _record_tuning(checkpoint, card, split, len(samples), val_metrics, tuning)
     return card["postprocess_tuning"]
 
 

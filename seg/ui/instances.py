@@ -112,7 +112,7 @@ def instances(
     table and the details (counts, scores, boxes, latency, metrics per model).
 
     ``upload`` is needed only when ``source`` is "upload"; ``models`` defaults to every instance
-    checkpoint. ``tta``: the DWT's test-time augmentation as its card says (off: faster, less accurate).
+    checkpoint. ``tta``: each model's test-time augmentation as its card says (off: faster, less accurate).
     """
     models = [models] if isinstance(models, str) else list(models or [])
     models = models or store.names("instances")
@@ -240,8 +240,8 @@ def build(store: ModelStore) -> None:
                 )
             tta = gr.Checkbox(
                 value=True,
-                label="DWT test-time augmentation (mirror and/or a 1.25x pass, as "
-                "tuned on val and stored in its card; off is faster)",
+                label="Test-time augmentation (mirror and/or a 1.25x pass, as "
+                "tuned on val and stored in each model's card; off is faster)",
                 elem_id="instances-tta",
             )
             run = gr.Button("Find pedestrians", variant="primary", elem_id="instances-run")
