@@ -176,6 +176,13 @@ def test_mask_rcnn_views_are_mirrored_and_rescaled_back_onto_the_image(pennfudan
     assert result.num_instances == of_mirror.num_instances > 0
     np.testing.assert_allclose(np.sort(result.scores), np.sort(of_mirror.scores), atol=1e-3)
     assert np.mean((result.instances > 0) == (of_mirror.instances[:, ::-1] > 0)) > 0.999
+    # the dashboard's serving wrapper (eager until a backend is ready) gives the same views
+    from seg.runtime import DeferredServing
+
+    deferred = detector_views(DeferredServing(predictor.serving), rgb, True, (1.0, 1.25))
+    for (scores, masks), (wrapped_scores, wrapped_masks) in zip(views, deferred):
+        np.testing.assert_array_equal(scores, wrapped_scores)
+        np.testing.assert_array_equal(masks, wrapped_masks)
     # tta=False for one call is a predictor without test-time views
     plain = InstancePredictor.from_checkpoint(stem, flip=False, scales=(1.0,)).predict(rgb)
     np.testing.assert_array_equal(predictor.predict(rgb, tta=False).instances, plain.instances)

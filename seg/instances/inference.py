@@ -51,6 +51,7 @@ from seg.io import atomic_write_text, check_rgb
 from seg.runtime import (
     CALIBRATION_IMAGES,
     Agreement,
+    DeferredServing,
     RuntimeChoice,
     ServingSpec,
     channels_last_on_cpu,
@@ -387,9 +388,12 @@ def detector_views(
 
 def _detector_at_scale(model: nn.Module, scale: float) -> nn.Module:
     """``model`` resizing its inputs ``scale`` times larger than it was built to; the same weights
-    and parts, a copy of its module table, so concurrent callers at other scales are unaffected."""
+    and parts, a copy of its module table, so concurrent callers at other scales are unaffected.
+    A ``DeferredServing`` (the dashboard's, while a backend is prepared) is scaled as it serves now."""
     if scale == 1.0:
         return model
+    if isinstance(model, DeferredServing):
+        model = model.current
     transform = copy.copy(model.transform)
     transform.min_size = tuple(int(round(size * scale)) for size in model.transform.min_size)
     transform.max_size = int(round(model.transform.max_size * scale))
