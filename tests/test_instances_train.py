@@ -160,6 +160,7 @@ def test_mask_rcnn_views_are_mirrored_and_rescaled_back_onto_the_image(pennfudan
     With mirroring, the prediction of a mirrored image is the mirror of the prediction."""
     from seg.config import REPO_ROOT
     from seg.instances.inference import detector_views
+    from seg.runtime import DeferredServing
 
     stem = REPO_ROOT / "checkpoints" / "maskrcnn"
     predictor = InstancePredictor.from_checkpoint(stem, flip=True, scales=(1.0,))
@@ -177,8 +178,6 @@ def test_mask_rcnn_views_are_mirrored_and_rescaled_back_onto_the_image(pennfudan
     np.testing.assert_allclose(np.sort(result.scores), np.sort(of_mirror.scores), atol=1e-3)
     assert np.mean((result.instances > 0) == (of_mirror.instances[:, ::-1] > 0)) > 0.999
     # the dashboard's serving wrapper (eager until a backend is ready) gives the same views
-    from seg.runtime import DeferredServing
-
     deferred = detector_views(DeferredServing(predictor.serving), rgb, True, (1.0, 1.25))
     for (scores, masks), (wrapped_scores, wrapped_masks) in zip(views, deferred):
         np.testing.assert_array_equal(scores, wrapped_scores)

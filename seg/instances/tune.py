@@ -37,7 +37,7 @@ def tune_checkpoint(
     the card too.
     Then, with the chosen parameters, each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
     passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
-    only if val mask AP rises by more than ``TUNE_MIN_GAIN``.
+    only if val mask AP rises by more than ``TUNE_MIN_GAIN``. A Mask R-CNN goes to ``tune_detector``.
     """
     import torch
 
