@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seg.instances.inference import components_from_foreground, mask_ious, merge_detections
+from seg.instances.inference import components_from_foreground, merge_detections
 from seg.instances.postprocess import PostprocessParams, instances_from_maps
 from seg.instances.synthetic import disc_scene, ideal_maps, pedestrian_scene
 
@@ -224,19 +224,6 @@ def test_an_extra_pass_adds_what_the_main_maps_missed():
     assert _ap50(truth, masks, ranked) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="size"):
         ranked_candidates(main_fg, energy, params, [(fg[:-1], energy[:-1])])
-
-
-def test_mask_ious_count_every_pair_directly():
-    rng = np.random.default_rng(0)
-    masks = np.zeros((7, 40, 50), bool)  # the last one stays empty
-    for k in range(6):
-        y, x, h, w = rng.integers(0, 30), rng.integers(0, 40), rng.integers(3, 20), rng.integers(3, 20)
-        masks[k, y : y + h, x : x + w] = rng.random((40, 50))[y : y + h, x : x + w] > 0.2
-    union = (masks[:, None] | masks[None]).sum((2, 3))
-    direct = np.where(union > 0, (masks[:, None] & masks[None]).sum((2, 3)) / np.maximum(union, 1), 0.0)
-    np.fill_diagonal(direct, 1.0)
-    np.testing.assert_allclose(mask_ious(masks), direct, rtol=1e-6)
-    assert (direct[np.triu_indices(7, 1)] > 0).any()  # some pairs overlap
 
 
 def _box_mask(shape: tuple[int, int], y0: int, x0: int, y1: int, x1: int, value: float = 0.9) -> np.ndarray:

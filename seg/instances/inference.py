@@ -34,7 +34,7 @@ from torch import nn
 
 from seg.config import dataset_dir
 from seg.instances import INSTANCE_ARCHITECTURES
-from seg.instances.coco_eval import InstanceEvaluator
+from seg.instances.coco_eval import InstanceEvaluator, mask_iou
 from seg.instances.data import (
     WORK_HEIGHT,
     InstanceSample,
@@ -418,7 +418,8 @@ def merge_detections(
     if not len(scores):
         return scores, soft
     view_of = np.concatenate([np.full(len(s), v) for v, (s, _) in enumerate(views)])
-    ious = mask_ious(soft > MASK_THRESHOLD)
+    binary = soft > MASK_THRESHOLD
+    ious = mask_iou(binary, binary)
     groups: list[list[int]] = []
     for i in np.argsort(-scores, kind="stable"):
         best, joined = iou_threshold, None
@@ -432,24 +433,6 @@ def merge_detections(
     merged_scores = np.array([scores[g].sum() / len(views) for g in groups], np.float32)
     order = np.argsort(-merged_scores, kind="stable")
     return merged_scores[order], np.stack([soft[groups[k]].mean(0) for k in order])
-
-
-def mask_ious(masks: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boolean masks ``(N, H, W)``; only pairs whose boxes meet are compared, inside
-    the boxes' overlap (a few dozen detections at full size would otherwise cost seconds)."""
-    n = len(masks)
-    ious = np.eye(n, dtype=np.float32)
-    areas = masks.reshape(n, -1).sum(1)
-    boxes = boxes_of_masks(masks).astype(np.int64)
-    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    for i, j in zip(*np.nonzero(np.triu((x1 > x0) & (y1 > y0), 1))):
-        window = np.s_[y0[i, j] : y1[i, j], x0[i, j] : x1[i, j]]
-        inter = np.count_nonzero(masks[i][window] & masks[j][window])
-        ious[i, j] = ious[j, i] = inter / (areas[i] + areas[j] - inter)
-    return ious
 
 
 def proposal_count(model: nn.Module) -> int:
