@@ -140,23 +140,15 @@ def tune_detector(
     flip, scales = TTA_OPTIONS[chosen]
     card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=proposals)
     card["tta_flip"], card["tta_scales"] = flip, list(scales)
+    settings = {"test_proposals": proposals, "tta": chosen, "tta_flip": flip, "tta_scales": list(scales)}
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "count_error")
     tuning = {
-        "test_proposals": proposals,
-        "tta": chosen,
-        "tta_flip": flip,
-        "tta_scales": list(scales),
+        **settings,
         **{k: with_views[chosen][k] for k in keys},
         "compared": {str(n): {k: results[n][k] for k in keys} for n in PROPOSAL_OPTIONS},
         "tta_compared": {name: {k: with_views[name][k] for k in keys} for name in options},
     }
-    val_metrics = with_views[chosen] | {
-        "test_proposals": proposals,
-        "tta": chosen,
-        "tta_flip": flip,
-        "tta_scales": list(scales),
-    }
-    _record_tuning(checkpoint, card, split, len(samples), val_metrics, tuning)
+    _record_tuning(checkpoint, card, split, len(samples), with_views[chosen] | settings, tuning)
     return card["postprocess_tuning"]
 
 
