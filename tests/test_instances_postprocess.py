@@ -226,6 +226,65 @@ def test_an_extra_pass_adds_what_the_main_maps_missed():
         ranked_candidates(main_fg, energy, params, [(fg[:-1], energy[:-1])])
 
 
+def test_an_enlarged_pass_fills_the_partitions_free_pixels_with_what_it_missed():
+    from seg.instances.postprocess import FILL_SCORE_SCALE, fill_partition, partition
+
+    truth = disc_scene(SHAPE, [(48, 40), (40, 100)], radius=18)
+    truth[truth == 2] = 0
+    truth[disc_scene(SHAPE, [(40, 100)], radius=8) > 0] = 2  # a small pedestrian (~200 px)
+    truth[disc_scene(SHAPE, [(80, 100)], radius=9) > 0] = 3  # another one
+    fg, energy = ideal_maps(truth)
+    params = PostprocessParams(cut_level=2, min_size=400, min_seed=0)
+    labels, scores = instances_from_maps(fg, energy, params)
+    assert labels.max() == 1  # the size floor drops both small ones
+    # the enlarged pass sees them deeper (its energy is in its own, larger pixels); it also sees the big
+    # one, which is already there, and a blob over the big one's pixels, which has no free pixels to fill
+    pass_truth = truth.copy()
+    pass_truth[disc_scene(SHAPE, [(48, 40)], radius=10) > 0] = 4
+    pass_fg, pass_energy = ideal_maps(pass_truth)
+    filled, filled_scores = fill_partition(labels, scores, [(pass_fg, 2.0 * pass_energy)], params)
+    assert filled.max() == 3 and len(filled_scores) == 3
+    np.testing.assert_array_equal(filled[labels > 0], labels[labels > 0])  # the partition's pixels stay its own
+    np.testing.assert_array_equal(filled_scores[:1], scores)
+    for new, person in ((2, 2), (3, 3)):  # each small pedestrian, on its own pixels, after the partition's ids
+        assert (filled == new).sum() == (truth == person).sum() and (filled[truth == person] == new).all()
+    np.testing.assert_allclose(filled_scores[1:], FILL_SCORE_SCALE * 0.99, rtol=1e-5)  # their own score: mean fg
+    assert _ap50(truth, filled[None] == np.arange(1, 4)[:, None, None], filled_scores) == pytest.approx(1.0)
+    # the same through ``partition`` and ``ranked_candidates``; no fill maps: the plain partition
+    np.testing.assert_array_equal(partition(fg, energy, params, [(pass_fg, 2.0 * pass_energy)])[0], filled)
+    np.testing.assert_array_equal(partition(fg, energy, params)[0], labels)
+    from seg.instances.postprocess import ranked_candidates
+
+    for alternatives in (False, True):
+        ranked_labels, ranked_scores, masks, _ = ranked_candidates(
+            fg, energy, replace(params, alternatives=alternatives), (), [(pass_fg, 2.0 * pass_energy)]
+        )
+        np.testing.assert_array_equal(ranked_labels, filled)
+        np.testing.assert_array_equal(masks[:3], filled[None] == np.arange(1, 4)[:, None, None])
+    with pytest.raises(ValueError, match="size"):
+        fill_partition(labels, scores, [(pass_fg[:-1], pass_energy[:-1])], params)
+
+
+def test_a_fill_pass_leaves_a_partly_covered_instance_out():
+    from seg.instances.postprocess import FILL_MIN_FREE, fill_partition
+
+    truth = disc_scene(SHAPE, [(48, 60)], radius=20)
+    fg, energy = ideal_maps(truth)
+    params = PostprocessParams(cut_level=2, min_size=100, min_seed=0)
+    labels, scores = instances_from_maps(fg, energy, params)
+    # the pass finds a pedestrian shifted sideways: most of it is on the partition's pixels
+    shifted = disc_scene(SHAPE, [(48, 72)], radius=20)
+    assert ((shifted > 0) & (labels == 0)).sum() < FILL_MIN_FREE * (shifted > 0).sum()
+    filled, filled_scores = fill_partition(labels, scores, [ideal_maps(shifted)], params)
+    np.testing.assert_array_equal(filled, labels)
+    np.testing.assert_array_equal(filled_scores, scores)
+    # nothing found anywhere, or nothing in the partition: both are fine
+    empty = np.zeros(SHAPE, np.float32)
+    np.testing.assert_array_equal(fill_partition(labels, scores, [(empty, empty)], params)[0], labels)
+    alone, alone_scores = fill_partition(np.zeros(SHAPE, np.int32), np.zeros(0, np.float32), [(fg, energy)], params)
+    assert alone.max() == 1 and len(alone_scores) == 1 and (alone[truth > 0] == 1).all()
+
+
 def _box_mask(shape: tuple[int, int], y0: int, x0: int, y1: int, x1: int, value: float = 0.9) -> np.ndarray:
     mask = np.zeros(shape, np.float32)
     mask[y0:y1, x0:x1] = value

@@ -419,6 +419,15 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
         tuning["alternative_scales_compared"]["1.5x"] > tuning["alternative_scales_compared"]["none"] + TUNE_MIN_GAIN
     )
     assert predictor.alternative_scales == tuple(card["alternative_scales"])
+    # before them, the enlarged passes that fill the partition: the cheapest within TUNE_MIN_GAIN of the
+    # best val mask AP of the partition alone
+    fills = tuning["fill_scales_compared"]
+    assert list(fills) == ["none", "1.5x", "2x"]
+    chosen = "+".join(f"{s:g}x" for s in card["fill_scales"]) or "none"
+    assert card["fill_scales"] == tuning["fill_scales"] == card["val_metrics"]["fill_scales"]
+    assert fills[chosen] >= max(fills.values()) - TUNE_MIN_GAIN
+    assert all(fills[name] < max(fills.values()) - TUNE_MIN_GAIN for name in list(fills)[: list(fills).index(chosen)])
+    assert predictor.fill_scales == tuple(card["fill_scales"])
     best = card["postprocess_tuning"]["tta"]
     assert TTA_OPTIONS[best] == (card["tta_flip"], tuple(card["tta_scales"]))
     # the cheapest setting within TUNE_MIN_GAIN of the best: a dearer one must earn its time
@@ -648,6 +657,33 @@ def test_predictor_ranks_alternatives_after_the_partition(dwt_checkpoint, pennfu
         assert (scores[n:] <= ALTERNATIVE_SCORE_SCALE).all()
         counts.append(len(masks))
     assert counts[1] >= counts[0]
+
+
+@pytest.mark.slow
+def test_predictor_fills_the_partition_from_an_enlarged_pass_unless_tta_is_off(pennfudan_root):
+    """The shipped DWT with a 2x fill pass: the small pedestrians it adds come after the partition's
+    own instances, on pixels the partition left empty, at most at ``FILL_SCORE_SCALE``."""
+    from seg.config import REPO_ROOT
+    from seg.instances.postprocess import FILL_SCORE_SCALE
+
+    base = InstancePredictor.from_checkpoint(REPO_ROOT / "checkpoints" / "dwt")
+    plain_predictor = InstancePredictor(base.model, base.card | {"fill_scales": []}, params=base.params)
+    filler = InstancePredictor(base.model, base.card | {"fill_scales": [2.0]}, params=base.params)
+    assert filler.fill_scales == (2.0,) and plain_predictor.fill_scales == ()
+    added = 0
+    for image_id in ids_for_split(pennfudan_root, "val")[:8]:
+        rgb = load_sample(pennfudan_root, image_id).image
+        plain, filled = plain_predictor.predict(rgb), filler.predict(rgb)
+        n = plain.num_instances
+        kept = plain.instances > 0
+        np.testing.assert_array_equal(filled.instances[kept], plain.instances[kept])  # the partition stays
+        np.testing.assert_array_equal(filled.scores[:n], plain.scores)
+        assert (filled.scores[n:] <= FILL_SCORE_SCALE).all() and len(filled.boxes) == filled.num_instances
+        if filled.num_instances > n and not added:  # tta=False skips the fill pass with the others
+            quick = filler.predict(rgb, tta=False)
+            np.testing.assert_array_equal(quick.instances, plain_predictor.predict(rgb, tta=False).instances)
+        added += filled.num_instances - n
+    assert added > 0  # small pedestrians the working height missed, on some of these images
 
 
 def test_eval_ranks_alternatives_as_the_card_says_or_the_partition_alone(dwt_checkpoint, pennfudan_root, tmp_path):

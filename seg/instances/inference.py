@@ -4,7 +4,9 @@
 dashboard call. The DWT runs at the working height; its foreground probability and
 expected energy are upsampled (both are linear in the level probabilities, so this
 equals upsampling the distributions) and post-processed at the original size. Its
-mirrored test-time pass runs in the same batch as the plain one. Mask R-CNN's test-time views
+mirrored test-time pass runs in the same batch as the plain one; a separate pass on the image
+enlarged (the card's ``fill_scales``) adds the small pedestrians it finds where the partition has
+none (``fill_partition``). Mask R-CNN's test-time views
 (mirror, larger scale) each give a set of detections; ``merge_detections`` makes them one.
 
 ``runtime`` says what runs the network (``seg.runtime``): eager PyTorch by default, ``auto``
@@ -25,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +49,7 @@ from seg.instances.data import (
     work_size,
 )
 from seg.instances.models import is_detector, split_outputs
-from seg.instances.postprocess import PostprocessParams, instances_from_maps, ranked_candidates
+from seg.instances.postprocess import PostprocessParams, partition, ranked_candidates
 from seg.io import atomic_write_text, check_rgb
 from seg.runtime import (
     CALIBRATION_IMAGES,
@@ -138,6 +141,20 @@ TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
 
 #: separate passes whose instances ``tune-instances`` tries ranking after the main pass's (besides none)
 ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,),)
+#: separate passes whose small pedestrians ``tune-instances`` tries adding to the partition (besides
+#: none), cheapest first
+FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (2.0,))
+
+
+class ImageMaps(NamedTuple):
+    """One image's DWT maps at one size: the main pass's foreground probability and expected energy,
+    and (fg, energy) of separate passes: ``alternatives`` rank after the partition (COCO AP only),
+    ``fills`` add their small pedestrians to it (``fill_partition``)."""
+
+    fg: np.ndarray
+    energy: np.ndarray
+    alternatives: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    fills: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,18 +285,24 @@ def working_height_maps(
     flip: bool,
     scales: tuple[float, ...],
     alternative_scales: tuple[float, ...],
-) -> list[tuple]:
-    """Per sample (fg, energy[, alternatives]) at the working height: the maps a DWT card's val metrics
-    score (``DWTValidation`` adds the loss it computes from the same forward)."""
+    fill_scales: tuple[float, ...] = (),
+) -> list[ImageMaps]:
+    """Per sample its maps at the working height: what a DWT card's val metrics score
+    (``DWTValidation`` adds the loss it computes from the same forward)."""
     device = module_device(model)
     maps = []
     with torch.inference_mode():
         for sample in samples:
             images = sample_batch(sample, device)
             fg, energy = dwt_heads(model, images, flip, scales)
-            main = (fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy())
-            alternatives = alternative_passes(model, images, flip, alternative_scales)
-            maps.append((*main, alternatives) if alternative_scales else main)
+            maps.append(
+                ImageMaps(
+                    fg[0, 0].cpu().numpy(),
+                    energy[0, 0].cpu().numpy(),
+                    tuple(alternative_passes(model, images, flip, alternative_scales)),
+                    tuple(alternative_passes(model, images, flip, fill_scales)),
+                )
+            )
     return maps
 
 
@@ -288,8 +311,9 @@ def score_maps(samples: list[InstanceSample], maps: list[tuple], params: Postpro
     ``counts``: the instances of each image's partition, the id map users see."""
     evaluator = InstanceEvaluator()
     counts = []
-    for sample, (fg, energy, *extra) in zip(samples, maps):
-        labels, _, masks, scores = ranked_candidates(fg, energy, params, extra[0] if extra else ())
+    for sample, image_maps in zip(samples, maps):
+        m = ImageMaps(*image_maps)  # a plain (fg, energy[, alternatives[, fills]]) tuple too
+        labels, _, masks, scores = ranked_candidates(m.fg, m.energy, params, m.alternatives, m.fills)
         evaluator.add(sample.masks(), masks, scores)
         counts.append(int(labels.max(initial=0)))
     return evaluator.compute() | {"counts": counts}
@@ -487,6 +511,8 @@ class InstancePredictor:
         self.scales = tuple(float(s) for s in self.card.get("tta_scales", (1.0,))) if scales is None else tuple(scales)
         # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
+        # separate passes whose small pedestrians join the partition (chosen on val; off with ``tta=False``)
+        self.fill_scales = tuple(float(s) for s in self.card.get("fill_scales", ()))
         if self.detector and module_device(self.model).type == "cpu":
             thread_roi_pools(self.model)
         elif not self.detector:
@@ -526,7 +552,8 @@ class InstancePredictor:
 
         ``candidates=True`` (evaluation): also rank the DWT's alternatives after its partition
         (``result.candidates()``), as the card says; they never change the id map, so a
-        caller that only shows or saves the partition leaves them off.
+        caller that only shows or saves the partition leaves them off. The DWT's fill passes
+        (``fill_scales``) do change it, and ``tta=False`` skips them too.
         """
         check_rgb(rgb)
         start = time.perf_counter()
@@ -537,14 +564,19 @@ class InstancePredictor:
             fg, energy = dwt_maps(self.serving, rgb, work_height=self.work_height, flip=flip, scales=scales)
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
+            fills = (
+                dwt_alternative_maps(self.serving, rgb, self.fill_scales, self.work_height, flip)
+                if tta and self.fill_scales and self.method == "dwt"
+                else []
+            )
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
                 ranked = (None, None)
             elif candidates and (params.alternatives or self.alternative_scales):
                 extra = dwt_alternative_maps(self.serving, rgb, self.alternative_scales, self.work_height, flip)
-                labels, scores, *ranked = ranked_candidates(fg, energy, params, extra)
+                labels, scores, *ranked = ranked_candidates(fg, energy, params, extra, fills)
             else:
-                labels, scores = instances_from_maps(fg, energy, params)
+                labels, scores = partition(fg, energy, params, fills)
                 ranked = (None, None)
             # the energy is only trained on pedestrians: show it where the foreground is
             shown = np.where(fg > params.fg_threshold, energy, 0.0).astype(np.float32)
@@ -605,7 +637,9 @@ class InstancePredictor:
         if not self._scored_at_working_height:
             return predict_val_results(self, root, ids)
         samples = load_instance_samples(root, ids, self.work_height)
-        maps = working_height_maps(self.serving, samples, self.flip, self.scales, self.alternative_scales)
+        maps = working_height_maps(
+            self.serving, samples, self.flip, self.scales, self.alternative_scales, self.fill_scales
+        )
         result = score_maps(samples, maps, self.params)
         return {k: (0.0 if isinstance(v, float) and not np.isfinite(v) else v) for k, v in result.items()}
 
@@ -618,6 +652,7 @@ class InstancePredictor:
             "flip": self.flip,
             "scales": list(self.scales),
             "alternative_scales": list(self.alternative_scales),
+            **({"fill_scales": list(self.fill_scales)} if self.fill_scales else {}),
             "postprocess": vars(self.params),
         }
         if self.detector:  # fewer proposals change the detections: a reference per count

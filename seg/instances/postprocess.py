@@ -12,6 +12,10 @@ the instances that other settings (a shallower or deeper cut, a lower foreground
 threshold, no size floor, an enlarged pass) would have produced. Scored 0.3x their own
 score, they rank below the partition's instances (0.6-1 on Penn-Fudan's val and test), so
 they extend the end of the precision-recall curve; the instance-id map stays the partition.
+
+A separate pass on the image enlarged (``fill_partition``) sees pedestrians too small for the
+working height; those it finds on pixels the partition left empty join the partition itself, so
+the id map shows them, scored at half their own score (under the 0.5 at which counting starts).
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ DEFAULT_MIN_SEED = 300  # seeds smaller than this (px at the working height) are
 ALTERNATIVE_SCORE_SCALE = 0.3
 #: an alternative this close (mask IoU) to a candidate already listed is a duplicate
 ALTERNATIVE_MAX_IOU = 0.85
+#: ``fill_partition``: an instance of an enlarged pass joins the partition when at least this share of
+#: its pixels is free and its mask IoU with every instance already there is below ``FILL_MAX_IOU``
+FILL_MIN_FREE = 0.6
+FILL_MAX_IOU = 0.2
+#: its score is its own times this; its minimum size the partition's times ``FILL_SIZE_FACTOR``
+#: (the pass is for the small pedestrians the floor drops); both chosen on the shipped DWT's val maps
+FILL_SCORE_SCALE = 0.5
+FILL_SIZE_FACTOR = 0.4
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,52 @@ def _overlap_iou(a: np.ndarray, num_a: int, b: np.ndarray, num_b: int) -> np.nda
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1.0)
 
 
+def fill_partition(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    fill_maps: Sequence[tuple[np.ndarray, np.ndarray]],
+    params: PostprocessParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The partition with what separate passes found on its free pixels: their ids come after its own.
+
+    ``fill_maps``: (fg, energy) of passes on the image enlarged, brought back to ``labels``' size with
+    the energy in the enlarged pass's pixels, so the seeds of small pedestrians reach the cut level.
+    Each pass is partitioned with ``params`` and a smaller size floor; an instance joins (on its free
+    pixels only, scored ``FILL_SCORE_SCALE`` times its own) where the partition has no instance like it.
+    """
+    small = replace(params, min_size=max(1, round(params.min_size * FILL_SIZE_FACTOR)), alternatives=False)
+    for fg, energy in fill_maps:
+        if fg.shape != labels.shape:
+            raise ValueError("fill maps must have the partition's size")
+        found, found_scores = instances_from_maps(fg, energy, small)
+        num = len(found_scores)
+        if not num:
+            continue
+        area = np.bincount(found.ravel(), minlength=num + 1)[1:]
+        free = np.bincount(found[labels == 0], minlength=num + 1)[1:]
+        joins = free >= FILL_MIN_FREE * area
+        if len(scores):
+            joins &= _overlap_iou(found, num, labels, len(scores)).max(axis=1) < FILL_MAX_IOU
+        if not joins.any():
+            continue
+        table = np.zeros(num + 1, np.int32)
+        table[1:][joins] = np.arange(len(scores) + 1, len(scores) + int(joins.sum()) + 1, dtype=np.int32)
+        labels = np.where(labels == 0, table[found], labels)
+        scores = np.concatenate([scores, found_scores[joins] * FILL_SCORE_SCALE]).astype(np.float32)
+    return labels, scores
+
+
+def partition(
+    fg_prob: np.ndarray,
+    energy: np.ndarray,
+    params: PostprocessParams,
+    fill_maps: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The id map users see: ``instances_from_maps``, filled from ``fill_maps`` (``fill_partition``)."""
+    labels, scores = instances_from_maps(fg_prob, energy, params)
+    return fill_partition(labels, scores, fill_maps, params) if len(fill_maps) else (labels, scores)
+
+
 def _drop_small(labels: np.ndarray, scores: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The partition a larger ``min_size`` would have given: same ids in the same order, minus the small."""
     keep = np.bincount(labels.ravel(), minlength=len(scores) + 1)[1:] >= max(min_size, 1)
@@ -158,16 +216,24 @@ def _add_fresh(sources: list[_Source], labels: np.ndarray, scores: np.ndarray) -
         sources.append((table[labels], int(fresh.sum()), scores[fresh] * ALTERNATIVE_SCORE_SCALE))
 
 
-def _candidate_maps(fg_prob: np.ndarray, energy: np.ndarray, params: PostprocessParams) -> list[_Source]:
+def _candidate_maps(
+    fg_prob: np.ndarray,
+    energy: np.ndarray,
+    params: PostprocessParams,
+    fill_maps: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> list[_Source]:
     """(id map, count, scores) per source of candidates, best first, no two candidates alike:
-    the partition, then what each alternative setting adds (scores already scaled down)."""
+    the partition (filled from ``fill_maps``), then what each alternative setting adds (scores
+    already scaled down)."""
     if not params.alternatives:
-        labels, scores = instances_from_maps(fg_prob, energy, params)
+        labels, scores = partition(fg_prob, energy, params, fill_maps)
         return [(labels, len(scores), scores)]
     unfloored, *others = params.alternative_settings()
     # the partition is the first alternative (no size floor) with the floor put back: one watershed for both
     all_labels, all_scores = instances_from_maps(fg_prob, energy, unfloored)
     labels, scores = _drop_small(all_labels, all_scores, params.min_size)
+    if len(fill_maps):
+        labels, scores = fill_partition(labels, scores, fill_maps, params)
     sources = [(labels, len(scores), scores)]
     _add_fresh(sources, all_labels, all_scores)
     for setting in others:
@@ -180,19 +246,20 @@ def ranked_candidates(
     energy: np.ndarray,
     params: PostprocessParams,
     extra_maps: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    fill_maps: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The partition (ids, scores) and every candidate for COCO AP: (P, H, W) bool masks, (P,) scores.
 
-    The candidates are the partition's instances, then (with ``params.alternatives``) the new
-    ones the alternative settings find, scored ``ALTERNATIVE_SCORE_SCALE`` times their own.
-    ``extra_maps``: (fg, energy) of other passes of the network (e.g. on an enlarged image,
-    which sees small pedestrians), same size; their candidates not yet listed come last,
-    scaled down once more.
+    The candidates are the partition's instances (filled from ``fill_maps``: ``fill_partition``),
+    then (with ``params.alternatives``) the new ones the alternative settings find, scored
+    ``ALTERNATIVE_SCORE_SCALE`` times their own. ``extra_maps``: (fg, energy) of other passes of
+    the network (e.g. on an enlarged image, which sees small pedestrians), same size; their
+    candidates not yet listed come last, scaled down once more.
     """
     if not params.alternatives and not extra_maps:
-        labels, scores = instances_from_maps(fg_prob, energy, params)
+        labels, scores = partition(fg_prob, energy, params, fill_maps)
         return labels, scores, labels[None] == np.arange(1, len(scores) + 1)[:, None, None], scores
-    sources = _candidate_maps(fg_prob, energy, params)
+    sources = _candidate_maps(fg_prob, energy, params, fill_maps)
     if any(extra_fg.shape != fg_prob.shape for extra_fg, _ in extra_maps):
         raise ValueError("extra maps must have the main maps' size")
     for extra_fg, extra_energy in extra_maps:

@@ -34,6 +34,7 @@ from seg.instances.data import (
 )
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
+    ImageMaps,
     InstancePredictor,
     alternative_passes,
     components_from_foreground,
@@ -179,6 +180,7 @@ class DWTValidation:
         flip: bool = False,
         scales: tuple[float, ...] = (1.0,),
         alternative_scales: tuple[float, ...] = (),
+        fill_scales: tuple[float, ...] = (),
     ) -> None:
         self.samples = samples
         self.energy_edges = tuple(energy_edges)
@@ -187,13 +189,14 @@ class DWTValidation:
         self.flip, self.scales = flip, tuple(scales)
         # separate passes whose instances rank after the main maps' (``ranked_candidates``)
         self.alternative_scales = tuple(alternative_scales)
+        # separate passes whose small pedestrians join the partition (``fill_partition``)
+        self.fill_scales = tuple(fill_scales)
         # the size grids are px at the 224-px working height; a model run taller searches them scaled
         height = samples[0].image.shape[0] if samples else WORK_HEIGHT
         self.area_scale = (height / WORK_HEIGHT) ** 2
 
-    def maps(self, model: nn.Module, device: torch.device) -> tuple[list, float]:
-        """Per image (fg prob, expected energy[, [(fg, energy) per alternative scale]]) at the working
-        size, and the mean loss."""
+    def maps(self, model: nn.Module, device: torch.device) -> tuple[list[ImageMaps], float]:
+        """Per image its maps at the working size (with the separate passes asked for), and the mean loss."""
         maps, losses = [], []
         channels_last_on_cpu(model)
         with torch.inference_mode():
@@ -207,19 +210,24 @@ class DWTValidation:
                 fg, energy = dwt_heads(
                     model, images, self.flip, self.scales, at_one=heads_from_logits(logits, self.flip)
                 )
-                maps.append((fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
+                maps.append(ImageMaps(fg[0, 0].cpu().numpy(), energy[0, 0].cpu().numpy()))
+        if self.fill_scales:
+            maps = self.with_passes(maps, model, device, self.fill_scales, "fills")
         if self.alternative_scales:
-            maps = self.with_alternatives(maps, model, device, self.alternative_scales)
+            maps = self.with_passes(maps, model, device, self.alternative_scales, "alternatives")
         return maps, float(np.mean(losses)) if losses else float("nan")
 
-    def with_alternatives(self, maps: list, model: nn.Module, device: torch.device, scales: tuple[float, ...]) -> list:
-        """``maps`` with each image's separate passes at ``scales`` added (their new instances rank
-        last); the main maps are reused, not recomputed."""
-        out = []
+    def with_passes(
+        self, maps: list[ImageMaps], model: nn.Module, device: torch.device, scales: tuple[float, ...], kind: str
+    ) -> list[ImageMaps]:
+        """``maps`` with each image's separate passes at ``scales`` as its ``alternatives`` (their new
+        instances rank last) or its ``fills`` (their small pedestrians join the partition); the other
+        maps are reused, not recomputed."""
         with torch.inference_mode():
-            for s, (fg, energy, *_) in zip(self.samples, maps):
-                out.append((fg, energy, alternative_passes(model, sample_batch(s, device), self.flip, scales)))
-        return out
+            return [
+                m._replace(**{kind: tuple(alternative_passes(model, sample_batch(s, device), self.flip, scales))})
+                for s, m in zip(self.samples, maps)
+            ]
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
         if not components:

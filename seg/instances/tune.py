@@ -8,6 +8,7 @@ test-time augmentation.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,11 @@ def cheapest_near_best(scores: dict) -> object:
     return next(k for k, v in scores.items() if (v or 0.0) >= best - TUNE_MIN_GAIN)
 
 
+def _passes_name(scales: tuple[float, ...]) -> str:
+    """How the tuning record names a set of separate passes: ``none``, ``1.5x``, ``1.5x+2x``."""
+    return "+".join(f"{s:g}x" for s in scales) or "none"
+
+
 def tune_checkpoint(
     checkpoint: str | Path, data_dir: Path, split: str = "val", limit: int | None = None, tta: str = "auto"
 ) -> dict:
@@ -35,7 +41,10 @@ def tune_checkpoint(
     and keeps the cheapest one within ``TUNE_MIN_GAIN`` of the best mask AP (25 val images:
     a smaller gain is noise, and the dearer settings cost 2-5x the time); the choice goes in
     the card too.
-    Then, with the chosen parameters, each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
+    Then, with the chosen parameters, each ``FILL_SCALE_OPTIONS`` entry: separate passes on the
+    image enlarged whose small pedestrians join the partition (``fill_partition``); the cheapest
+    within ``TUNE_MIN_GAIN`` of the best val mask AP of the partition alone (the id map users see) is kept.
+    Then each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
     passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
     only if val mask AP rises by more than ``TUNE_MIN_GAIN``. A Mask R-CNN goes to ``tune_detector``.
     """
@@ -44,7 +53,7 @@ def tune_checkpoint(
     from seg.checkpoints import load_checkpoint
     from seg.instances import DWT_ARCHITECTURES
     from seg.instances.data import WORK_HEIGHT, load_instance_split
-    from seg.instances.inference import ALTERNATIVE_SCALE_OPTIONS, TTA_OPTIONS
+    from seg.instances.inference import ALTERNATIVE_SCALE_OPTIONS, FILL_SCALE_OPTIONS, TTA_OPTIONS
     from seg.instances.postprocess import PostprocessParams
     from seg.instances.targets import ENERGY_EDGES
     from seg.instances.task import DWTValidation
@@ -67,23 +76,35 @@ def tune_checkpoint(
     flip, scales = TTA_OPTIONS[chosen]
     result = results[chosen]
     validation, maps = computed[chosen]
+    params = PostprocessParams(**result["postprocess"])
+    fill_maps = {(): maps}  # the partition alone, then filled from each set of enlarged passes
+    fill_maps |= {fill: validation.with_passes(maps, model, cpu, fill, "fills") for fill in FILL_SCALE_OPTIONS}
+    fills_compared = {
+        _passes_name(fill): validation.evaluate(filled, replace(params, alternatives=False))["mask_ap"]
+        for fill, filled in fill_maps.items()
+    }
+    fill_scales = cheapest_near_best(dict(zip(fill_maps, fills_compared.values())))
+    maps = fill_maps[fill_scales]
+    if fill_scales:
+        metrics = validation.evaluate(maps, params)
+        result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
     alternative_scales, alternatives_compared = (), {"none": result["mask_ap"]}
     for extra in ALTERNATIVE_SCALE_OPTIONS:  # the chosen setting's maps plus each set of separate passes
-        metrics = validation.evaluate(
-            validation.with_alternatives(maps, model, cpu, extra), PostprocessParams(**result["postprocess"])
-        )
-        alternatives_compared["+".join(f"{s:g}x" for s in extra)] = metrics["mask_ap"]
+        metrics = validation.evaluate(validation.with_passes(maps, model, cpu, extra, "alternatives"), params)
+        alternatives_compared[_passes_name(extra)] = metrics["mask_ap"]
         if (metrics["mask_ap"] or 0.0) > (result["mask_ap"] or 0.0) + TUNE_MIN_GAIN:
             alternative_scales = extra
             result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
     card["postprocess"] = result["postprocess"]
     card["tta_flip"], card["tta_scales"] = flip, list(scales)
     card["alternative_scales"] = list(alternative_scales)
+    card["fill_scales"] = list(fill_scales)
     val_metrics = result | {
         "tta": chosen,
         "tta_flip": flip,
         "tta_scales": list(scales),
         "alternative_scales": list(alternative_scales),
+        "fill_scales": list(fill_scales),
     }
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "count_error", "components_mask_ap")
     tuning = {
@@ -92,6 +113,8 @@ def tune_checkpoint(
         "tta_scales": list(scales),
         **{k: result[k] for k in keys},
         "compared": {name: {k: results[name][k] for k in keys[:3]} for name in options},
+        "fill_scales": list(fill_scales),
+        "fill_scales_compared": fills_compared,
         "alternative_scales": list(alternative_scales),
         "alternative_scales_compared": alternatives_compared,
     }

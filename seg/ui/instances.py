@@ -240,8 +240,8 @@ def build(store: ModelStore) -> None:
                 )
             tta = gr.Checkbox(
                 value=True,
-                label="Test-time augmentation (mirror and/or a 1.25x pass, as "
-                "tuned on val and stored in each model's card; off is faster)",
+                label="Test-time passes (mirror, 1.25x, and the DWT's enlarged pass for small "
+                "pedestrians, as tuned on val and stored in each model's card; off is faster)",
                 elem_id="instances-tta",
             )
             run = gr.Button("Find pedestrians", variant="primary", elem_id="instances-run")
