@@ -68,3 +68,27 @@ def release_memory() -> bool:
     gc.collect()
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux's ``/proc/self/statm``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def trim_above(limit_bytes: int) -> bool:
+    """Hand the heap's free pages back when this process holds more than ``limit_bytes``; True when it
+    trimmed. No garbage collection, so it is cheap enough after a request: the app calls it after the
+    heaviest ones, whose freed buffers glibc would otherwise keep (the next such request pays for
+    fresh pages, which is the price of the bound)."""
+    resident = resident_bytes()
+    if resident is None or resident <= limit_bytes:
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

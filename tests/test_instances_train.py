@@ -465,6 +465,31 @@ def test_scale_tta_averages_an_enlarged_pass_in_working_pixels():
     torch.testing.assert_close(energy, (plain_energy + back[:, 1:]) / 2)  # levels are px: 1.5x deeper -> / 1.5
 
 
+def test_a_pass_in_strips_keeps_each_strips_share_and_matches_the_whole_pass():
+    """A fill pass runs the enlarged image as vertical strips with some context past each share: for a
+    network that looks at each pixel alone the stitched maps are the whole pass's; for a U-Net they
+    differ only near the seams, where a strip's context ends."""
+    from seg.instances.inference import STRIP_OVERLAP, dwt_pass
+    from seg.instances.targets import ENERGY_EDGES
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 40, 100)
+    per_pixel = torch.nn.Conv2d(3, 2 + len(ENERGY_EDGES), 1).eval()
+    model = create("dwt", num_classes=2, base_channels=8, depth=2).eval()
+    with torch.inference_mode():
+        for flip in (False, True):
+            whole = dwt_pass(per_pixel, x, flip, 2.0)
+            for strips in (2, 3):
+                torch.testing.assert_close(dwt_pass(per_pixel, x, flip, 2.0, strips), whole)
+        fg, energy = dwt_pass(model, x, False, 2.0, strips=2)
+        whole_fg, whole_energy = dwt_pass(model, x, False, 2.0)
+    assert fg.shape == energy.shape == (1, 1, 40, 100)
+    # away from the seam (x = 50 here, 100 in the enlarged image) a strip saw what the whole pass saw
+    far = [c for c in range(100) if abs(2 * c - 100) > STRIP_OVERLAP]
+    torch.testing.assert_close(fg[..., far], whole_fg[..., far], atol=1e-4, rtol=0)
+    torch.testing.assert_close(energy[..., far], whole_energy[..., far], atol=1e-3, rtol=0)
+
+
 def test_flip_tta_averages_the_mirrored_pass():
     from seg.instances.inference import dwt_heads
     from seg.instances.models import split_outputs

@@ -49,7 +49,15 @@ from seg.instances.data import (
     work_size,
 )
 from seg.instances.models import is_detector, split_outputs
-from seg.instances.postprocess import PostprocessParams, partition, ranked_candidates
+from seg.instances.postprocess import (
+    FILL_MAX_IOU,
+    FILL_MIN_FREE,
+    FILL_SCORE_SCALE,
+    FILL_SIZE_FACTOR,
+    PostprocessParams,
+    partition,
+    ranked_candidates,
+)
 from seg.io import atomic_write_text, check_rgb
 from seg.runtime import (
     CALIBRATION_IMAGES,
@@ -143,7 +151,12 @@ TTA_OPTIONS: dict[str, tuple[bool, tuple[float, ...]]] = {
 ALTERNATIVE_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,),)
 #: separate passes whose small pedestrians ``tune-instances`` tries adding to the partition (besides
 #: none), cheapest first
-FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (2.0,))
+FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (1.75,), (2.0,))
+#: a fill pass runs on this many vertical strips of the enlarged image, each reaching ``STRIP_OVERLAP``
+#: px (enlarged) past its share on both sides: its peak memory is a narrower pass's. Whole, the 2x pass
+#: held the dashboard's process 0.4 GB above the passes at the working size
+FILL_STRIPS = 2
+STRIP_OVERLAP = 64
 
 
 class ImageMaps(NamedTuple):
@@ -208,25 +221,41 @@ def dwt_heads(
     return torch.stack(fgs).mean(0), torch.stack(energies).mean(0)
 
 
-def dwt_pass(model: nn.Module, x: torch.Tensor, flip: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dwt_pass(
+    model: nn.Module, x: torch.Tensor, flip: bool, scale: float, strips: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Heads of one pass on ``x`` resized by ``scale``, brought back to ``x``'s size.
 
     The energy stays in that pass's pixels: ``dwt_heads`` divides it by ``scale`` to average
     passes; an alternative pass (``dwt_alternative_maps``) is post-processed as it is.
+    ``strips``: run the resized image as that many vertical strips, each with ``STRIP_OVERLAP``
+    px of context past its share, and keep each strip's own share (less memory at a time).
     """
     h, w = x.shape[-2:]
-    if scale == 1.0:
+    if scale == 1.0 and strips == 1:
         return heads_from_logits(model(with_mirror(x, flip)), flip)
-    xs = F.interpolate(
-        x,
-        size=(max(1, round(h * scale)), max(1, round(w * scale))),
-        mode="bilinear",
-        align_corners=False,
-        antialias=scale < 1.0,
-    )
-    fg, energy = heads_from_logits(model(with_mirror(xs, flip)), flip)
-    maps = F.interpolate(torch.cat([fg, energy], 1), size=(h, w), mode="bilinear", align_corners=False)
+    parts = []
+    for piece, keep in strip_inputs(x, scale, strips):
+        fg, energy = heads_from_logits(model(with_mirror(piece, flip)), flip)
+        parts.append(torch.cat([fg, energy], 1)[..., keep])
+    maps = F.interpolate(torch.cat(parts, -1), size=(h, w), mode="bilinear", align_corners=False)
     return maps[:, :1], maps[:, 1:]
+
+
+def strip_inputs(x: torch.Tensor, scale: float, strips: int) -> list[tuple[torch.Tensor, slice]]:
+    """``x`` resized by ``scale`` and cut into ``strips`` vertical strips, each with ``STRIP_OVERLAP`` px of
+    context past its share: (strip, the columns of the strip that are its share)."""
+    h, w = x.shape[-2:]
+    if scale != 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
+    width = x.shape[-1]
+    cuts = [round(width * k / strips) for k in range(strips + 1)]
+    out = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        lo, hi = max(0, start - STRIP_OVERLAP), min(width, stop + STRIP_OVERLAP)
+        out.append((x[..., lo:hi], slice(start - lo, stop - lo)))
+    return out
 
 
 def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
@@ -258,13 +287,19 @@ def dwt_maps(
 
 
 def dwt_alternative_maps(
-    model: nn.Module, rgb: np.ndarray, scales: tuple[float, ...], work_height: int = WORK_HEIGHT, flip: bool = False
+    model: nn.Module,
+    rgb: np.ndarray,
+    scales: tuple[float, ...],
+    work_height: int = WORK_HEIGHT,
+    flip: bool = False,
+    strips: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fg, energy) of one separate pass per scale, at the input size: where ``ranked_candidates``
-    looks for pedestrians the main pass missed (an enlarged pass sees the small ones)."""
+    looks for pedestrians the main pass missed (an enlarged pass sees the small ones), and the fill
+    passes (``strips=FILL_STRIPS``)."""
     with torch.inference_mode():
         x = _work_batch(model, rgb, work_height)
-        return [_maps_at(*dwt_pass(model, x, flip, scale), rgb.shape[:2]) for scale in scales]
+        return [_maps_at(*dwt_pass(model, x, flip, scale, strips), rgb.shape[:2]) for scale in scales]
 
 
 def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
@@ -273,10 +308,11 @@ def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
 
 
 def alternative_passes(
-    model: nn.Module, images: torch.Tensor, flip: bool, scales: tuple[float, ...]
+    model: nn.Module, images: torch.Tensor, flip: bool, scales: tuple[float, ...], strips: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(fg, energy) of one separate pass per scale at ``images``' size (``ranked_candidates``' alternatives)."""
-    return [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, flip, scale)) for scale in scales]
+    """(fg, energy) of one separate pass per scale at ``images``' size (``ranked_candidates``' alternatives,
+    and with ``strips=FILL_STRIPS`` the fill passes)."""
+    return [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, flip, scale, strips)) for scale in scales]
 
 
 def working_height_maps(
@@ -300,7 +336,7 @@ def working_height_maps(
                     fg[0, 0].cpu().numpy(),
                     energy[0, 0].cpu().numpy(),
                     tuple(alternative_passes(model, images, flip, alternative_scales)),
-                    tuple(alternative_passes(model, images, flip, fill_scales)),
+                    tuple(alternative_passes(model, images, flip, fill_scales, FILL_STRIPS)),
                 )
             )
     return maps
@@ -565,7 +601,7 @@ class InstancePredictor:
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
             fills = (
-                dwt_alternative_maps(self.serving, rgb, self.fill_scales, self.work_height, flip)
+                dwt_alternative_maps(self.serving, rgb, self.fill_scales, self.work_height, flip, FILL_STRIPS)
                 if tta and self.fill_scales and self.method == "dwt"
                 else []
             )
@@ -652,12 +688,24 @@ class InstancePredictor:
             "flip": self.flip,
             "scales": list(self.scales),
             "alternative_scales": list(self.alternative_scales),
-            **({"fill_scales": list(self.fill_scales)} if self.fill_scales else {}),
+            **({"fill": self._fill_settings()} if self.fill_scales else {}),
             "postprocess": vars(self.params),
         }
         if self.detector:  # fewer proposals change the detections: a reference per count
             context["test_proposals"] = proposal_count(self.model)
         return context
+
+    def _fill_settings(self) -> dict:
+        """What the fill passes' instances depend on besides the maps (part of the agreement's key)."""
+        return {
+            "scales": list(self.fill_scales),
+            "strips": FILL_STRIPS,
+            "overlap": STRIP_OVERLAP,
+            "min_free": FILL_MIN_FREE,
+            "max_iou": FILL_MAX_IOU,
+            "score_scale": FILL_SCORE_SCALE,
+            "size_factor": FILL_SIZE_FACTOR,
+        }
 
     def serving_spec(self) -> ServingSpec:
         """Export, timing and agreement hooks for ``seg.runtime`` (built only when a runtime is asked for)."""
@@ -684,7 +732,15 @@ class InstancePredictor:
 
         def calibration_inputs() -> list[tuple] | None:
             train = split("train", CALIBRATION_IMAGES)
-            return [self._network_input(rgb) for rgb in train] if train else None
+            if not train:
+                return None
+            inputs = [self._network_input(rgb) for rgb in train]
+            if not self.detector and self.fill_scales:  # the fill passes' strips: larger people, other ranges
+                for rgb in train:
+                    x = _work_batch(self.model, rgb, self.work_height)
+                    for scale in self.fill_scales:
+                        inputs += [(with_mirror(piece, self.flip),) for piece, _ in strip_inputs(x, scale, FILL_STRIPS)]
+            return inputs
 
         def agreement(serving: nn.Module) -> Agreement | None:
             root = dataset_dir("pennfudan")

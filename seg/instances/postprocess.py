@@ -45,7 +45,7 @@ FILL_MAX_IOU = 0.2
 #: its score is its own times this; its minimum size the partition's times ``FILL_SIZE_FACTOR``
 #: (the pass is for the small pedestrians the floor drops); both chosen on the shipped DWT's val maps
 FILL_SCORE_SCALE = 0.5
-FILL_SIZE_FACTOR = 0.4
+FILL_SIZE_FACTOR = 0.2
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from seg.instances.data import (
 )
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
+    FILL_STRIPS,
     ImageMaps,
     InstancePredictor,
     alternative_passes,
@@ -223,11 +224,13 @@ class DWTValidation:
         """``maps`` with each image's separate passes at ``scales`` as its ``alternatives`` (their new
         instances rank last) or its ``fills`` (their small pedestrians join the partition); the other
         maps are reused, not recomputed."""
+        strips = FILL_STRIPS if kind == "fills" else 1
         with torch.inference_mode():
-            return [
-                m._replace(**{kind: tuple(alternative_passes(model, sample_batch(s, device), self.flip, scales))})
-                for s, m in zip(self.samples, maps)
+            passes = [
+                alternative_passes(model, sample_batch(sample, device), self.flip, scales, strips)
+                for sample in self.samples
             ]
+        return [m._replace(**{kind: tuple(found)}) for m, found in zip(maps, passes)]
 
     def evaluate(self, maps: list, params: PostprocessParams, components: bool = False) -> dict:
         if not components:
