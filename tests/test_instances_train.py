@@ -188,6 +188,25 @@ def test_mask_rcnn_views_are_mirrored_and_rescaled_back_onto_the_image(pennfudan
     assert not np.array_equal(result.all_scores, plain.all_scores)
 
 
+def test_a_mask_rcnn_cuts_its_soft_masks_where_its_card_says(pennfudan_root):
+    from seg.config import REPO_ROOT
+    from seg.instances.inference import MASK_THRESHOLD, detector_views
+
+    base = InstancePredictor.from_checkpoint(REPO_ROOT / "checkpoints" / "maskrcnn", flip=False, scales=(1.0,))
+    rgb = load_sample(pennfudan_root, ids_for_split(pennfudan_root, "val")[0]).image
+    ((scores, soft),) = detector_views(base.serving, rgb, False, (1.0,))
+    assert (
+        InstancePredictor(base.model, {k: v for k, v in base.card.items() if k != "mask_threshold"}).mask_threshold
+        == MASK_THRESHOLD
+    )
+    for cut in (0.3, 0.7):
+        predictor = InstancePredictor(base.model, base.card | {"mask_threshold": cut}, flip=False, scales=(1.0,))
+        result = predictor.predict(rgb)
+        np.testing.assert_array_equal(result.all_masks, soft > cut)
+        np.testing.assert_array_equal(result.all_scores, scores)
+    assert (soft > 0.3).sum() > (soft > 0.7).sum()
+
+
 def test_dwt_work_height_sets_the_training_and_card_height(pennfudan_root):
     from seg.cli import build_parser
 
@@ -766,11 +785,12 @@ def test_tune_chooses_mask_rcnn_proposals_and_views_on_val_and_the_model_keeps_t
     """``tune-instances`` on a Mask R-CNN: the fewest proposals within ``TUNE_MIN_GAIN`` of the best val
     mask AP, recorded in ``arch_kwargs`` so every loader builds the model with it; then, with them,
     the cheapest test-time augmentation within ``TUNE_MIN_GAIN`` of the best, recorded as the DWT's
-    is; the training's val metrics stay on the card; ``--tta NAME`` tries that setting alone."""
+    is; then where the soft masks are cut, moved from 0.5 only for a gain over ``TUNE_MIN_GAIN``; the
+    training's val metrics stay on the card; ``--tta NAME`` tries that setting alone."""
     import shutil
 
     from seg.config import REPO_ROOT
-    from seg.instances.inference import proposal_count
+    from seg.instances.inference import MASK_THRESHOLD_OPTIONS, proposal_count
     from seg.instances.tune import PROPOSAL_OPTIONS
 
     stem = tmp_path / "maskrcnn"
@@ -778,7 +798,7 @@ def test_tune_chooses_mask_rcnn_proposals_and_views_on_val_and_the_model_keeps_t
         shutil.copy(REPO_ROOT / "checkpoints" / f"maskrcnn{suffix}", stem.with_suffix(suffix))
     card = json.loads(stem.with_suffix(".json").read_text())
     card["arch_kwargs"].pop("test_proposals", None)  # as trained: torchvision's 1,000
-    for key in ("tta_flip", "tta_scales"):
+    for key in ("tta_flip", "tta_scales", "mask_threshold"):
         card.pop(key, None)
     stem.with_suffix(".json").write_text(json.dumps(card))
     assert proposal_count(load_checkpoint(stem)[0]) == 1000
@@ -800,13 +820,22 @@ def test_tune_chooses_mask_rcnn_proposals_and_views_on_val_and_the_model_keeps_t
     assert all(views[n] < best_view - TUNE_MIN_GAIN for n in order[: order.index(view)])
     assert (tuned["tta_flip"], tuple(tuned["tta_scales"])) == TTA_OPTIONS[view]
     assert tuned["training_val_metrics"] == card.get("training_val_metrics", card["val_metrics"])  # kept once
-    assert tuned["val_metrics"]["mask_ap"] == views[view] and tuned["val_metrics"]["test_proposals"] == chosen
+    # the mask cut, with those views: 0.5 is the views' own result
+    cuts = {float(t): c["mask_ap"] for t, c in tuning["mask_threshold_compared"].items()}
+    assert sorted(cuts) == sorted(MASK_THRESHOLD_OPTIONS) and cuts[0.5] == views[view]
+    cut = tuned["mask_threshold"]
+    assert tuning["mask_threshold"] == cut == tuned["val_metrics"]["mask_threshold"]
+    if cut == 0.5:
+        assert max(cuts.values()) <= cuts[0.5] + TUNE_MIN_GAIN
+    else:
+        assert cuts[cut] == max(cuts.values()) > cuts[0.5] + TUNE_MIN_GAIN
+    assert tuned["val_metrics"]["mask_ap"] == cuts[cut] and tuned["val_metrics"]["test_proposals"] == chosen
     assert tuned["val_metrics"]["tta"] == view
     model, _ = load_checkpoint(stem)
     assert proposal_count(model) == chosen
     predictor = InstancePredictor.from_checkpoint(stem)
     assert proposal_count(predictor.model) == chosen
-    assert (predictor.flip, predictor.scales) == TTA_OPTIONS[view]
+    assert (predictor.flip, predictor.scales) == TTA_OPTIONS[view] and predictor.mask_threshold == cut
     # a fixed setting is the only one tried
     assert main(["tune-instances", *flags, "--tta", "flip"]) == 0
     fixed = json.loads(stem.with_suffix(".json").read_text())

@@ -49,6 +49,7 @@ def evaluate_instance_checkpoint(
             "candidates": candidates if not predictor.detector else None,
             "alternative_scales": list(predictor.alternative_scales) if not predictor.detector else None,
             "fill_scales": list(predictor.fill_scales) if not predictor.detector else None,
+            "mask_threshold": predictor.mask_threshold if predictor.detector else None,
             "mean_latency_ms": float(np.mean(latencies)) if latencies else None,
             "postprocess": vars(predictor.params) if not predictor.detector else None,
         }

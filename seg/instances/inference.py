@@ -77,7 +77,11 @@ from seg.runtime import (
 )
 
 DETECTION_SCORE_THRESHOLD = 0.5
+#: a detector's soft masks are cut here unless its card says otherwise (``mask_threshold``, tuned on val)
 MASK_THRESHOLD = 0.5
+#: the cuts ``tune-instances`` compares for a detector's masks; another than the default must beat it
+#: by more than ``TUNE_MIN_GAIN``
+MASK_THRESHOLD_OPTIONS = (0.4, 0.45, 0.5, 0.55, 0.6)
 #: mask IoU at which detections of two test-time views are one pedestrian (chosen on val: from 0.5
 #: to 0.8, mask AP varied by 0.005 with the mirror alone and peaked at 0.7 with the mirror and 1.25x)
 DETECTION_MERGE_IOU = 0.7
@@ -549,6 +553,8 @@ class InstancePredictor:
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
         # separate passes whose small pedestrians join the partition (chosen on val; off with ``tta=False``)
         self.fill_scales = tuple(float(s) for s in self.card.get("fill_scales", ()))
+        # where a detector's soft masks are cut (chosen on val)
+        self.mask_threshold = float(self.card.get("mask_threshold", MASK_THRESHOLD))
         if self.detector and module_device(self.model).type == "cpu":
             thread_roi_pools(self.model)
         elif not self.detector:
@@ -624,7 +630,7 @@ class InstancePredictor:
         flip, scales = (self.flip, self.scales) if tta else (False, (1.0,))
         views = detector_views(self.serving, rgb, flip, scales)
         scores, soft_masks = views[0] if len(views) == 1 else merge_detections(views)
-        masks = soft_masks > MASK_THRESHOLD if len(scores) else np.zeros((0,) + rgb.shape[:2], bool)
+        masks = soft_masks > self.mask_threshold if len(scores) else np.zeros((0,) + rgb.shape[:2], bool)
         ids = np.zeros(rgb.shape[:2], np.int32)
         kept = [i for i in np.argsort(scores)[::-1] if scores[i] >= DETECTION_SCORE_THRESHOLD]
         for rank, i in reversed(list(enumerate(kept, start=1))):  # paint low scores first, high ones win
@@ -693,6 +699,8 @@ class InstancePredictor:
         }
         if self.detector:  # fewer proposals change the detections: a reference per count
             context["test_proposals"] = proposal_count(self.model)
+            if self.mask_threshold != MASK_THRESHOLD:
+                context["mask_threshold"] = self.mask_threshold
         return context
 
     def _fill_settings(self) -> dict:

@@ -35,6 +35,7 @@ from seg.instances.data import (
 from seg.instances.inference import (
     DETECTION_SCORE_THRESHOLD,
     FILL_STRIPS,
+    MASK_THRESHOLD,
     ImageMaps,
     InstancePredictor,
     alternative_passes,
@@ -481,11 +482,14 @@ def detector_val_metrics(
     work_height: int,
     flip: bool = False,
     scales: tuple[float, ...] = (1.0,),
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> dict:
     """A Mask R-CNN's COCO metrics on ``samples`` (already at ``work_height``): its validation, as training
-    and ``tune-instances`` measure it, with the test-time views ``flip`` and ``scales``."""
+    and ``tune-instances`` measure it, with the test-time views ``flip`` and ``scales`` and its soft
+    masks cut at ``mask_threshold``."""
     was_training = model.training
-    predictor = InstancePredictor(model, {"work_height": work_height}, flip=flip, scales=scales)
+    card = {"work_height": work_height, "mask_threshold": mask_threshold}
+    predictor = InstancePredictor(model, card, flip=flip, scales=scales)
     ev = InstanceEvaluator()
     try:
         for s in samples:

@@ -132,15 +132,16 @@ def tune_detector(
     tta: str = "auto",
 ) -> dict:
     """A Mask R-CNN's proposals, then its test-time augmentation, each the cheapest option within
-    ``TUNE_MIN_GAIN`` of the best val mask AP.
+    ``TUNE_MIN_GAIN`` of the best val mask AP; then where its soft masks are cut: the best of
+    ``MASK_THRESHOLD_OPTIONS`` if it beats the default cut by more than ``TUNE_MIN_GAIN``.
 
     Every proposal is pooled by the box and mask heads, so that is most of a served image's time,
     while a few pedestrians per image rarely need a thousand. Proposals are chosen without
     test-time views; ``tta`` (``auto``: every ``TTA_OPTIONS`` entry) is then chosen with them.
-    Writes ``arch_kwargs.test_proposals``, ``tta_flip`` and ``tta_scales``.
+    Writes ``arch_kwargs.test_proposals``, ``tta_flip``, ``tta_scales`` and ``mask_threshold``.
     """
     from seg.instances.data import load_instance_split
-    from seg.instances.inference import TTA_OPTIONS, set_proposal_count
+    from seg.instances.inference import MASK_THRESHOLD, MASK_THRESHOLD_OPTIONS, TTA_OPTIONS, set_proposal_count
     from seg.instances.task import MASKRCNN_HEIGHT, detector_val_metrics
 
     work_height = int(card.get("work_height", MASKRCNN_HEIGHT))
@@ -161,17 +162,34 @@ def tune_detector(
             with_views[name] = detector_val_metrics(model, samples, work_height, *TTA_OPTIONS[name])
     chosen = cheapest_near_best({name: with_views[name]["mask_ap"] for name in options})
     flip, scales = TTA_OPTIONS[chosen]
+    cuts = {MASK_THRESHOLD: with_views[chosen]}  # measured above
+    cuts |= {
+        t: detector_val_metrics(model, samples, work_height, flip, scales, t)
+        for t in MASK_THRESHOLD_OPTIONS
+        if t != MASK_THRESHOLD
+    }
+    best_cut = max(MASK_THRESHOLD_OPTIONS, key=lambda t: cuts[t]["mask_ap"] or 0.0)
+    gain = (cuts[best_cut]["mask_ap"] or 0.0) - (cuts[MASK_THRESHOLD]["mask_ap"] or 0.0)
+    mask_threshold = best_cut if gain > TUNE_MIN_GAIN else MASK_THRESHOLD
     card["arch_kwargs"] = dict(card.get("arch_kwargs") or {}, test_proposals=proposals)
     card["tta_flip"], card["tta_scales"] = flip, list(scales)
-    settings = {"test_proposals": proposals, "tta": chosen, "tta_flip": flip, "tta_scales": list(scales)}
+    card["mask_threshold"] = mask_threshold
+    settings = {
+        "test_proposals": proposals,
+        "tta": chosen,
+        "tta_flip": flip,
+        "tta_scales": list(scales),
+        "mask_threshold": mask_threshold,
+    }
     keys = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "count_error")
     tuning = {
         **settings,
-        **{k: with_views[chosen][k] for k in keys},
+        **{k: cuts[mask_threshold][k] for k in keys},
         "compared": {str(n): {k: results[n][k] for k in keys} for n in PROPOSAL_OPTIONS},
         "tta_compared": {name: {k: with_views[name][k] for k in keys} for name in options},
+        "mask_threshold_compared": {f"{t:g}": {k: cuts[t][k] for k in keys} for t in MASK_THRESHOLD_OPTIONS},
     }
-    _record_tuning(checkpoint, card, split, len(samples), with_views[chosen] | settings, tuning)
+    _record_tuning(checkpoint, card, split, len(samples), cuts[mask_threshold] | settings, tuning)
     return card["postprocess_tuning"]
 
 
