@@ -79,11 +79,12 @@ def tune_checkpoint(
     params = PostprocessParams(**result["postprocess"])
     fill_maps = {(): maps}  # the partition alone, then filled from each set of enlarged passes
     fill_maps |= {fill: validation.with_passes(maps, model, cpu, fill, "fills") for fill in FILL_SCALE_OPTIONS}
-    fills_compared = {
-        _passes_name(fill): validation.evaluate(filled, replace(params, alternatives=False))["mask_ap"]
+    partition_ap = {
+        fill: validation.evaluate(filled, replace(params, alternatives=False))["mask_ap"]
         for fill, filled in fill_maps.items()
     }
-    fill_scales = cheapest_near_best(dict(zip(fill_maps, fills_compared.values())))
+    fills_compared = {_passes_name(fill): ap for fill, ap in partition_ap.items()}
+    fill_scales = cheapest_near_best(partition_ap)
     maps = fill_maps[fill_scales]
     if fill_scales:
         metrics = validation.evaluate(maps, params)
