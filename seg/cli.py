@@ -530,7 +530,8 @@ def _add_eval(sub: argparse._SubParsersAction, name: str = "eval", alias_of: str
         "--tta",
         default="card",
         choices=("card", "none", "flip", "scales", "flip+scales"),
-        help="test-time augmentation: as tuned on the card (default), or a fixed one",
+        help="test-time augmentation: as tuned on the card (default), or a fixed one (those views alone, "
+        "without the DWT's fill pass)",
     )
     inst.add_argument(
         "--candidates",

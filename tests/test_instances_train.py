@@ -13,7 +13,7 @@ from seg.checkpoints import load_checkpoint
 from seg.cli import main
 from seg.instances.data import ids_for_split, load_sample
 from seg.instances.ensemble import combine
-from seg.instances.inference import TTA_OPTIONS, InstancePredictor, params_from_card
+from seg.instances.inference import FILL_SCALE_OPTIONS, TTA_OPTIONS, InstancePredictor, params_from_card
 from seg.instances.task import make_task
 from seg.instances.tune import TUNE_MIN_GAIN
 from seg.io import save_instance_png
@@ -441,7 +441,7 @@ def test_tune_writes_postprocess_into_the_card(dwt_checkpoint, pennfudan_root):
     # before them, the enlarged passes that fill the partition: the cheapest within TUNE_MIN_GAIN of the
     # best val mask AP of the partition alone
     fills = tuning["fill_scales_compared"]
-    assert list(fills) == ["none", "1.5x", "2x"]
+    assert list(fills) == ["none"] + ["+".join(f"{s:g}x" for s in option) for option in FILL_SCALE_OPTIONS]
     chosen = "+".join(f"{s:g}x" for s in card["fill_scales"]) or "none"
     assert card["fill_scales"] == tuning["fill_scales"] == card["val_metrics"]["fill_scales"]
     assert fills[chosen] >= max(fills.values()) - TUNE_MIN_GAIN
@@ -714,6 +714,8 @@ def test_predictor_fills_the_partition_from_an_enlarged_pass_unless_tta_is_off(p
     plain_predictor = InstancePredictor(base.model, base.card | {"fill_scales": []}, params=base.params)
     filler = InstancePredictor(base.model, base.card | {"fill_scales": [2.0]}, params=base.params)
     assert filler.fill_scales == (2.0,) and plain_predictor.fill_scales == ()
+    overridden = InstancePredictor(base.model, base.card | {"fill_scales": [2.0]}, params=base.params, fill_scales=())
+    assert overridden.fill_scales == ()  # what ``eval --tta NAME`` asks for: those views alone
     added = 0
     for image_id in ids_for_split(pennfudan_root, "val")[:8]:
         rgb = load_sample(pennfudan_root, image_id).image

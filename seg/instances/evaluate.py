@@ -29,7 +29,10 @@ def evaluate_instance_checkpoint(
     from seg.instances.inference import TTA_OPTIONS, InstancePredictor
 
     flip, scales = (None, None) if tta == "card" else TTA_OPTIONS[tta]
-    predictor = InstancePredictor.from_checkpoint(checkpoint, method=method, flip=flip, scales=scales)
+    fill_scales = None if tta == "card" else ()  # a fixed setting is those views alone, as predict(tta=False)
+    predictor = InstancePredictor.from_checkpoint(
+        checkpoint, method=method, flip=flip, scales=scales, fill_scales=fill_scales
+    )
     evaluator = InstanceEvaluator()
     latencies = []
     for image_id in ids_for_split(data_dir, split)[:limit]:

@@ -535,9 +535,11 @@ class InstancePredictor:
         scales: tuple[float, ...] | None = None,
         runtime: str | None = None,
         source: str | Path | None = None,
+        fill_scales: tuple[float, ...] | None = None,
     ) -> None:
         """``source``: the checkpoint ``model`` came from, served with its card's settings (a deferred
-        calibration then runs apart, as ``seglab export`` would make it)."""
+        calibration then runs apart, as ``seglab export`` would make it). ``flip``, ``scales`` and
+        ``fill_scales`` override the card's test-time passes."""
         self.model = model.eval()
         self.card = card or {}
         self.params = params or params_from_card(self.card)
@@ -552,7 +554,8 @@ class InstancePredictor:
         # separate passes whose instances are ranked after the main pass's (chosen on val; COCO AP only)
         self.alternative_scales = tuple(float(s) for s in self.card.get("alternative_scales", ()))
         # separate passes whose small pedestrians join the partition (chosen on val; off with ``tta=False``)
-        self.fill_scales = tuple(float(s) for s in self.card.get("fill_scales", ()))
+        fill = self.card.get("fill_scales", ()) if fill_scales is None else fill_scales
+        self.fill_scales = tuple(float(s) for s in fill)
         # where a detector's soft masks are cut (chosen on val)
         self.mask_threshold = float(self.card.get("mask_threshold", MASK_THRESHOLD))
         if self.detector and module_device(self.model).type == "cpu":
@@ -571,6 +574,7 @@ class InstancePredictor:
         flip: bool | None = None,
         scales: tuple[float, ...] | None = None,
         runtime: str | None = None,
+        fill_scales: tuple[float, ...] | None = None,
     ) -> InstancePredictor:
         """``runtime``: ``eager`` (default, or ``$SEG_RUNTIME``), ``auto``, ``onnx``, ``openvino`` (see seg.runtime)."""
         from seg.checkpoints import load_checkpoint
@@ -579,9 +583,17 @@ class InstancePredictor:
         if card.get("architecture") not in INSTANCE_ARCHITECTURES:
             raise ValueError(f"{Path(path).name} is a {card.get('architecture')!r} checkpoint, not an instance model")
         model = fold_batch_norms(model.float().eval())
-        as_card = method is None and flip is None and scales is None  # what ``seglab export`` calibrates
+        # what ``seglab export`` calibrates
+        as_card = method is None and flip is None and scales is None and fill_scales is None
         return cls(
-            model, card, method=method, flip=flip, scales=scales, runtime=runtime, source=path if as_card else None
+            model,
+            card,
+            method=method,
+            flip=flip,
+            scales=scales,
+            runtime=runtime,
+            source=path if as_card else None,
+            fill_scales=fill_scales,
         )
 
     @property
