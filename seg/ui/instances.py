@@ -191,7 +191,7 @@ def summary_html(details: dict | None) -> str:
     if isinstance(truth, int):
         head += f" · {swatch(TRUTH_COLOUR)}ground truth: {plural(truth, 'pedestrian')}"
     if not details.get("test_time_augmentation", True):
-        head += " · test-time augmentation off"
+        head += " · test-time passes off"
     items = []
     for name, d in details["models"].items():
         scores = d.get("scores") or []
