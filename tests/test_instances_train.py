@@ -488,7 +488,7 @@ def test_a_pass_in_strips_keeps_each_strips_share_and_matches_the_whole_pass():
     """A fill pass runs the enlarged image as vertical strips with some context past each share: for a
     network that looks at each pixel alone the stitched maps are the whole pass's; for a U-Net they
     differ only near the seams, where a strip's context ends."""
-    from seg.instances.inference import STRIP_OVERLAP, dwt_pass
+    from seg.instances.inference import MAX_STRIP_WIDTH, STRIP_OVERLAP, dwt_pass, strip_inputs
     from seg.instances.targets import ENERGY_EDGES
 
     torch.manual_seed(0)
@@ -507,6 +507,14 @@ def test_a_pass_in_strips_keeps_each_strips_share_and_matches_the_whole_pass():
     far = [c for c in range(100) if abs(2 * c - 100) > STRIP_OVERLAP]
     torch.testing.assert_close(fg[..., far], whole_fg[..., far], atol=1e-4, rtol=0)
     torch.testing.assert_close(energy[..., far], whole_energy[..., far], atol=1e-3, rtol=0)
+    # a very wide image gets more strips, none wider than the bound plus its context
+    wide = torch.rand(1, 3, 20, 1000)
+    pieces = strip_inputs(wide, 2.0, 2)
+    assert len(pieces) == -(-2000 // MAX_STRIP_WIDTH) > 2
+    assert all(piece.shape[-1] <= MAX_STRIP_WIDTH + 2 * STRIP_OVERLAP for piece, _ in pieces)
+    assert sum(keep.stop - keep.start for _, keep in pieces) == 2000
+    with torch.inference_mode():
+        torch.testing.assert_close(dwt_pass(per_pixel, wide, False, 2.0, 2), dwt_pass(per_pixel, wide, False, 2.0))
 
 
 def test_flip_tta_averages_the_mirrored_pass():

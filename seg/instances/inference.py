@@ -161,6 +161,9 @@ FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (1.75,), (2.0,))
 #: held the dashboard's process 0.4 GB above the passes at the working size
 FILL_STRIPS = 2
 STRIP_OVERLAP = 64
+#: strips are never wider than this (enlarged px, before their overlap): a very wide upload gets more
+#: of them, so a strip's memory stays that of a Penn-Fudan image's (the widest is 1,320 px at 2x: two strips)
+MAX_STRIP_WIDTH = 704
 
 
 class ImageMaps(NamedTuple):
@@ -247,13 +250,16 @@ def dwt_pass(
 
 
 def strip_inputs(x: torch.Tensor, scale: float, strips: int) -> list[tuple[torch.Tensor, slice]]:
-    """``x`` resized by ``scale`` and cut into ``strips`` vertical strips, each with ``STRIP_OVERLAP`` px of
-    context past its share: (strip, the columns of the strip that are its share)."""
+    """``x`` resized by ``scale`` and cut into ``strips`` vertical strips (more where they would be wider
+    than ``MAX_STRIP_WIDTH``), each with ``STRIP_OVERLAP`` px of context past its share: (strip, the
+    columns of the strip that are its share)."""
     h, w = x.shape[-2:]
     if scale != 1.0:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
     width = x.shape[-1]
+    if strips > 1:
+        strips = max(strips, -(-width // MAX_STRIP_WIDTH))
     cuts = [round(width * k / strips) for k in range(strips + 1)]
     out = []
     for start, stop in zip(cuts[:-1], cuts[1:]):
