@@ -161,6 +161,10 @@ FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (1.75,), (2.0,))
 #: held the dashboard's process 0.4 GB above the passes at the working size
 FILL_STRIPS = 2
 STRIP_OVERLAP = 64
+#: the DWT runs an image at most this many working heights wide (a 1024x40 panorama would be 288 x 7373 px,
+#: 18 s of eager DWT and 40 s with the fill pass): wider ones run at a lower height. Penn-Fudan's widest
+#: image is 2.3 working heights wide
+MAX_WORK_ASPECT = 4.0
 #: strips are never wider than this (enlarged px, before their overlap): a very wide upload gets more
 #: of them, so a strip's memory stays that of a Penn-Fudan image's (the widest is 1,320 px at 2x: two strips)
 MAX_STRIP_WIDTH = 704
@@ -268,11 +272,20 @@ def strip_inputs(x: torch.Tensor, scale: float, strips: int) -> list[tuple[torch
     return out
 
 
+def dwt_work_size(height: int, width: int, work_height: int) -> tuple[int, int]:
+    """(h, w) the DWT runs an image at: the working height, aspect kept, unless that is wider than
+    ``MAX_WORK_ASPECT`` working heights; then that width, and a lower height."""
+    size = work_size(height, width, work_height)
+    max_width = round(MAX_WORK_ASPECT * work_height)
+    return size if size[1] <= max_width else (max(1, round(height * max_width / width)), max_width)
+
+
 def _work_batch(model: nn.Module, rgb: np.ndarray, work_height: int) -> torch.Tensor:
-    """The image as a (1, 3, h, w) float batch at the working height, on the model's device."""
+    """The image as a (1, 3, h, w) float batch at its working size (``dwt_work_size``), on the model's device."""
     h, w = rgb.shape[:2]
     x = to_tensor(rgb)[None].to(module_device(model))
-    return F.interpolate(x, size=work_size(h, w, work_height), mode="bilinear", align_corners=False, antialias=True)
+    size = dwt_work_size(h, w, work_height)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _maps_at(fg: torch.Tensor, energy: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
