@@ -321,8 +321,14 @@ def dwt_alternative_maps(
     looks for pedestrians the main pass missed (an enlarged pass sees the small ones), and the fill
     passes (``strips=FILL_STRIPS``)."""
     with torch.inference_mode():
-        x = _work_batch(model, rgb, work_height)
-        return [_maps_at(*dwt_pass(model, x, flip, scale, strips), rgb.shape[:2]) for scale in scales]
+        return _passes_at(model, _work_batch(model, rgb, work_height), scales, flip, strips, rgb.shape[:2])
+
+
+def _passes_at(
+    model: nn.Module, x: torch.Tensor, scales: tuple[float, ...], flip: bool, strips: int, size: tuple[int, int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``dwt_alternative_maps`` of a batch already at the working size."""
+    return [_maps_at(*dwt_pass(model, x, flip, scale, strips), size) for scale in scales]
 
 
 def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
@@ -634,19 +640,20 @@ class InstancePredictor:
             result = self._predict_detector(rgb, tta)
         else:
             flip, scales = (self.flip, self.scales) if tta else (False, (1.0,))
-            fg, energy = dwt_maps(self.serving, rgb, work_height=self.work_height, flip=flip, scales=scales)
+            size = rgb.shape[:2]
+            with torch.inference_mode():  # one working-size batch for every pass
+                x = _work_batch(self.serving, rgb, self.work_height)
+                fg, energy = _maps_at(*dwt_heads(self.serving, x, flip, scales), size)
+                fill_scales = self.fill_scales if tta and self.method == "dwt" else ()
+                fills = _passes_at(self.serving, x, fill_scales, flip, FILL_STRIPS, size)
             area_ratio = (rgb.shape[0] / self.work_height) ** 2
             params = self.params.scaled(area_ratio)
-            fills = (
-                dwt_alternative_maps(self.serving, rgb, self.fill_scales, self.work_height, flip, FILL_STRIPS)
-                if tta and self.fill_scales and self.method == "dwt"
-                else []
-            )
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
                 ranked = (None, None)
             elif candidates and (params.alternatives or self.alternative_scales):
-                extra = dwt_alternative_maps(self.serving, rgb, self.alternative_scales, self.work_height, flip)
+                with torch.inference_mode():
+                    extra = _passes_at(self.serving, x, self.alternative_scales, flip, 1, size)
                 labels, scores, *ranked = ranked_candidates(fg, energy, params, extra, fills)
             else:
                 labels, scores = partition(fg, energy, params, fills)
