@@ -813,8 +813,8 @@ def test_tune_chooses_mask_rcnn_proposals_and_views_on_val_and_the_model_keeps_t
     import shutil
 
     from seg.config import REPO_ROOT
-    from seg.instances.inference import MASK_THRESHOLD_OPTIONS, proposal_count
-    from seg.instances.tune import PROPOSAL_OPTIONS
+    from seg.instances.inference import proposal_count
+    from seg.instances.tune import MASK_THRESHOLD_OPTIONS, PROPOSAL_OPTIONS
 
     stem = tmp_path / "maskrcnn"
     for suffix in (".json", ".safetensors"):

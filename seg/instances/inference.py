@@ -79,9 +79,6 @@ from seg.runtime import (
 DETECTION_SCORE_THRESHOLD = 0.5
 #: a detector's soft masks are cut here unless its card says otherwise (``mask_threshold``, tuned on val)
 MASK_THRESHOLD = 0.5
-#: the cuts ``tune-instances`` compares for a detector's masks; another than the default must beat it
-#: by more than ``TUNE_MIN_GAIN``
-MASK_THRESHOLD_OPTIONS = (0.4, 0.45, 0.5, 0.55, 0.6)
 #: mask IoU at which detections of two test-time views are one pedestrian (chosen on val: from 0.5
 #: to 0.8, mask AP varied by 0.005 with the mirror alone and peaked at 0.7 with the mirror and 1.25x)
 DETECTION_MERGE_IOU = 0.7
@@ -780,13 +777,16 @@ class InstancePredictor:
             train = split("train", CALIBRATION_IMAGES)
             if not train:
                 return None
-            inputs = [self._network_input(rgb) for rgb in train]
-            if not self.detector and self.fill_scales:  # the fill passes' strips: larger people, other ranges
-                for rgb in train:
-                    x = _work_batch(self.model, rgb, self.work_height)
-                    for scale in self.fill_scales:
-                        inputs += [(with_mirror(piece, self.flip),) for piece, _ in strip_inputs(x, scale, FILL_STRIPS)]
-            return inputs
+            if self.detector or not self.fill_scales:
+                return [self._network_input(rgb) for rgb in train]
+            batches = [_work_batch(self.model, rgb, self.work_height) for rgb in train]
+            strips = [  # the fill passes' strips: larger people, other ranges
+                (with_mirror(piece, self.flip),)
+                for x in batches
+                for scale in self.fill_scales
+                for piece, _ in strip_inputs(x, scale, FILL_STRIPS)
+            ]
+            return [(with_mirror(x, self.flip),) for x in batches] + strips
 
         def agreement(serving: nn.Module) -> Agreement | None:
             root = dataset_dir("pennfudan")

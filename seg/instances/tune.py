@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 TUNE_MIN_GAIN = 0.005
 #: Mask R-CNN proposals kept at inference, cheapest first (torchvision's default is the last)
 PROPOSAL_OPTIONS = (300, 500, 1000)
+#: where a Mask R-CNN's soft masks may be cut; another cut than the default must beat it by more than
+#: ``TUNE_MIN_GAIN``
+MASK_THRESHOLD_OPTIONS = (0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def cheapest_near_best(scores: dict) -> object:
@@ -142,7 +145,7 @@ def tune_detector(
     Writes ``arch_kwargs.test_proposals``, ``tta_flip``, ``tta_scales`` and ``mask_threshold``.
     """
     from seg.instances.data import load_instance_split
-    from seg.instances.inference import MASK_THRESHOLD, MASK_THRESHOLD_OPTIONS, TTA_OPTIONS, set_proposal_count
+    from seg.instances.inference import MASK_THRESHOLD, TTA_OPTIONS, set_proposal_count
     from seg.instances.task import MASKRCNN_HEIGHT, detector_val_metrics
 
     work_height = int(card.get("work_height", MASKRCNN_HEIGHT))
