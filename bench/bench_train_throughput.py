@@ -11,7 +11,7 @@ order ``--repeats`` times; images/s are medians and ratios come from the same ro
 The bf16 line is what ``seg.hardware.bf16_training_pays()`` decides from: AMX present, or
 bf16 autocast measured faster than fp32 by ``BF16_MIN_SPEEDUP``.
 
-    python bench/bench_train_throughput.py [--images 64] [--train-size 144x112] [--repeats 2]
+    python bench/bench_train_throughput.py [--images 64] [--train-size 144x112] [--repeats 2] [--out FILE]
 
 Results: bench/results/train_throughput.json.
 """
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-size", default="144x112")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
     threads = threads_from_env()
     root = sbd_dir_or_exit()
@@ -155,9 +156,10 @@ def main() -> None:
         "bf16_training_pays": decision,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps(result, indent=1))
-    print(f"wrote {RESULTS}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from seg.cards import read_card, write_json
 from seg.inference import Predictor, labels_at, prepare_input
 from seg.instances.inference import InstancePredictor
 from seg.io import ImageLoadError, atomic_write_bytes, load_image, save_instance_png, save_label_png
-from seg.runtime import EAGER, RuntimeChoice, resolve_runtime, serving_module, write_int8_params
+from seg.runtime import EAGER, RuntimeChoice, resolve_runtime, serving_module, with_int8_checked, write_int8_params
 
 #: File name endings read from folders (a file named explicitly is tried whatever its ending).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -317,7 +317,7 @@ def export_checkpoint(
         progress=progress,
     )[1]
     if int8_params_dir is not None:
-        write_int8_params(spec, choice, Path(int8_params_dir))
+        write_int8_params(spec, with_int8_checked(predictor.model, spec, choice, progress), Path(int8_params_dir))
     return choice
 
 

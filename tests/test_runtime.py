@@ -628,7 +628,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     images, no val split) serve the very int8 graph that passed, and nothing else: altered ranges are refused."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from seg.int8_params import graph_digest
+    from seg.int8_params import decode_values, encode_values
 
     tiny = _TinySegmenter()
     calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
@@ -662,10 +662,8 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     monkeypatch.setenv("SEG_CHECKPOINT_DIR", str(shipped))  # a folder of one's own checkpoints, with int8/
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "space"))
     quantised: list[int] = []
-    real = runtime._quantise_openvino
-    monkeypatch.setattr(
-        runtime, "_quantise_openvino", lambda o, c, out, *r: (quantised.append(len(c)), real(o, c, out, *r))
-    )
+    real = runtime._nncf_quantise
+    monkeypatch.setattr(runtime, "_nncf_quantise", lambda o, c, *r: (quantised.append(len(c)), real(o, c, *r))[1])
     no_data = runtime.ServingSpec(with_data.key, {"": (0,)}, lambda: calls[:1], context={"input_size": [32, 48]})
     choice = runtime.calibrate(tiny, no_data, "openvino")
     assert choice.backend == "openvino-int8", choice
@@ -673,7 +671,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     assert choice.agreement["openvino-int8"]["reference_miou"] == 0.512
     assert quantised == [1], "quantised once on one input, only to place the quantisers"
     xml = next(runtime.export_dir(no_data.key).glob("*-openvino-int8-*.xml"))
-    assert graph_digest(runtime._ov_core().read_model(str(xml))) == params["parts"][""]["digest"]
+    assert runtime.served_int8_digests(no_data) == {"": params["parts"][""]["digest"]}
     served = runtime._OpenVinoEngine(xml, "int8", True)([calls[0][0].numpy()])[0]
     assert np.array_equal(served, built_out)
     # checked under other settings: the recorded agreement does not carry over
@@ -681,12 +679,109 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     assert runtime._agreement_of_params(other) is None
 
     # altered ranges rebuild another graph: refused, and without training images there is no int8 at all
-    params["parts"][""]["ranges"][0]["values"][0] += 0.5
+    first = params["parts"][""]["ranges"][0]
+    first["values"] = encode_values(decode_values(first) + 0.5)
     path.write_text(json.dumps(params))
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "tampered"))
     tampered = runtime.calibrate(tiny, no_data, "openvino")
     assert tampered.backend != "openvino-int8" and "openvino-int8" not in tampered.timings_ms
     assert not list(runtime.export_dir(no_data.key).glob("*-openvino-int8-*"))
+
+
+def test_the_checked_int8_graph_holds_nothing_computed_where_it_is_rebuilt(tmp_path):
+    """The graph an agreement check measures (and shipped parameters rebuild) holds the fp32 export's own
+    constants and the quantisers' ranges, nothing else: no value a CPU could round its own way. The served
+    file is that graph with its weights rounded to int8 values, made beside the parameters it came from."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from seg.int8_params import _range_constants, graph_digest
+
+    tiny = _TinySegmenter(out_channels=5)
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    onnx_path = tmp_path / "model.onnx"
+    runtime._export_onnx(runtime.fold_batch_norms(tiny), calls[0], (0,), onnx_path)
+    exported = {
+        np.ascontiguousarray(op.get_data()).tobytes()
+        for op in runtime._ov_core().read_model(str(onnx_path)).get_ops()
+        if op.get_type_name() == "Constant"
+    }
+
+    checked = runtime._nncf_quantise(onnx_path, calls, ())
+    ranges = {index for index, _ in _range_constants(checked)}
+    assert ranges, "the quantisers are in place"
+    weight_quantisers = 0
+    for index, op in enumerate(checked.get_ordered_ops()):
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Constant":
+            weight_quantisers += 1
+        if op.get_type_name() == "Constant" and index not in ranges:
+            assert np.ascontiguousarray(op.get_data()).tobytes() in exported, op.get_friendly_name()
+    assert weight_quantisers == 2, "each convolution's weights stay float behind a quantiser"
+
+    digest = graph_digest(checked)
+    served = tmp_path / "model-openvino-int8-r3.xml"
+    runtime._save_int8(checked, served)
+    beside = json.loads(runtime._checked_path(served).read_text())
+    assert beside["digest"] == digest and len(beside["ranges"]) == len(ranges)
+    graph = runtime._ov_core().read_model(str(served))
+    assert not any(
+        op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() == "Constant"
+        for op in graph.get_ops()
+    )
+    assert any(
+        op.get_type_name() == "Constant" and op.get_output_element_type(0) == ov.Type.i8 for op in graph.get_ops()
+    )
+    assert runtime._int8_file_complete(served)
+    runtime._checked_path(served).unlink()
+    assert not runtime._int8_file_complete(served), "an export without its checked graph's parameters is made again"
+
+
+def test_int8_is_checked_on_its_own_for_parameters_when_a_faster_backend_passed_first(monkeypatch, tmp_path):
+    """Where another backend is faster (bf16 on an AMX CPU), the calibration never checks int8; parameters to
+    ship for CPUs without AMX need that check, made apart without changing the recorded choice."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    metrics = {"miou": 0.5, "reference_miou": 0.501, "pixel_agreement": 0.99, "images": 3}
+    spec = runtime.ServingSpec(
+        runtime.weights_key(tiny),
+        {"": (0,)},
+        lambda: calls[:1],
+        lambda: calls,
+        agreement=lambda module: runtime.Agreement(True, metrics, ""),
+        context={"input_size": [32, 48]},
+    )
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        runtime,
+        "time_interleaved",
+        lambda functions, **k: {n: {"openvino-fp32": 5.0, "openvino-int8": 10.0}.get(n, 20.0) for n in functions},
+    )
+    choice = runtime.calibrate(tiny, spec, "openvino")
+    assert choice.backend == "openvino-fp32" and "openvino-int8" not in choice.agreement
+    with pytest.raises(ValueError, match="not checked on val"):
+        runtime.write_int8_params(spec, choice, tmp_path / "int8")
+
+    checked = runtime.with_int8_checked(tiny, spec, choice)
+    assert checked.agreement["openvino-int8"]["passed"]
+    params = json.loads(runtime.write_int8_params(spec, checked, tmp_path / "int8").read_text())
+    assert params["agreement"]["metrics"]["reference_miou"] == 0.501
+    assert runtime.read_choice(spec, "openvino").backend == "openvino-fp32", "the serving choice stays"
+    assert runtime.with_int8_checked(tiny, spec, checked) is checked
+
+
+def test_int8_range_values_round_trip_and_malformed_ones_are_refused():
+    from seg.int8_params import decode_values, encode_values
+
+    for data in (np.linspace(-3, 5, 24, dtype=np.float32).reshape(2, 3, 4), np.array(1.5, dtype=np.float32)):
+        entry = {"dtype": str(data.dtype), "shape": list(data.shape), "values": encode_values(data)}
+        back = decode_values(json.loads(json.dumps(entry)))
+        assert back.dtype == data.dtype and back.shape == data.shape and np.array_equal(back, data)
+    for bad in ("not base64!", encode_values(np.zeros(5, dtype=np.float32))):
+        with pytest.raises(ValueError):
+            decode_values({"dtype": "float32", "shape": [2, 3], "values": bad})
 
 
 def test_int8_parameters_are_trusted_only_at_a_thread_count_where_they_passed(monkeypatch, tmp_path):
