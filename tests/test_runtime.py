@@ -623,6 +623,21 @@ def test_mask_rcnn_pools_its_boxes_on_threads_with_the_same_result(pennfudan_roo
     assert calls and min(calls) > 0  # the proposals did go through the worker threads
 
 
+def _tiny_with_val(images: int, metrics: dict) -> tuple[_TinySegmenter, list[tuple], runtime.ServingSpec]:
+    """The tiny segmenter, ``images`` calibration inputs, and a spec whose val check passes with ``metrics``."""
+    tiny = _TinySegmenter()
+    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(images)]
+    spec = runtime.ServingSpec(
+        runtime.weights_key(tiny),
+        {"": (0,)},
+        lambda: calls[:1],
+        lambda: calls,
+        agreement=lambda module: runtime.Agreement(True, {**metrics, "images": images}, ""),
+        context={"input_size": [32, 48]},
+    )
+    return tiny, calls, spec
+
+
 def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(monkeypatch, tmp_path):
     """int8 parameters written after a calibration on val let a machine without the dataset (no training
     images, no val split) serve the very int8 graph that passed, and nothing else: altered ranges are refused."""
@@ -630,17 +645,7 @@ def test_shipped_int8_parameters_rebuild_the_checked_graph_without_the_dataset(m
     pytest.importorskip("nncf")
     from seg.int8_params import decode_values, encode_values
 
-    tiny = _TinySegmenter()
-    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
-    metrics = {"miou": 0.51, "reference_miou": 0.512, "pixel_agreement": 0.99, "images": 4}
-    with_data = runtime.ServingSpec(
-        runtime.weights_key(tiny),
-        {"": (0,)},
-        lambda: calls[:1],
-        lambda: calls,
-        agreement=lambda module: runtime.Agreement(True, metrics, ""),
-        context={"input_size": [32, 48]},
-    )
+    tiny, calls, with_data = _tiny_with_val(4, {"miou": 0.51, "reference_miou": 0.512, "pixel_agreement": 0.99})
     monkeypatch.setattr(runtime, "MIN_SPEEDUP", 0.0)
     monkeypatch.setattr(
         runtime,
@@ -742,17 +747,7 @@ def test_int8_is_checked_on_its_own_for_parameters_when_a_faster_backend_passed_
     ship for CPUs without AMX need that check, made apart without changing the recorded choice."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    tiny = _TinySegmenter()
-    calls = [(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
-    metrics = {"miou": 0.5, "reference_miou": 0.501, "pixel_agreement": 0.99, "images": 3}
-    spec = runtime.ServingSpec(
-        runtime.weights_key(tiny),
-        {"": (0,)},
-        lambda: calls[:1],
-        lambda: calls,
-        agreement=lambda module: runtime.Agreement(True, metrics, ""),
-        context={"input_size": [32, 48]},
-    )
+    tiny, _, spec = _tiny_with_val(3, {"miou": 0.5, "reference_miou": 0.501, "pixel_agreement": 0.99})
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(
         runtime,
