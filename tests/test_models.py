@@ -137,3 +137,34 @@ def test_the_widest_allowed_models_and_numpy_counts_still_build():
 
     assert create("cnn", width=np.int64(8), stages=np.int64(6)).classifier.in_channels == 256
     assert create("unet", num_classes=np.int64(3), base_channels=1, depth=6).head.out_channels == 3
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_a_decoder_trains_to_the_same_gradients_with_its_upsampling_gradient_made_dense(monkeypatch, name):
+    """The decoder hands its resize a dense gradient in training (a faster backward on the CPU); the loss and every
+    parameter's gradient are those of the plain resize, in fp32 and bf16 autocast, channels-last."""
+    import seg.models.common as common
+
+    x = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0)).to(memory_format=torch.channels_last)
+    target = torch.randint(0, 9, (2, 48, 64), generator=torch.Generator().manual_seed(1))
+
+    def step(dense: bool, autocast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = create(name, num_classes=9).to(memory_format=torch.channels_last).train()
+        applied = []
+        real = common._DenseGrad.apply
+        monkeypatch.setattr(common._DenseGrad, "apply", lambda y: (applied.append(1), real(y) if dense else y)[1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), target)
+        loss.backward()
+        assert len(applied) == {"unet": 4, "resunet": 5}[name], "every decoder stage in training"
+        return loss.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+    for autocast in (False, True):
+        plain_loss, plain = step(False, autocast)
+        dense_loss, dense = step(True, autocast)
+        assert torch.equal(plain_loss, dense_loss) and len(plain) == len(dense) > 0
+        assert all(torch.equal(a, b) for a, b in zip(plain, dense))
+    model = create(name, num_classes=9).eval()
+    monkeypatch.setattr(common._DenseGrad, "apply", lambda y: pytest.fail("not in inference or export"))
+    model(x)

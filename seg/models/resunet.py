@@ -10,11 +10,10 @@ With ``context`` the 1/32 map also gets the image's global context (``GlobalCont
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import GlobalContext, Normalize, conv_bn_relu
+from seg.models.common import GlobalContext, Normalize, conv_bn_relu, upsample_to
 from seg.models.encoders import load_encoder_weights
 
 
@@ -24,8 +23,7 @@ class DecoderBlock(nn.Module):
         self.block = nn.Sequential(conv_bn_relu(cin + cskip, cout), conv_bn_relu(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.block(torch.cat([x, skip], dim=1))
+        return self.block(torch.cat([upsample_to(x, skip.shape[-2:], self.training), skip], dim=1))
 
 
 class ResUNet(nn.Module):

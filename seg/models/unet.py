@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.models import register
-from seg.models.common import DoubleConv, GlobalContext, Normalize, check_widths
+from seg.models.common import DoubleConv, GlobalContext, Normalize, check_widths, upsample_to
 
 
 @register("unet")
@@ -67,8 +67,7 @@ class UNet(nn.Module):
         stages = []
         for block in self.up:
             skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
+            x = block(torch.cat([upsample_to(x, skip.shape[-2:], self.training), skip], dim=1))
             stages.append(x)
         if self.aux_heads is not None and self.training:
             self.aux_logits = [head(stage) for head, stage in zip(self.aux_heads, stages)]
