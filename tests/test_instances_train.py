@@ -517,7 +517,7 @@ def test_a_pass_in_strips_keeps_each_strips_share_and_matches_the_whole_pass():
         torch.testing.assert_close(dwt_pass(per_pixel, wide, False, 2.0, 2), dwt_pass(per_pixel, wide, False, 2.0))
 
 
-def test_a_panorama_runs_at_a_capped_width_and_comes_back_at_its_own_size():
+def test_a_panorama_runs_at_a_capped_width_and_comes_back_at_its_own_size(monkeypatch):
     from seg.instances.inference import MAX_WORK_ASPECT, _work_batch, dwt_work_size
 
     assert dwt_work_size(300, 450, 288) == (288, 432)  # a usual photo: the working height, aspect kept
@@ -526,8 +526,19 @@ def test_a_panorama_runs_at_a_capped_width_and_comes_back_at_its_own_size():
     predictor = InstancePredictor(model, {"work_height": 288, "fill_scales": [2.0]})
     rgb = np.random.default_rng(0).integers(0, 256, (40, 1024, 3), dtype=np.uint8)
     assert _work_batch(model, rgb, 288).shape[-1] == round(MAX_WORK_ASPECT * 288)
+    import seg.instances.inference as inference
+
+    used = []
+    real_partition = inference.partition
+    monkeypatch.setattr(
+        inference,
+        "partition",
+        lambda fg, energy, params, fills: (used.append(params), real_partition(fg, energy, params, fills))[1],
+    )
     result = predictor.predict(rgb)
     assert result.instances.shape == rgb.shape[:2] and len(result.scores) == result.instances.max()
+    # its minimum sizes are scaled from the height it ran at (45 px), not from the working height
+    assert used == [predictor.params.scaled((40 / 45) ** 2)]
 
 
 def test_flip_tta_averages_the_mirrored_pass():

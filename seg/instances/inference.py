@@ -643,8 +643,8 @@ class InstancePredictor:
                 fg, energy = _maps_at(*dwt_heads(self.serving, x, flip, scales), size)
                 fill_scales = self.fill_scales if tta and self.method == "dwt" else ()
                 fills = _passes_at(self.serving, x, fill_scales, flip, FILL_STRIPS, size)
-            area_ratio = (rgb.shape[0] / self.work_height) ** 2
-            params = self.params.scaled(area_ratio)
+            # sizes tuned in working pixels, in this image's: a very wide one ran below the working height
+            params = self.params.scaled((rgb.shape[0] / x.shape[-2]) ** 2)
             if self.method == "components":
                 labels, scores = components_from_foreground(fg, params)
                 ranked = (None, None)
