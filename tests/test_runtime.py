@@ -545,6 +545,55 @@ def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfu
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 
+def test_an_exported_unet_reads_only_its_input_shape(tmp_path):
+    """The decoder's resize targets come from the input's shape: no Shape node reads a skip (one that does
+    keeps OpenVINO from fusing the bias and ReLU of the convolution before it at dynamic sizes), and the
+    sizes are still right for inputs whose sides do not halve evenly."""
+    onnx = pytest.importorskip("onnx")
+    from seg.models.unet import UNet
+
+    model = UNet(num_classes=3, base_channels=4, depth=3).eval()
+    path = tmp_path / "unet.onnx"
+    runtime._export_onnx(model, (torch.rand(1, 3, 40, 56),), (0, 2, 3), path)
+    graph = onnx.load(str(path)).graph
+    shape_inputs = {node.input[0] for node in graph.node if node.op_type == "Shape"}
+    skips = {name for node in graph.node if node.op_type == "MaxPool" for name in node.input}
+    assert len(skips) == 3 and skips <= {name for node in graph.node if node.op_type == "Concat" for name in node.input}
+    assert graph.input[0].name in shape_inputs and not shape_inputs & skips, shape_inputs & skips
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in [(37, 53), (17, 90)]:
+        x = torch.rand(1, 3, *size)
+        (got,) = session.run(None, {"input0": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape == (1, 3, *size)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_dwt_ensemble_serves_its_averaged_heads_and_takes_their_log_in_pytorch(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from seg.instances.inference import InstancePredictor, dwt_heads
+    from seg.instances.models import AveragedHeads, DWTEnsemble, build_dwt
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = DWTEnsemble([build_dwt(base_channels=4, depth=2), build_dwt(base_channels=4, depth=2)]).eval()
+    assert isinstance(model.members, AveragedHeads)
+    assert list(model.state_dict())[0].startswith("members.0."), "the checkpoints' keys are unchanged"
+    predictor = InstancePredictor(model, {"work_height": 64}, runtime="eager")
+    spec = predictor.serving_spec()
+    assert list(spec.parts) == ["members"]
+    served = runtime.build_serving(predictor.model, spec, "openvino-fp32")
+    assert isinstance(served.members, runtime.RuntimePart) and not isinstance(served, runtime.RuntimePart)
+    for width in (80, 97):  # one export, any width
+        x = torch.rand(1, 3, 64, width)
+        with torch.inference_mode():
+            for got, want in zip(dwt_heads(served, x), dwt_heads(predictor.model, x)):
+                assert got.shape == want.shape == (1, 1, 64, width)
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
 def test_the_dwt_runs_channels_last_on_the_cpu_with_the_same_maps(pennfudan_root):
     import copy
 

@@ -801,7 +801,7 @@ class InstancePredictor:
 
         return ServingSpec(
             key,
-            DETECTOR_PARTS if self.detector else {"": (0, 2, 3)},
+            DETECTOR_PARTS if self.detector else {getattr(self.model, "SERVED_PART", ""): (0, 2, 3)},
             example_inputs,
             calibration_inputs,
             agreement,

@@ -22,6 +22,17 @@ from seg.models import register
 from seg.models.common import DoubleConv, GlobalContext, Normalize, check_widths, upsample_to
 
 
+def stage_size(size: int | torch.Tensor, level: int) -> int | torch.Tensor:
+    """A side of the map after ``level`` ceil-mode 2x2 max pools: ceil(size / 2**level).
+
+    The decoder takes its resize targets from the input's shape rather than from each skip's: an exported
+    graph then reads only the input's shape, and OpenVINO fuses the bias and ReLU of the convolutions
+    that feed a skip into them at any input size (with a skip's shape read, they ran apart: the served
+    DWT 10 % slower at dynamic sizes)."""
+    step = 2**level
+    return (size + step - 1) // step
+
+
 @register("unet")
 class UNet(nn.Module):
     def __init__(
@@ -56,6 +67,7 @@ class UNet(nn.Module):
         self.aux_logits: list[torch.Tensor] = []
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
         x = self.normalize(x)
         skips = []
         for i, block in enumerate(self.down):
@@ -65,9 +77,10 @@ class UNet(nn.Module):
             skips.append(x)
         x = self.dropout(self.context(skips.pop()))
         stages = []
-        for block in self.up:
+        for level, block in zip(reversed(range(len(skips))), self.up):
             skip = skips.pop()
-            x = block(torch.cat([upsample_to(x, skip.shape[-2:], self.training), skip], dim=1))
+            size = stage_size(height, level), stage_size(width, level)
+            x = block(torch.cat([upsample_to(x, size, self.training), skip], dim=1))
             stages.append(x)
         if self.aux_heads is not None and self.training:
             self.aux_logits = [head(stage) for head, stage in zip(self.aux_heads, stages)]
