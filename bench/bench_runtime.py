@@ -1,8 +1,8 @@
 """Serving backends per model: latency of every backend against eager fp32 in the same run,
 and each backend's agreement with eager fp32 on the val split.
 
-Semantic models at their input size (288x224), batch 1; the DWT at its working height with
-its mirrored pass in the same batch (as it serves); Mask R-CNN on one val image (backbone and
+Semantic models at their input size (288x224), batch 1; the DWT at its working height, with
+its mirrored pass in the same batch when its card asks for one (as it serves); Mask R-CNN on one val image (backbone and
 box head through the backend). Times are medians of interleaved rounds (every backend once per
 round, rotating order), repeated ``--repeats`` times; ratios are to eager fp32 of the same
 rounds. Agreement: val mIoU and pixel agreement (semantic), val mask AP and instance counts
