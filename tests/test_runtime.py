@@ -1023,6 +1023,20 @@ def test_each_int8_recipe_exports_apart_and_quantises_concat_only_where_it_says(
     assert quantised_into_concat == {2: 0, 3: 2}, quantised_into_concat
 
 
+def test_onnx_runtime_threads_do_not_spin_after_a_call(monkeypatch, tmp_path):
+    """Spinning threads would take the cores from whatever runs next in the process (eager PyTorch, OpenVINO)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    model = _TinySkipNet()
+    calls = [(torch.rand(1, 3, 32, 48),)]
+    spec = runtime.ServingSpec(runtime.weights_key(model), {"": (0,)}, lambda: calls, lambda: calls)
+    served = runtime.build_serving(model, spec, "onnx-fp32")
+    options = served.engine.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with torch.inference_mode():
+        torch.testing.assert_close(served(*calls[0]), model(*calls[0]), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("backend", ["onnx-fp32", "openvino-fp32", "openvino-int8"])
 def test_a_served_answer_never_changes_under_its_caller(monkeypatch, tmp_path, backend):
     """The OpenVINO engine reuses one infer request per compiled shape; every answer must still be the
