@@ -125,8 +125,9 @@ class AveragedHeads(nn.ModuleList):
     (N, 2+K, H, W).
 
     A module of its own (a ``ModuleList``, so the state-dict keys stay ``members.<i>``) that a serving
-    runtime exports alone: the ensemble's log of it then runs in PyTorch, where OpenVINO would run it
-    on a reference kernel (4 % of the served DWT's time).
+    runtime exports alone, and that the predictor reads its heads from (``network_heads``): the log the
+    ensemble's forward takes for callers that read logits (OpenVINO runs it on a reference kernel, 4 % of
+    the served DWT's time) and the softmax that would undo it never run when serving.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
