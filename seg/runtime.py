@@ -1094,7 +1094,10 @@ def _quantise_onnx(onnx_path: Path, calibration: list[tuple[torch.Tensor, ...]],
     pre = out.with_name(f".{out.stem}.{os.getpid()}.pre.onnx")
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.onnx")
     try:
-        quant_pre_process(str(onnx_path), str(pre))
+        # auto_merge: at dynamic sizes a U-Net's resize targets come from the input's shape and its skips' from
+        # the pools, two expressions of one size that the symbolic inference must be allowed to merge (unmerged,
+        # it fails and leaves a debug copy of the model in the working directory)
+        quant_pre_process(str(onnx_path), str(pre), auto_merge=True)
         quantize_static(
             str(pre),
             str(tmp),

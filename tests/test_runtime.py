@@ -1023,6 +1023,29 @@ def test_each_int8_recipe_exports_apart_and_quantises_concat_only_where_it_says(
     assert quantised_into_concat == {2: 0, 3: 2}, quantised_into_concat
 
 
+def test_onnx_runtime_int8_quantises_a_unet_served_at_any_size_and_leaves_no_files_behind(monkeypatch, tmp_path):
+    """A U-Net exported with dynamic sizes (as the DWT is served) goes through ONNX Runtime's int8 preprocessing,
+    and nothing lands in the working directory."""
+    pytest.importorskip("onnxruntime")
+    from seg.models.unet import UNet
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    torch.manual_seed(0)
+    model = UNet(num_classes=3, base_channels=4, depth=3).eval()
+    exported, quantised = tmp_path / "unet.onnx", tmp_path / "unet-int8.onnx"
+    calls = [(torch.rand(1, 3, 40, 56),), (torch.rand(1, 3, 37, 61),)]
+    runtime._export_onnx(model, calls[0], (0, 2, 3), exported)
+    runtime._quantise_onnx(exported, calls, quantised)
+    assert quantised.is_file() and list(work.iterdir()) == []
+    (got,) = runtime._OrtEngine(quantised)([calls[1][0].numpy()])
+    with torch.no_grad():
+        want = model(calls[1][0]).numpy()
+    assert got.shape == want.shape == (1, 3, 37, 61)
+    assert np.mean(got.argmax(1) == want.argmax(1)) > 0.9
+
+
 def test_onnx_runtime_threads_do_not_spin_after_a_call(monkeypatch, tmp_path):
     """Spinning threads would take the cores from whatever runs next in the process (eager PyTorch, OpenVINO)."""
     pytest.importorskip("onnxruntime")
