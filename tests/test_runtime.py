@@ -310,6 +310,22 @@ def test_calibration_inputs_of_a_whole_model_are_its_calls_without_a_forward():
     assert len(forwards) == 3 and [t[0].shape for t in inputs["body.3"]] == [(1, 8, 32, 48)] * 3
 
 
+def test_calibration_inputs_of_a_part_given_the_models_own_arguments_take_one_forward():
+    """A DWT ensemble's served part (its members) is called with the model's input: one forward shows it, and
+    the calls are its calibration inputs as they are."""
+    from seg.instances.models import DWTEnsemble, build_dwt
+
+    torch.manual_seed(0)
+    model = DWTEnsemble([build_dwt(base_channels=4, depth=2), build_dwt(base_channels=4, depth=2)]).eval()
+    calls = [(torch.rand(1, 3, 32, 40 + 8 * i),) for i in range(4)]
+    forwards: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    spec = runtime.ServingSpec("k", {"members": (0, 2, 3)}, lambda: calls[:1], lambda: calls)
+    inputs = runtime._calibration_inputs(model, spec)
+    assert len(forwards) == 1
+    assert [t[0] for t in inputs["members"]] == [c[0] for c in calls]
+
+
 def test_a_broken_record_falls_back_to_eager(monkeypatch, tmp_path, unet_parts):
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
