@@ -354,7 +354,9 @@ def _rebuild(structure: Any, flat: list[torch.Tensor]) -> Any:
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).contiguous().numpy())
+    """``t`` as a C-contiguous float32 array. The layout copy (of a channels-last input) is NumPy's, on one
+    thread: PyTorch's parallel copy leaves its OpenMP workers spinning on the cores the runtime needs next."""
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
 # ------------------------------------------------------------------------------ backends

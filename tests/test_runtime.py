@@ -574,7 +574,7 @@ def test_an_exported_unet_reads_only_its_input_shape(tmp_path):
     graph = onnx.load(str(path)).graph
     shape_inputs = {node.input[0] for node in graph.node if node.op_type == "Shape"}
     skips = {name for node in graph.node if node.op_type == "MaxPool" for name in node.input}
-    assert len(skips) == 3 and skips <= {name for node in graph.node if node.op_type == "Concat" for name in node.input}
+    assert len(skips) == 3 and skips <= {node.input[0] for node in graph.node if node.op_type == "Conv"}
     assert graph.input[0].name in shape_inputs and not shape_inputs & skips, shape_inputs & skips
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -585,6 +585,62 @@ def test_an_exported_unet_reads_only_its_input_shape(tmp_path):
             want = model(x).numpy()
         assert got.shape == want.shape == (1, 3, *size)
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["unet", "resunet"])
+def test_an_exported_decoder_joins_its_skips_without_a_concatenation(tmp_path, monkeypatch, arch):
+    """In an export, the convolution after a decoder's join runs on the upsampled path and the skip apart and
+    sums (``DoubleConv.on_concat``): no Concat feeds a convolution, the graph computes the eager model's
+    function at sizes that do not halve evenly, and the eager model still concatenates."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from seg.models.resunet import ResUNet
+    from seg.models.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(num_classes=3, base_channels=4, depth=3) if arch == "unet" else ResUNet(num_classes=3)
+    for module in model.modules():  # trained-looking batch norms, so that their part of the join is checked
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    path = tmp_path / "model.onnx"
+    runtime._export_onnx(model, (torch.rand(1, 3, 64, 96),), (0, 2, 3), path)
+    graph = onnx.load(str(path)).graph
+    conv_inputs = {node.input[0] for node in graph.node if node.op_type == "Conv"}
+    concats = [node for node in graph.node if node.op_type == "Concat"]
+    assert not [node.name for node in concats if set(node.output) & conv_inputs]
+    joins = len(model.up) if arch == "unet" else 5
+    assert (
+        sum(node.op_type == "Conv" for node in graph.node)
+        == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) + joins
+    ), "one more convolution per join"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in [(64, 96), (37, 53)]:
+        x = torch.rand(1, 3, *size)
+        (got,) = session.run(None, {"input0": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape == (1, 3, *size)
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    calls = []
+    original = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 96))
+    assert len(calls) == joins, "eager PyTorch joins by concatenation"
+
+
+def test_a_runtime_input_is_copied_to_its_layout_by_numpy():
+    """A channels-last tensor reaches a runtime as a C-contiguous float32 array of the same values, copied by
+    NumPy (not by PyTorch's parallel copy, whose OpenMP workers then spin on the runtime's cores)."""
+    x = torch.rand(1, 3, 20, 30).contiguous(memory_format=torch.channels_last)
+    got = runtime._to_numpy(x)
+    assert got.flags["C_CONTIGUOUS"] and got.dtype == np.float32 and got.shape == (1, 3, 20, 30)
+    np.testing.assert_array_equal(got, x.numpy())
+    half = runtime._to_numpy(x.to(torch.bfloat16))
+    assert half.dtype == np.float32 and half.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(half, x.to(torch.bfloat16).float().numpy())
 
 
 def test_a_dwt_ensemble_serves_its_averaged_heads_and_takes_their_log_in_pytorch(monkeypatch, tmp_path):

@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from seg.models import register
-from seg.models.common import GlobalContext, Normalize, conv_bn_relu, upsample_to
+from seg.models.common import DoubleConv, GlobalContext, Normalize, conv_bn_relu, upsample_to
 from seg.models.encoders import load_encoder_weights
 
 
 class DecoderBlock(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(conv_bn_relu(cin + cskip, cout), conv_bn_relu(cout, cout))
+        self.block = DoubleConv(cin + cskip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat([upsample_to(x, skip.shape[-2:], self.training), skip], dim=1))
+        return self.block.on_concat([upsample_to(x, skip.shape[-2:], self.training), skip])
 
 
 class ResUNet(nn.Module):

@@ -80,7 +80,7 @@ class UNet(nn.Module):
         for level, block in zip(reversed(range(len(skips))), self.up):
             skip = skips.pop()
             size = stage_size(height, level), stage_size(width, level)
-            x = block(torch.cat([upsample_to(x, size, self.training), skip], dim=1))
+            x = block.on_concat([upsample_to(x, size, self.training), skip])
             stages.append(x)
         if self.aux_heads is not None and self.training:
             self.aux_logits = [head(stage) for head, stage in zip(self.aux_heads, stages)]
