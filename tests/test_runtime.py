@@ -631,6 +631,39 @@ def test_an_exported_decoder_joins_its_skips_without_a_concatenation(tmp_path, m
     assert len(calls) == joins, "eager PyTorch joins by concatenation"
 
 
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        return y.amax(dim=(2, 3)), y * 2
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_an_openvino_answer_is_the_callers_own_and_in_the_outputs_order(tmp_path, static):
+    """The engine reads its outputs in place and copies them: each answer keeps its values after later calls
+    (the request's buffers are reused), and the outputs come in the model's order, whatever their shapes."""
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    model = _TwoOutputs().eval()
+    example = torch.rand(1, 3, 8, 10)
+    path = tmp_path / "two.onnx"
+    runtime._export_onnx(model, (example,), (0, 2, 3), path)
+    xml = tmp_path / "two.xml"
+    runtime._save_openvino(runtime._ov_core().read_model(str(path)), xml)
+    engine = runtime._OpenVinoEngine(xml, "fp32", static)
+    inputs = [torch.rand(1, 3, 8, 10), torch.rand(1, 3, 8, 10)]
+    answers = [engine([x.numpy()]) for x in inputs]
+    for x, answer in zip(inputs, answers):
+        with torch.no_grad():
+            want = [t.numpy() for t in model(x)]
+        assert [a.shape for a in answer] == [(1, 4), (1, 4, 8, 10)]
+        for got, expected in zip(answer, want):
+            np.testing.assert_allclose(got, expected, atol=1e-3, rtol=1e-3)  # another input's: off by ~0.1
+
+
 def test_a_runtime_input_is_copied_to_its_layout_by_numpy():
     """A channels-last tensor reaches a runtime as a C-contiguous float32 array of the same values, copied by
     NumPy (not by PyTorch's parallel copy, whose OpenMP workers then spin on the runtime's cores)."""
