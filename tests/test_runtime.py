@@ -516,13 +516,15 @@ def test_a_failed_child_calibration_falls_back_to_calibrating_in_process(monkeyp
 
 
 def _unbatched_heads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain and mirrored passes as two forwards of one image each, their heads averaged (both heads
-    are linear in the probabilities, so this is what averaging the probabilities gives)."""
-    from seg.instances.inference import heads_from_logits
+    """Plain and mirrored passes as two forwards of one image each (padded to the stride, their maps cut back),
+    their heads averaged (both heads are linear in the probabilities, so this is what averaging the
+    probabilities gives)."""
+    from seg.instances.inference import heads_from_logits, pad_to_stride
 
+    h, w = x.shape[-2:]
     with torch.inference_mode():
-        fg, energy = heads_from_logits(model(x))
-        fg_mirror, energy_mirror = heads_from_logits(model(x.flip(-1)))
+        fg, energy = heads_from_logits(model(pad_to_stride(x))[..., :h, :w])
+        fg_mirror, energy_mirror = heads_from_logits(model(pad_to_stride(x.flip(-1)))[..., :h, :w])
     return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
 
 
@@ -559,6 +561,33 @@ def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfu
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     for got, want in zip(served_batched, reference):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+def test_the_dwt_runs_on_inputs_padded_to_its_stride_and_its_maps_keep_the_input_size():
+    """Every network pass sees its input padded (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``, the
+    maps are cut back to the input's size, and a mirrored half is turned back after the cut (else the padding
+    would shift it); an input already at the stride runs as it is."""
+    from seg.instances.inference import PAD_MULTIPLE, dwt_heads, dwt_pass, pad_to_stride
+
+    torch.manual_seed(0)
+    model = _TinySegmenter(out_channels=2 + 5)
+    seen: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    x = torch.rand(1, 3, 37, 50)
+    padded = pad_to_stride(x)
+    assert padded.shape[-2:] == (48, 64) and PAD_MULTIPLE == 16
+    assert torch.equal(padded[..., :37, :50], x) and torch.equal(padded[..., 40, 60], x[..., 36, 49])
+    with torch.inference_mode():
+        fg, energy = dwt_heads(model, x, flip=True)
+        assert seen == [(48, 64)] and fg.shape[-2:] == energy.shape[-2:] == (37, 50)
+        for got, want in zip((fg, energy), _unbatched_heads(model, x)):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        seen.clear()
+        dwt_pass(model, x, flip=False, scale=2.0, strips=2)  # 74 x 100, two strips of 50 + 64 px of context
+        assert seen and all(h % PAD_MULTIPLE == 0 and w % PAD_MULTIPLE == 0 for h, w in seen), seen
+        seen.clear()
+        dwt_heads(model, torch.rand(1, 3, 32, 48))
+        assert seen == [(32, 48)]
 
 
 def test_an_exported_unet_reads_only_its_input_shape(tmp_path):

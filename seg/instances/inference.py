@@ -158,6 +158,8 @@ FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (1.75,), (2.0,))
 #: held the dashboard's process 0.4 GB above the passes at the working size
 FILL_STRIPS = 2
 STRIP_OVERLAP = 64
+#: the DWT's inputs are padded to whole multiples of this (``pad_to_stride``): the U-Net body's four poolings
+PAD_MULTIPLE = 16
 #: the DWT runs an image at most this many working heights wide (a 1024x40 panorama would be 288 x 7373 px,
 #: 18 s of eager DWT and 40 s with the fill pass): wider ones run at a lower height. Penn-Fudan's widest
 #: image is 2.3 working heights wide
@@ -201,14 +203,33 @@ def heads_from_probabilities(
 
 
 def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``heads_from_logits(model(x), flip)``; an ensemble's (served or not) straight from the probabilities
-    its members average, without the log its forward takes for a caller that reads logits (4 ms on a 2x
-    strip, and as much again for the softmax that undoes it)."""
+    """``heads_from_logits(model(x), flip)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
+    an ensemble's (served or not) straight from the probabilities its members average, without the log its
+    forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
+    undoes it)."""
+    h, w = x.shape[-2:]
+    padded = pad_to_stride(x)
     core = model.current if isinstance(model, DeferredServing) else model
-    if isinstance(core, DWTEnsemble):
-        probs = core.members(x).float()
+    if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
+        probs = core.members(padded).float()[..., :h, :w]
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
-    return heads_from_logits(model(x), flip)
+    return heads_from_logits(model(padded)[..., :h, :w], flip)
+
+
+def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` extended on the right and at the bottom (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``.
+
+    The U-Net body pools four times (ceil mode); at sides that do not halve evenly its decoder upsamples by
+    less than 2x and its levels no longer line up. Padded, every level halves exactly: val partition mask AP
+    0.5741 -> 0.5805 (docs/experiments.md, "Inputs padded to the network's stride"). The padding is cut off
+    the heads, so the maps keep the input's size; and the sizes a served graph meets come in steps of 16,
+    so they repeat (a new size costs OpenVINO 90-380 ms the first time).
+    """
+    h, w = x.shape[-2:]
+    bottom, right = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    if not (bottom or right):
+        return x
+    return F.pad(x, (0, right, 0, bottom), mode="replicate")
 
 
 def with_mirror(x: torch.Tensor, flip: bool) -> torch.Tensor:
@@ -750,6 +771,8 @@ class InstancePredictor:
             **({"fill": self._fill_settings()} if self.fill_scales else {}),
             "postprocess": vars(self.params),
         }
+        if not self.detector:  # the maps of inputs padded to the stride are other maps: a reference of their own
+            context["pad_multiple"] = PAD_MULTIPLE
         if self.detector:  # fewer proposals change the detections: a reference per count
             context["test_proposals"] = proposal_count(self.model)
             if self.mask_threshold != MASK_THRESHOLD:
