@@ -42,6 +42,7 @@ from seg.instances.inference import (
     components_from_foreground,
     dwt_heads,
     heads_from_logits,
+    pad_to_stride,
     sample_batch,
     score_maps,
     with_mirror,
@@ -206,8 +207,10 @@ class DWTValidation:
                 levels = torch.from_numpy(quantise(cached_distance(s.id, s.instances), self.energy_edges))[None]
                 images = sample_batch(s, device)
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
-                # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's
-                logits = model(with_mirror(images, self.flip))
+                # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's. The
+                # input is padded to the stride and the logits cut back, as every pass the card scores is
+                h, w = images.shape[-2:]
+                logits = model(pad_to_stride(with_mirror(images, self.flip)))[..., :h, :w]
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
                 fg, energy = dwt_heads(
                     model, images, self.flip, self.scales, at_one=heads_from_logits(logits, self.flip)
