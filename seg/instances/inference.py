@@ -24,6 +24,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,13 +208,17 @@ def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tupl
     an ensemble's (served or not) straight from the probabilities its members average, without the log its
     forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
     undoes it)."""
-    h, w = x.shape[-2:]
-    padded = pad_to_stride(x)
     core = model.current if isinstance(model, DeferredServing) else model
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
-        probs = core.members(padded).float()[..., :h, :w]
+        probs = at_stride(core.members, x).float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
-    return heads_from_logits(model(padded)[..., :h, :w], flip)
+    return heads_from_logits(at_stride(model, x), flip)
+
+
+def at_stride(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``network(x)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back to ``x``'s size."""
+    h, w = x.shape[-2:]
+    return network(pad_to_stride(x))[..., :h, :w]
 
 
 def pad_to_stride(x: torch.Tensor) -> torch.Tensor:

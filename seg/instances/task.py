@@ -39,10 +39,10 @@ from seg.instances.inference import (
     ImageMaps,
     InstancePredictor,
     alternative_passes,
+    at_stride,
     components_from_foreground,
     dwt_heads,
     heads_from_logits,
-    pad_to_stride,
     sample_batch,
     score_maps,
     with_mirror,
@@ -209,8 +209,7 @@ class DWTValidation:
                 ids = torch.from_numpy(s.instances)[None].long().to(device)
                 # with flip TTA the mirrored image rides in the same forward; the loss is the plain image's. The
                 # input is padded to the stride and the logits cut back, as every pass the card scores is
-                h, w = images.shape[-2:]
-                logits = model(pad_to_stride(with_mirror(images, self.flip)))[..., :h, :w]
+                logits = at_stride(model, with_mirror(images, self.flip))
                 losses.append(float(dwt_logits_loss(logits[:1], ids, levels.to(device), self.level_weight)))
                 fg, energy = dwt_heads(
                     model, images, self.flip, self.scales, at_one=heads_from_logits(logits, self.flip)

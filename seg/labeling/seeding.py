@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from seg.instances.data import boxes_from_ids
-from seg.instances.inference import InstancePredictor, heads_from_logits, to_tensor, with_mirror
+from seg.instances.inference import PAD_MULTIPLE, InstancePredictor, heads_from_logits, to_tensor, with_mirror
 from seg.instances.postprocess import instances_from_maps
 
 #: Context added on each side of the boxes for the model, as a fraction of a box's size.
@@ -42,7 +42,7 @@ SEED_MEMBERS: int | None = 1
 #: A predicted instance is a box's object when their boxes overlap at least this much (IoU).
 MATCH_IOU = 0.5
 #: Crops are resized to a multiple of this, so that the body's four halvings divide them evenly.
-SIZE_MULTIPLE = 16
+SIZE_MULTIPLE = PAD_MULTIPLE
 
 
 class SeedModelError(ValueError):
