@@ -776,12 +776,12 @@ class InstancePredictor:
             **({"fill": self._fill_settings()} if self.fill_scales else {}),
             "postprocess": vars(self.params),
         }
-        if not self.detector:  # the maps of inputs padded to the stride are other maps: a reference of their own
-            context["pad_multiple"] = PAD_MULTIPLE
         if self.detector:  # fewer proposals change the detections: a reference per count
             context["test_proposals"] = proposal_count(self.model)
             if self.mask_threshold != MASK_THRESHOLD:
                 context["mask_threshold"] = self.mask_threshold
+        else:  # the maps of inputs padded to the stride are other maps: a reference of their own
+            context["pad_multiple"] = PAD_MULTIPLE
         return context
 
     def _fill_settings(self) -> dict:
