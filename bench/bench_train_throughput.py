@@ -2,10 +2,11 @@
 bf16 autocast vs fp32 on this CPU.
 
 Project loop: the split decoded and resized once into uint8 tensors, labels parsed once
-(cached), augmentation on uint8 tensors, channels_last. Naive loop: a torch Dataset that
-decodes the JPEG and parses the ``.regions.txt`` with ``np.loadtxt`` for every item,
-float NCHW tensors, a DataLoader, no caching. Same model (U-Net, 16 base channels), same
-crop/flip augmentation and training size, same optimiser. The three loops run in rotating
+(cached), augmentation on uint8 tensors, channels_last, the project's AdamW (``seg.optim``,
+PyTorch's fused kernel). Naive loop: a torch Dataset that decodes the JPEG and parses the
+``.regions.txt`` with ``np.loadtxt`` for every item, float NCHW tensors, a DataLoader, no
+caching, PyTorch's default AdamW. Same model (U-Net, 16 base channels), same crop/flip
+augmentation and training size, same optimiser settings. The three loops run in rotating
 order ``--repeats`` times; images/s are medians and ratios come from the same rounds.
 
 The bf16 line is what ``seg.hardware.bf16_training_pays()`` decides from: AMX present, or
@@ -37,6 +38,7 @@ from seg.hardware import BF16_MIN_SPEEDUP, bf16_training_pays, cpu_features, run
 from seg.io import atomic_write_text
 from seg.losses import weighted_cross_entropy
 from seg.models import create
+from seg.optim import adamw
 from seg.semantic_task import SemanticTask
 from seg.train_config import SemanticOptions
 from seg.transforms import JointAugment
@@ -104,7 +106,7 @@ def main() -> None:
 
     def project_loop(bf16: bool) -> float:
         model = make_model().to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        opt = adamw(model.parameters(), 1e-3)
         start, seen = time.perf_counter(), 0
         for batch in task.train_batches(1):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

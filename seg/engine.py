@@ -28,6 +28,7 @@ from torch import nn
 from seg.cards import update_card
 from seg.checkpoints import save_checkpoint
 from seg.hardware import bf16_training_pays
+from seg.optim import adamw
 from seg.resume import load_state, restore_modules, restore_optimization, save_state
 
 
@@ -275,7 +276,7 @@ def run(
             )
         interrupt.close()
         interrupt = StepInterrupt(model, stop_event) if world == 1 else StepInterrupt(None, stop_event)
-        optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
+        optimizer = adamw(_param_groups(model, stage), lr=stage.lr, weight_decay=weight_decay)
         steps_per_epoch = getattr(task, "steps_per_epoch", lambda world=1: 1)(world) or 1
         scheduler = _schedule(optimizer, steps_per_epoch * stage.epochs)
         first_epoch = 0

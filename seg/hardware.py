@@ -144,6 +144,7 @@ def _measure_bf16_training(steps: int, batch: int, size: tuple[int, int]) -> Bf1
     import torch.nn.functional as F
 
     from seg.models import create
+    from seg.optim import adamw
 
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *size, generator=generator).contiguous(memory_format=torch.channels_last)
@@ -152,7 +153,7 @@ def _measure_bf16_training(steps: int, batch: int, size: tuple[int, int]) -> Bf1
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         models[precision] = create("unet", base_channels=16).to(memory_format=torch.channels_last).train()
-        optimisers[precision] = torch.optim.AdamW(models[precision].parameters(), 1e-3)
+        optimisers[precision] = adamw(models[precision].parameters(), 1e-3)
 
     def step(precision: str) -> float:
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -587,3 +588,38 @@ def test_deep_supervision_trains_decoder_classifiers_that_inference_never_runs(s
     assert "--deep-supervision applies to semantic models only" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--deep-supervision must be 0 or more"):
         SemanticOptions(deep_supervision=-1.0)
+
+
+def test_the_optimiser_uses_the_fused_kernel_on_the_cpu_and_updates_as_the_plain_one():
+    from seg.optim import adamw
+
+    torch.manual_seed(0)
+    plain_model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    fused_model = copy.deepcopy(plain_model)
+    groups = [
+        {"params": list(fused_model[0].parameters()), "lr": 1e-3},
+        {"params": list(fused_model[1].parameters()), "lr": 1e-4},
+    ]
+    fused = adamw(groups, lr=1e-3, weight_decay=1e-4)
+    plain = torch.optim.AdamW(
+        [
+            {"params": list(plain_model[0].parameters()), "lr": 1e-3},
+            {"params": list(plain_model[1].parameters()), "lr": 1e-4},
+        ],
+        lr=1e-3,
+        weight_decay=1e-4,
+        foreach=False,
+    )
+    assert fused.defaults["fused"] is True
+    x = torch.rand(2, 3, 8, 8)
+    for _ in range(3):
+        grads = torch.autograd.grad(plain_model(x).square().mean(), list(plain_model.parameters()))
+        for model, optimiser in ((plain_model, plain), (fused_model, fused)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            optimiser.step()
+    for p, q in zip(plain_model.parameters(), fused_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+    # parameters on a device without the kernel get the plain loop
+    meta = adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3)
+    assert not meta.defaults["fused"]
