@@ -566,7 +566,7 @@ def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfu
 def test_the_dwt_runs_on_inputs_padded_to_its_stride_and_its_maps_keep_the_input_size():
     """Every network pass sees its input padded (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``, the
     maps are cut back to the input's size, and a mirrored half is turned back after the cut (else the padding
-    would shift it); an input already at the stride runs as it is."""
+    would shift it); an input already at the stride (and the width step) runs as it is."""
     from seg.instances.inference import PAD_MULTIPLE, dwt_heads, dwt_pass, pad_to_stride
 
     torch.manual_seed(0)
@@ -586,8 +586,33 @@ def test_the_dwt_runs_on_inputs_padded_to_its_stride_and_its_maps_keep_the_input
         dwt_pass(model, x, flip=False, scale=2.0, strips=2)  # 74 x 100, two strips of 50 + 64 px of context
         assert seen and all(h % PAD_MULTIPLE == 0 and w % PAD_MULTIPLE == 0 for h, w in seen), seen
         seen.clear()
-        dwt_heads(model, torch.rand(1, 3, 32, 48))
-        assert seen == [(32, 48)]
+        dwt_heads(model, torch.rand(1, 3, 32, 64))
+        assert seen == [(32, 64)]
+
+
+def test_the_dwt_pads_widths_to_64_px_steps_so_images_share_input_shapes():
+    """Rows go to the stride, columns to ``PAD_WIDTH_MULTIPLE``: images of the same height whose widths differ by
+    less than a step meet one input shape in every pass, the fill pass's strips included, and keep their size."""
+    from seg.instances.inference import PAD_MULTIPLE, PAD_WIDTH_MULTIPLE, dwt_heads, dwt_pass, pad_to_stride
+
+    assert PAD_WIDTH_MULTIPLE == 64 and PAD_WIDTH_MULTIPLE % PAD_MULTIPLE == 0
+    assert pad_to_stride(torch.rand(1, 3, 288, 385)).shape[-2:] == (288, 448)
+    assert pad_to_stride(torch.rand(1, 3, 281, 448)).shape[-2:] == (288, 448)
+    torch.manual_seed(0)
+    model = _TinySegmenter(out_channels=2 + 5)
+    shapes: dict[int, set] = {}
+    seen: list[tuple[int, int]] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    for width in (390, 400, 420, 430):
+        seen.clear()
+        x = torch.rand(1, 3, 72, width)
+        with torch.inference_mode():
+            fg, _ = dwt_heads(model, x, scales=(1.0, 1.25))
+            fill, _ = dwt_pass(model, x, flip=False, scale=2.0, strips=2)
+        assert fg.shape[-2:] == fill.shape[-2:] == (72, width)
+        assert all(h % PAD_MULTIPLE == 0 and w % PAD_WIDTH_MULTIPLE == 0 for h, w in seen), seen
+        shapes[width] = set(seen)
+    assert shapes[390] == shapes[400] and shapes[420] == shapes[430] and len(shapes[390]) == 3, shapes
 
 
 def test_an_exported_unet_reads_only_its_input_shape(tmp_path):

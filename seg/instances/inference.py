@@ -161,6 +161,12 @@ FILL_STRIPS = 2
 STRIP_OVERLAP = 64
 #: the DWT's inputs are padded to whole multiples of this (``pad_to_stride``): the U-Net body's four poolings
 PAD_MULTIPLE = 16
+#: and their widths further, to whole multiples of this: a pass's height is set by the working height, so its
+#: width alone tells one image's input shape from another's. OpenVINO keeps the kernels of the last 15-20 shapes
+#: a dynamic-shape DWT has met (``seg.runtime``'s cache bound); with 16-px widths Penn-Fudan brings 81 shapes
+#: and about half of a browsing visitor's passes met a shape that had to be set up anew, with 64-px widths 25
+#: shapes and about 5 % (docs/experiments.md, "Widths in 64-px steps")
+PAD_WIDTH_MULTIPLE = 64
 #: the DWT runs an image at most this many working heights wide (a 1024x40 panorama would be 288 x 7373 px,
 #: 18 s of eager DWT and 40 s with the fill pass): wider ones run at a lower height. Penn-Fudan's widest
 #: image is 2.3 working heights wide
@@ -222,16 +228,17 @@ def at_stride(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
 
 
 def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
-    """``x`` extended on the right and at the bottom (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``.
+    """``x`` extended on the right and at the bottom (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``,
+    its width to whole multiples of ``PAD_WIDTH_MULTIPLE``.
 
     The U-Net body pools four times (ceil mode); at sides that do not halve evenly its decoder upsamples by
     less than 2x and its levels no longer line up. Padded, every level halves exactly: val partition mask AP
     0.5741 -> 0.5805 (docs/experiments.md, "Inputs padded to the network's stride"). The padding is cut off
-    the heads, so the maps keep the input's size; and the sizes a served graph meets come in steps of 16,
-    so they repeat (a new size costs OpenVINO 90-380 ms the first time).
+    the heads, so the maps keep the input's size. The sizes a served graph meets come in steps of 16 rows and
+    64 columns, so they repeat and their kernels stay set up (a new size costs OpenVINO 90-380 ms).
     """
     h, w = x.shape[-2:]
-    bottom, right = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    bottom, right = -h % PAD_MULTIPLE, -w % PAD_WIDTH_MULTIPLE
     if not (bottom or right):
         return x
     return F.pad(x, (0, right, 0, bottom), mode="replicate")
@@ -781,7 +788,7 @@ class InstancePredictor:
             if self.mask_threshold != MASK_THRESHOLD:
                 context["mask_threshold"] = self.mask_threshold
         else:  # the maps of inputs padded to the stride are other maps: a reference of their own
-            context["pad_multiple"] = PAD_MULTIPLE
+            context["pad_multiple"] = [PAD_MULTIPLE, PAD_WIDTH_MULTIPLE]
         return context
 
     def _fill_settings(self) -> dict:
