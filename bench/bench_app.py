@@ -1,6 +1,6 @@
 """Benchmark the dashboard end to end: the real app (``python app.py``, local mode) through ``gradio_client``.
 
-    python bench/bench_app.py [--checkpoints DIR] [--cache-dir DIR] [--runs 30] [--instance-images 6]
+    python bench/bench_app.py [--checkpoints DIR] [--cache-dir DIR] [--runs 30] [--instance-images 10]
                               [--mixed 200] [--extras] [--cold-only] [--out bench/results/app.json]
 
 Measures, on the CPU it runs on, with the app serving every model on the runtime its calibration
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: the app's)")
     parser.add_argument("--cache-dir", default=None, help="the app's SEG_CACHE_DIR (exports and choices)")
     parser.add_argument("--runs", type=int, default=30, help="timed /segment calls per model")
-    parser.add_argument("--instance-images", type=int, default=6, help="Penn-Fudan val images for /instances")
+    parser.add_argument("--instance-images", type=int, default=10, help="Penn-Fudan val images for /instances")
     parser.add_argument("--mixed", type=int, default=200, help="mixed requests before the memory reading")
     parser.add_argument("--backend-timeout", type=float, default=900, help="seconds to wait for the backends")
     parser.add_argument("--extras", action="store_true", help="client variants and concurrent clients too")
