@@ -132,9 +132,22 @@ def restore_optimization(state: RunState, optimizer: torch.optim.Optimizer, sche
         index, name = key.split(".", 1)
         per_param.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": saved["param_groups"]})
+    _moments_in_their_parameters_layout(optimizer)
     scheduler.load_state_dict(state.meta["scheduler"])
     if scaler is not None and state.meta.get("scaler"):
         scaler.load_state_dict(state.meta["scaler"])
+
+
+def _moments_in_their_parameters_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Each saved moment back in its parameter's memory layout (channels-last convolutions): the state was
+    saved contiguous, and PyTorch's fused AdamW walks a parameter's and its moments' memory in step, so a
+    moment in another layout updates the wrong elements (a resumed run then parts from the uninterrupted one)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for name, value in moments.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    moments[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def clear_state(out: str | Path) -> None:

@@ -623,3 +623,36 @@ def test_the_optimiser_uses_the_fused_kernel_on_the_cpu_and_updates_as_the_plain
     # parameters on a device without the kernel get the plain loop
     meta = adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))], lr=1e-3)
     assert not meta.defaults["fused"]
+
+
+def test_a_resumed_fused_optimiser_steps_as_the_uninterrupted_one_on_channels_last_weights(tmp_path):
+    """The saved moments are contiguous; a channels-last convolution's come back in its layout, which PyTorch's
+    fused AdamW needs (it walks a parameter's memory and its moments' in step)."""
+    from seg.optim import adamw
+    from seg.resume import load_state, restore_optimization, save_state
+
+    torch.manual_seed(0)
+    start = torch.nn.Conv2d(4, 4, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+
+    def steps(model: torch.nn.Module, optimiser: torch.optim.Optimizer, count: int) -> None:
+        for _ in range(count):
+            optimiser.zero_grad()
+            model(x).square().mean().backward()
+            optimiser.step()
+
+    straight = copy.deepcopy(start)
+    steps(straight, adamw(straight.parameters(), 1e-2), 4)
+    first = copy.deepcopy(start)
+    optimiser = adamw(first.parameters(), 1e-2)
+    assert optimiser.defaults["fused"]
+    steps(first, optimiser, 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+    save_state(tmp_path / "run", model=first, ema=None, optimizer=optimiser, scheduler=scheduler, scaler=None, meta={})
+    resumed = copy.deepcopy(first)
+    optimiser = adamw(resumed.parameters(), 1e-2)
+    restore_optimization(
+        load_state(tmp_path / "run"), optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 1.0), None
+    )
+    steps(resumed, optimiser, 2)
+    assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
