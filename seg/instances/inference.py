@@ -164,8 +164,8 @@ PAD_MULTIPLE = 16
 #: and their widths further, to whole multiples of this: a pass's height is set by the working height, so its
 #: width alone tells one image's input shape from another's. OpenVINO keeps the kernels of the last 15-20 shapes
 #: a dynamic-shape DWT has met (``seg.runtime``'s cache bound); with 16-px widths Penn-Fudan brings 81 shapes
-#: and about half of a browsing visitor's passes met a shape that had to be set up anew, with 64-px widths 25
-#: shapes and about 5 % (docs/experiments.md, "Widths in 64-px steps")
+#: and, simulated, about half of a browsing visitor's passes meet a shape to be set up anew, with 64-px widths
+#: 25 shapes and about 5 % (docs/experiments.md, "Widths in 64-px steps")
 PAD_WIDTH_MULTIPLE = 64
 #: the DWT runs an image at most this many working heights wide (a 1024x40 panorama would be 288 x 7373 px,
 #: 18 s of eager DWT and 40 s with the fill pass): wider ones run at a lower height. Penn-Fudan's widest
