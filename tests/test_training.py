@@ -591,6 +591,7 @@ def test_deep_supervision_trains_decoder_classifiers_that_inference_never_runs(s
 
 
 def test_the_optimiser_uses_the_fused_kernel_on_the_cpu_and_updates_as_the_plain_one():
+    """Same gradients, same update, across parameter groups; a device without the kernel gets the plain loop."""
     from seg.optim import adamw
 
     torch.manual_seed(0)
@@ -631,6 +632,15 @@ def test_a_resumed_fused_optimiser_steps_as_the_uninterrupted_one_on_channels_la
     from seg.optim import adamw
     from seg.resume import load_state, restore_optimization, save_state
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # gradients summed in one order, so both runs see the same ones
+    try:
+        _resume_a_fused_optimiser(tmp_path, adamw, load_state, restore_optimization, save_state)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_a_fused_optimiser(tmp_path, adamw, load_state, restore_optimization, save_state) -> None:
     torch.manual_seed(0)
     start = torch.nn.Conv2d(4, 4, 3).to(memory_format=torch.channels_last)
     x = torch.rand(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -655,4 +665,6 @@ def test_a_resumed_fused_optimiser_steps_as_the_uninterrupted_one_on_channels_la
         load_state(tmp_path / "run"), optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 1.0), None
     )
     steps(resumed, optimiser, 2)
-    assert torch.equal(resumed.weight, straight.weight) and torch.equal(resumed.bias, straight.bias)
+    # a moment in the wrong layout moves these weights by up to 2e-2
+    torch.testing.assert_close(resumed.weight, straight.weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(resumed.bias, straight.bias, atol=1e-6, rtol=0)
