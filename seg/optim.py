@@ -20,6 +20,5 @@ def adamw(params: Iterable, lr: float, weight_decay: float = 0.01) -> torch.opti
     params = list(params)
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     devices = {t.device.type for t in tensors}
-    fused = bool(tensors) and devices <= set(FUSED_DEVICES) and len(devices) == 1
-    fused = fused and all(t.is_floating_point() for t in tensors)
+    fused = len(devices) == 1 and devices <= set(FUSED_DEVICES) and all(t.is_floating_point() for t in tensors)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

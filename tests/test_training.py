@@ -632,15 +632,6 @@ def test_a_resumed_fused_optimiser_steps_as_the_uninterrupted_one_on_channels_la
     from seg.optim import adamw
     from seg.resume import load_state, restore_optimization, save_state
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # gradients summed in one order, so both runs see the same ones
-    try:
-        _resume_a_fused_optimiser(tmp_path, adamw, load_state, restore_optimization, save_state)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _resume_a_fused_optimiser(tmp_path, adamw, load_state, restore_optimization, save_state) -> None:
     torch.manual_seed(0)
     start = torch.nn.Conv2d(4, 4, 3).to(memory_format=torch.channels_last)
     x = torch.rand(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
@@ -651,20 +642,33 @@ def _resume_a_fused_optimiser(tmp_path, adamw, load_state, restore_optimization,
             model(x).square().mean().backward()
             optimiser.step()
 
-    straight = copy.deepcopy(start)
-    steps(straight, adamw(straight.parameters(), 1e-2), 4)
-    first = copy.deepcopy(start)
-    optimiser = adamw(first.parameters(), 1e-2)
-    assert optimiser.defaults["fused"]
-    steps(first, optimiser, 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
-    save_state(tmp_path / "run", model=first, ema=None, optimizer=optimiser, scheduler=scheduler, scaler=None, meta={})
-    resumed = copy.deepcopy(first)
-    optimiser = adamw(resumed.parameters(), 1e-2)
-    restore_optimization(
-        load_state(tmp_path / "run"), optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 1.0), None
-    )
-    steps(resumed, optimiser, 2)
+    def constant(optimiser: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 1.0)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # gradients summed in one order, so both runs see the same ones
+    try:
+        straight = copy.deepcopy(start)
+        steps(straight, adamw(straight.parameters(), 1e-2), 4)
+        first = copy.deepcopy(start)
+        optimiser = adamw(first.parameters(), 1e-2)
+        assert optimiser.defaults["fused"]
+        steps(first, optimiser, 2)
+        save_state(
+            tmp_path / "run",
+            model=first,
+            ema=None,
+            optimizer=optimiser,
+            scheduler=constant(optimiser),
+            scaler=None,
+            meta={},
+        )
+        resumed = copy.deepcopy(first)
+        optimiser = adamw(resumed.parameters(), 1e-2)
+        restore_optimization(load_state(tmp_path / "run"), optimiser, constant(optimiser), None)
+        steps(resumed, optimiser, 2)
+    finally:
+        torch.set_num_threads(threads)
     # a moment in the wrong layout moves these weights by up to 2e-2
     torch.testing.assert_close(resumed.weight, straight.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(resumed.bias, straight.bias, atol=1e-6, rtol=0)
