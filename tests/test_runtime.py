@@ -519,12 +519,11 @@ def _unbatched_heads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
     """Plain and mirrored passes as two forwards of one image each (padded to the stride, their maps cut back),
     their heads averaged (both heads are linear in the probabilities, so this is what averaging the
     probabilities gives)."""
-    from seg.instances.inference import heads_from_logits, pad_to_stride
+    from seg.instances.inference import at_stride, heads_from_logits
 
-    h, w = x.shape[-2:]
     with torch.inference_mode():
-        fg, energy = heads_from_logits(model(pad_to_stride(x))[..., :h, :w])
-        fg_mirror, energy_mirror = heads_from_logits(model(pad_to_stride(x.flip(-1)))[..., :h, :w])
+        fg, energy = heads_from_logits(at_stride(model, x))
+        fg_mirror, energy_mirror = heads_from_logits(at_stride(model, x.flip(-1)))
     return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
 
 
@@ -694,7 +693,7 @@ class _TwoOutputs(torch.nn.Module):
 
 @pytest.mark.parametrize("static", [True, False])
 def test_an_openvino_answer_is_the_callers_own_and_in_the_outputs_order(tmp_path, static):
-    """The engine reads its outputs in place and copies them: each answer keeps its values after later calls
+    """The engine answers with copies of the request's outputs: each answer keeps its values after later calls
     (the request's buffers are reused), and the outputs come in the model's order, whatever their shapes."""
     pytest.importorskip("openvino")
     torch.manual_seed(0)
