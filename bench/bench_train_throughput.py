@@ -12,7 +12,10 @@ order ``--repeats`` times; images/s are medians and ratios come from the same ro
 The bf16 line is what ``seg.hardware.bf16_training_pays()`` decides from: AMX present, or
 bf16 autocast measured faster than fp32 by ``BF16_MIN_SPEEDUP``.
 
-    python bench/bench_train_throughput.py [--images 64] [--train-size 144x112] [--repeats 2] [--out FILE]
+    python bench/bench_train_throughput.py [--images 256] [--train-size 144x112] [--repeats 3] [--out FILE]
+
+Each loop is one epoch over ``--images`` training images. With 64 (four steps) the ratio spread from 2.6x to
+3.1x between runs on one CPU; with 256 it varied by under 0.1 (docs/experiments.md, "Speed").
 
 Results: bench/results/train_throughput.json.
 """
@@ -70,10 +73,10 @@ def make_model() -> torch.nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-size", default="144x112")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS), help="results JSON")
     args = parser.parse_args()
     threads = threads_from_env()
