@@ -462,6 +462,11 @@ class _OpenVinoEngine:
         return [result[out] for out in compiled.outputs]
 
 
+#: what callers read off a network to shape its inputs, kept by the part that serves it: a DWT's ``input_multiple``
+#: (``seg.instances.inference.input_stride``)
+KEPT_ATTRIBUTES = ("input_multiple",)
+
+
 class RuntimePart(nn.Module):
     """One exported part behind an ``nn.Module`` face: tensors in, the eager part's output structure out.
 
@@ -1167,7 +1172,11 @@ def _build_part(
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
-    return RuntimePart(engine, structure, backend, eager=module if part else None)
+    served = RuntimePart(engine, structure, backend, eager=module if part else None)
+    for name in KEPT_ATTRIBUTES:
+        if hasattr(module, name):
+            setattr(served, name, getattr(module, name))
+    return served
 
 
 def build_serving(

@@ -589,6 +589,44 @@ def test_the_dwt_runs_on_inputs_padded_to_its_stride_and_its_maps_keep_the_input
         assert seen == [(32, 64)]
 
 
+def test_a_deeper_body_pads_the_dwt_inputs_to_its_own_stride_served_or_not(monkeypatch, tmp_path):
+    """A body says its stride (the U-Net ``2**depth``, the ResUNet 32); the DWT, an ensemble (the least common
+    multiple of its members'), the part a runtime serves and the box tool's crops all pad to it, so a deeper
+    body's levels line up as the shipped one's do, and the shipped U-Net body keeps 16."""
+    from seg.instances.inference import InstancePredictor, dwt_heads, input_stride
+    from seg.instances.models import DWTEnsemble, build_dwt
+    from seg.labeling.seeding import ForegroundModel
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    deep, shallow = build_dwt(base_channels=4, depth=5).eval(), build_dwt(base_channels=4).eval()
+    assert (deep.input_multiple, shallow.input_multiple, build_dwt(backbone="resunet").input_multiple) == (32, 16, 32)
+    assert input_stride(DWTEnsemble([shallow, deep])) == 32 and input_stride(_TinySegmenter()) == 16
+    x = torch.rand(1, 3, 72, 100)
+    for model, rows in ((deep, 96), (shallow, 80)):
+        seen: list[tuple[int, int]] = []
+        hook = model.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(tuple(args[0].shape[-2:])))
+        with torch.inference_mode():
+            fg, energy = dwt_heads(model, x)
+        hook.remove()
+        assert seen == [(rows, 128)] and fg.shape[-2:] == energy.shape[-2:] == (72, 100)
+
+    predictor = InstancePredictor(deep, {"work_height": 64}, runtime="eager")
+    assert predictor.serving_spec().key and predictor._serving_context()["pad_multiple"] == [32, 64]
+    served = runtime.build_serving(deep, predictor.serving_spec(), "onnx-fp32")
+    assert isinstance(served, runtime.RuntimePart) and input_stride(served) == 32
+    with torch.inference_mode():
+        for got, want in zip(dwt_heads(served, x), dwt_heads(deep, x)):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+    crops: list[tuple[int, int]] = []
+    deep.register_forward_pre_hook(lambda module, args: crops.append(tuple(args[0].shape[-2:])))
+    seeder = ForegroundModel(predictor)
+    fg = seeder(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    assert seeder.size_multiple == 32 and fg.shape == (90, 130)
+    assert crops and all(h % 32 == 0 and w % 32 == 0 for h, w in crops), crops
+
+
 def test_the_dwt_pads_widths_to_64_px_steps_so_images_share_input_shapes():
     """Rows go to the stride, columns to ``PAD_WIDTH_MULTIPLE``: images of the same height whose widths differ by
     less than a step meet one input shape in every pass, the fill pass's strips included, and keep their size."""

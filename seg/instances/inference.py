@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from seg.instances.data import (
     relabel_sequential,
     work_size,
 )
-from seg.instances.models import DWTEnsemble, is_detector, split_outputs
+from seg.instances.models import DEFAULT_STRIDE, DWTEnsemble, is_detector, split_outputs
 from seg.instances.postprocess import (
     FILL_MAX_IOU,
     FILL_MIN_FREE,
@@ -159,8 +160,9 @@ FILL_SCALE_OPTIONS: tuple[tuple[float, ...], ...] = ((1.5,), (1.75,), (2.0,))
 #: held the dashboard's process 0.4 GB above the passes at the working size
 FILL_STRIPS = 2
 STRIP_OVERLAP = 64
-#: the DWT's inputs are padded to whole multiples of this (``pad_to_stride``): the U-Net body's four poolings
-PAD_MULTIPLE = 16
+#: the DWT's inputs are padded to whole multiples of its body's stride (``pad_to_stride``), this one for a body
+#: that says none: the U-Net body's four poolings
+PAD_MULTIPLE = DEFAULT_STRIDE
 #: and their widths further, to whole multiples of this: a pass's height is set by the working height, so its
 #: width alone tells one image's input shape from another's. OpenVINO keeps the kernels of the last 15-20 shapes
 #: a dynamic-shape DWT has met (``seg.runtime``'s cache bound); with 16-px widths Penn-Fudan brings 81 shapes
@@ -216,29 +218,41 @@ def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tupl
     undoes it)."""
     core = model.current if isinstance(model, DeferredServing) else model
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
-        probs = at_stride(core.members, x).float()
+        probs = at_stride(core.members, x, input_stride(core)).float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
     return heads_from_logits(at_stride(model, x), flip)
 
 
-def at_stride(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``network(x)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back to ``x``'s size."""
+def input_stride(model: Callable[[torch.Tensor], torch.Tensor]) -> int:
+    """What ``model``'s inputs are padded to: the stride its body says (``input_multiple``: the U-Net's
+    ``2**depth``, the ResUNet's 32), kept by a served part (``seg.runtime``), else ``PAD_MULTIPLE``."""
+    core = model.current if isinstance(model, DeferredServing) else model
+    multiple = getattr(core, "input_multiple", None)
+    return multiple if isinstance(multiple, int) and multiple > 0 else PAD_MULTIPLE
+
+
+def at_stride(
+    network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, stride: int | None = None
+) -> torch.Tensor:
+    """``network(x)``, run on ``x`` padded to the stride (``pad_to_stride``; ``stride``: the network's own unless
+    given) and cut back to ``x``'s size."""
     h, w = x.shape[-2:]
-    return network(pad_to_stride(x))[..., :h, :w]
+    return network(pad_to_stride(x, stride or input_stride(network)))[..., :h, :w]
 
 
-def pad_to_stride(x: torch.Tensor) -> torch.Tensor:
-    """``x`` extended on the right and at the bottom (edge pixels repeated) to whole multiples of ``PAD_MULTIPLE``,
-    its width to whole multiples of ``PAD_WIDTH_MULTIPLE``.
+def pad_to_stride(x: torch.Tensor, stride: int = PAD_MULTIPLE) -> torch.Tensor:
+    """``x`` extended on the right and at the bottom (edge pixels repeated) to whole multiples of ``stride``,
+    its width to whole multiples of ``PAD_WIDTH_MULTIPLE`` (and of ``stride``).
 
     The U-Net body pools four times (ceil mode); at sides that do not halve evenly its decoder upsamples by
     less than 2x and its levels no longer line up. Padded, every level halves exactly: val partition mask AP
-    0.5741 -> 0.5805 (docs/experiments.md, "Inputs padded to the network's stride"). The padding is cut off
-    the heads, so the maps keep the input's size. The sizes a served graph meets come in steps of 16 rows and
-    64 columns, so they repeat and their kernels stay set up (a new size costs OpenVINO 90-380 ms).
+    0.5741 -> 0.5805 (docs/experiments.md, "Inputs padded to the network's stride"). A deeper body (a U-Net of
+    depth 5, a ResUNet) says its own stride. The padding is cut off the heads, so the maps keep the input's
+    size. The sizes a served graph meets come in steps of 16 rows and 64 columns, so they repeat and their
+    kernels stay set up (a new size costs OpenVINO 90-380 ms).
     """
     h, w = x.shape[-2:]
-    bottom, right = -h % PAD_MULTIPLE, -w % PAD_WIDTH_MULTIPLE
+    bottom, right = -h % stride, -w % math.lcm(stride, PAD_WIDTH_MULTIPLE)
     if not (bottom or right):
         return x
     return F.pad(x, (0, right, 0, bottom), mode="replicate")
@@ -788,7 +802,8 @@ class InstancePredictor:
             if self.mask_threshold != MASK_THRESHOLD:
                 context["mask_threshold"] = self.mask_threshold
         else:  # the maps of inputs padded to the stride are other maps: a reference of their own
-            context["pad_multiple"] = [PAD_MULTIPLE, PAD_WIDTH_MULTIPLE]
+            stride = input_stride(self.model)
+            context["pad_multiple"] = [stride, math.lcm(stride, PAD_WIDTH_MULTIPLE)]
         return context
 
     def _fill_settings(self) -> dict:

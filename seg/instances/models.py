@@ -17,6 +17,7 @@ pulls in ``torch._dynamo`` (seconds), which the DWT and the dashboard's start do
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any
 
@@ -27,6 +28,9 @@ from seg.instances.targets import ENERGY_EDGES
 from seg.models import create, register
 from seg.models.common import conv_bn_relu
 from seg.models.encoders import load_encoder_weights
+
+#: the stride of a body that does not say its own (``input_multiple``): the U-Net's four halvings
+DEFAULT_STRIDE = 16
 
 #: ``fg_gate`` values -> how the energy head reads the foreground probability (None: it does not)
 FG_GATES: dict[bool | str, str | None] = {
@@ -61,6 +65,8 @@ class DeepWatershed(nn.Module):
         if hasattr(backbone, "head"):
             backbone.head = nn.Identity()  # the semantic head is unused; drop its weights
         self.backbone = backbone
+        #: what inputs are padded to (``seg.instances.inference.pad_to_stride``): the body's own stride
+        self.input_multiple = int(getattr(backbone, "input_multiple", DEFAULT_STRIDE))
         self.energy_levels = energy_levels
         self.fg_head = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, 2, 1))
         # the energy needs a wider view (how far to the boundary), hence two 3x3 layers
@@ -130,6 +136,11 @@ class AveragedHeads(nn.ModuleList):
     the served DWT's time) and the softmax that would undo it never run when serving.
     """
 
+    @property
+    def input_multiple(self) -> int:
+        """The least common multiple of every member's ``input_multiple``."""
+        return math.lcm(*(int(getattr(member, "input_multiple", DEFAULT_STRIDE)) for member in self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # each member's heads apart: concatenating them only to split them again costs an exported
         # graph a copy of every member's full-resolution output (a slow split in OpenVINO)
@@ -155,6 +166,8 @@ class DWTEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = AveragedHeads(members)
         self.energy_levels = members[0].energy_levels
+        #: an input every member's levels line up on (kept here too: a serving runtime replaces ``members``)
+        self.input_multiple = self.members.input_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.members(x).clamp_min(1e-12).log()

@@ -22,6 +22,7 @@ whole image once, however many boxes it has.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +32,14 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from seg.instances.data import boxes_from_ids
-from seg.instances.inference import PAD_MULTIPLE, InstancePredictor, heads_from_logits, to_tensor, with_mirror
+from seg.instances.inference import (
+    PAD_MULTIPLE,
+    InstancePredictor,
+    heads_from_logits,
+    input_stride,
+    to_tensor,
+    with_mirror,
+)
 from seg.instances.postprocess import instances_from_maps
 
 #: Context added on each side of the boxes for the model, as a fraction of a box's size.
@@ -41,7 +49,7 @@ CONTEXT = 0.25
 SEED_MEMBERS: int | None = 1
 #: A predicted instance is a box's object when their boxes overlap at least this much (IoU).
 MATCH_IOU = 0.5
-#: Crops are resized to a multiple of this, so that the body's four halvings divide them evenly.
+#: Crops are resized to a multiple of the nets' stride (``input_stride``), this one for the U-Net body's four halvings.
 SIZE_MULTIPLE = PAD_MULTIPLE
 
 
@@ -72,6 +80,8 @@ class ForegroundModel:
         model = predictor.model
         nets = list(model.members) if hasattr(model, "members") else [model]
         self.nets = nets[: max(1, int(members))] if members else nets
+        #: crops' sides are whole multiples of this, so that every net's levels line up
+        self.size_multiple = math.lcm(*(input_stride(net) for net in self.nets))
 
     @classmethod
     def from_checkpoint(
@@ -149,7 +159,7 @@ class ForegroundModel:
         device = next(self.predictor.model.parameters()).device
         with torch.inference_mode():
             crop = to_tensor(rgb[y0:y1, x0:x1])[None].to(device)
-            size = (_rounded(round((y1 - y0) * scale)), _rounded(round((x1 - x0) * scale)))
+            size = tuple(_rounded(round(side * scale), self.size_multiple) for side in (y1 - y0, x1 - x0))
             x = F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=True)
             heads = [heads_from_logits(net(with_mirror(x, self.flip)), self.flip) for net in self.nets]
             fg_small = torch.stack([h[0] for h in heads]).mean(0)
@@ -236,6 +246,6 @@ def _region(box: Sequence[float], context: float, shape: tuple[int, int]) -> tup
     )
 
 
-def _rounded(size: int) -> int:
-    """The size rounded to a multiple of ``SIZE_MULTIPLE`` (the body halves it four times), at least one."""
-    return max(SIZE_MULTIPLE, SIZE_MULTIPLE * round(size / SIZE_MULTIPLE))
+def _rounded(size: int, multiple: int = SIZE_MULTIPLE) -> int:
+    """The size rounded to a multiple of ``multiple`` (the nets' stride), at least one multiple."""
+    return max(multiple, multiple * round(size / multiple))

@@ -54,6 +54,8 @@ class ResUNet(nn.Module):
         self.full_res = conv_bn_relu(3, d5)  # shallow full-resolution skip for sharp edges
         self.dec0 = DecoderBlock(d4, d5, d5)  # -> 1/1
         self.out_channels = d5
+        #: sides that are whole multiples of this halve evenly down to the encoder's 1/32 level
+        self.input_multiple = 32
         self.head = nn.Conv2d(d5, num_classes, 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,8 @@ class UNet(nn.Module):
         self.context = GlobalContext(chans[-1]) if context else nn.Identity()
         self.up = nn.ModuleList([DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))])
         self.out_channels = chans[0]
+        #: sides that are whole multiples of this halve evenly at every pooling, so the levels line up
+        self.input_multiple = 2**depth
         self.head = nn.Conv2d(chans[0], num_classes, 1)
         #: one classifier per decoder stage but the last, coarsest first (the order of ``aux_logits``)
         self.aux_heads = (
