@@ -1172,7 +1172,9 @@ def _build_part(
     else:
         path = onnx_path
     engine = _OrtEngine(path) if family == "onnx" else _OpenVinoEngine(path, precision, static)
-    served = RuntimePart(engine, structure, backend, eager=module if part else None)
+    # only a part fed regions (a detector's RoI heads: batch dim alone varies) can be called with none left; an
+    # image-fed part never is, and its eager copy would stay in memory beside the served graph for nothing
+    served = RuntimePart(engine, structure, backend, eager=module if part and dynamic == (0,) else None)
     for name in KEPT_ATTRIBUTES:
         if hasattr(module, name):
             setattr(served, name, getattr(module, name))

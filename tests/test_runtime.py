@@ -779,6 +779,7 @@ def test_a_dwt_ensemble_serves_its_averaged_heads_and_takes_their_log_in_pytorch
     assert list(spec.parts) == ["members"]
     served = runtime.build_serving(predictor.model, spec, "openvino-fp32")
     assert isinstance(served.members, runtime.RuntimePart) and not isinstance(served, runtime.RuntimePart)
+    assert served.members.eager is None  # fed images, never an empty batch: no eager copy of the weights
     for width in (80, 97):  # one export, any width
         x = torch.rand(1, 3, 64, width)
         with torch.inference_mode():
@@ -829,6 +830,8 @@ def test_a_part_taking_a_list_of_feature_maps_is_served_like_eager(pennfudan_roo
         want, got = model.rpn.head(features), served.rpn.head(features)
         empty = torch.zeros(0, *served.roi_heads.mask_head.eager[0][0].weight.shape[1:2], 14, 14)
         assert served.roi_heads.mask_head(empty).shape[0] == 0
+    # only a part fed regions keeps an eager copy for that: an image-fed one would hold its weights twice
+    assert served.roi_heads.mask_head.eager is not None and served.rpn.head.eager is None
     assert isinstance(got, tuple) and [len(g) for g in got] == [len(w) for w in want] == [len(features)] * 2
     for got_level, want_level in zip(runtime.flatten_tensors(got), runtime.flatten_tensors(want)):
         torch.testing.assert_close(got_level, want_level, atol=1e-4, rtol=1e-3)
