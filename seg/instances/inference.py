@@ -211,12 +211,17 @@ def heads_from_probabilities(
     return fg, torch.einsum("nkhw,k->nhw", probs, levels).unsqueeze(1)
 
 
+def _serving_now(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a ``DeferredServing`` (the dashboard's, while a backend is prepared) serves with now; else ``model``."""
+    return model.current if isinstance(model, DeferredServing) else model
+
+
 def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``heads_from_logits(model(x), flip)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
     an ensemble's (served or not) straight from the probabilities its members average, without the log its
     forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
     undoes it)."""
-    core = model.current if isinstance(model, DeferredServing) else model
+    core = _serving_now(model)
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
         probs = at_stride(core.members, x, input_stride(core)).float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
@@ -226,8 +231,7 @@ def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tupl
 def input_stride(model: Callable[[torch.Tensor], torch.Tensor]) -> int:
     """What ``model``'s inputs are padded to: the stride its body says (``input_multiple``: the U-Net's
     ``2**depth``, the ResUNet's 32), kept by a served part (``seg.runtime``), else ``PAD_MULTIPLE``."""
-    core = model.current if isinstance(model, DeferredServing) else model
-    multiple = getattr(core, "input_multiple", None)
+    multiple = getattr(_serving_now(model), "input_multiple", None)
     return multiple if isinstance(multiple, int) and multiple > 0 else PAD_MULTIPLE
 
 
@@ -543,8 +547,7 @@ def _detector_at_scale(model: nn.Module, scale: float) -> nn.Module:
     A ``DeferredServing`` (the dashboard's, while a backend is prepared) is scaled as it serves now."""
     if scale == 1.0:
         return model
-    if isinstance(model, DeferredServing):
-        model = model.current
+    model = _serving_now(model)
     transform = copy.copy(model.transform)
     transform.min_size = tuple(int(round(size * scale)) for size in model.transform.min_size)
     transform.max_size = int(round(model.transform.max_size * scale))

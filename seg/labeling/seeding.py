@@ -33,7 +33,6 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from seg.instances.data import boxes_from_ids
 from seg.instances.inference import (
-    PAD_MULTIPLE,
     InstancePredictor,
     heads_from_logits,
     input_stride,
@@ -49,8 +48,6 @@ CONTEXT = 0.25
 SEED_MEMBERS: int | None = 1
 #: A predicted instance is a box's object when their boxes overlap at least this much (IoU).
 MATCH_IOU = 0.5
-#: Crops are resized to a multiple of the nets' stride (``input_stride``), this one for the U-Net body's four halvings.
-SIZE_MULTIPLE = PAD_MULTIPLE
 
 
 class SeedModelError(ValueError):
@@ -80,7 +77,7 @@ class ForegroundModel:
         model = predictor.model
         nets = list(model.members) if hasattr(model, "members") else [model]
         self.nets = nets[: max(1, int(members))] if members else nets
-        #: crops' sides are whole multiples of this, so that every net's levels line up
+        #: crops are resized to whole multiples of this (the nets' stride), so that every net's levels line up
         self.size_multiple = math.lcm(*(input_stride(net) for net in self.nets))
 
     @classmethod
@@ -246,6 +243,6 @@ def _region(box: Sequence[float], context: float, shape: tuple[int, int]) -> tup
     )
 
 
-def _rounded(size: int, multiple: int = SIZE_MULTIPLE) -> int:
+def _rounded(size: int, multiple: int) -> int:
     """The size rounded to a multiple of ``multiple`` (the nets' stride), at least one multiple."""
     return max(multiple, multiple * round(size / multiple))
