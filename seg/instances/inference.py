@@ -223,7 +223,7 @@ def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tupl
     undoes it)."""
     core = _serving_now(model)
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
-        probs = at_stride(core.members, x, input_stride(core)).float()
+        probs = at_stride(core.members, x).float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
     return heads_from_logits(at_stride(model, x), flip)
 
@@ -235,13 +235,15 @@ def input_stride(model: Callable[[torch.Tensor], torch.Tensor]) -> int:
     return multiple if isinstance(multiple, int) and multiple > 0 else PAD_MULTIPLE
 
 
-def at_stride(
-    network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, stride: int | None = None
-) -> torch.Tensor:
-    """``network(x)``, run on ``x`` padded to the stride (``pad_to_stride``; ``stride``: the network's own unless
-    given) and cut back to ``x``'s size."""
+def at_stride(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``network(x)``, run on ``x`` padded to its stride (``pad_to_stride``) and cut back to ``x``'s size."""
     h, w = x.shape[-2:]
-    return network(pad_to_stride(x, stride or input_stride(network)))[..., :h, :w]
+    return network(pad_to_stride(x, input_stride(network)))[..., :h, :w]
+
+
+def width_multiple(stride: int) -> int:
+    """What a pass's width is padded to: whole 64-px steps (``PAD_WIDTH_MULTIPLE``) that are also whole strides."""
+    return math.lcm(stride, PAD_WIDTH_MULTIPLE)
 
 
 def pad_to_stride(x: torch.Tensor, stride: int = PAD_MULTIPLE) -> torch.Tensor:
@@ -256,7 +258,7 @@ def pad_to_stride(x: torch.Tensor, stride: int = PAD_MULTIPLE) -> torch.Tensor:
     kernels stay set up (a new size costs OpenVINO 90-380 ms).
     """
     h, w = x.shape[-2:]
-    bottom, right = -h % stride, -w % math.lcm(stride, PAD_WIDTH_MULTIPLE)
+    bottom, right = -h % stride, -w % width_multiple(stride)
     if not (bottom or right):
         return x
     return F.pad(x, (0, right, 0, bottom), mode="replicate")
@@ -806,7 +808,7 @@ class InstancePredictor:
                 context["mask_threshold"] = self.mask_threshold
         else:  # the maps of inputs padded to the stride are other maps: a reference of their own
             stride = input_stride(self.model)
-            context["pad_multiple"] = [stride, math.lcm(stride, PAD_WIDTH_MULTIPLE)]
+            context["pad_multiple"] = [stride, width_multiple(stride)]
         return context
 
     def _fill_settings(self) -> dict:

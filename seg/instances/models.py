@@ -166,8 +166,11 @@ class DWTEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = AveragedHeads(members)
         self.energy_levels = members[0].energy_levels
-        #: an input every member's levels line up on (kept here too: a serving runtime replaces ``members``)
-        self.input_multiple = self.members.input_multiple
+
+    @property
+    def input_multiple(self) -> int:
+        """Its members' (a serving runtime's part that replaces ``members`` keeps it: ``seg.runtime``)."""
+        return self.members.input_multiple
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.members(x).clamp_min(1e-12).log()
