@@ -901,3 +901,36 @@ def test_the_eager_reference_is_computed_once_since_a_given_time(dwt_checkpoint,
     assert reference() == first
     assert reference(since=time.time() + 60) == (*first[:2], 2)  # a copy older than the bound is recomputed
     assert reference(since=math.inf) == (*first[:2], 3)
+
+
+def test_tune_keeps_the_fewest_fill_members_within_the_gain_of_all_of_them(pennfudan_root):
+    from dataclasses import replace
+
+    from seg.instances.data import load_instance_split
+    from seg.instances.models import DWTEnsemble, build_dwt
+    from seg.instances.postprocess import PostprocessParams
+    from seg.instances.task import DWTValidation
+    from seg.instances.tune import TUNE_MIN_GAIN, _fill_members
+
+    torch.manual_seed(0)
+    model = DWTEnsemble([build_dwt(base_channels=4, depth=2) for _ in range(3)]).eval()
+    validation = DWTValidation(load_instance_split(pennfudan_root, "val", 96, 2))
+    maps, _ = validation.maps(model, torch.device("cpu"))
+    params = PostprocessParams(fg_threshold=0.3, alternatives=False)
+    members, compared, filled = _fill_members(validation, maps, model, (2.0,), params)
+    assert list(compared) == ["0", "1", "2", "0+1", "0+2", "1+2", "0+1+2"]
+    # every member's fills together are the ensemble's own
+    whole = validation.with_passes(maps, model, torch.device("cpu"), (2.0,), "fills")
+    assert validation.evaluate(whole, replace(params))["mask_ap"] == pytest.approx(compared["0+1+2"], abs=1e-6)
+    chosen = "+".join(str(i) for i in members) or "0+1+2"
+    # the chosen members' fills, made from each member's alone, are what those members run together give
+    together = DWTEnsemble([model.members[i] for i in members or range(3)]).eval()
+    expected = whole if not members else validation.with_passes(maps, together, torch.device("cpu"), (2.0,), "fills")
+    for got, want in zip(filled, expected):
+        for a, b in zip(got.fills[0], want.fills[0]):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+    best = max(compared.values())
+    assert compared[chosen] >= best - TUNE_MIN_GAIN
+    # no cheaper choice was within the gain: every smaller subset is below it
+    assert all(ap < best - TUNE_MIN_GAIN for name, ap in compared.items() if name.count("+") < chosen.count("+"))
+    assert len(filled) == len(maps) and all(len(m.fills) == 1 for m in filled)

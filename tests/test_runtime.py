@@ -1374,3 +1374,33 @@ def test_a_calibration_child_stops_with_its_parent_and_a_stopped_one_is_not_redo
     failing = [sys.executable, "-c", "raise SystemExit('no dataset')"]
     monkeypatch.setattr(runtime, "_export_command", lambda source, rt: failing)
     assert runtime._calibrate_apart(None, "auto", REPO_ROOT / "x") is False  # the caller calibrates in process
+
+
+def test_a_dwt_ensembles_fill_passes_run_on_the_cards_fill_members_served_or_not(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from seg.instances.inference import InstancePredictor, dwt_heads, dwt_pass
+    from seg.instances.models import DWTEnsemble, build_dwt
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = DWTEnsemble([build_dwt(base_channels=4, depth=2) for _ in range(3)]).eval()
+    card = {"work_height": 64, "fill_scales": [2.0], "fill_members": [1]}
+    predictor = InstancePredictor(model, card, runtime="eager")
+    assert model.fill is None, "the caller's ensemble is left as it was"
+    assert predictor.fill_members == (1,) and predictor.model.members[1] is model.members[1]
+    assert list(predictor.serving_spec().parts) == ["members", "fill"]
+    assert "members" in predictor._serving_context()["fill"]
+    without = InstancePredictor(model, card | {"fill_scales": []}, runtime="eager")
+    assert without.fill_members == () and list(without.serving_spec().parts) == ["members"]
+    alone = DWTEnsemble([model.members[1]]).eval()
+    served = runtime.build_serving(predictor.model, predictor.serving_spec(), "openvino-fp32")
+    assert isinstance(served.members, runtime.RuntimePart) and isinstance(served.fill, runtime.RuntimePart)
+    x = torch.rand(1, 3, 64, 90)
+    with torch.inference_mode():
+        for network in (predictor.model, served):
+            # the fill pass is the fill member's alone; the main pass still averages every member
+            for got, want in zip(dwt_pass(network, x, False, 2.0, 2, fill=True), dwt_pass(alone, x, False, 2.0, 2)):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+            for got, want in zip(dwt_heads(network, x), dwt_heads(model, x)):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        assert not torch.allclose(dwt_pass(model, x, False, 2.0, 2, fill=True)[0], dwt_pass(alone, x, False, 2.0, 2)[0])

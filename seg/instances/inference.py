@@ -216,14 +216,17 @@ def _serving_now(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[tor
     return model.current if isinstance(model, DeferredServing) else model
 
 
-def network_heads(model: nn.Module, x: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def network_heads(
+    model: nn.Module, x: torch.Tensor, flip: bool = False, fill: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``heads_from_logits(model(x), flip)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
     an ensemble's (served or not) straight from the probabilities its members average, without the log its
     forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
-    undoes it)."""
+    undoes it). ``fill``: a fill pass, which an ensemble runs on its fill members where it has them."""
     core = _serving_now(model)
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
-        probs = at_stride(core.members, x).float()
+        heads = core.fill if fill and core.fill is not None else core.members
+        probs = at_stride(heads, x).float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
     return heads_from_logits(at_stride(model, x), flip)
 
@@ -301,7 +304,7 @@ def dwt_heads(
 
 
 def dwt_pass(
-    model: nn.Module, x: torch.Tensor, flip: bool, scale: float, strips: int = 1
+    model: nn.Module, x: torch.Tensor, flip: bool, scale: float, strips: int = 1, fill: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heads of one pass on ``x`` resized by ``scale``, brought back to ``x``'s size.
 
@@ -309,13 +312,14 @@ def dwt_pass(
     passes; an alternative pass (``dwt_alternative_maps``) is post-processed as it is.
     ``strips``: run the resized image as that many vertical strips, each with ``STRIP_OVERLAP``
     px of context past its share, and keep each strip's own share (less memory at a time).
+    ``fill``: a fill pass (``network_heads``).
     """
     h, w = x.shape[-2:]
     if scale == 1.0 and strips == 1:
-        return network_heads(model, with_mirror(x, flip), flip)
+        return network_heads(model, with_mirror(x, flip), flip, fill)
     parts = []
     for piece, keep in strip_inputs(x, scale, strips):
-        fg, energy = network_heads(model, with_mirror(piece, flip), flip)
+        fg, energy = network_heads(model, with_mirror(piece, flip), flip, fill)
         parts.append(torch.cat([fg, energy], 1)[..., keep])
     maps = F.interpolate(torch.cat(parts, -1), size=(h, w), mode="bilinear", align_corners=False)
     return maps[:, :1], maps[:, 1:]
@@ -393,10 +397,16 @@ def dwt_alternative_maps(
 
 
 def _passes_at(
-    model: nn.Module, x: torch.Tensor, scales: tuple[float, ...], flip: bool, strips: int, size: tuple[int, int]
+    model: nn.Module,
+    x: torch.Tensor,
+    scales: tuple[float, ...],
+    flip: bool,
+    strips: int,
+    size: tuple[int, int],
+    fill: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``dwt_alternative_maps`` of a batch already at the working size."""
-    return [_maps_at(*dwt_pass(model, x, flip, scale, strips), size) for scale in scales]
+    return [_maps_at(*dwt_pass(model, x, flip, scale, strips, fill), size) for scale in scales]
 
 
 def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
@@ -405,11 +415,13 @@ def sample_batch(sample: InstanceSample, device: torch.device) -> torch.Tensor:
 
 
 def alternative_passes(
-    model: nn.Module, images: torch.Tensor, flip: bool, scales: tuple[float, ...], strips: int = 1
+    model: nn.Module, images: torch.Tensor, flip: bool, scales: tuple[float, ...], strips: int = 1, fill: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(fg, energy) of one separate pass per scale at ``images``' size (``ranked_candidates``' alternatives,
-    and with ``strips=FILL_STRIPS`` the fill passes)."""
-    return [tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, flip, scale, strips)) for scale in scales]
+    and with ``strips=FILL_STRIPS, fill=True`` the fill passes)."""
+    return [
+        tuple(m[0, 0].cpu().numpy() for m in dwt_pass(model, images, flip, scale, strips, fill)) for scale in scales
+    ]
 
 
 def working_height_maps(
@@ -433,7 +445,7 @@ def working_height_maps(
                     fg[0, 0].cpu().numpy(),
                     energy[0, 0].cpu().numpy(),
                     tuple(alternative_passes(model, images, flip, alternative_scales)),
-                    tuple(alternative_passes(model, images, flip, fill_scales, FILL_STRIPS)),
+                    tuple(alternative_passes(model, images, flip, fill_scales, FILL_STRIPS, fill=True)),
                 )
             )
     return maps
@@ -610,6 +622,22 @@ def thread_roi_pools(model: nn.Module) -> None:
             setattr(heads, attr, ThreadedRoIPool(pool))
 
 
+def with_fill_members(ensemble: DWTEnsemble, members: tuple[int, ...]) -> DWTEnsemble:
+    """A new ensemble of the same member modules (no weights copied) whose fill passes run on ``members``;
+    ``ensemble`` itself is left as it was."""
+    served = DWTEnsemble(list(ensemble.members))
+    served.use_fill_members(members)
+    return served.eval()
+
+
+def dwt_parts(model: nn.Module) -> tuple[str, ...]:
+    """What a serving runtime replaces in a DWT: an ensemble's averaged members (and its fill members,
+    where it has them), a single DWT whole."""
+    if not isinstance(model, DWTEnsemble):
+        return ("",)
+    return (DWTEnsemble.SERVED_PART, "fill") if model.fill is not None else (DWTEnsemble.SERVED_PART,)
+
+
 class InstancePredictor:
     """Wraps a DWT or Mask R-CNN model; ``method`` 'dwt' | 'components' (DWT only) | 'maskrcnn'.
 
@@ -648,6 +676,10 @@ class InstancePredictor:
         # separate passes whose small pedestrians join the partition (chosen on val; off with ``tta=False``)
         fill = self.card.get("fill_scales", ()) if fill_scales is None else fill_scales
         self.fill_scales = tuple(float(s) for s in fill)
+        # the ensemble members those passes run on (chosen on val; all of them where the card names none)
+        self.fill_members = tuple(int(i) for i in self.card.get("fill_members") or ()) if self.fill_scales else ()
+        if self.fill_members and isinstance(self.model, DWTEnsemble):
+            self.model = with_fill_members(self.model, self.fill_members)
         # where a detector's soft masks are cut (chosen on val)
         self.mask_threshold = float(self.card.get("mask_threshold", MASK_THRESHOLD))
         if self.detector and module_device(self.model).type == "cpu":
@@ -712,7 +744,7 @@ class InstancePredictor:
                 x = _work_batch(self.serving, rgb, self.work_height)
                 fg, energy = _maps_at(*dwt_heads(self.serving, x, flip, scales), size)
                 fill_scales = self.fill_scales if tta and self.method == "dwt" else ()
-                fills = _passes_at(self.serving, x, fill_scales, flip, FILL_STRIPS, size)
+                fills = _passes_at(self.serving, x, fill_scales, flip, FILL_STRIPS, size, fill=True)
             # sizes tuned in working pixels, in this image's: a very wide one ran below the working height
             params = self.params.scaled((rgb.shape[0] / x.shape[-2]) ** 2)
             if self.method == "components":
@@ -815,6 +847,7 @@ class InstancePredictor:
         """What the fill passes' instances depend on besides the maps (part of the agreement's key)."""
         return {
             "scales": list(self.fill_scales),
+            **({"members": list(self.fill_members)} if self.fill_members else {}),
             "strips": FILL_STRIPS,
             "overlap": STRIP_OVERLAP,
             "min_free": FILL_MIN_FREE,
@@ -874,7 +907,7 @@ class InstancePredictor:
 
         return ServingSpec(
             key,
-            DETECTOR_PARTS if self.detector else {getattr(self.model, "SERVED_PART", ""): (0, 2, 3)},
+            DETECTOR_PARTS if self.detector else dict.fromkeys(dwt_parts(self.model), (0, 2, 3)),
             example_inputs,
             calibration_inputs,
             agreement,

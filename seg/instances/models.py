@@ -166,14 +166,29 @@ class DWTEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = AveragedHeads(members)
         self.energy_levels = members[0].energy_levels
+        #: the members the fill passes run (``use_fill_members``); None: all of them, through ``members``
+        self.fill: AveragedHeads | None = None
 
     @property
     def input_multiple(self) -> int:
         """Its members' (a serving runtime's part that replaces ``members`` keeps it: ``seg.runtime``)."""
         return self.members.input_multiple
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.members(x).clamp_min(1e-12).log()
+    def use_fill_members(self, indices: list[int] | tuple[int, ...]) -> None:
+        """Run the fill passes on these members alone (a card's ``fill_members``; on val, one member's fill
+        found nearly the pedestrians all four did at a quarter of the cost). They share the members' modules,
+        so a model set so is served, never saved: its state dict holds them twice."""
+        count = len(self.members)
+        if not indices or any(not 0 <= int(i) < count for i in indices):
+            raise ValueError(f"fill members must be among 0..{count - 1}, got {list(indices)}")
+        self.fill = AveragedHeads([self.members[int(i)] for i in indices])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        log = self.members(x).clamp_min(1e-12).log()
+        if self.fill is None:
+            return log
+        # with fill members set (a predictor's model), one call shows a serving runtime both parts
+        return log, self.fill(x).clamp_min(1e-12).log()
 
 
 @register("dwt_ensemble", task="instances")
