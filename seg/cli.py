@@ -740,7 +740,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--int8-params",
         metavar="DIR",
         default=None,
-        help="also write the OpenVINO int8 export's quantisation ranges there (under 200 KB; they must have passed "
+        help="also write the OpenVINO int8 export's quantisation ranges there (under 300 KB; they must have passed "
         "the agreement contract on val): a machine without the dataset then serves the same int8 graph. The "
         "shipped checkpoints' are in checkpoints/int8/",
     )

@@ -3,7 +3,7 @@
 NNCF's post-training quantisation of a model depends on data in one place only: the ranges of its
 activation quantisers (the low/high inputs of each ``FakeQuantize``). Where the quantisers go follows
 from the graph, and the weights' quantisers take their ranges from the weights. So an int8 export is
-fully described by the fp32 model plus the ranges of every quantiser: under 200 KB per shipped model, where
+fully described by the fp32 model plus the ranges of every quantiser: under 300 KB per shipped model, where
 the export itself is 2-13 MB. A machine without the training images (a Hugging Face Space without the
 dataset) quantises the fp32 export on any one input, which places the quantisers, then writes the shipped
 ranges into them. ``graph_digest`` (the operations in order, their output types and shapes, every
