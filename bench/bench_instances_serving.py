@@ -29,7 +29,7 @@ from _common import threads_from_env
 from seg.config import REPO_ROOT, dataset_dir
 from seg.hardware import cpu_features, runtime_versions
 from seg.instances.data import ids_for_split, load_sample
-from seg.instances.inference import InstancePredictor, _work_batch, dwt_heads, heads_from_logits
+from seg.instances.inference import InstancePredictor, _work_batch, network_heads, with_mirror
 from seg.io import atomic_write_text
 from seg.runtime import time_interleaved
 
@@ -100,10 +100,17 @@ def main() -> None:
     print(f"wrote {RESULTS}")
 
 
+def _batched(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image and its mirror as one batch of two in one call, averaged."""
+    pair = with_mirror(x, True)
+    fg, energy = network_heads(model, pair)  # flip=False: the pair runs as one call
+    return (fg[:1] + fg[1:].flip(-1)) / 2, (energy[:1] + energy[1:].flip(-1)) / 2
+
+
 def _two_passes(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mirrored test-time pass as a second forward (the unbatched way), averaged as predict does."""
-    fg, energy = heads_from_logits(model(x))
-    fg_mirror, energy_mirror = heads_from_logits(model(x.flip(-1)))
+    """The mirrored test-time pass as a second call (what predict does), averaged."""
+    fg, energy = network_heads(model, x)
+    fg_mirror, energy_mirror = network_heads(model, x.flip(-1))
     return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
 
 
@@ -117,12 +124,10 @@ def bench_mirror_batching(images: list, repeats: int) -> dict:
     for label, module in (("eager-fp32", eager.model), (served.backend, served.serving)):
         with torch.inference_mode():
             difference = max(
-                float((a - b).abs().max())
-                for x in batches
-                for a, b in zip(dwt_heads(module, x, flip=True), _two_passes(module, x))
+                float((a - b).abs().max()) for x in batches for a, b in zip(_batched(module, x), _two_passes(module, x))
             )
         paths = {
-            "batched": lambda m=module: [dwt_heads(m, x, flip=True) for x in batches],
+            "batched": lambda m=module: [_batched(m, x) for x in batches],
             "two_passes": lambda m=module: [_two_passes(m, x) for x in batches],
         }
         runs = [time_interleaved(paths, rounds=3, warmup=1, budget_s=120) for _ in range(repeats)]

@@ -552,10 +552,14 @@ def test_the_dwt_mirror_pass_batched_with_the_plain_one_equals_two_passes(pennfu
     fg, _ = _maps_at(*reference, rgb.shape[:2])
     np.testing.assert_allclose(result.foreground, fg, atol=1e-5)
 
-    # served path: the exported model takes the batch of two as well, and agrees with its own two passes
+    # served path: the graph runs the image and its mirror as two calls of one shape (no batch-of-two shapes,
+    # half the peak memory), and agrees with its own two passes
     served = runtime.build_serving(model, predictor.serving_spec(), "onnx-fp32")
+    served_calls: list[int] = []
+    served.register_forward_pre_hook(lambda module, args: served_calls.append(args[0].shape[0]))
     with torch.inference_mode():
         served_batched = dwt_heads(served, x, flip=True)
+    assert served_calls == [1, 1]
     for got, want in zip(served_batched, _unbatched_heads(served, x)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     for got, want in zip(served_batched, reference):

@@ -66,6 +66,7 @@ from seg.runtime import (
     Agreement,
     DeferredServing,
     RuntimeChoice,
+    RuntimePart,
     ServingSpec,
     channels_last_on_cpu,
     code_key,
@@ -222,13 +223,19 @@ def network_heads(
     """``heads_from_logits(model(x), flip)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
     an ensemble's (served or not) straight from the probabilities its members average, without the log its
     forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
-    undoes it). ``fill``: a fill pass, which an ensemble runs on its fill members where it has them."""
+    undoes it). ``fill``: a fill pass, which an ensemble runs on its fill members where it has them.
+
+    With ``flip``, ``x`` is a batch followed by its mirror (``with_mirror``). A served graph runs the halves as two
+    calls of one shape: it then meets no shapes beyond the plain pass's and its peak memory is one half's, at the
+    same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md)."""
     core = _serving_now(model)
+    network = (core.fill if fill and core.fill is not None else core.members) if isinstance(core, DWTEnsemble) else core
+    halves = x.chunk(2) if flip and isinstance(network, RuntimePart) else (x,)
+    out = torch.cat([at_stride(network, half) for half in halves])
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
-        heads = core.fill if fill and core.fill is not None else core.members
-        probs = at_stride(heads, x).float()
+        probs = out.float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
-    return heads_from_logits(at_stride(model, x), flip)
+    return heads_from_logits(out, flip)
 
 
 def input_stride(model: Callable[[torch.Tensor], torch.Tensor]) -> int:
