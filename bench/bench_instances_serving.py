@@ -6,9 +6,9 @@ card's test-time augmentation, eager fp32 against the runtime the calibration ch
 
 Prints the median milliseconds per image and the ratio to eager fp32 in the same rounds, and
 the sum over the models (the Instances tab runs both). Then the DWT's mirrored test-time pass:
-one forward of the image and its mirror as a batch of two (what ``predict`` does) against two
-forwards of one image, on eager fp32 and on the served backend, interleaved, with the largest
-difference between the two ways. Results: bench/results/instances_serving.json.
+one call of the image and its mirror as a batch of two (what ``predict`` does eagerly) against two
+calls of one image (what it does served), on eager fp32 and on the served backend, interleaved, with the
+largest difference between the two ways. Results: bench/results/instances_serving.json.
 """
 
 from __future__ import annotations

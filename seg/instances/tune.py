@@ -49,7 +49,8 @@ def tune_checkpoint(
     the card too.
     Then, with the chosen parameters, each ``FILL_SCALE_OPTIONS`` entry: separate passes on the
     image enlarged whose small pedestrians join the partition (``fill_partition``); the cheapest
-    within ``TUNE_MIN_GAIN`` of the best val mask AP of the partition alone (the id map users see) is kept.
+    within ``TUNE_MIN_GAIN`` of the best val mask AP of the partition alone (the id map users see) is kept,
+    and for an ensemble the fewest members that run them within ``TUNE_MIN_GAIN`` (``_fill_members``).
     Then each ``ALTERNATIVE_SCALE_OPTIONS`` entry: separate
     passes (e.g. 1.5x, which sees small pedestrians) whose new instances rank last; kept
     only if val mask AP rises by more than ``TUNE_MIN_GAIN``. A Mask R-CNN goes to ``tune_detector``.
