@@ -229,7 +229,7 @@ def network_heads(
     calls of one shape: it then meets no shapes beyond the plain pass's and its peak memory is one half's, at the
     same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md)."""
     core = _serving_now(model)
-    network = (core.fill if fill and core.fill is not None else core.members) if isinstance(core, DWTEnsemble) else core
+    network = core.heads_for(fill) if isinstance(core, DWTEnsemble) else core
     halves = x.chunk(2) if flip and isinstance(network, RuntimePart) else (x,)
     out = torch.cat([at_stride(network, half) for half in halves])
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
@@ -684,8 +684,9 @@ class InstancePredictor:
         fill = self.card.get("fill_scales", ()) if fill_scales is None else fill_scales
         self.fill_scales = tuple(float(s) for s in fill)
         # the ensemble members those passes run on (chosen on val; all of them where the card names none)
-        self.fill_members = tuple(int(i) for i in self.card.get("fill_members") or ()) if self.fill_scales else ()
-        if self.fill_members and isinstance(self.model, DWTEnsemble):
+        members = tuple(int(i) for i in self.card.get("fill_members") or ())
+        self.fill_members = members if self.fill_scales and isinstance(self.model, DWTEnsemble) else ()
+        if self.fill_members:
             self.model = with_fill_members(self.model, self.fill_members)
         # where a detector's soft masks are cut (chosen on val)
         self.mask_threshold = float(self.card.get("mask_threshold", MASK_THRESHOLD))

@@ -183,6 +183,10 @@ class DWTEnsemble(nn.Module):
             raise ValueError(f"fill members must be among 0..{count - 1}, got {list(indices)}")
         self.fill = AveragedHeads([self.members[int(i)] for i in indices])
 
+    def heads_for(self, fill: bool) -> nn.Module:
+        """What runs a pass: the fill members for a fill pass where they are set, else every member."""
+        return self.fill if fill and self.fill is not None else self.members
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         log = self.members(x).clamp_min(1e-12).log()
         if self.fill is None:

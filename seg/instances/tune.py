@@ -161,15 +161,12 @@ def _fill_members(
     ]
 
     def filled(subset: tuple[int, ...]) -> list:
-        return [
-            m._replace(
-                fills=tuple(
-                    tuple(np.mean([alone[i][k].fills[j][h] for i in subset], axis=0) for h in range(2))
-                    for j in range(len(fill_scales))
-                )
-            )
-            for k, m in enumerate(maps)
-        ]
+        """``maps`` with the fills of ``subset``: per image, per pass, its members' (fg, energy) averaged."""
+        out = []
+        for m, members_maps in zip(maps, zip(*(alone[i] for i in subset))):
+            passes = zip(*(member.fills for member in members_maps))  # per pass: each member's (fg, energy)
+            out.append(m._replace(fills=tuple(tuple(np.mean(h, axis=0) for h in zip(*p)) for p in passes)))
+        return out
 
     partition_params = replace(params, alternatives=False)
     scored = {
