@@ -917,7 +917,7 @@ def test_tune_keeps_the_fewest_fill_members_within_the_gain_of_all_of_them(pennf
     validation = DWTValidation(load_instance_split(pennfudan_root, "val", 96, 2))
     maps, _ = validation.maps(model, torch.device("cpu"))
     params = PostprocessParams(fg_threshold=0.3, alternatives=False)
-    members, compared, filled = _fill_members(validation, maps, model, (2.0,), params)
+    members, compared, filled = _fill_members(validation, maps, model, torch.device("cpu"), (2.0,), params)
     assert list(compared) == ["0", "1", "2", "0+1", "0+2", "1+2", "0+1+2"]
     # every member's fills together are the ensemble's own
     whole = validation.with_passes(maps, model, torch.device("cpu"), (2.0,), "fills")

@@ -230,8 +230,10 @@ def network_heads(
     same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md)."""
     core = _serving_now(model)
     network = core.heads_for(fill) if isinstance(core, DWTEnsemble) else core
-    halves = x.chunk(2) if flip and isinstance(network, RuntimePart) else (x,)
-    out = torch.cat([at_stride(network, half) for half in halves])
+    if flip and isinstance(network, RuntimePart):
+        out = torch.cat([at_stride(network, half) for half in x.chunk(2)])
+    else:
+        out = at_stride(network, x)
     if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
         probs = out.float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
@@ -629,14 +631,6 @@ def thread_roi_pools(model: nn.Module) -> None:
             setattr(heads, attr, ThreadedRoIPool(pool))
 
 
-def with_fill_members(ensemble: DWTEnsemble, members: tuple[int, ...]) -> DWTEnsemble:
-    """A new ensemble of the same member modules (no weights copied) whose fill passes run on ``members``;
-    ``ensemble`` itself is left as it was."""
-    served = DWTEnsemble(list(ensemble.members))
-    served.use_fill_members(members)
-    return served.eval()
-
-
 def dwt_parts(model: nn.Module) -> tuple[str, ...]:
     """What a serving runtime replaces in a DWT: an ensemble's averaged members (and its fill members,
     where it has them), a single DWT whole."""
@@ -687,7 +681,7 @@ class InstancePredictor:
         members = tuple(int(i) for i in self.card.get("fill_members") or ())
         self.fill_members = members if self.fill_scales and isinstance(self.model, DWTEnsemble) else ()
         if self.fill_members:
-            self.model = with_fill_members(self.model, self.fill_members)
+            self.model = self.model.with_fill_members(self.fill_members)
         # where a detector's soft masks are cut (chosen on val)
         self.mask_threshold = float(self.card.get("mask_threshold", MASK_THRESHOLD))
         if self.detector and module_device(self.model).type == "cpu":

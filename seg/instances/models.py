@@ -166,7 +166,7 @@ class DWTEnsemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = AveragedHeads(members)
         self.energy_levels = members[0].energy_levels
-        #: the members the fill passes run (``use_fill_members``); None: all of them, through ``members``
+        #: the members the fill passes run (``with_fill_members``); None: all of them, through ``members``
         self.fill: AveragedHeads | None = None
 
     @property
@@ -174,14 +174,17 @@ class DWTEnsemble(nn.Module):
         """Its members' (a serving runtime's part that replaces ``members`` keeps it: ``seg.runtime``)."""
         return self.members.input_multiple
 
-    def use_fill_members(self, indices: list[int] | tuple[int, ...]) -> None:
-        """Run the fill passes on these members alone (a card's ``fill_members``; on val, one member's fill
-        found nearly the pedestrians all four did at a quarter of the cost). They share the members' modules,
-        so a model set so is served, never saved: its state dict holds them twice."""
+    def with_fill_members(self, indices: list[int] | tuple[int, ...]) -> DWTEnsemble:
+        """A new ensemble of the same member modules (no weights copied) whose fill passes run on these members
+        alone (a card's ``fill_members``; on val, one member's fill found nearly the pedestrians all four did, at a
+        quarter of the cost); this one is left as it was. The new one is served, never saved: its state dict holds
+        the fill members twice."""
         count = len(self.members)
         if not indices or any(not 0 <= int(i) < count for i in indices):
             raise ValueError(f"fill members must be among 0..{count - 1}, got {list(indices)}")
-        self.fill = AveragedHeads([self.members[int(i)] for i in indices])
+        ensemble = DWTEnsemble(list(self.members))
+        ensemble.fill = AveragedHeads([self.members[int(i)] for i in indices])
+        return ensemble.train(self.training)
 
     def heads_for(self, fill: bool) -> nn.Module:
         """What runs a pass: the fill members for a fill pass where they are set, else every member."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from seg.instances.postprocess import PostprocessParams
@@ -95,7 +96,7 @@ def tune_checkpoint(
     maps = fill_maps[fill_scales]
     fill_members, members_compared = (), {}
     if fill_scales and len(getattr(model, "members", ())) > 1:
-        fill_members, members_compared, maps = _fill_members(validation, maps, model, fill_scales, params)
+        fill_members, members_compared, maps = _fill_members(validation, maps, model, cpu, fill_scales, params)
     if fill_scales:
         metrics = validation.evaluate(maps, params)
         result = result | {k: v for k, v in metrics.items() if k in result} | {"score": metrics["mask_ap"]}
@@ -138,7 +139,12 @@ def tune_checkpoint(
 
 
 def _fill_members(
-    validation: DWTValidation, maps: list, model: nn.Module, fill_scales: tuple[float, ...], params: PostprocessParams
+    validation: DWTValidation,
+    maps: list,
+    model: nn.Module,
+    device: torch.device,
+    fill_scales: tuple[float, ...],
+    params: PostprocessParams,
 ) -> tuple[tuple[int, ...], dict[str, float], list]:
     """The ensemble members the fill passes run on: for each count of members, cheapest first, the ones whose
     fills give the best val partition; the fewest within ``TUNE_MIN_GAIN`` of all of them are kept (``()``:
@@ -148,15 +154,13 @@ def _fill_members(
     from dataclasses import replace
 
     import numpy as np
-    import torch
 
     from seg.instances.models import DWTEnsemble
 
-    cpu = torch.device("cpu")
     count = len(model.members)
     # each member's fills alone; a subset's are their mean (the heads are linear in the members' probabilities)
     alone = [
-        validation.with_passes(maps, DWTEnsemble([member]).eval(), cpu, fill_scales, "fills")
+        validation.with_passes(maps, DWTEnsemble([member]).eval(), device, fill_scales, "fills")
         for member in model.members
     ]
 
