@@ -230,7 +230,7 @@ class DWTValidation:
         strips = FILL_STRIPS if kind == "fills" else 1
         with torch.inference_mode():
             passes = [
-                alternative_passes(model, sample_batch(sample, device), self.flip, scales, strips, kind == "fills")
+                alternative_passes(model, sample_batch(sample, device), self.flip, scales, strips, fill=kind == "fills")
                 for sample in self.samples
             ]
         return [m._replace(**{kind: tuple(found)}) for m, found in zip(maps, passes)]
