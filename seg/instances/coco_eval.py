@@ -74,8 +74,8 @@ class InstanceEvaluator:
         h, w = gt_masks.shape[1:] if gt_masks.ndim == 3 else pred_masks.shape[1:]
         self._images.append({"id": image_id, "height": int(h), "width": int(w)})
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        for i, m in enumerate(gt_masks):
-            rle = _rle(m)
+        gt_rles, det_rles = [_rle(m) for m in gt_masks], [_rle(m) for m in pred_masks]
+        for i, rle in enumerate(gt_rles):
             box = gt_boxes[i] if gt_boxes is not None else None
             self._gts.append(
                 {
@@ -88,8 +88,7 @@ class InstanceEvaluator:
                     "bbox": _coco_box(box) if box is not None else list(map(float, mask_utils.toBbox(rle))),
                 }
             )
-        for i, m in enumerate(pred_masks):
-            rle = _rle(m)
+        for i, rle in enumerate(det_rles):
             box = _coco_box(pred_boxes[i]) if pred_boxes is not None else list(map(float, mask_utils.toBbox(rle)))
             self._dets.append(
                 {
@@ -101,11 +100,11 @@ class InstanceEvaluator:
                     "area": float(mask_utils.area(rle)),
                 }
             )
-        kept = pred_masks[scores >= self.score_threshold] if len(pred_masks) else pred_masks
+        kept = [rle for rle, score in zip(det_rles, scores) if score >= self.score_threshold]
         self._count_errors.append(abs(len(kept) - len(gt_masks)))
-        if len(gt_masks):
-            iou = mask_iou(gt_masks, kept)
-            best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(gt_masks))
+        if gt_rles:  # from the run-length encodings already made: no pass over every pixel of every pair
+            iou = np.asarray(mask_utils.iou(kept, gt_rles, [0] * len(gt_rles))).reshape(len(kept), len(gt_rles))
+            best = iou.max(axis=0) if kept else np.zeros(len(gt_rles))
             self._best_ious.extend(best.tolist())
 
     def _coco_stats(self, iou_type: str) -> np.ndarray:

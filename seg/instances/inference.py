@@ -204,12 +204,22 @@ def heads_from_probabilities(
     fg: torch.Tensor, probs: torch.Tensor, flip: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``heads_from_logits`` from the foreground probability (N, 1, H, W) and the energy levels'
-    probabilities (N, K, H, W)."""
-    if flip:
-        n = fg.shape[0] // 2
-        fg, probs = (fg[:n] + fg[n:].flip(-1)) / 2, (probs[:n] + probs[n:].flip(-1)) / 2
+    probabilities (N, K, H, W).
+
+    The expected level is linear in the probabilities, so it is taken before the mirror is averaged:
+    one channel flipped and added instead of K (the same maps up to float rounding).
+    """
     levels = torch.arange(probs.shape[1], dtype=probs.dtype, device=probs.device)
-    return fg, torch.einsum("nkhw,k->nhw", probs, levels).unsqueeze(1)
+    energy = torch.einsum("nkhw,k->nhw", probs, levels).unsqueeze(1)
+    return mirror_mean(fg, flip), mirror_mean(energy, flip)
+
+
+def mirror_mean(maps: torch.Tensor, flip: bool) -> torch.Tensor:
+    """``maps`` of a batch followed by its mirror (``with_mirror``) averaged, the mirror turned back (``flip``)."""
+    if not flip:
+        return maps
+    n = maps.shape[0] // 2
+    return (maps[:n] + maps[n:].flip(-1)) / 2
 
 
 def _serving_now(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -227,14 +237,20 @@ def network_heads(
 
     With ``flip``, ``x`` is a batch followed by its mirror (``with_mirror``). A served graph runs the halves as two
     calls of one shape: it then meets no shapes beyond the plain pass's and its peak memory is one half's, at the
-    same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md)."""
+    same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md). Each
+    half's heads are read from its own output: the outputs are never copied into one batch."""
     core = _serving_now(model)
     network = core.heads_for(fill) if isinstance(core, DWTEnsemble) else core
     if flip and isinstance(network, RuntimePart):
-        out = torch.cat([at_stride(network, half) for half in x.chunk(2)])
-    else:
-        out = at_stride(network, x)
-    if isinstance(core, DWTEnsemble):  # cut before the mirror half is turned back, or the padding would shift it
+        (fg, energy), (fg_mirror, energy_mirror) = (_heads(core, at_stride(network, half)) for half in x.chunk(2))
+        return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
+    return _heads(core, at_stride(network, x), flip)
+
+
+def _heads(core: nn.Module, out: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground probability and expected energy from a network's output, cut to its input's size (cut before
+    the mirror half is turned back, or the padding would shift it): an ensemble's is probabilities already."""
+    if isinstance(core, DWTEnsemble):
         probs = out.float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
     return heads_from_logits(out, flip)
