@@ -125,3 +125,18 @@ def test_ap_equals_pycocotools_full_summary_on_mixed_sizes_and_crowded_images():
     assert report["mask_ap75"] == pytest.approx(full["segm"][2], abs=1e-12)
     assert report["box_ap"] == pytest.approx(full["bbox"][0], abs=1e-12)
     assert report["box_ap50"] == pytest.approx(full["bbox"][1], abs=1e-12)
+
+
+def test_best_iou_per_pedestrian_equals_the_pixelwise_iou_over_random_masks():
+    """The best IoU per pedestrian comes from the masks' run-length encodings; it must be the pixel count's IoU
+    with the best detection at or above the score threshold (none left: 0), including images without any."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        gt = rng.random((int(rng.integers(0, 4)), 30, 40)) > 0.6
+        pred = rng.random((int(rng.integers(0, 5)), 30, 40)) > 0.5
+        scores = rng.random(len(pred))
+        ev = InstanceEvaluator()
+        ev.add(gt, pred, scores)
+        kept = pred[scores >= ev.score_threshold]
+        want = mask_iou(gt, kept).max(axis=1) if len(gt) and len(kept) else np.zeros(len(gt))
+        np.testing.assert_allclose(ev._best_ious, want, rtol=1e-6)

@@ -1408,3 +1408,32 @@ def test_a_dwt_ensembles_fill_passes_run_on_the_cards_fill_members_served_or_not
             for got, want in zip(dwt_heads(network, x), dwt_heads(model, x)):
                 torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
         assert not torch.allclose(dwt_pass(model, x, False, 2.0, 2, fill=True)[0], dwt_pass(alone, x, False, 2.0, 2)[0])
+
+
+def test_a_served_ensembles_mirrored_pass_is_read_half_by_half_and_equals_the_eager_heads(monkeypatch, tmp_path):
+    """A served ensemble runs the image and its mirror as two calls; each half's heads come from its own output
+    and average to the eager ensemble's mirrored heads, which average the plain and mirrored passes' heads."""
+    pytest.importorskip("openvino")
+    from seg.instances.inference import InstancePredictor, dwt_heads, dwt_pass
+    from seg.instances.models import DWTEnsemble, build_dwt
+
+    monkeypatch.setenv("SEG_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = DWTEnsemble([build_dwt(base_channels=4, depth=2) for _ in range(2)]).eval()
+    predictor = InstancePredictor(model, {"work_height": 64, "tta_flip": True}, runtime="eager")
+    served = runtime.build_serving(predictor.model, predictor.serving_spec(), "openvino-fp32")
+    calls: list[tuple[int, ...]] = []
+    served.members.register_forward_pre_hook(lambda module, args: calls.append(tuple(args[0].shape)))
+    x = torch.rand(1, 3, 64, 90)
+    with torch.inference_mode():
+        plain, mirrored = dwt_heads(model, x), dwt_heads(model, x.flip(-1))
+        averaged = [(a + b.flip(-1)) / 2 for a, b in zip(plain, mirrored)]
+        for got, want in zip(dwt_heads(model, x, flip=True), averaged):  # eager: one batch of two
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        calls.clear()
+        for got, want in zip(dwt_heads(served, x, flip=True), averaged):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        assert [shape[0] for shape in calls] == [1, 1] and calls[0] == calls[1]  # padded to one shape
+        for got, want in zip(dwt_pass(served, x, True, 1.5, 2), dwt_pass(model, x, True, 1.5, 2)):  # strips too
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        assert not torch.allclose(averaged[1], plain[1])  # an untrained ensemble is not mirror-symmetric
