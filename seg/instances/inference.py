@@ -193,8 +193,8 @@ class ImageMaps(NamedTuple):
 def heads_from_logits(logits: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground probability and expected energy level, (N, 1, H, W) each, from DWT logits.
 
-    ``flip``: the logits are of a batch followed by its mirror image (``dwt_heads``); the
-    two sets of probabilities (foreground and energy levels) are averaged.
+    ``flip``: the logits are of a batch followed by its mirror image (``dwt_heads``); the two
+    foreground probabilities and expected energies are averaged (``mirror_mean``).
     """
     fg_logits, energy_logits = split_outputs(logits.float())
     return heads_from_probabilities(fg_logits.softmax(1)[:, 1:2], energy_logits.softmax(1), flip)
@@ -215,11 +215,16 @@ def heads_from_probabilities(
 
 
 def mirror_mean(maps: torch.Tensor, flip: bool) -> torch.Tensor:
-    """``maps`` of a batch followed by its mirror (``with_mirror``) averaged, the mirror turned back (``flip``)."""
+    """``maps`` of a batch followed by its mirror (``with_mirror``) averaged with the mirror's (``flip``)."""
     if not flip:
         return maps
     n = maps.shape[0] // 2
-    return (maps[:n] + maps[n:].flip(-1)) / 2
+    return mirrored_average(maps[:n], maps[n:])
+
+
+def mirrored_average(plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """The mean of an image's map and its mirror image's map, the latter turned back."""
+    return (plain + mirrored.flip(-1)) / 2
 
 
 def _serving_now(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -243,13 +248,14 @@ def network_heads(
     network = core.heads_for(fill) if isinstance(core, DWTEnsemble) else core
     if flip and isinstance(network, RuntimePart):
         (fg, energy), (fg_mirror, energy_mirror) = (_heads(core, at_stride(network, half)) for half in x.chunk(2))
-        return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
+        return mirrored_average(fg, fg_mirror), mirrored_average(energy, energy_mirror)
     return _heads(core, at_stride(network, x), flip)
 
 
 def _heads(core: nn.Module, out: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground probability and expected energy from a network's output, cut to its input's size (cut before
-    the mirror half is turned back, or the padding would shift it): an ensemble's is probabilities already."""
+    """Foreground probability and expected energy from a network's output ``out``: an ensemble's holds
+    probabilities already, a DWT's logits. ``out`` is cut to the input's size before a mirrored half is turned
+    back (``flip``), or the padding would shift it."""
     if isinstance(core, DWTEnsemble):
         probs = out.float()
         return heads_from_probabilities(probs[:, 1:2], probs[:, 2:], flip)
