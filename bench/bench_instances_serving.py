@@ -29,7 +29,14 @@ from _common import threads_from_env
 from seg.config import REPO_ROOT, dataset_dir
 from seg.hardware import cpu_features, runtime_versions
 from seg.instances.data import ids_for_split, load_sample
-from seg.instances.inference import InstancePredictor, _work_batch, network_heads, with_mirror
+from seg.instances.inference import (
+    InstancePredictor,
+    _work_batch,
+    mirror_mean,
+    mirrored_average,
+    network_heads,
+    with_mirror,
+)
 from seg.io import atomic_write_text
 from seg.runtime import time_interleaved
 
@@ -104,14 +111,14 @@ def _batched(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     """The image and its mirror as one batch of two in one call, averaged."""
     pair = with_mirror(x, True)
     fg, energy = network_heads(model, pair)  # flip=False: the pair runs as one call
-    return (fg[:1] + fg[1:].flip(-1)) / 2, (energy[:1] + energy[1:].flip(-1)) / 2
+    return mirror_mean(fg, True), mirror_mean(energy, True)
 
 
 def _two_passes(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The mirrored test-time pass as a second call (what predict does), averaged."""
     fg, energy = network_heads(model, x)
     fg_mirror, energy_mirror = network_heads(model, x.flip(-1))
-    return (fg + fg_mirror.flip(-1)) / 2, (energy + energy_mirror.flip(-1)) / 2
+    return mirrored_average(fg, fg_mirror), mirrored_average(energy, energy_mirror)
 
 
 def bench_mirror_batching(images: list, repeats: int) -> dict:
