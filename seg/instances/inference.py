@@ -235,21 +235,21 @@ def _serving_now(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[tor
 def network_heads(
     model: nn.Module, x: torch.Tensor, flip: bool = False, fill: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``heads_from_logits(model(x), flip)``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
+    """``heads_from_logits(model(x))``, run on ``x`` padded to the stride (``pad_to_stride``) and cut back;
     an ensemble's (served or not) straight from the probabilities its members average, without the log its
     forward takes for a caller that reads logits (4 ms on a 2x strip, and as much again for the softmax that
     undoes it). ``fill``: a fill pass, which an ensemble runs on its fill members where it has them.
 
-    With ``flip``, ``x`` is a batch followed by its mirror (``with_mirror``). A served graph runs the halves as two
-    calls of one shape: it then meets no shapes beyond the plain pass's and its peak memory is one half's, at the
-    same speed; eager PyTorch runs them as one batch, 1.27x faster than two calls (docs/experiments.md). Each
-    half's heads are read from its own output: the outputs are never copied into one batch."""
+    ``flip``: the mirror of ``x`` runs too and the heads are averaged (``mirrored_average``). Eager PyTorch runs
+    it in one batch with ``x`` (``with_mirror``), 1.27x faster than two calls (docs/experiments.md); a served graph
+    as a second call of the same shape: it then meets no shapes beyond the plain pass's and its peak memory is one
+    image's, at the same speed. Each call's heads are read from its own output, never copied into one batch."""
     core = _serving_now(model)
     network = core.heads_for(fill) if isinstance(core, DWTEnsemble) else core
     if flip and isinstance(network, RuntimePart):
-        (fg, energy), (fg_mirror, energy_mirror) = (_heads(core, at_stride(network, half)) for half in x.chunk(2))
+        (fg, energy), (fg_mirror, energy_mirror) = (_heads(core, at_stride(network, view)) for view in (x, x.flip(-1)))
         return mirrored_average(fg, fg_mirror), mirrored_average(energy, energy_mirror)
-    return _heads(core, at_stride(network, x), flip)
+    return _heads(core, at_stride(network, with_mirror(x, flip)), flip)
 
 
 def _heads(core: nn.Module, out: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +323,7 @@ def dwt_heads(
     fgs, energies = [], []
     for s in scales:
         if s == 1.0:
-            fg, energy = at_one or network_heads(model, with_mirror(x, flip), flip)
+            fg, energy = at_one or network_heads(model, x, flip)
         else:
             fg, energy = dwt_pass(model, x, flip, s)
             energy = energy / s
@@ -347,10 +347,10 @@ def dwt_pass(
     """
     h, w = x.shape[-2:]
     if scale == 1.0 and strips == 1:
-        return network_heads(model, with_mirror(x, flip), flip, fill)
+        return network_heads(model, x, flip, fill)
     parts = []
     for piece, keep in strip_inputs(x, scale, strips):
-        fg, energy = network_heads(model, with_mirror(piece, flip), flip, fill)
+        fg, energy = network_heads(model, piece, flip, fill)
         parts.append(torch.cat([fg, energy], 1)[..., keep])
     maps = F.interpolate(torch.cat(parts, -1), size=(h, w), mode="bilinear", align_corners=False)
     return maps[:, :1], maps[:, 1:]
